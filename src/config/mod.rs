@@ -1,0 +1,478 @@
+//! Configuration: loaded from YAML (the built-in default, or `--config FILE`) with
+//! `LLMROUTER__SECTION__KEY` environment overrides, parsed into [`raw`] structs, then validated
+//! into an immutable [`Config`] whose every reference has been checked.
+//!
+//! Errors name the key path (`model_list[2].litellm_params.timeout`) so a user can find it.
+
+pub mod duration;
+mod raw;
+mod secret;
+mod validate;
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+pub use secret::Secret;
+
+/// The embedded default config, served by `llm-router` with no flags.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../config/default.yaml");
+
+/// Prefix of environment overrides: `LLMROUTER__ROUTER_SETTINGS__TIMEOUT=30s`.
+pub const ENV_PREFIX: &str = "LLMROUTER";
+
+/// LiteLLM keys that llm-router accepts for compatibility and ignores with a warning. A `*`
+/// segment matches any key or list index.
+pub const IGNORED_LITELLM_KEYS: &[&str] = &[
+    "litellm_settings",
+    "general_settings",
+    "environment_variables",
+    "include",
+    "model_list.*.model_info.*",
+    "model_list.*.litellm_params.rpm",
+    "model_list.*.litellm_params.tpm",
+    "model_list.*.litellm_params.api_version",
+    "model_list.*.litellm_params.organization",
+    "model_list.*.litellm_params.region_name",
+    "model_list.*.litellm_params.input_cost_per_token",
+    "model_list.*.litellm_params.output_cost_per_token",
+    "model_list.*.litellm_params.drop_params",
+    "model_list.*.litellm_params.max_parallel_requests",
+    "model_list.*.litellm_params.tags",
+    "router_settings.routing_strategy_args",
+    "router_settings.redis_host",
+    "router_settings.redis_port",
+    "router_settings.redis_password",
+    "router_settings.redis_url",
+    "router_settings.enable_pre_call_checks",
+    "router_settings.optional_pre_call_checks",
+    "router_settings.cooldown_time",
+    "router_settings.allowed_fails",
+    "router_settings.allowed_fails_policy",
+    "router_settings.disable_cooldowns",
+    "router_settings.retry_policy",
+    "router_settings.model_group_alias",
+    "router_settings.content_policy_fallbacks",
+    "router_settings.cache_responses",
+    "router_settings.max_fallbacks",
+];
+
+/// A validated configuration. Immutable: the server holds it behind an `Arc` and never locks it.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub router: RouterSettings,
+    /// Model groups by name.
+    pub groups: BTreeMap<String, Arc<ModelGroup>>,
+    /// Keys from the LiteLLM compatibility list that were present and ignored.
+    pub ignored_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// gRPC listen address. Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// Subtracted from the call's deadline so that our DEADLINE_EXCEEDED reaches the client
+    /// before tonic's own grpc-timeout layer answers CANCELLED. Default 20ms.
+    pub deadline_margin: Duration,
+    /// How long in-flight calls may run after SIGTERM before the server exits. Default 30s.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Upper bound on a whole call. Default 600s (LiteLLM's default).
+    pub timeout: Duration,
+    /// First-chunk deadline for streamed attempts when neither request nor deployment set one.
+    pub stream_timeout: Option<Duration>,
+    /// Longest silence between chunks once a stream has committed. Default 30s.
+    pub stream_idle_timeout: Duration,
+    /// Retries per group after the first attempt, when neither request nor deployment set one.
+    pub num_retries: u32,
+    /// Shortest wait before retrying a deployment that just failed. Default 0.
+    pub retry_after: Duration,
+    pub retry_backoff_initial: Duration,
+    pub retry_backoff_max: Duration,
+    pub allow_mock_timeout: bool,
+    pub connect_timeout: Duration,
+}
+
+/// A named set of interchangeable deployments, with where to go when they all fail.
+#[derive(Debug)]
+pub struct ModelGroup {
+    pub name: String,
+    pub deployments: Vec<Arc<Deployment>>,
+    /// `router_settings.fallbacks` for this group, else `default_fallbacks` (minus itself).
+    pub fallbacks: Vec<String>,
+    pub context_window_fallbacks: Vec<String>,
+}
+
+/// One provider endpoint of a model group.
+#[derive(Debug)]
+pub struct Deployment {
+    pub id: String,
+    pub group: String,
+    pub provider: ProviderConfig,
+    /// The model name sent to the provider (the part after `provider/`).
+    pub upstream_model: String,
+    /// Per-attempt deadline (`litellm_params.timeout`, else the router's timeout).
+    pub timeout: Duration,
+    /// First-chunk deadline for streamed attempts, if any applies.
+    pub stream_timeout: Option<Duration>,
+    /// Retries after the first attempt in this deployment's group.
+    pub max_retries: u32,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    Mock(MockSpec),
+    OpenAi {
+        api_base: String,
+        api_key: Option<Secret>,
+    },
+}
+
+impl ProviderConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProviderConfig::Mock(_) => "mock",
+            ProviderConfig::OpenAi { .. } => "openai",
+        }
+    }
+
+    pub fn api_base(&self) -> &str {
+        match self {
+            ProviderConfig::Mock(_) => "",
+            ProviderConfig::OpenAi { api_base, .. } => api_base,
+        }
+    }
+}
+
+/// Behaviour of a built-in `mock/` deployment.
+#[derive(Debug, Clone)]
+pub struct MockSpec {
+    pub time_to_first_chunk: Duration,
+    pub tokens_per_second: f64,
+    pub text: String,
+    pub failure: Option<MockFailure>,
+}
+
+/// Failures a mock deployment can simulate on every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockFailure {
+    /// Never answers.
+    Hang,
+    /// Answers as a 429 with a 1s Retry-After.
+    RateLimit,
+    /// Answers as a 503.
+    ServerError,
+    /// Fails as if the host refused the connection.
+    ConnectError,
+    /// Answers as a 401.
+    AuthError,
+    /// Answers as a 400.
+    BadRequest,
+    /// Answers as a 400 context-window error.
+    ContextWindow,
+    /// Sends one chunk, then goes silent (streaming) or never finishes (unary).
+    StallAfterFirstChunk,
+}
+
+impl MockFailure {
+    pub const NAMES: &'static [&'static str] = &[
+        "hang",
+        "rate_limit",
+        "server_error",
+        "connect_error",
+        "auth_error",
+        "bad_request",
+        "context_window",
+        "stall_after_first_chunk",
+    ];
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "hang" => MockFailure::Hang,
+            "rate_limit" => MockFailure::RateLimit,
+            "server_error" => MockFailure::ServerError,
+            "connect_error" => MockFailure::ConnectError,
+            "auth_error" => MockFailure::AuthError,
+            "bad_request" => MockFailure::BadRequest,
+            "context_window" => MockFailure::ContextWindow,
+            "stall_after_first_chunk" => MockFailure::StallAfterFirstChunk,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the config text comes from.
+#[derive(Debug, Clone)]
+pub enum Source<'a> {
+    /// The compiled-in `config/default.yaml`.
+    BuiltIn,
+    File(&'a Path),
+    /// YAML text, for tests and tools.
+    Yaml(&'a str),
+}
+
+/// Why a config could not be loaded. Start-up errors, apart from request errors.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read or is not valid YAML.
+    Load(String),
+    /// One or more keys are wrong; each names its key path.
+    Invalid(Vec<KeyError>),
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Load(msg) => write!(f, "cannot load config: {msg}"),
+            ConfigError::Invalid(errors) => {
+                write!(f, "invalid config ({} problem(s)):", errors.len())?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads, layers environment overrides from the process environment, and validates.
+    pub fn load(source: Source<'_>) -> Result<Config, ConfigError> {
+        Self::load_with_env(source, std::env::vars(), |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests use this so they never
+    /// depend on, or change, the process environment).
+    pub fn load_with_env(
+        source: Source<'_>,
+        overrides: impl IntoIterator<Item = (String, String)>,
+        lookup_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        use config::{FileFormat, builder::DefaultState};
+
+        let mut builder = config::ConfigBuilder::<DefaultState>::default();
+        builder = match source {
+            Source::BuiltIn => builder.add_source(config::File::from_str(
+                DEFAULT_CONFIG_YAML,
+                FileFormat::Yaml,
+            )),
+            Source::Yaml(text) => {
+                builder.add_source(config::File::from_str(text, FileFormat::Yaml))
+            }
+            Source::File(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::Load(format!(
+                        "config file `{}` does not exist or is not a file",
+                        path.display()
+                    )));
+                }
+                builder.add_source(config::File::from(path).format(FileFormat::Yaml))
+            }
+        };
+        let env: config::Map<String, String> = overrides
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .separator("__")
+                .source(Some(env)),
+        );
+        let layered = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let (raw, ignored) = parse_raw(layered)?;
+        validate::validate(raw, ignored, &lookup_env)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Arc<ModelGroup>> {
+        self.groups.get(name)
+    }
+
+    /// Group names, sorted, for error messages.
+    pub fn group_names(&self) -> Vec<&str> {
+        self.groups.keys().map(String::as_str).collect()
+    }
+}
+
+/// Deserializes the layered config, tracking the path of every key serde did not use.
+fn parse_raw(layered: config::Config) -> Result<(raw::RawConfig, Vec<String>), ConfigError> {
+    let mut unused = Vec::new();
+    let mut on_unused = |path: serde_ignored::Path<'_>| unused.push(key_path(&path));
+    let de = serde_ignored::Deserializer::new(layered, &mut on_unused);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = index_style(&e.path().to_string());
+        ConfigError::Invalid(vec![KeyError {
+            key,
+            message: e.into_inner().to_string(),
+        }])
+    })?;
+    Ok((raw, unused))
+}
+
+/// `model_list.0.litellm_params` from serde_ignored, as `model_list[0].litellm_params`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    index_style(&path.to_string())
+}
+
+fn index_style(dotted: &str) -> String {
+    let mut out = String::new();
+    for seg in dotted.split('.').filter(|s| !s.is_empty() && *s != "?") {
+        if seg.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else if let Some(stripped) = seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            out.push_str(&format!("[{stripped}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// Whether `key` (in `a[0].b` form) is on the LiteLLM compatibility list.
+fn is_ignored_litellm_key(key: &str) -> bool {
+    let segs: Vec<&str> = key
+        .split(['.', '['])
+        .map(|s| s.trim_end_matches(']'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    IGNORED_LITELLM_KEYS.iter().any(|pattern| {
+        let pat: Vec<&str> = pattern.split('.').collect();
+        segs.len() >= pat.len() && pat.iter().zip(&segs).all(|(p, s)| *p == "*" || p == s)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_read_like_the_yaml() {
+        assert_eq!(
+            index_style("model_list.0.litellm_params.rpm"),
+            "model_list[0].litellm_params.rpm"
+        );
+        assert_eq!(
+            index_style("router_settings.timeout"),
+            "router_settings.timeout"
+        );
+        assert_eq!(
+            index_style("router_settings.fallbacks[1].x"),
+            "router_settings.fallbacks[1].x"
+        );
+    }
+
+    #[test]
+    fn litellm_compat_list_matches_by_pattern() {
+        assert!(is_ignored_litellm_key("litellm_settings"));
+        assert!(is_ignored_litellm_key("litellm_settings.drop_params"));
+        assert!(is_ignored_litellm_key("model_list[3].litellm_params.rpm"));
+        assert!(is_ignored_litellm_key("model_list[0].model_info.mode"));
+        assert!(!is_ignored_litellm_key(
+            "model_list[0].litellm_params.timeot"
+        ));
+        assert!(!is_ignored_litellm_key("router_settings.timeot"));
+    }
+}
+
+impl Config {
+    /// The resolved routing table, as `check-config` prints it. Never shows a key.
+    pub fn routing_table(&self) -> String {
+        use std::fmt::Write as _;
+        let d = duration::display;
+        let r = &self.router;
+        let mut out = String::new();
+        let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
+        let _ = writeln!(
+            out,
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}",
+            d(r.timeout),
+            r.stream_timeout.map_or("none".into(), d),
+            d(r.stream_idle_timeout),
+            r.num_retries,
+            d(r.retry_after),
+            d(r.retry_backoff_initial),
+            d(r.retry_backoff_max),
+            r.allow_mock_timeout,
+        );
+        let s = &self.server;
+        let _ = writeln!(
+            out,
+            "server: listen {}, deadline_margin {}, shutdown_grace {}",
+            s.listen,
+            d(s.deadline_margin),
+            d(s.shutdown_grace)
+        );
+        for g in self.groups.values() {
+            let _ = writeln!(out, "\ngroup {}", g.name);
+            for dep in &g.deployments {
+                let base = dep.provider.api_base();
+                let _ = writeln!(
+                    out,
+                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}",
+                    dep.id,
+                    dep.provider.name(),
+                    dep.upstream_model,
+                    if base.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {base}")
+                    },
+                    d(dep.timeout),
+                    dep.stream_timeout.map_or("none".into(), d),
+                    dep.max_retries,
+                    dep.weight,
+                    match &dep.provider {
+                        ProviderConfig::OpenAi {
+                            api_key: Some(_), ..
+                        } => " key set",
+                        _ => "",
+                    },
+                );
+            }
+            let chain = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(" -> ")
+                }
+            };
+            let _ = writeln!(out, "  fallbacks: {}", chain(&g.fallbacks));
+            if !g.context_window_fallbacks.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  context_window_fallbacks: {}",
+                    chain(&g.context_window_fallbacks)
+                );
+            }
+        }
+        if !self.ignored_keys.is_empty() {
+            let _ = writeln!(out, "\nignored LiteLLM keys (no effect in llm-router):");
+            for k in &self.ignored_keys {
+                let _ = writeln!(out, "  {k}");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,98 @@
+//! The config file as written: LiteLLM's proxy config shape plus llm-router's own keys.
+//! Everything is optional here; `validate` decides what is required and fills defaults, so
+//! that every error can name the key it is about.
+
+use serde::Deserialize;
+use std::{collections::BTreeMap, time::Duration};
+
+use super::duration::deserialize_opt as dur;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub model_list: Vec<RawDeployment>,
+    #[serde(default)]
+    pub router_settings: RawRouterSettings,
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDeployment {
+    pub model_name: Option<String>,
+    pub litellm_params: Option<RawLitellmParams>,
+    #[serde(default)]
+    pub model_info: RawModelInfo,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLitellmParams {
+    /// `provider/upstream-model`, e.g. `openai/gpt-4o-mini` or `mock/fast`.
+    pub model: Option<String>,
+    pub api_base: Option<String>,
+    /// A literal key or `os.environ/NAME`.
+    pub api_key: Option<String>,
+    #[serde(default, deserialize_with = "dur")]
+    pub timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+    pub weight: Option<u32>,
+    /// Behaviour of a `mock/` deployment.
+    pub mock: Option<RawMock>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawModelInfo {
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMock {
+    /// Delay before the first chunk (streaming) or before the whole answer starts (unary).
+    #[serde(default, deserialize_with = "dur")]
+    pub time_to_first_chunk: Option<Duration>,
+    /// Generation speed after the first chunk; one word counts as one token.
+    pub tokens_per_second: Option<f64>,
+    /// The text the mock answers with.
+    pub text: Option<String>,
+    /// A failure to simulate on every call: see `MockFailure`.
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRouterSettings {
+    #[serde(default, deserialize_with = "dur")]
+    pub timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_idle_timeout: Option<Duration>,
+    pub num_retries: Option<u32>,
+    /// `[{group: [fallback, ...]}, ...]`, LiteLLM's list-of-single-key-maps shape.
+    pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    pub default_fallbacks: Option<Vec<String>>,
+    pub context_window_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    /// Shortest wait before retrying the same deployment (LiteLLM's `retry_after`).
+    #[serde(default, deserialize_with = "dur")]
+    pub retry_after: Option<Duration>,
+    /// First exponential backoff step; doubles per retry up to `retry_backoff_max`.
+    #[serde(default, deserialize_with = "dur")]
+    pub retry_backoff_initial: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub retry_backoff_max: Option<Duration>,
+    pub allow_mock_timeout: Option<bool>,
+    pub routing_strategy: Option<String>,
+    /// Time allowed to open a TCP/TLS connection to a provider, apart from the request deadline.
+    #[serde(default, deserialize_with = "dur")]
+    pub connect_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    #[serde(default, deserialize_with = "dur")]
+    pub deadline_margin: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub shutdown_grace: Option<Duration>,
+}

@@ -1,0 +1,440 @@
+//! Turns the raw config into a [`Config`]: fills defaults, resolves `os.environ/` secrets and
+//! checks every reference. All problems are collected, so one run reports them all.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{
+    Config, ConfigError, Deployment, KeyError, MockFailure, MockSpec, ModelGroup, ProviderConfig,
+    RouterSettings, Secret, ServerSettings, is_ignored_litellm_key,
+    raw::{RawConfig, RawDeployment, RawMock},
+};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_NUM_RETRIES: u32 = 2;
+const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_OPENAI_BASE: &str = "https://api.openai.com/v1";
+/// Retries above this are almost certainly a typo, and would multiply load on a failing provider.
+const MAX_RETRIES_LIMIT: u32 = 10;
+const ENV_SECRET_PREFIX: &str = "os.environ/";
+
+#[derive(Default)]
+struct Errors(Vec<KeyError>);
+
+impl Errors {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(KeyError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Rejects a zero duration, which would make every call fail at once.
+    fn positive(&mut self, key: &str, d: Option<Duration>) -> Option<Duration> {
+        if d == Some(Duration::ZERO) {
+            self.add(key, "must be greater than zero");
+        }
+        d
+    }
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    unused_keys: Vec<String>,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut errs = Errors::default();
+
+    let mut ignored_keys = Vec::new();
+    for key in unused_keys {
+        if is_ignored_litellm_key(&key) {
+            ignored_keys.push(key);
+        } else {
+            errs.add(key, "unknown key");
+        }
+    }
+
+    let server = server_settings(&raw, &mut errs);
+    let router = router_settings(&raw, &mut errs);
+
+    // Deployments, grouped by model_name in file order.
+    let mut members: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    if raw.model_list.is_empty() {
+        errs.add("model_list", "must list at least one deployment");
+    }
+    for (i, d) in raw.model_list.iter().enumerate() {
+        let position = members
+            .get(d.model_name.as_deref().unwrap_or(""))
+            .map_or(0, Vec::len);
+        if let Some(dep) = deployment(i, d, position, &router, lookup_env, &mut errs) {
+            if !ids.insert(dep.id.clone()) {
+                errs.add(
+                    format!("model_list[{i}].model_info.id"),
+                    format!("duplicate deployment id `{}`", dep.id),
+                );
+            }
+            members.entry(dep.group.clone()).or_default().push(dep);
+        }
+    }
+
+    let rs = &raw.router_settings;
+    let fallbacks = fallback_map(
+        rs.fallbacks.as_deref(),
+        "router_settings.fallbacks",
+        &members,
+        &mut errs,
+    );
+    let cw_fallbacks = fallback_map(
+        rs.context_window_fallbacks.as_deref(),
+        "router_settings.context_window_fallbacks",
+        &members,
+        &mut errs,
+    );
+    let default_fallbacks = rs.default_fallbacks.clone().unwrap_or_default();
+    for (j, name) in default_fallbacks.iter().enumerate() {
+        if !members.contains_key(name) {
+            errs.add(
+                format!("router_settings.default_fallbacks[{j}]"),
+                unknown_group(name, &members),
+            );
+        }
+    }
+
+    if !errs.0.is_empty() {
+        return Err(ConfigError::Invalid(errs.0));
+    }
+
+    let groups = members
+        .into_iter()
+        .map(|(name, deps)| {
+            let fallbacks = fallbacks.get(&name).cloned().unwrap_or_else(|| {
+                default_fallbacks
+                    .iter()
+                    .filter(|g| **g != name)
+                    .cloned()
+                    .collect()
+            });
+            let group = ModelGroup {
+                context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
+                fallbacks,
+                deployments: deps.into_iter().map(Arc::new).collect(),
+                name: name.clone(),
+            };
+            (name, Arc::new(group))
+        })
+        .collect();
+
+    Ok(Config {
+        server,
+        router,
+        groups,
+        ignored_keys,
+    })
+}
+
+fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
+    let s = &raw.server;
+    let listen_text = s.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        errs.add(
+            "server.listen",
+            format!("`{listen_text}` is not an address such as 127.0.0.1:50051 or [::]:50051"),
+        );
+        DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address parses")
+    });
+    let deadline_margin = s.deadline_margin.unwrap_or(DEFAULT_DEADLINE_MARGIN);
+    if deadline_margin > Duration::from_secs(5) {
+        errs.add(
+            "server.deadline_margin",
+            "must be at most 5s: it is taken from every call's deadline",
+        );
+    }
+    ServerSettings {
+        listen,
+        deadline_margin,
+        shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+    }
+}
+
+fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
+    let rs = &raw.router_settings;
+    let timeout = errs
+        .positive("router_settings.timeout", rs.timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let stream_timeout = errs.positive("router_settings.stream_timeout", rs.stream_timeout);
+    let stream_idle_timeout = errs
+        .positive(
+            "router_settings.stream_idle_timeout",
+            rs.stream_idle_timeout,
+        )
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let num_retries = rs.num_retries.unwrap_or(DEFAULT_NUM_RETRIES);
+    if num_retries > MAX_RETRIES_LIMIT {
+        errs.add(
+            "router_settings.num_retries",
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        );
+    }
+    let retry_backoff_initial = errs
+        .positive(
+            "router_settings.retry_backoff_initial",
+            rs.retry_backoff_initial,
+        )
+        .unwrap_or(DEFAULT_BACKOFF_INITIAL);
+    let retry_backoff_max = errs
+        .positive("router_settings.retry_backoff_max", rs.retry_backoff_max)
+        .unwrap_or(DEFAULT_BACKOFF_MAX);
+    if retry_backoff_max < retry_backoff_initial {
+        errs.add(
+            "router_settings.retry_backoff_max",
+            "must not be less than router_settings.retry_backoff_initial",
+        );
+    }
+    match rs.routing_strategy.as_deref() {
+        None | Some("simple-shuffle") => {}
+        Some(other) => errs.add(
+            "router_settings.routing_strategy",
+            format!("`{other}` is not supported; supported: simple-shuffle"),
+        ),
+    }
+    let connect_timeout = errs
+        .positive("router_settings.connect_timeout", rs.connect_timeout)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    RouterSettings {
+        timeout,
+        stream_timeout,
+        stream_idle_timeout,
+        num_retries,
+        retry_after: rs.retry_after.unwrap_or(Duration::ZERO),
+        retry_backoff_initial,
+        retry_backoff_max,
+        allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(true),
+        connect_timeout,
+    }
+}
+
+fn deployment(
+    i: usize,
+    d: &RawDeployment,
+    position: usize,
+    router: &RouterSettings,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<Deployment> {
+    let key = |k: &str| format!("model_list[{i}].{k}");
+    let group = match d.model_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => {
+            errs.add(
+                key("model_name"),
+                "is required: the group name clients send as `model`",
+            );
+            return None;
+        }
+    };
+    let Some(params) = &d.litellm_params else {
+        errs.add(key("litellm_params"), "is required");
+        return None;
+    };
+    let Some((provider, upstream_model)) = params
+        .model
+        .as_deref()
+        .and_then(|m| m.split_once('/'))
+        .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+    else {
+        errs.add(
+            key("litellm_params.model"),
+            "is required as `provider/model`, e.g. `openai/gpt-4o-mini` or `mock/fast`",
+        );
+        return None;
+    };
+
+    let timeout = errs
+        .positive(&key("litellm_params.timeout"), params.timeout)
+        .unwrap_or(router.timeout);
+    if timeout > router.timeout {
+        // Not an error: the call's total deadline caps it anyway. Worth saying, though.
+        tracing::warn!(
+            key = %key("litellm_params.timeout"),
+            "deployment timeout is longer than router_settings.timeout, which caps it"
+        );
+    }
+    let stream_timeout = errs
+        .positive(&key("litellm_params.stream_timeout"), params.stream_timeout)
+        .or(router.stream_timeout);
+    let max_retries = params.max_retries.unwrap_or(router.num_retries);
+    if max_retries > MAX_RETRIES_LIMIT {
+        errs.add(
+            key("litellm_params.max_retries"),
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        );
+    }
+    let weight = params.weight.unwrap_or(1);
+    if weight == 0 {
+        errs.add(key("litellm_params.weight"), "must be at least 1");
+    }
+
+    let api_key =
+        params
+            .api_key
+            .as_deref()
+            .and_then(|value| match value.strip_prefix(ENV_SECRET_PREFIX) {
+                Some(var) => match lookup_env(var) {
+                    Some(v) if !v.is_empty() => Some(Secret::new(v)),
+                    _ => {
+                        errs.add(
+                            key("litellm_params.api_key"),
+                            format!("environment variable `{var}` is not set"),
+                        );
+                        None
+                    }
+                },
+                None => Some(Secret::new(value.to_string())),
+            });
+
+    let provider_config = match provider {
+        "mock" => {
+            if params.api_base.is_some() {
+                errs.add(
+                    key("litellm_params.api_base"),
+                    "mock deployments take no api_base",
+                );
+            }
+            ProviderConfig::Mock(mock_spec(
+                &key("litellm_params.mock"),
+                params.mock.as_ref(),
+                errs,
+            ))
+        }
+        "openai" => {
+            if params.mock.is_some() {
+                errs.add(
+                    key("litellm_params.mock"),
+                    "only mock/ deployments take a mock block",
+                );
+            }
+            let base = params.api_base.as_deref().unwrap_or(DEFAULT_OPENAI_BASE);
+            let base = base.trim_end_matches('/').to_string();
+            match reqwest::Url::parse(&base) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => errs.add(
+                    key("litellm_params.api_base"),
+                    format!("`{base}` is not an http(s) URL"),
+                ),
+            }
+            ProviderConfig::OpenAi {
+                api_base: base,
+                api_key,
+            }
+        }
+        other => {
+            errs.add(
+                key("litellm_params.model"),
+                format!("unknown provider `{other}`; supported: mock, openai"),
+            );
+            return None;
+        }
+    };
+
+    let id = match d.model_info.id.as_deref().map(str::trim) {
+        Some("") => {
+            errs.add(key("model_info.id"), "must not be empty");
+            return None;
+        }
+        Some(id) => id.to_string(),
+        None => format!("{group}/{position}"),
+    };
+
+    Some(Deployment {
+        id,
+        group,
+        provider: provider_config,
+        upstream_model: upstream_model.to_string(),
+        timeout,
+        stream_timeout,
+        max_retries,
+        weight,
+    })
+}
+
+fn mock_spec(key: &str, raw: Option<&RawMock>, errs: &mut Errors) -> MockSpec {
+    let empty = RawMock::default();
+    let m = raw.unwrap_or(&empty);
+    let tokens_per_second = m.tokens_per_second.unwrap_or(200.0);
+    if !(tokens_per_second.is_finite() && tokens_per_second > 0.0) {
+        errs.add(
+            format!("{key}.tokens_per_second"),
+            "must be a positive number",
+        );
+    }
+    let failure = m.failure.as_deref().and_then(|f| {
+        let parsed = MockFailure::parse(f);
+        if parsed.is_none() {
+            errs.add(
+                format!("{key}.failure"),
+                format!("`{f}` is not one of: {}", MockFailure::NAMES.join(", ")),
+            );
+        }
+        parsed
+    });
+    MockSpec {
+        time_to_first_chunk: m.time_to_first_chunk.unwrap_or(Duration::from_millis(20)),
+        tokens_per_second,
+        text: m
+            .text
+            .clone()
+            .unwrap_or_else(|| "This is a mock response from llm-router.".to_string()),
+        failure,
+    }
+}
+
+/// Merges LiteLLM's `[{group: [fallback, ...]}]` list into a map, checking every name.
+fn fallback_map(
+    list: Option<&[BTreeMap<String, Vec<String>>]>,
+    key: &str,
+    groups: &BTreeMap<String, Vec<Deployment>>,
+    errs: &mut Errors,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (j, entry) in list.unwrap_or_default().iter().enumerate() {
+        for (from, to) in entry {
+            let here = format!("{key}[{j}].{from}");
+            if !groups.contains_key(from) {
+                errs.add(&here, unknown_group(from, groups));
+            }
+            if out.contains_key(from) {
+                errs.add(&here, format!("fallbacks for `{from}` are given twice"));
+            }
+            for (k, name) in to.iter().enumerate() {
+                if !groups.contains_key(name) {
+                    errs.add(format!("{here}[{k}]"), unknown_group(name, groups));
+                } else if name == from {
+                    errs.add(format!("{here}[{k}]"), "a group cannot fall back to itself");
+                }
+            }
+            out.insert(from.clone(), to.clone());
+        }
+    }
+    out
+}
+
+fn unknown_group(name: &str, groups: &BTreeMap<String, Vec<Deployment>>) -> String {
+    let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+    format!(
+        "unknown model group `{name}`; known groups: {}",
+        known.join(", ")
+    )
+}

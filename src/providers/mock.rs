@@ -1,0 +1,134 @@
+//! The built-in `mock/` provider: no network, configurable time to first chunk, speed, text and
+//! failures. It powers the embedded default config and lets anyone see the deadline machinery
+//! work without a provider key.
+
+use std::time::Duration;
+
+use futures_util::stream;
+use tokio::time::{Instant, sleep_until};
+
+use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, rough_tokens};
+use crate::config::{MockFailure, MockSpec};
+use crate::proto::{FinishReason, Usage};
+
+#[derive(Debug)]
+pub struct MockProvider {
+    spec: MockSpec,
+}
+
+impl MockProvider {
+    pub fn new(spec: MockSpec) -> Self {
+        MockProvider { spec }
+    }
+
+    fn fail(&self) -> Result<(), ProviderError> {
+        let Some(failure) = self.spec.failure else {
+            return Ok(());
+        };
+        let (kind, status, detail) = match failure {
+            MockFailure::Hang | MockFailure::StallAfterFirstChunk => return Ok(()),
+            MockFailure::RateLimit => (ErrorKind::RateLimited, 429, "mock: rate limited"),
+            MockFailure::ServerError => (ErrorKind::Upstream, 503, "mock: service unavailable"),
+            MockFailure::ConnectError => (ErrorKind::Connect, 0, "mock: connection refused"),
+            MockFailure::AuthError => (ErrorKind::Auth, 401, "mock: invalid api key"),
+            MockFailure::BadRequest => (ErrorKind::BadRequest, 400, "mock: bad request"),
+            MockFailure::ContextWindow => (
+                ErrorKind::ContextWindow,
+                400,
+                "mock: maximum context length exceeded",
+            ),
+        };
+        let mut err = ProviderError::new(kind, status, detail);
+        if kind == ErrorKind::RateLimited {
+            err.retry_after = Some(Duration::from_secs(1));
+        }
+        Err(err)
+    }
+
+    /// The answer split into word-sized chunks, each keeping its trailing space.
+    fn pieces(&self) -> Vec<String> {
+        self.spec
+            .text
+            .split_inclusive(' ')
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn usage(&self, req: &ChatRequest) -> Usage {
+        let prompt = req
+            .messages
+            .iter()
+            .map(|m| rough_tokens(&m.content))
+            .sum::<u32>();
+        let completion = self.completion_tokens();
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+        }
+    }
+
+    fn completion_tokens(&self) -> u32 {
+        self.pieces().len().try_into().unwrap_or(u32::MAX)
+    }
+
+    fn token_interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.spec.tokens_per_second)
+    }
+
+    pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
+        self.fail()?;
+        if matches!(
+            self.spec.failure,
+            Some(MockFailure::Hang | MockFailure::StallAfterFirstChunk)
+        ) {
+            std::future::pending::<()>().await;
+        }
+        let start = Instant::now();
+        let generation = self.token_interval() * self.completion_tokens().saturating_sub(1);
+        sleep_until(start + self.spec.time_to_first_chunk + generation).await;
+        Ok(Completion {
+            text: self.spec.text.clone(),
+            finish_reason: FinishReason::Stop,
+            usage: Some(self.usage(req)),
+        })
+    }
+
+    pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        self.fail()?;
+        if self.spec.failure == Some(MockFailure::Hang) {
+            std::future::pending::<()>().await;
+        }
+        let stall = self.spec.failure == Some(MockFailure::StallAfterFirstChunk);
+        let interval = self.token_interval();
+        let usage = self.usage(req);
+        let mut chunks: Vec<Chunk> = self
+            .pieces()
+            .into_iter()
+            .map(|delta| Chunk {
+                delta,
+                ..Chunk::default()
+            })
+            .collect();
+        chunks.push(Chunk {
+            delta: String::new(),
+            finish_reason: Some(FinishReason::Stop),
+            usage: Some(usage),
+        });
+        // Each chunk is due at a fixed instant, so a slow consumer does not slow the schedule.
+        let first_due = Instant::now() + self.spec.time_to_first_chunk;
+        let schedule = chunks.into_iter().enumerate().map(move |(i, chunk)| {
+            let due = first_due + interval * u32::try_from(i).unwrap_or(u32::MAX);
+            (due, chunk)
+        });
+        let s = stream::unfold((schedule, 0usize), move |(mut schedule, sent)| async move {
+            if stall && sent == 1 {
+                std::future::pending::<()>().await;
+            }
+            let (due, chunk) = schedule.next()?;
+            sleep_until(due).await;
+            Some((Ok(chunk), (schedule, sent + 1)))
+        });
+        Ok(Box::pin(s))
+    }
+}

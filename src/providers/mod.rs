@@ -1,0 +1,231 @@
+//! Providers: one module per wire format. Each turns a [`ChatRequest`] into a [`Completion`] or
+//! a [`ChunkStream`], and every failure into a [`ProviderError`] whose [`ErrorKind`] the routing
+//! layer uses to decide what happens next. Providers know nothing of deadlines: the routing layer
+//! drops their futures when time runs out, which closes the upstream request.
+
+mod mock;
+mod openai;
+mod sse;
+
+use std::{fmt, pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::Stream;
+
+use crate::config::{Deployment, ProviderConfig};
+use crate::proto::{ChatMessage, FinishReason, Usage};
+
+pub use mock::MockProvider;
+pub use openai::OpenAiProvider;
+
+/// What every provider is asked: the conversation and sampling parameters, already validated.
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    pub user: String,
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Option<Usage>,
+}
+
+/// One piece of a streamed answer. Content chunks carry a delta; the provider's last chunks may
+/// carry only a finish reason or usage.
+#[derive(Debug, Clone, Default)]
+pub struct Chunk {
+    pub delta: String,
+    pub finish_reason: Option<FinishReason>,
+    pub usage: Option<Usage>,
+}
+
+impl Chunk {
+    /// Whether this chunk commits a stream: it has text, or it ends the answer.
+    pub fn commits(&self) -> bool {
+        !self.delta.is_empty() || self.finish_reason.is_some()
+    }
+}
+
+/// A provider's stream. It ends (`None`) only after the provider's own end-of-stream marker;
+/// a stream cut short yields an `Err` first.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
+
+/// How a provider call failed, in the terms the routing layer decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No connection could be made.
+    Connect,
+    /// 5xx, 408, 409, a broken connection, or a malformed answer: retryable.
+    Upstream,
+    /// 429 or the provider's overloaded signal: retryable, maybe after `retry_after`.
+    RateLimited,
+    /// 401 or 403: this deployment's credentials are wrong; other deployments may work.
+    Auth,
+    /// 400, 404, 413, 422: the request itself is bad; no deployment will take it.
+    BadRequest,
+    /// The prompt does not fit the model's context window.
+    ContextWindow,
+    /// Another 4xx: this deployment refuses, for reasons a retry will not change.
+    Refused,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    /// The provider's HTTP status, 0 when there was none.
+    pub status: u16,
+    /// The provider's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// What happened, with the provider's own words. Never holds a key.
+    pub detail: String,
+}
+
+impl ProviderError {
+    pub fn new(kind: ErrorKind, status: u16, detail: impl Into<String>) -> Self {
+        ProviderError {
+            kind,
+            status,
+            retry_after: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// Classifies an HTTP error status. `body` is the provider's error text.
+    pub fn from_status(status: u16, retry_after: Option<Duration>, body: &str) -> Self {
+        let kind = match status {
+            429 => ErrorKind::RateLimited,
+            401 | 403 => ErrorKind::Auth,
+            400 | 404 | 413 | 422 if is_context_window_error(body) => ErrorKind::ContextWindow,
+            400 | 404 | 413 | 422 => ErrorKind::BadRequest,
+            408 | 409 => ErrorKind::Upstream,
+            500..=599 => ErrorKind::Upstream,
+            _ if (400..500).contains(&status) => ErrorKind::Refused,
+            // 1xx/3xx where a 2xx was expected: the upstream is not speaking the protocol.
+            _ => ErrorKind::Upstream,
+        };
+        ProviderError {
+            kind,
+            status,
+            retry_after,
+            detail: format!("HTTP {status}: {}", excerpt(body)),
+        }
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// OpenAI's `context_length_exceeded` and the wording OpenAI-compatible servers use for it.
+fn is_context_window_error(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context window",
+        "context length",
+        "too many tokens",
+        "prompt is too long",
+    ]
+    .iter()
+    .any(|needle| b.contains(needle))
+}
+
+/// Provider error text is kept, but bounded: a misbehaving upstream could send megabytes.
+pub(crate) fn excerpt(body: &str) -> String {
+    const MAX: usize = 512;
+    let trimmed = body.trim();
+    if trimmed.len() <= MAX {
+        return trimmed.to_string();
+    }
+    let mut end = MAX;
+    while !trimmed.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &trimmed[..end])
+}
+
+/// A deployment's provider client, built once per config snapshot.
+#[derive(Debug)]
+pub enum Provider {
+    Mock(MockProvider),
+    OpenAi(OpenAiProvider),
+}
+
+impl Provider {
+    pub fn new(deployment: &Deployment, http: &reqwest::Client) -> Arc<Provider> {
+        Arc::new(match &deployment.provider {
+            ProviderConfig::Mock(spec) => Provider::Mock(MockProvider::new(spec.clone())),
+            ProviderConfig::OpenAi { api_base, api_key } => Provider::OpenAi(OpenAiProvider::new(
+                http.clone(),
+                api_base,
+                api_key.clone(),
+                deployment.upstream_model.clone(),
+            )),
+        })
+    }
+
+    pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
+        match self {
+            Provider::Mock(p) => p.complete(req).await,
+            Provider::OpenAi(p) => p.complete(req).await,
+        }
+    }
+
+    /// Starts a streamed answer. Returns once the provider has accepted the request; the first
+    /// chunk is read from the stream.
+    pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        match self {
+            Provider::Mock(p) => p.stream(req).await,
+            Provider::OpenAi(p) => p.stream(req).await,
+        }
+    }
+}
+
+/// Counts words as tokens, for the mock provider and for usage when a provider sends none.
+pub(crate) fn rough_tokens(text: &str) -> u32 {
+    text.split_whitespace()
+        .count()
+        .try_into()
+        .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_classify_as_the_routing_table_says() {
+        let kind = |s, body: &str| ProviderError::from_status(s, None, body).kind;
+        assert_eq!(kind(429, ""), ErrorKind::RateLimited);
+        assert_eq!(kind(401, ""), ErrorKind::Auth);
+        assert_eq!(kind(403, ""), ErrorKind::Auth);
+        for s in [400, 404, 413, 422] {
+            assert_eq!(kind(s, "bad"), ErrorKind::BadRequest);
+        }
+        assert_eq!(
+            kind(400, r#"{"error":{"code":"context_length_exceeded"}}"#),
+            ErrorKind::ContextWindow
+        );
+        for s in [408, 409, 500, 502, 503, 504] {
+            assert_eq!(kind(s, ""), ErrorKind::Upstream);
+        }
+        assert_eq!(kind(402, ""), ErrorKind::Refused);
+    }
+
+    #[test]
+    fn excerpt_bounds_long_bodies_on_char_boundaries() {
+        let long = "é".repeat(1000);
+        let e = excerpt(&long);
+        assert!(e.len() <= 520);
+        assert!(e.ends_with('…'));
+    }
+}

@@ -1,0 +1,166 @@
+//! Why a call failed. Every variant chooses its gRPC code and ErrorInfo reason in one exhaustive
+//! match, so a new variant forces a decision.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use super::retry::Failure;
+use crate::providers::ErrorKind;
+
+/// ErrorInfo domain of every error the service returns.
+pub const ERROR_DOMAIN: &str = "llmrouter.v1";
+
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// A request field is wrong.
+    InvalidArgument { field: String, message: String },
+    /// The requested model group does not exist.
+    ModelNotFound { model: String, known: Vec<String> },
+    /// `mock_timeout` was asked for while `router_settings.allow_mock_timeout` is false.
+    MockTimeoutDisabled,
+    /// The server is shutting down and takes no new calls.
+    ShuttingDown,
+    /// The call's total deadline ran out before the chain was done.
+    DeadlineExceeded,
+    /// Every group of the chain was tried and the last attempt failed like this.
+    FallbacksExhausted(Failure),
+    /// A provider said the request itself is bad (400/404/413/422): no fallback will help.
+    UpstreamRejected(Failure),
+    /// The prompt does not fit and the group has no context-window fallbacks.
+    ContextWindowExceeded(Failure),
+    /// A committed stream was silent longer than `stream_idle_timeout`.
+    StreamIdleTimeout { idle: Duration },
+    /// A committed stream broke: the provider cut it, or sent garbage.
+    StreamInterrupted { detail: String },
+}
+
+impl CallError {
+    pub fn code(&self) -> Code {
+        match self {
+            CallError::InvalidArgument { .. } => Code::InvalidArgument,
+            CallError::ModelNotFound { .. } => Code::NotFound,
+            CallError::MockTimeoutDisabled => Code::FailedPrecondition,
+            CallError::ShuttingDown => Code::Unavailable,
+            CallError::DeadlineExceeded => Code::DeadlineExceeded,
+            CallError::FallbacksExhausted(last) => exhausted_code(last),
+            CallError::UpstreamRejected(_) => Code::InvalidArgument,
+            CallError::ContextWindowExceeded(_) => Code::InvalidArgument,
+            CallError::StreamIdleTimeout { .. } => Code::DeadlineExceeded,
+            CallError::StreamInterrupted { .. } => Code::Unavailable,
+        }
+    }
+
+    /// The ErrorInfo reason: a stable UPPER_SNAKE name clients can switch on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallError::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            CallError::ModelNotFound { .. } => "MODEL_NOT_FOUND",
+            CallError::MockTimeoutDisabled => "MOCK_TIMEOUT_DISABLED",
+            CallError::ShuttingDown => "SHUTTING_DOWN",
+            CallError::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            CallError::FallbacksExhausted(_) => "FALLBACKS_EXHAUSTED",
+            CallError::UpstreamRejected(_) => "UPSTREAM_REJECTED",
+            CallError::ContextWindowExceeded(_) => "CONTEXT_WINDOW_EXCEEDED",
+            CallError::StreamIdleTimeout { .. } => "STREAM_IDLE_TIMEOUT",
+            CallError::StreamInterrupted { .. } => "STREAM_INTERRUPTED",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            CallError::InvalidArgument { field, message } => format!("`{field}` {message}"),
+            CallError::ModelNotFound { model, known } if model.is_empty() => {
+                format!(
+                    "`model` is required; known model groups: {}",
+                    known.join(", ")
+                )
+            }
+            CallError::ModelNotFound { model, known } => {
+                format!(
+                    "unknown model group `{model}`; known model groups: {}",
+                    known.join(", ")
+                )
+            }
+            CallError::MockTimeoutDisabled => {
+                "`mock_timeout` is disabled by router_settings.allow_mock_timeout".into()
+            }
+            CallError::ShuttingDown => {
+                "the server is shutting down; retry on another instance".into()
+            }
+            CallError::DeadlineExceeded => {
+                "the call's deadline passed before any deployment answered".into()
+            }
+            CallError::FallbacksExhausted(last) => {
+                format!(
+                    "every deployment and fallback failed; last: {}",
+                    last.detail()
+                )
+            }
+            CallError::UpstreamRejected(f) => {
+                format!("the provider rejected the request: {}", f.detail())
+            }
+            CallError::ContextWindowExceeded(f) => format!(
+                "the prompt exceeds the model's context window and no context_window_fallbacks are configured: {}",
+                f.detail()
+            ),
+            CallError::StreamIdleTimeout { idle } => {
+                format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
+            }
+            CallError::StreamInterrupted { detail } => {
+                format!("the provider's stream broke: {detail}")
+            }
+        }
+    }
+
+    /// How long a rate-limited caller should wait, for RetryInfo.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::FallbacksExhausted(f) if exhausted_code(f) == Code::ResourceExhausted => {
+                Some(f.retry_after().unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// When the chain is exhausted, the last attempt's failure decides the code.
+fn exhausted_code(last: &Failure) -> Code {
+    match last {
+        Failure::Timeout { .. } | Failure::MockTimeout => Code::DeadlineExceeded,
+        Failure::Provider(e) => match e.kind {
+            ErrorKind::RateLimited => Code::ResourceExhausted,
+            ErrorKind::Upstream | ErrorKind::Connect => Code::Unavailable,
+            ErrorKind::Auth | ErrorKind::Refused => Code::FailedPrecondition,
+            ErrorKind::BadRequest | ErrorKind::ContextWindow => Code::InvalidArgument,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ProviderError;
+
+    #[test]
+    fn exhausted_code_follows_the_last_failure() {
+        let p = |k| CallError::FallbacksExhausted(Failure::Provider(ProviderError::new(k, 0, "")));
+        assert_eq!(p(ErrorKind::RateLimited).code(), Code::ResourceExhausted);
+        assert_eq!(
+            p(ErrorKind::RateLimited).retry_after(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(p(ErrorKind::Upstream).code(), Code::Unavailable);
+        assert_eq!(p(ErrorKind::Connect).code(), Code::Unavailable);
+        assert_eq!(p(ErrorKind::Auth).code(), Code::FailedPrecondition);
+        assert_eq!(
+            CallError::FallbacksExhausted(Failure::Timeout { first_chunk: true }).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            CallError::FallbacksExhausted(Failure::MockTimeout).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(p(ErrorKind::Upstream).retry_after(), None);
+    }
+}

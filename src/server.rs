@@ -1,0 +1,103 @@
+//! The gRPC server: RouterService, grpc.health.v1 and reflection (v1 and v1alpha, since
+//! grpcurl up to 1.8.7 only speaks v1alpha), with a bounded graceful shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::RouterApi;
+use crate::config::Config;
+use crate::proto::router_service_server::RouterServiceServer;
+use crate::routing::Router;
+
+/// The descriptor set of `proto/`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/llmrouter_descriptor.bin"));
+
+/// The name health checks use for the router service.
+pub const SERVICE_NAME: &str = "llmrouter.v1.RouterService";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServeError {
+    Setup(String),
+    Transport(tonic::transport::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Setup(msg) => write!(f, "server setup failed: {msg}"),
+            ServeError::Transport(e) => write!(f, "server failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Serves on `listener` until `shutdown` completes, then flips health to NOT_SERVING, stops
+/// accepting, and lets in-flight calls finish for up to `server.shutdown_grace`.
+pub async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let grace = config.server.shutdown_grace;
+    let router = Arc::new(Router::new(config).map_err(ServeError::Setup)?);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RouterServiceServer<RouterApi>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RouterServiceServer::new(RouterApi::new(router)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(serve);
+
+    tokio::select! {
+        result = &mut serve => return result.map_err(ServeError::Transport),
+        () = shutdown => {}
+    }
+
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: health NOT_SERVING, draining calls"
+    );
+    health
+        .set_not_serving::<RouterServiceServer<RouterApi>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop_accepting.send(());
+    match tokio::time::timeout(grace, serve).await {
+        Ok(result) => result.map_err(ServeError::Transport),
+        Err(_) => {
+            tracing::warn!("shutdown grace period ended with calls still in flight; closing them");
+            Ok(())
+        }
+    }
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
