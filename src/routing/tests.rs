@@ -1,1 +1,474 @@
+//! The chain walk under tokio's paused clock: the real router and the real mock provider, with
+//! time that only moves when every task waits, so deadline arithmetic is exact.
 
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::mpsc, time::Instant};
+use tonic::Code;
+
+use super::*;
+use crate::config::{Config, Source};
+use crate::proto::{ChatMessage, Role};
+
+fn router(yaml: &str) -> Router {
+    let config = Config::load_with_env(Source::Yaml(yaml), Vec::new(), |_| None)
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+    Router::new(Arc::new(config)).unwrap()
+}
+
+fn call(model: &str) -> CallRequest {
+    CallRequest {
+        model: model.into(),
+        chat: ChatRequest {
+            messages: vec![ChatMessage {
+                role: Role::User as i32,
+                content: "hello there".into(),
+                name: None,
+            }],
+            ..ChatRequest::default()
+        },
+        ..CallRequest::default()
+    }
+}
+
+fn outcomes(attempts: &[Attempt]) -> Vec<(String, AttemptOutcome)> {
+    attempts
+        .iter()
+        .map(|a| {
+            (
+                a.deployment.clone(),
+                AttemptOutcome::try_from(a.outcome).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `fast` answers after 100ms of time-to-first-chunk (one-word text, so no generation time).
+const CHAIN: &str = r#"
+model_list:
+  - model_name: primary
+    litellm_params: { model: mock/hangs, timeout: 1s, max_retries: 0, mock: { failure: hang } }
+    model_info: { id: primary-0 }
+  - model_name: second
+    litellm_params: { model: mock/hangs, timeout: 1s, max_retries: 0, mock: { failure: hang } }
+    model_info: { id: second-0 }
+  - model_name: fast
+    litellm_params: { model: mock/fast, timeout: 5s, mock: { time_to_first_chunk: 100ms, text: "ok" } }
+    model_info: { id: fast-0 }
+  - model_name: flaky
+    litellm_params: { model: mock/flaky, timeout: 5s, mock: { failure: server_error } }
+    model_info: { id: flaky-0 }
+  - model_name: limited
+    litellm_params: { model: mock/limited, timeout: 5s, mock: { failure: rate_limit } }
+    model_info: { id: limited-0 }
+  - model_name: badkey
+    litellm_params: { model: mock/badkey, mock: { failure: auth_error } }
+    model_info: { id: badkey-0 }
+  - model_name: badreq
+    litellm_params: { model: mock/badreq, mock: { failure: bad_request } }
+    model_info: { id: badreq-0 }
+  - model_name: small
+    litellm_params: { model: mock/small, mock: { failure: context_window } }
+    model_info: { id: small-0 }
+  - model_name: slowstart
+    litellm_params: { model: mock/slowstart, timeout: 10s, stream_timeout: 1s, max_retries: 0, mock: { time_to_first_chunk: 3s } }
+    model_info: { id: slowstart-0 }
+  - model_name: stall
+    litellm_params: { model: mock/stall, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c" } }
+    model_info: { id: stall-0 }
+router_settings:
+  timeout: 60s
+  num_retries: 2
+  retry_backoff_initial: 100ms
+  retry_backoff_max: 400ms
+  stream_idle_timeout: 500ms
+  fallbacks:
+    - primary: [fast]
+    - second: [fast]
+    - slowstart: [fast]
+    - badkey: [fast]
+    - badreq: [fast]
+    - stall: [fast]
+  context_window_fallbacks:
+    - small: [fast]
+server:
+  deadline_margin: 20ms
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_primary_falls_back_after_its_own_timeout() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let a = r.complete(&call("primary")).await.unwrap();
+    // 1s primary timeout, then the fallback's 100ms.
+    assert_eq!(start.elapsed(), ms(1100));
+    assert_eq!(a.group, "fast");
+    assert_eq!(a.deployment, "fast-0");
+    assert_eq!(
+        outcomes(&a.attempts),
+        [
+            ("primary-0".into(), AttemptOutcome::Timeout),
+            ("fast-0".into(), AttemptOutcome::Ok)
+        ]
+    );
+    assert_eq!(a.attempts[0].elapsed, Some(to_proto_duration(ms(1000))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_exceeded_only_after_the_last_fallback() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("primary");
+    req.fallbacks = vec!["second".into()];
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        ms(2000),
+        "both groups waited out their 1s timeouts"
+    );
+    assert_eq!(f.error.code(), Code::DeadlineExceeded);
+    assert_eq!(f.error.reason(), "FALLBACKS_EXHAUSTED");
+    assert_eq!(
+        outcomes(&f.attempts),
+        [
+            ("primary-0".into(), AttemptOutcome::Timeout),
+            ("second-0".into(), AttemptOutcome::Timeout)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_deadline_bounds_the_whole_chain() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("primary");
+    req.fallbacks = vec!["second".into()];
+    req.timeout = Some(ms(1500));
+    let f = r.complete(&req).await.unwrap_err();
+    // 1500ms less the 20ms margin: the fallback's attempt is cut at the total deadline.
+    assert_eq!(start.elapsed(), ms(1480));
+    assert_eq!(f.error.code(), Code::DeadlineExceeded);
+    assert_eq!(f.error.reason(), "DEADLINE_EXCEEDED");
+    assert_eq!(f.attempts.len(), 2);
+    assert_eq!(f.attempts[1].elapsed, Some(to_proto_duration(ms(480))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_deadline_is_the_earliest_and_wins() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("primary");
+    req.client_timeout = Some(ms(300));
+    req.timeout = Some(ms(5000));
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(280));
+    assert_eq!(f.error.code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_back_off_exponentially_within_the_group() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let f = r.complete(&call("flaky")).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::Unavailable);
+    assert_eq!(f.attempts.len(), 3, "first attempt and num_retries 2");
+    // Full-jitter backoff: retry 1 waits 50..100ms, retry 2 waits 100..200ms.
+    let e = start.elapsed();
+    assert!(e >= ms(150) && e <= ms(300), "elapsed {e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn num_retries_from_the_request_overrides_the_config() {
+    let r = router(CHAIN);
+    let mut req = call("flaky");
+    req.num_retries = Some(0);
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(f.attempts.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_rate_limits_answer_resource_exhausted() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("limited");
+    req.num_retries = Some(1);
+    let f = r.complete(&req).await.unwrap_err();
+    // The mock's Retry-After is 1s, longer than the backoff.
+    assert_eq!(start.elapsed(), ms(1000));
+    assert_eq!(f.attempts.len(), 2);
+    assert_eq!(f.error.code(), Code::ResourceExhausted);
+    assert_eq!(f.error.retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_longer_than_the_deadline_moves_on_at_once() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("limited");
+    req.timeout = Some(ms(800));
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        ms(0),
+        "no sleep that cannot fit in the deadline"
+    );
+    assert_eq!(f.attempts.len(), 1);
+    assert_eq!(f.error.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn auth_failures_skip_the_deployment_without_retrying_it() {
+    let r = router(CHAIN);
+    let a = r.complete(&call("badkey")).await.unwrap();
+    assert_eq!(
+        outcomes(&a.attempts),
+        [
+            ("badkey-0".into(), AttemptOutcome::Rejected),
+            ("fast-0".into(), AttemptOutcome::Ok)
+        ]
+    );
+    assert_eq!(a.attempts[0].upstream_status, 401);
+
+    let mut req = call("badkey");
+    req.fallbacks = vec![];
+    let r2 = router(&CHAIN.replace("- badkey: [fast]", ""));
+    let f = r2.complete(&req).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::FailedPrecondition);
+    assert_eq!(f.attempts.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_answer_invalid_argument_without_fallback() {
+    let r = router(CHAIN);
+    let f = r.complete(&call("badreq")).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::InvalidArgument);
+    assert_eq!(f.error.reason(), "UPSTREAM_REJECTED");
+    assert_eq!(f.attempts.len(), 1, "the configured fallback is not tried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn context_window_errors_go_to_context_window_fallbacks() {
+    let r = router(CHAIN);
+    let a = r.complete(&call("small")).await.unwrap();
+    assert_eq!(a.group, "fast");
+    assert_eq!(
+        a.attempts.len(),
+        2,
+        "not retried: the prompt will not shrink"
+    );
+
+    let r2 = router(&CHAIN.replace("- small: [fast]", "- fast: [primary]"));
+    let f = r2.complete(&call("small")).await.unwrap_err();
+    assert_eq!(f.error.reason(), "CONTEXT_WINDOW_EXCEEDED");
+    assert_eq!(f.error.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(start_paused = true)]
+async fn mock_timeout_waits_out_every_attempt_of_the_requested_group_then_falls_back() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("fast");
+    req.mock_timeout = true;
+    req.num_retries = Some(1);
+    req.fallbacks = vec!["flaky".into(), "primary".into(), "fast".into()];
+    let f = r.complete(&req).await;
+    // fast: two mock timeouts of 5s each plus a backoff; flaky fails; primary hangs 1s; then
+    // the requested group again as the last fallback, this time for real.
+    let a = f.unwrap();
+    let o = outcomes(&a.attempts);
+    assert_eq!(o[0], ("fast-0".into(), AttemptOutcome::MockTimeout));
+    assert_eq!(o[1], ("fast-0".into(), AttemptOutcome::MockTimeout));
+    assert_eq!(o.last().unwrap(), &("fast-0".into(), AttemptOutcome::Ok));
+    assert!(start.elapsed() >= Duration::from_secs(11));
+}
+
+#[tokio::test(start_paused = true)]
+async fn mock_timeout_without_fallbacks_ends_deadline_exceeded() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("fast");
+    req.mock_timeout = true;
+    req.num_retries = Some(0);
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(5),
+        "the deployment's own timeout"
+    );
+    assert_eq!(f.error.code(), Code::DeadlineExceeded);
+    assert_eq!(
+        outcomes(&f.attempts),
+        [("fast-0".into(), AttemptOutcome::MockTimeout)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn mock_timeout_is_refused_when_disabled() {
+    let r = router(&CHAIN.replace(
+        "  timeout: 60s",
+        "  timeout: 60s\n  allow_mock_timeout: false",
+    ));
+    let mut req = call("fast");
+    req.mock_timeout = true;
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::FailedPrecondition);
+    assert!(f.attempts.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_get_a_first_chunk_deadline_and_fall_back_after_it() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let a = r.stream(&call("slowstart")).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        ms(1100),
+        "1s first-chunk deadline, then fast's 100ms"
+    );
+    assert_eq!(
+        outcomes(&a.attempts),
+        [
+            ("slowstart-0".into(), AttemptOutcome::FirstChunkTimeout),
+            ("fast-0".into(), AttemptOutcome::Ok)
+        ]
+    );
+    assert_eq!(a.value.first.delta, "ok");
+
+    // A request stream_timeout overrides the deployment's.
+    let start = Instant::now();
+    let mut req = call("slowstart");
+    req.stream_timeout = Some(ms(250));
+    let a = r.stream(&req).await.unwrap();
+    assert_eq!(start.elapsed(), ms(350));
+    assert_eq!(a.group, "fast");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_timeout_does_not_apply_to_unary_calls() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let a = r.complete(&call("slowstart")).await.unwrap();
+    // 3s to the first token, then six more words at the default 200 tokens/s.
+    assert_eq!(
+        start.elapsed(),
+        ms(3030),
+        "the answer fits the 10s attempt timeout"
+    );
+    assert_eq!(a.group, "slowstart");
+}
+
+#[tokio::test(start_paused = true)]
+async fn mock_timeout_on_a_stream_waits_for_the_first_chunk_deadline() {
+    let r = router(CHAIN);
+    let start = Instant::now();
+    let mut req = call("slowstart");
+    req.mock_timeout = true;
+    let a = r.stream(&req).await.unwrap();
+    assert_eq!(start.elapsed(), ms(1100));
+    assert_eq!(
+        AttemptOutcome::try_from(a.attempts[0].outcome).unwrap(),
+        AttemptOutcome::MockTimeout
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_committed_stream_that_goes_silent_ends_with_idle_timeout() {
+    let r = router(CHAIN);
+    let a = r.stream(&call("stall")).await.unwrap();
+    assert_eq!(
+        a.group, "stall",
+        "committed on its first chunk: no fallback after this"
+    );
+    let (tx, mut rx) = mpsc::channel(8);
+    let start = Instant::now();
+    let end = stream::pump(a, "id".into(), ms(500), tx).await;
+    assert_eq!(end, stream::StreamEnd::Failed(Code::DeadlineExceeded));
+    assert_eq!(start.elapsed(), ms(500));
+    let first = rx.recv().await.unwrap().unwrap();
+    assert_eq!(first.delta, "a ");
+    assert_eq!(first.attempts.len(), 1);
+    let status = rx.recv().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let log = crate::api::status::attempt_log(&status).unwrap();
+    assert_eq!(
+        AttemptOutcome::try_from(log.attempts[0].outcome).unwrap(),
+        AttemptOutcome::IdleTimeout
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_committed_stream_still_ends_at_the_total_deadline() {
+    let r = router(CHAIN);
+    let mut req = call("stall");
+    req.timeout = Some(ms(300));
+    let a = r.stream(&req).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(8);
+    let start = Instant::now();
+    // The idle timer (500ms) is longer than what is left of the 280ms total deadline.
+    let end = stream::pump(a, "id".into(), ms(500), tx).await;
+    assert_eq!(end, stream::StreamEnd::Failed(Code::DeadlineExceeded));
+    assert_eq!(
+        start.elapsed(),
+        ms(270),
+        "280ms less the 10ms to the first chunk"
+    );
+    rx.recv().await.unwrap().unwrap();
+    let status = rx.recv().await.unwrap().unwrap_err();
+    assert_eq!(
+        crate::api::status::attempt_log(&status)
+            .unwrap()
+            .attempts
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_stream_arrives_with_finish_reason_and_usage_last() {
+    let r = router(CHAIN);
+    let a = r.stream(&call("fast")).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(8);
+    let end = stream::pump(a, "id".into(), ms(500), tx).await;
+    assert_eq!(end, stream::StreamEnd::Finished);
+    let first = rx.recv().await.unwrap().unwrap();
+    assert_eq!(first.delta, "ok");
+    let last = rx.recv().await.unwrap().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::Stop as i32);
+    assert_eq!(last.usage.unwrap().completion_tokens, 1);
+    assert!(rx.recv().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_models_and_fallbacks_are_named() {
+    let r = router(CHAIN);
+    let f = r.complete(&call("nope")).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::NotFound);
+    assert!(
+        f.error
+            .message()
+            .contains("known model groups: badkey, badreq, fast")
+    );
+    let mut req = call("fast");
+    req.fallbacks = vec!["fast".into(), "ghost".into()];
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::InvalidArgument);
+    assert!(
+        matches!(f.error, CallError::InvalidArgument { ref field, .. } if field == "fallbacks[1]")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn mock_response_answers_without_a_provider() {
+    let r = router(CHAIN);
+    let mut req = call("primary");
+    req.mock_response = Some("canned".into());
+    let start = Instant::now();
+    let a = r.complete(&req).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(a.value.text, "canned");
+    assert_eq!(a.deployment, MOCK_RESPONSE_DEPLOYMENT);
+}
