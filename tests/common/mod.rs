@@ -1,0 +1,141 @@
+//! Shared test harness: the real server on port 0, driven through the generated tonic client.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use llm_router::config::{Config, Source};
+use llm_router::proto::{
+    AttemptLog, AttemptOutcome, ChatMessage, CompleteRequest, Role, StreamCompleteRequest,
+    router_service_client::RouterServiceClient,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Status, transport::Channel};
+use tonic_types::StatusExt;
+
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    pub client: RouterServiceClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<()>,
+}
+
+impl TestRouter {
+    /// Loads `yaml` (with the given environment for `os.environ/` keys) and serves it on an
+    /// ephemeral port.
+    pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> TestRouter {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = Config::load_with_env(Source::Yaml(yaml), Vec::new(), |k| env.get(k).cloned())
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            llm_router::run(listener, Arc::new(config), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = RouterServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        TestRouter {
+            addr,
+            client,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn start(yaml: &str) -> TestRouter {
+        Self::start_with_env(yaml, &[]).await
+    }
+
+    pub fn client(&self) -> RouterServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Triggers graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn user(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: Role::User as i32,
+        content: text.into(),
+        name: None,
+    }]
+}
+
+pub fn complete(model: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: model.into(),
+        messages: user("hello"),
+        ..Default::default()
+    }
+}
+
+pub fn stream_req(model: &str) -> StreamCompleteRequest {
+    StreamCompleteRequest {
+        model: model.into(),
+        messages: user("hello"),
+        ..Default::default()
+    }
+}
+
+pub fn dur(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The AttemptLog detail of an error status.
+pub fn attempt_log(status: &Status) -> AttemptLog {
+    llm_router::api::status::attempt_log(status).expect("status carries an AttemptLog")
+}
+
+pub fn outcomes(log: &[llm_router::proto::Attempt]) -> Vec<(String, AttemptOutcome)> {
+    log.iter()
+        .map(|a| {
+            (
+                a.deployment.clone(),
+                AttemptOutcome::try_from(a.outcome).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The ErrorInfo reason of an error status.
+pub fn reason(status: &Status) -> String {
+    let info = status
+        .get_details_error_info()
+        .expect("status carries ErrorInfo");
+    assert_eq!(info.domain, "llmrouter.v1");
+    info.reason
+}
+
+/// Timing tolerance for assertions on real timers: generous enough for a loaded 2-core machine,
+/// tight enough to tell a 300ms timeout from a 600s one.
+pub const SLACK: Duration = Duration::from_millis(400);
+
+pub fn assert_between(elapsed: Duration, low: Duration, high: Duration) {
+    assert!(
+        elapsed >= low && elapsed <= high,
+        "elapsed {elapsed:?} not within {low:?}..={high:?}"
+    );
+}
