@@ -325,6 +325,8 @@ fn parse_raw(layered: config::Config) -> Result<(raw::RawConfig, Vec<String>), C
             message: e.into_inner().to_string(),
         }])
     })?;
+    // The config crate's tables are hash maps: sort so that errors come out in a stable order.
+    unused.sort();
     Ok((raw, unused))
 }
 

@@ -61,6 +61,15 @@ impl TestRouter {
         self.client.clone()
     }
 
+    /// A new connection to the server, for the other services' clients.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// Triggers graceful shutdown.
     pub fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {

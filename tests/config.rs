@@ -1,0 +1,276 @@
+//! Config loading and validation: every error names its key.
+
+use std::time::Duration;
+
+use llm_router::config::{Config, ConfigError, ProviderConfig, Source};
+
+fn load(yaml: &str) -> Result<Config, ConfigError> {
+    load_env(yaml, &[], &[])
+}
+
+fn load_env(
+    yaml: &str,
+    overrides: &[(&str, &str)],
+    secrets: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
+    let overrides: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let secrets: Vec<(String, String)> = secrets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with_env(Source::Yaml(yaml), overrides, |name| {
+        secrets
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
+}
+
+/// The keys named by a validation failure.
+fn error_keys(yaml: &str) -> Vec<String> {
+    match load(yaml) {
+        Err(ConfigError::Invalid(errors)) => errors.into_iter().map(|e| e.key).collect(),
+        Err(other) => panic!("expected key errors, got {other}"),
+        Ok(_) => panic!("expected the config to be rejected"),
+    }
+}
+
+const MINIMAL: &str = r#"
+model_list:
+  - model_name: gpt-3.5-turbo
+    litellm_params: { model: openai/gpt-3.5-turbo, api_base: "http://127.0.0.1:9/v1" }
+  - model_name: GPT-4o
+    litellm_params: { model: mock/big }
+router_settings:
+  fallbacks:
+    - gpt-3.5-turbo: [GPT-4o]
+"#;
+
+#[test]
+fn the_built_in_default_is_valid() {
+    let cfg = Config::load_with_env(Source::BuiltIn, Vec::new(), |_| None).unwrap();
+    assert!(cfg.group("chat").is_some());
+    assert_eq!(cfg.group("hanging").unwrap().fallbacks, ["chat-backup"]);
+    assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:50051");
+}
+
+#[test]
+fn group_names_keep_their_case_and_dots() {
+    let cfg = load(MINIMAL).unwrap();
+    assert_eq!(cfg.group_names(), ["GPT-4o", "gpt-3.5-turbo"]);
+    assert_eq!(cfg.group("gpt-3.5-turbo").unwrap().fallbacks, ["GPT-4o"]);
+    // Defaults.
+    assert_eq!(cfg.router.timeout, Duration::from_secs(600));
+    assert_eq!(cfg.router.stream_idle_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.router.num_retries, 2);
+    assert!(cfg.router.allow_mock_timeout);
+    assert_eq!(cfg.server.deadline_margin, Duration::from_millis(20));
+    let d = &cfg.group("gpt-3.5-turbo").unwrap().deployments[0];
+    assert_eq!(d.id, "gpt-3.5-turbo/0");
+    assert_eq!(
+        d.timeout,
+        Duration::from_secs(600),
+        "deployment timeout defaults to the router's"
+    );
+}
+
+#[test]
+fn durations_accept_litellm_seconds_and_unit_strings() {
+    let cfg = load(&format!(
+        "{MINIMAL}  timeout: 30\n  stream_timeout: 2.5\n  stream_idle_timeout: 250ms\n  retry_after: 1m\n"
+    ))
+    .unwrap();
+    assert_eq!(cfg.router.timeout, Duration::from_secs(30));
+    assert_eq!(cfg.router.stream_timeout, Some(Duration::from_millis(2500)));
+    assert_eq!(cfg.router.stream_idle_timeout, Duration::from_millis(250));
+    assert_eq!(cfg.router.retry_after, Duration::from_secs(60));
+}
+
+#[test]
+fn environment_overrides_take_precedence() {
+    let cfg = load_env(
+        MINIMAL,
+        &[
+            ("LLMROUTER__ROUTER_SETTINGS__TIMEOUT", "45s"),
+            ("LLMROUTER__ROUTER_SETTINGS__NUM_RETRIES", "4"),
+            ("LLMROUTER__SERVER__LISTEN", "0.0.0.0:6000"),
+            ("UNRELATED", "x"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.router.timeout, Duration::from_secs(45));
+    assert_eq!(cfg.router.num_retries, 4);
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:6000");
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_path() {
+    let keys = error_keys(&format!("{MINIMAL}  timeot: 5s\nserver:\n  listn: x\n"));
+    assert_eq!(keys, ["router_settings.timeot", "server.listn"]);
+    let keys = error_keys(
+        r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: mock/a, timout: 1s }
+"#,
+    );
+    assert_eq!(keys, ["model_list[0].litellm_params.timout"]);
+}
+
+#[test]
+fn litellm_keys_are_accepted_and_listed_as_ignored() {
+    let cfg = load(&format!(
+        "{MINIMAL}  routing_strategy: simple-shuffle\n  redis_host: localhost\nlitellm_settings:\n  drop_params: true\ngeneral_settings:\n  master_key: sk-1234\n"
+    ))
+    .unwrap();
+    assert!(
+        cfg.ignored_keys
+            .contains(&"router_settings.redis_host".to_string())
+    );
+    assert!(cfg.ignored_keys.contains(&"litellm_settings".to_string()));
+    let table = cfg.routing_table();
+    assert!(table.contains("router_settings.redis_host"));
+    assert!(
+        !table.contains("sk-1234"),
+        "ignored sections are named, never printed"
+    );
+}
+
+#[test]
+fn every_reference_is_checked_with_its_key() {
+    let keys = error_keys(
+        r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: mock/a, timeout: 0 }
+  - model_name: b
+    litellm_params: { model: openai/b, api_key: os.environ/NOT_SET_ANYWHERE }
+  - model_name: c
+    litellm_params: { model: nope/c }
+  - litellm_params: { model: mock/d }
+  - model_name: e
+    litellm_params: { model: no-slash }
+  - model_name: f
+    litellm_params: { model: openai/f, api_base: "ftp://host" }
+router_settings:
+  stream_idle_timeout: 0s
+  fallbacks:
+    - a: [ghost]
+    - ghost2: [a]
+  default_fallbacks: [ghost3]
+  context_window_fallbacks:
+    - a: [a]
+"#,
+    );
+    assert_eq!(
+        keys,
+        [
+            "router_settings.stream_idle_timeout",
+            "model_list[0].litellm_params.timeout",
+            "model_list[1].litellm_params.api_key",
+            "model_list[2].litellm_params.model",
+            "model_list[3].model_name",
+            "model_list[4].litellm_params.model",
+            "model_list[5].litellm_params.api_base",
+            "router_settings.fallbacks[0].a[0]",
+            "router_settings.fallbacks[1].ghost2",
+            "router_settings.context_window_fallbacks[0].a[0]",
+            "router_settings.default_fallbacks[0]",
+        ]
+    );
+}
+
+#[test]
+fn messages_say_what_is_wrong() {
+    let err = load(
+        r#"
+model_list:
+  - model_name: b
+    litellm_params: { model: openai/b, api_key: os.environ/MY_OPENAI_KEY }
+router_settings:
+  fallbacks:
+    - b: [ghost]
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("`model_list[0].litellm_params.api_key`: environment variable `MY_OPENAI_KEY` is not set"), "{err}");
+    assert!(
+        err.contains("unknown model group `ghost`; known groups: b"),
+        "{err}"
+    );
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let err = load(&format!("{MINIMAL}  num_retries: lots\n")).unwrap_err();
+    let ConfigError::Invalid(errors) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors[0].key, "router_settings.num_retries");
+    let err = load(&format!("{MINIMAL}  timeout: 5 parsecs\n")).unwrap_err();
+    let ConfigError::Invalid(errors) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors[0].key, "router_settings.timeout");
+    assert!(errors[0].message.contains("unit"), "{}", errors[0].message);
+}
+
+#[test]
+fn secrets_resolve_from_the_environment_and_never_print() {
+    let yaml = r#"
+model_list:
+  - model_name: b
+    litellm_params: { model: openai/b, api_key: os.environ/MY_KEY }
+  - model_name: c
+    litellm_params: { model: openai/c, api_key: sk-literal-key }
+"#;
+    let cfg = load_env(yaml, &[], &[("MY_KEY", "sk-from-env")]).unwrap();
+    match &cfg.group("b").unwrap().deployments[0].provider {
+        ProviderConfig::OpenAi {
+            api_key: Some(k), ..
+        } => assert_eq!(k.expose(), "sk-from-env"),
+        other => panic!("{other:?}"),
+    }
+    let shown = format!("{cfg:?}\n{}", cfg.routing_table());
+    assert!(
+        !shown.contains("sk-from-env") && !shown.contains("sk-literal-key"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn duplicate_ids_and_empty_lists_are_rejected() {
+    let keys = error_keys(
+        r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: mock/a }
+    model_info: { id: same }
+  - model_name: b
+    litellm_params: { model: mock/b }
+    model_info: { id: same }
+"#,
+    );
+    assert_eq!(keys, ["model_list[1].model_info.id"]);
+    assert_eq!(
+        error_keys("router_settings: { timeout: 5s }\n"),
+        ["model_list"]
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_load_error_naming_it() {
+    let err = Config::load(Source::File(std::path::Path::new(
+        "/nonexistent/llm-router.yaml",
+    )))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/llm-router.yaml"),
+        "{err}"
+    );
+}
