@@ -1,0 +1,121 @@
+//! The real binary, as a user runs it: the built-in default config, `check-config`, SIGTERM.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use llm_router::proto::{AttemptOutcome, router_service_client::RouterServiceClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-router");
+
+/// Starts the binary on an ephemeral port and returns it with the address it logged.
+fn spawn(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("LLMROUTER_CONFIG")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("the server did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn the_default_config_serves_its_fallback_story_and_exits_cleanly_on_sigterm() {
+    let (mut child, addr) = spawn(&[]);
+    let mut client = RouterServiceClient::connect(format!("http://{addr}")).await.unwrap();
+
+    let resp = client.complete(complete("chat")).await.unwrap().into_inner();
+    assert_eq!(resp.deployment, "chat-primary");
+
+    // `hanging` never answers; after its 1s timeout the call falls back to chat-backup.
+    let start = Instant::now();
+    let resp = client.complete(complete("hanging")).await.unwrap().into_inner();
+    assert_between(start.elapsed(), ms(1000), ms(1000) + SLACK);
+    assert_eq!(resp.model, "chat-backup");
+    assert_eq!(
+        outcomes(&resp.attempts),
+        [("hanging-primary".into(), AttemptOutcome::Timeout), ("chat-backup".into(), AttemptOutcome::Ok)]
+    );
+
+    let mut s = client.stream_complete(stream_req("story")).await.unwrap().into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    assert_eq!(first.delta, "Once ");
+
+    // SIGTERM mid-stream: the stream still completes, then the process exits 0.
+    sigterm(&child);
+    let mut words = 1;
+    while let Some(m) = s.message().await.unwrap() {
+        words += usize::from(!m.delta.is_empty());
+    }
+    assert!(words > 20, "the whole story arrived ({words} chunks)");
+    drop(client);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn check_config_prints_the_routing_table_or_names_the_bad_key() {
+    let out = Command::new(BIN).args(["check-config"]).env_remove("LLMROUTER_CONFIG").output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("group hanging"), "{table}");
+    assert!(table.contains("fallbacks: chat-backup"), "{table}");
+
+    let dir = std::env::temp_dir().join(format!("llm-router-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "model_list:\n  - model_name: a\n    litellm_params: { model: mock/a, timeout: 0 }\nrouter_settings:\n  fallbacks:\n    - a: [b]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("`model_list[0].litellm_params.timeout`: must be greater than zero"), "{err}");
+    assert!(err.contains("`router_settings.fallbacks[0].a[0]`: unknown model group `b`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_flags_exit_2_with_usage() {
+    let out = Command::new(BIN).args(["--frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("USAGE"));
+}
