@@ -37,7 +37,10 @@ fn spawn(args: &[&str]) -> (Child, String) {
 }
 
 fn sigterm(child: &Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -58,22 +61,39 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 #[tokio::test]
 async fn the_default_config_serves_its_fallback_story_and_exits_cleanly_on_sigterm() {
     let (mut child, addr) = spawn(&[]);
-    let mut client = RouterServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
 
-    let resp = client.complete(complete("chat")).await.unwrap().into_inner();
+    let resp = client
+        .complete(complete("chat"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.deployment, "chat-primary");
 
     // `hanging` never answers; after its 1s timeout the call falls back to chat-backup.
     let start = Instant::now();
-    let resp = client.complete(complete("hanging")).await.unwrap().into_inner();
+    let resp = client
+        .complete(complete("hanging"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_between(start.elapsed(), ms(1000), ms(1000) + SLACK);
     assert_eq!(resp.model, "chat-backup");
     assert_eq!(
         outcomes(&resp.attempts),
-        [("hanging-primary".into(), AttemptOutcome::Timeout), ("chat-backup".into(), AttemptOutcome::Ok)]
+        [
+            ("hanging-primary".into(), AttemptOutcome::Timeout),
+            ("chat-backup".into(), AttemptOutcome::Ok)
+        ]
     );
 
-    let mut s = client.stream_complete(stream_req("story")).await.unwrap().into_inner();
+    let mut s = client
+        .stream_complete(stream_req("story"))
+        .await
+        .unwrap()
+        .into_inner();
     let first = s.message().await.unwrap().unwrap();
     assert_eq!(first.delta, "Once ");
 
@@ -91,7 +111,11 @@ async fn the_default_config_serves_its_fallback_story_and_exits_cleanly_on_sigte
 
 #[test]
 fn check_config_prints_the_routing_table_or_names_the_bad_key() {
-    let out = Command::new(BIN).args(["check-config"]).env_remove("LLMROUTER_CONFIG").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env_remove("LLMROUTER_CONFIG")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("group hanging"), "{table}");
@@ -105,11 +129,20 @@ fn check_config_prints_the_routing_table_or_names_the_bad_key() {
         "model_list:\n  - model_name: a\n    litellm_params: { model: mock/a, timeout: 0 }\nrouter_settings:\n  fallbacks:\n    - a: [b]\n",
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check-config", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("`model_list[0].litellm_params.timeout`: must be greater than zero"), "{err}");
-    assert!(err.contains("`router_settings.fallbacks[0].a[0]`: unknown model group `b`"), "{err}");
+    assert!(
+        err.contains("`model_list[0].litellm_params.timeout`: must be greater than zero"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`router_settings.fallbacks[0].a[0]`: unknown model group `b`"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -19,8 +19,6 @@ pub enum CallError {
     ModelNotFound { model: String, known: Vec<String> },
     /// `mock_timeout` was asked for while `router_settings.allow_mock_timeout` is false.
     MockTimeoutDisabled,
-    /// The server is shutting down and takes no new calls.
-    ShuttingDown,
     /// The call's total deadline ran out before the chain was done.
     DeadlineExceeded,
     /// Every group of the chain was tried and the last attempt failed like this.
@@ -41,7 +39,6 @@ impl CallError {
             CallError::InvalidArgument { .. } => Code::InvalidArgument,
             CallError::ModelNotFound { .. } => Code::NotFound,
             CallError::MockTimeoutDisabled => Code::FailedPrecondition,
-            CallError::ShuttingDown => Code::Unavailable,
             CallError::DeadlineExceeded => Code::DeadlineExceeded,
             CallError::FallbacksExhausted(last) => exhausted_code(last),
             CallError::UpstreamRejected(_) => Code::InvalidArgument,
@@ -57,7 +54,6 @@ impl CallError {
             CallError::InvalidArgument { .. } => "INVALID_ARGUMENT",
             CallError::ModelNotFound { .. } => "MODEL_NOT_FOUND",
             CallError::MockTimeoutDisabled => "MOCK_TIMEOUT_DISABLED",
-            CallError::ShuttingDown => "SHUTTING_DOWN",
             CallError::DeadlineExceeded => "DEADLINE_EXCEEDED",
             CallError::FallbacksExhausted(_) => "FALLBACKS_EXHAUSTED",
             CallError::UpstreamRejected(_) => "UPSTREAM_REJECTED",
@@ -84,9 +80,6 @@ impl CallError {
             }
             CallError::MockTimeoutDisabled => {
                 "`mock_timeout` is disabled by router_settings.allow_mock_timeout".into()
-            }
-            CallError::ShuttingDown => {
-                "the server is shutting down; retry on another instance".into()
             }
             CallError::DeadlineExceeded => {
                 "the call's deadline passed before any deployment answered".into()
