@@ -315,3 +315,23 @@ async fn shutdown_flips_health_and_lets_in_flight_streams_finish() {
         .expect("server stops after draining")
         .unwrap();
 }
+
+#[tokio::test]
+async fn huge_durations_in_a_request_are_capped_not_panicked_on() {
+    let r = TestRouter::start(YAML).await;
+    let huge = Some(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    });
+    let mut req = complete("fast");
+    req.timeout = huge;
+    req.stream_timeout = huge;
+    assert!(r.client().complete(req).await.is_ok());
+    let s = llm_router::proto::StreamCompleteRequest {
+        timeout: huge,
+        stream_timeout: huge,
+        ..stream_req("fast")
+    };
+    let mut stream = r.client().stream_complete(s).await.unwrap().into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+}

@@ -274,3 +274,30 @@ fn a_missing_file_is_a_load_error_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn absurd_values_are_rejected_not_panicked_on() {
+    let keys = error_keys(
+        r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: mock/a, timeout: 99999999999, mock: { tokens_per_second: 1e-300 } }
+"#,
+    );
+    assert_eq!(
+        keys,
+        ["model_list[0].litellm_params.timeout"],
+        "type errors stop parsing first"
+    );
+    let keys = error_keys(
+        r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: mock/a, mock: { tokens_per_second: 1e-300 } }
+"#,
+    );
+    assert_eq!(
+        keys,
+        ["model_list[0].litellm_params.mock.tokens_per_second"]
+    );
+}

@@ -50,11 +50,19 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     from_secs(total)
 }
 
+/// No config duration needs more than this; the bound keeps deadline arithmetic far from
+/// overflow.
+pub const MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn from_secs(secs: f64) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{secs} is not a non-negative duration"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+    let d = Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?;
+    if d > MAX {
+        return Err(format!("{secs}s is longer than the 7-day maximum"));
+    }
+    Ok(d)
 }
 
 /// Formats a duration the way the config accepts it, for `check-config` and logs.
@@ -89,12 +97,10 @@ pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
             d.deserialize_any(self)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(Duration::from_secs(v)))
+            from_secs(v as f64).map(Some).map_err(E::custom)
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            u64::try_from(v)
-                .map(|v| Some(Duration::from_secs(v)))
-                .map_err(|_| E::custom(format!("{v} is negative: durations must be >= 0")))
+            from_secs(v as f64).map(Some).map_err(E::custom)
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
             from_secs(v).map(Some).map_err(E::custom)
@@ -132,6 +138,13 @@ mod tests {
         assert!(parse("1.2.3s").is_err());
         assert!(parse("5").is_ok());
         assert!(parse("5x").unwrap_err().contains("unknown unit `x`"));
+        assert!(
+            parse("99999999999999")
+                .unwrap_err()
+                .contains("7-day maximum")
+        );
+        assert!(parse("8d").is_err());
+        assert!(parse("169h").unwrap_err().contains("maximum"));
     }
 
     #[test]

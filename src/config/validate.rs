@@ -374,10 +374,11 @@ fn mock_spec(key: &str, raw: Option<&RawMock>, errs: &mut Errors) -> MockSpec {
     let empty = RawMock::default();
     let m = raw.unwrap_or(&empty);
     let tokens_per_second = m.tokens_per_second.unwrap_or(200.0);
-    if !(tokens_per_second.is_finite() && tokens_per_second > 0.0) {
+    // Bounded so that the per-token interval is a sane Duration.
+    if !(tokens_per_second.is_finite() && (0.01..=1_000_000.0).contains(&tokens_per_second)) {
         errs.add(
             format!("{key}.tokens_per_second"),
-            "must be a positive number",
+            "must be a number from 0.01 to 1000000",
         );
     }
     let failure = m.failure.as_deref().and_then(|f| {

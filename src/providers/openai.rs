@@ -270,15 +270,19 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<S
     }
 }
 
-/// `Retry-After` in seconds (the form providers use), or OpenAI's `retry-after-ms`.
+/// `Retry-After` in seconds (the form providers use), or OpenAI's `retry-after-ms`, capped at a
+/// day: the value only decides whether a retry fits in the call's deadline.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    const CAP: Duration = Duration::from_secs(24 * 3600);
     let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    let secs = match get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(ms) => ms / 1000.0,
+        None => get("retry-after")?.trim().parse::<f64>().ok()?,
+    };
+    if secs.is_nan() {
+        return None;
     }
-    get("retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    Duration::try_from_secs_f64(secs.min(CAP.as_secs_f64())).ok()
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -386,5 +390,14 @@ mod tests {
         h.insert("retry-after-ms", "150".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
         assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "1e300".parse().unwrap());
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::from_secs(24 * 3600)),
+            "capped"
+        );
+        h.insert("retry-after", "-5".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
     }
 }

@@ -38,7 +38,14 @@ pub fn total_deadline(
         .flatten()
         .min()
         .unwrap_or(router);
-    now + budget.saturating_sub(margin)
+    after(now, budget.saturating_sub(margin))
+}
+
+/// `now + d`, saturating far in the future instead of overflowing: durations come from requests
+/// and from providers' headers, and a huge one must not panic.
+pub fn after(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d).unwrap_or_else(|| now + FAR)
 }
 
 /// Deadlines of one attempt, fixed when it starts.
@@ -58,10 +65,10 @@ impl AttemptDeadlines {
         deployment_timeout: Duration,
         stream_timeout: Option<Duration>,
     ) -> Self {
-        let attempt = total.min(start + deployment_timeout);
+        let attempt = total.min(after(start, deployment_timeout));
         AttemptDeadlines {
             attempt,
-            first_chunk: stream_timeout.map(|t| (start + t).min(attempt)),
+            first_chunk: stream_timeout.map(|t| after(start, t).min(attempt)),
         }
     }
 
@@ -164,6 +171,13 @@ mod tests {
         assert_eq!(d.attempt, start + s(2), "total caps the deployment timeout");
         assert_eq!(d.first_chunk, Some(start + s(1)));
         assert!(d.first_chunk_is_binding());
+
+        let d = AttemptDeadlines::new(start, start + s(2), s(3), Some(Duration::MAX));
+        assert_eq!(
+            d.first_chunk,
+            Some(start + s(2)),
+            "a huge stream_timeout cannot overflow"
+        );
 
         let d = AttemptDeadlines::new(start, start + s(2), s(3), Some(s(5)));
         assert_eq!(

@@ -254,7 +254,7 @@ impl Router {
                         group_last.as_ref().and_then(Failure::retry_after),
                         fastrand::f64(),
                     );
-                    if Instant::now() + wait >= plan.deadline {
+                    if wait >= plan.deadline.saturating_duration_since(Instant::now()) {
                         // Waiting would eat the rest of the call's time: fall back instead.
                         break;
                     }

@@ -472,3 +472,59 @@ async fn mock_response_answers_without_a_provider() {
     assert_eq!(a.value.text, "canned");
     assert_eq!(a.deployment, MOCK_RESPONSE_DEPLOYMENT);
 }
+
+const TWO_DEPLOYMENTS: &str = r#"
+model_list:
+  - model_name: pair
+    litellm_params: { model: mock/broken, mock: { failure: server_error } }
+    model_info: { id: broken }
+  - model_name: pair
+    litellm_params: { model: mock/good, mock: { time_to_first_chunk: 100ms, text: "ok" } }
+    model_info: { id: good }
+  - model_name: weighted
+    litellm_params: { model: mock/w3, weight: 3, mock: { text: "ok" } }
+    model_info: { id: heavy }
+  - model_name: weighted
+    litellm_params: { model: mock/w1, mock: { text: "ok" } }
+    model_info: { id: light }
+router_settings:
+  num_retries: 1
+  retry_backoff_initial: 1s
+  retry_backoff_max: 1s
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_prefers_another_deployment_of_the_group_and_starts_at_once() {
+    let r = router(TWO_DEPLOYMENTS);
+    for _ in 0..20 {
+        let start = Instant::now();
+        let a = r.complete(&call("pair")).await.unwrap();
+        assert_eq!(a.deployment, "good");
+        // Whichever came first, no backoff was waited: switching deployments is immediate.
+        assert_eq!(start.elapsed(), ms(100));
+        match outcomes(&a.attempts).as_slice() {
+            [(good, AttemptOutcome::Ok)] => assert_eq!(good, "good"),
+            [
+                (broken, AttemptOutcome::UpstreamError),
+                (good, AttemptOutcome::Ok),
+            ] => {
+                assert_eq!((broken.as_str(), good.as_str()), ("broken", "good"));
+            }
+            other => panic!("unexpected attempts {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_picks_follow_the_weights() {
+    fastrand::seed(7);
+    let r = router(TWO_DEPLOYMENTS);
+    let mut heavy = 0;
+    for _ in 0..400 {
+        if r.complete(&call("weighted")).await.unwrap().deployment == "heavy" {
+            heavy += 1;
+        }
+    }
+    // Weight 3 against 1: about 300 of 400.
+    assert!((260..=340).contains(&heavy), "heavy picked {heavy} of 400");
+}
