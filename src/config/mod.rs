@@ -365,39 +365,6 @@ fn is_ignored_litellm_key(key: &str) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_paths_read_like_the_yaml() {
-        assert_eq!(
-            index_style("model_list.0.litellm_params.rpm"),
-            "model_list[0].litellm_params.rpm"
-        );
-        assert_eq!(
-            index_style("router_settings.timeout"),
-            "router_settings.timeout"
-        );
-        assert_eq!(
-            index_style("router_settings.fallbacks[1].x"),
-            "router_settings.fallbacks[1].x"
-        );
-    }
-
-    #[test]
-    fn litellm_compat_list_matches_by_pattern() {
-        assert!(is_ignored_litellm_key("litellm_settings"));
-        assert!(is_ignored_litellm_key("litellm_settings.drop_params"));
-        assert!(is_ignored_litellm_key("model_list[3].litellm_params.rpm"));
-        assert!(is_ignored_litellm_key("model_list[0].model_info.mode"));
-        assert!(!is_ignored_litellm_key(
-            "model_list[0].litellm_params.timeot"
-        ));
-        assert!(!is_ignored_litellm_key("router_settings.timeot"));
-    }
-}
-
 impl Config {
     /// The resolved routing table, as `check-config` prints it. Never shows a key.
     pub fn routing_table(&self) -> String {
@@ -476,5 +443,38 @@ impl Config {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_read_like_the_yaml() {
+        assert_eq!(
+            index_style("model_list.0.litellm_params.rpm"),
+            "model_list[0].litellm_params.rpm"
+        );
+        assert_eq!(
+            index_style("router_settings.timeout"),
+            "router_settings.timeout"
+        );
+        assert_eq!(
+            index_style("router_settings.fallbacks[1].x"),
+            "router_settings.fallbacks[1].x"
+        );
+    }
+
+    #[test]
+    fn litellm_compat_list_matches_by_pattern() {
+        assert!(is_ignored_litellm_key("litellm_settings"));
+        assert!(is_ignored_litellm_key("litellm_settings.drop_params"));
+        assert!(is_ignored_litellm_key("model_list[3].litellm_params.rpm"));
+        assert!(is_ignored_litellm_key("model_list[0].model_info.mode"));
+        assert!(!is_ignored_litellm_key(
+            "model_list[0].litellm_params.timeot"
+        ));
+        assert!(!is_ignored_litellm_key("router_settings.timeot"));
     }
 }

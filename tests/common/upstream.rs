@@ -332,7 +332,7 @@ async fn respond(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
     macro_rules! write_or_abandon {
         ($bytes:expr) => {
-            if wr.write_all(&$bytes).await.is_err() {
+            if wr.write_all(AsRef::<[u8]>::as_ref(&$bytes)).await.is_err() {
                 return Outcome::Abandoned;
             }
         };
@@ -384,7 +384,7 @@ async fn respond(
                 write_or_abandon!(resp.into_bytes());
                 return Outcome::Completed;
             }
-            write_or_abandon!(STREAM_HEAD.to_vec());
+            write_or_abandon!(STREAM_HEAD);
             // A role-only first event, as OpenAI sends: it must not count as the first chunk.
             write_or_abandon!(sse(
                 r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#
@@ -406,11 +406,11 @@ async fn respond(
             );
             write_or_abandon!(sse(&usage));
             write_or_abandon!(sse("[DONE]"));
-            write_or_abandon!(b"0\r\n\r\n".to_vec());
+            write_or_abandon!(b"0\r\n\r\n".as_slice());
             Outcome::Completed
         }
         Behaviour::StallAfter { after } => {
-            write_or_abandon!(STREAM_HEAD.to_vec());
+            write_or_abandon!(STREAM_HEAD);
             for i in 0..after {
                 write_or_abandon!(sse(&content_event(&req.model, &format!("part{i} "))));
             }
@@ -418,7 +418,7 @@ async fn respond(
         }
         Behaviour::ResetAfter { after } => {
             if after > 0 {
-                write_or_abandon!(STREAM_HEAD.to_vec());
+                write_or_abandon!(STREAM_HEAD);
                 for i in 0..after {
                     write_or_abandon!(sse(&content_event(&req.model, &format!("part{i} "))));
                 }
@@ -428,16 +428,16 @@ async fn respond(
             Outcome::Reset
         }
         Behaviour::MalformedSse => {
-            write_or_abandon!(STREAM_HEAD.to_vec());
+            write_or_abandon!(STREAM_HEAD);
             write_or_abandon!(sse("{this is not json"));
             forever_or_abandoned(rd).await
         }
         Behaviour::EndWithoutDone { after } => {
-            write_or_abandon!(STREAM_HEAD.to_vec());
+            write_or_abandon!(STREAM_HEAD);
             for i in 0..after {
                 write_or_abandon!(sse(&content_event(&req.model, &format!("part{i} "))));
             }
-            write_or_abandon!(b"0\r\n\r\n".to_vec());
+            write_or_abandon!(b"0\r\n\r\n".as_slice());
             Outcome::Closed
         }
     }
