@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUF_VERSION=1.75.0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "==> cargo test"
-cargo test --locked --all-targets
+cargo test --locked --all-targets 2>&1 | tee "$log"
 
 echo "==> buf lint (proto/)"
 if ! command -v npx >/dev/null 2>&1; then
@@ -16,3 +18,6 @@ if ! command -v npx >/dev/null 2>&1; then
 fi
 npx --yes "@bufbuild/buf@${BUF_VERSION}" lint
 echo "buf lint: clean"
+
+# One closing line over every cargo test target.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
