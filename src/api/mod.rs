@@ -91,8 +91,15 @@ impl RouterService for RouterApi {
         let started = Instant::now();
         let id = new_id();
         let client_timeout = client_timeout(&request);
-        let call = request::call_from_complete(request.into_inner(), client_timeout)
-            .map_err(|e| call_status(&e, &[]))?;
+        let model = request.get_ref().model.clone();
+        let call =
+            request::call_from_complete(request.into_inner(), client_timeout).map_err(|error| {
+                let failure = CallFailure {
+                    error,
+                    attempts: Vec::new(),
+                };
+                failed("Complete", &id, &model, failure, started)
+            })?;
         let answered = self
             .router
             .complete(&call)
@@ -132,8 +139,15 @@ impl RouterService for RouterApi {
         let started = Instant::now();
         let id = new_id();
         let client_timeout = client_timeout(&request);
-        let call = request::call_from_stream(request.into_inner(), client_timeout)
-            .map_err(|e| call_status(&e, &[]))?;
+        let model = request.get_ref().model.clone();
+        let call =
+            request::call_from_stream(request.into_inner(), client_timeout).map_err(|error| {
+                let failure = CallFailure {
+                    error,
+                    attempts: Vec::new(),
+                };
+                failed("StreamComplete", &id, &model, failure, started)
+            })?;
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.
         let answered = self
