@@ -231,9 +231,7 @@ model_list:
 "#;
     let cfg = load_env(yaml, &[], &[("MY_KEY", "sk-from-env")]).unwrap();
     match &cfg.group("b").unwrap().deployments[0].provider {
-        ProviderConfig::OpenAi {
-            api_key: Some(k), ..
-        } => assert_eq!(k.expose(), "sk-from-env"),
+        ProviderConfig::Http(h) => assert_eq!(h.api_key.as_ref().unwrap().expose(), "sk-from-env"),
         other => panic!("{other:?}"),
     }
     let shown = format!("{cfg:?}\n{}", cfg.routing_table());

@@ -208,6 +208,7 @@ impl RouterService for RouterApi {
                     .collect(),
                 fallbacks: g.fallbacks.clone(),
                 context_window_fallbacks: g.context_window_fallbacks.clone(),
+                content_policy_fallbacks: g.content_policy_fallbacks.clone(),
             })
             .collect();
         Ok(Response::new(ListModelsResponse { groups }))

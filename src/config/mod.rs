@@ -5,6 +5,7 @@
 //! Errors name the key path (`model_list[2].litellm_params.timeout`) so a user can find it.
 
 pub mod duration;
+pub mod providers;
 mod raw;
 mod secret;
 mod validate;
@@ -29,8 +30,6 @@ pub const IGNORED_LITELLM_KEYS: &[&str] = &[
     "model_list.*.model_info.*",
     "model_list.*.litellm_params.rpm",
     "model_list.*.litellm_params.tpm",
-    "model_list.*.litellm_params.api_version",
-    "model_list.*.litellm_params.organization",
     "model_list.*.litellm_params.region_name",
     "model_list.*.litellm_params.input_cost_per_token",
     "model_list.*.litellm_params.output_cost_per_token",
@@ -50,7 +49,6 @@ pub const IGNORED_LITELLM_KEYS: &[&str] = &[
     "router_settings.disable_cooldowns",
     "router_settings.retry_policy",
     "router_settings.model_group_alias",
-    "router_settings.content_policy_fallbacks",
     "router_settings.cache_responses",
     "router_settings.max_fallbacks",
 ];
@@ -103,6 +101,8 @@ pub struct ModelGroup {
     /// `router_settings.fallbacks` for this group, else `default_fallbacks` (minus itself).
     pub fallbacks: Vec<String>,
     pub context_window_fallbacks: Vec<String>,
+    /// Groups tried when a provider refuses the content on policy grounds.
+    pub content_policy_fallbacks: Vec<String>,
 }
 
 /// One provider endpoint of a model group.
@@ -125,24 +125,41 @@ pub struct Deployment {
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
     Mock(MockSpec),
-    OpenAi {
-        api_base: String,
-        api_key: Option<Secret>,
-    },
+    Http(HttpProvider),
+}
+
+/// A provider reached over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpProvider {
+    /// The prefix as configured (`groq`, `azure`, ...).
+    pub prefix: &'static str,
+    pub wire: providers::WireFormat,
+    /// Base URL without a trailing slash.
+    pub api_base: String,
+    pub api_key: Option<Secret>,
+    /// OpenAI's organization header.
+    pub organization: Option<String>,
+    /// Azure's `api-version`.
+    pub api_version: Option<String>,
+    /// Sent on every request, after (and so replacing) the provider's own headers. Values are
+    /// secrets: they often carry credentials.
+    pub extra_headers: Vec<(String, Secret)>,
+    /// `max_tokens` when the request gives none.
+    pub default_max_tokens: Option<u32>,
 }
 
 impl ProviderConfig {
     pub fn name(&self) -> &'static str {
         match self {
             ProviderConfig::Mock(_) => "mock",
-            ProviderConfig::OpenAi { .. } => "openai",
+            ProviderConfig::Http(h) => h.prefix,
         }
     }
 
     pub fn api_base(&self) -> &str {
         match self {
             ProviderConfig::Mock(_) => "",
-            ProviderConfig::OpenAi { api_base, .. } => api_base,
+            ProviderConfig::Http(h) => &h.api_base,
         }
     }
 }
@@ -365,6 +382,23 @@ fn is_ignored_litellm_key(key: &str) -> bool {
     })
 }
 
+/// What check-config shows of an HTTP provider's settings: whether a key is set and which
+/// headers are added, never their values.
+fn http_summary(h: &HttpProvider) -> String {
+    let mut out = String::new();
+    if h.api_key.is_some() {
+        out.push_str(" key set");
+    }
+    if let Some(v) = &h.api_version {
+        out.push_str(&format!(" api_version {v}"));
+    }
+    if !h.extra_headers.is_empty() {
+        let names: Vec<&str> = h.extra_headers.iter().map(|(n, _)| n.as_str()).collect();
+        out.push_str(&format!(" extra_headers [{}]", names.join(", ")));
+    }
+    out
+}
+
 impl Config {
     /// The resolved routing table, as `check-config` prints it. Never shows a key.
     pub fn routing_table(&self) -> String {
@@ -413,10 +447,8 @@ impl Config {
                     dep.max_retries,
                     dep.weight,
                     match &dep.provider {
-                        ProviderConfig::OpenAi {
-                            api_key: Some(_), ..
-                        } => " key set",
-                        _ => "",
+                        ProviderConfig::Http(h) => http_summary(h),
+                        ProviderConfig::Mock(_) => String::new(),
                     },
                 );
             }
@@ -433,6 +465,13 @@ impl Config {
                     out,
                     "  context_window_fallbacks: {}",
                     chain(&g.context_window_fallbacks)
+                );
+            }
+            if !g.content_policy_fallbacks.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  content_policy_fallbacks: {}",
+                    chain(&g.content_policy_fallbacks)
                 );
             }
         }

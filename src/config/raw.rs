@@ -38,6 +38,14 @@ pub struct RawLitellmParams {
     pub stream_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
     pub weight: Option<u32>,
+    /// Azure OpenAI's `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// OpenAI's `OpenAI-Organization` header.
+    pub organization: Option<String>,
+    /// Extra HTTP headers sent to the provider; values may be `os.environ/NAME`.
+    pub extra_headers: Option<BTreeMap<String, String>>,
+    /// Default `max_tokens` when the request gives none.
+    pub max_tokens: Option<u32>,
     /// Behaviour of a `mock/` deployment.
     pub mock: Option<RawMock>,
 }
@@ -73,6 +81,7 @@ pub struct RawRouterSettings {
     pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
     pub default_fallbacks: Option<Vec<String>>,
     pub context_window_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    pub content_policy_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
     /// Shortest wait before retrying the same deployment (LiteLLM's `retry_after`).
     #[serde(default, deserialize_with = "dur")]
     pub retry_after: Option<Duration>,

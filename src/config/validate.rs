@@ -9,9 +9,10 @@ use std::{
 };
 
 use super::{
-    Config, ConfigError, Deployment, KeyError, MockFailure, MockSpec, ModelGroup, ProviderConfig,
-    RouterSettings, Secret, ServerSettings, is_ignored_litellm_key,
-    raw::{RawConfig, RawDeployment, RawMock},
+    Config, ConfigError, Deployment, HttpProvider, KeyError, MockFailure, MockSpec, ModelGroup,
+    ProviderConfig, RouterSettings, Secret, ServerSettings, is_ignored_litellm_key,
+    providers::{self, DEFAULT_AZURE_API_VERSION, KeyRule, ProviderSpec, WireFormat},
+    raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock},
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -23,7 +24,6 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_OPENAI_BASE: &str = "https://api.openai.com/v1";
 /// Retries above this are almost certainly a typo, and would multiply load on a failing provider.
 const MAX_RETRIES_LIMIT: u32 = 10;
 const ENV_SECRET_PREFIX: &str = "os.environ/";
@@ -101,6 +101,12 @@ pub(super) fn validate(
         &members,
         &mut errs,
     );
+    let cp_fallbacks = fallback_map(
+        rs.content_policy_fallbacks.as_deref(),
+        "router_settings.content_policy_fallbacks",
+        &members,
+        &mut errs,
+    );
     let default_fallbacks = rs.default_fallbacks.clone().unwrap_or_default();
     for (j, name) in default_fallbacks.iter().enumerate() {
         if !members.contains_key(name) {
@@ -127,6 +133,7 @@ pub(super) fn validate(
             });
             let group = ModelGroup {
                 context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
+                content_policy_fallbacks: cp_fallbacks.get(&name).cloned().unwrap_or_default(),
                 fallbacks,
                 deployments: deps.into_iter().map(Arc::new).collect(),
                 name: name.clone(),
@@ -287,66 +294,44 @@ fn deployment(
         errs.add(key("litellm_params.weight"), "must be at least 1");
     }
 
-    let api_key =
-        params
-            .api_key
-            .as_deref()
-            .and_then(|value| match value.strip_prefix(ENV_SECRET_PREFIX) {
-                Some(var) => match lookup_env(var) {
-                    Some(v) if !v.is_empty() => Some(Secret::new(v)),
-                    _ => {
-                        errs.add(
-                            key("litellm_params.api_key"),
-                            format!("environment variable `{var}` is not set"),
-                        );
-                        None
-                    }
-                },
-                None => Some(Secret::new(value.to_string())),
-            });
-
-    let provider_config = match provider {
-        "mock" => {
-            if params.api_base.is_some() {
+    let provider_config = if provider == "mock" {
+        for (set, name) in [
+            (params.api_base.is_some(), "api_base"),
+            (params.api_key.is_some(), "api_key"),
+            (params.api_version.is_some(), "api_version"),
+            (params.organization.is_some(), "organization"),
+            (params.extra_headers.is_some(), "extra_headers"),
+        ] {
+            if set {
                 errs.add(
-                    key("litellm_params.api_base"),
-                    "mock deployments take no api_base",
+                    key(&format!("litellm_params.{name}")),
+                    "mock deployments take no {name}".replace("{name}", name),
                 );
             }
-            ProviderConfig::Mock(mock_spec(
-                &key("litellm_params.mock"),
-                params.mock.as_ref(),
-                errs,
-            ))
         }
-        "openai" => {
-            if params.mock.is_some() {
-                errs.add(
-                    key("litellm_params.mock"),
-                    "only mock/ deployments take a mock block",
-                );
-            }
-            let base = params.api_base.as_deref().unwrap_or(DEFAULT_OPENAI_BASE);
-            let base = base.trim_end_matches('/').to_string();
-            match reqwest::Url::parse(&base) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-                _ => errs.add(
-                    key("litellm_params.api_base"),
-                    format!("`{base}` is not an http(s) URL"),
-                ),
-            }
-            ProviderConfig::OpenAi {
-                api_base: base,
-                api_key,
-            }
-        }
-        other => {
+        ProviderConfig::Mock(mock_spec(
+            &key("litellm_params.mock"),
+            params.mock.as_ref(),
+            errs,
+        ))
+    } else {
+        let Some(spec) = providers::lookup(provider) else {
             errs.add(
                 key("litellm_params.model"),
-                format!("unknown provider `{other}`; supported: mock, openai"),
+                format!(
+                    "unknown provider `{provider}`; supported: {}",
+                    providers::prefixes()
+                ),
             );
             return None;
+        };
+        if params.mock.is_some() {
+            errs.add(
+                key("litellm_params.mock"),
+                "only mock/ deployments take a mock block",
+            );
         }
+        ProviderConfig::Http(http_provider(spec, params, &key, lookup_env, errs))
     };
 
     let id = match d.model_info.id.as_deref().map(str::trim) {
@@ -368,6 +353,148 @@ fn deployment(
         max_retries,
         weight,
     })
+}
+
+/// Resolves an HTTP provider's base URL, key, headers and provider-specific settings.
+fn http_provider(
+    spec: &'static ProviderSpec,
+    params: &RawLitellmParams,
+    key: &dyn Fn(&str) -> String,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> HttpProvider {
+    let base_key = key("litellm_params.api_base");
+    let from_env = || {
+        spec.base_env
+            .and_then(|var| lookup_env(var).filter(|v| !v.is_empty()))
+    };
+    let api_base = match params
+        .api_base
+        .as_deref()
+        .map(str::to_string)
+        .or_else(from_env)
+    {
+        Some(base) => base.trim_end_matches('/').to_string(),
+        None => match spec.default_base {
+            Some(base) => base.to_string(),
+            None => {
+                let hint = spec
+                    .base_env
+                    .map(|v| format!(" (or set {v})"))
+                    .unwrap_or_default();
+                errs.add(
+                    &base_key,
+                    format!("is required for {}/ deployments{hint}", spec.prefix),
+                );
+                String::new()
+            }
+        },
+    };
+    if !api_base.is_empty() {
+        match reqwest::Url::parse(&api_base) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none() => {}
+            _ => errs.add(
+                &base_key,
+                format!("`{api_base}` is not an http(s) base URL"),
+            ),
+        }
+    }
+
+    let key_key = key("litellm_params.api_key");
+    let api_key = match params.api_key.as_deref() {
+        Some(value) => resolve_secret(value, &key_key, lookup_env, errs),
+        None => spec
+            .key_env
+            .and_then(|var| lookup_env(var).filter(|v| !v.is_empty()))
+            .map(Secret::new),
+    };
+    let key_required = match spec.key {
+        KeyRule::Required => true,
+        KeyRule::RequiredAtDefaultBase => Some(api_base.as_str()) == spec.default_base,
+        KeyRule::Optional => false,
+    };
+    if api_key.is_none() && params.api_key.is_none() && key_required {
+        let hint = spec
+            .key_env
+            .map(|v| format!(", and {v} is not set in the environment"))
+            .unwrap_or_default();
+        errs.add(
+            &key_key,
+            format!("is required for {}/ deployments{hint}", spec.prefix),
+        );
+    }
+
+    if params.api_version.is_some() && spec.wire != WireFormat::Azure {
+        errs.add(
+            key("litellm_params.api_version"),
+            "only azure/ deployments take api_version",
+        );
+    }
+    let api_version = (spec.wire == WireFormat::Azure).then(|| {
+        params
+            .api_version
+            .clone()
+            .or_else(|| lookup_env("AZURE_API_VERSION").filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string())
+    });
+    if params.organization.is_some() && spec.wire != WireFormat::OpenAi {
+        errs.add(
+            key("litellm_params.organization"),
+            "only OpenAI-compatible deployments take organization",
+        );
+    }
+    if params.max_tokens == Some(0) {
+        errs.add(key("litellm_params.max_tokens"), "must be at least 1");
+    }
+
+    let mut extra_headers = Vec::new();
+    for (name, value) in params.extra_headers.iter().flatten() {
+        let here = key(&format!("litellm_params.extra_headers.{name}"));
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.add(&here, "is not a valid HTTP header name");
+            continue;
+        }
+        if let Some(v) = resolve_secret(value, &here, lookup_env, errs) {
+            if reqwest::header::HeaderValue::from_str(v.expose()).is_err() {
+                errs.add(&here, "is not a valid HTTP header value");
+            } else {
+                extra_headers.push((name.to_ascii_lowercase(), v));
+            }
+        }
+    }
+
+    HttpProvider {
+        prefix: spec.prefix,
+        wire: spec.wire,
+        api_base,
+        api_key,
+        organization: params.organization.clone(),
+        api_version,
+        extra_headers,
+        default_max_tokens: params.max_tokens,
+    }
+}
+
+/// A literal value, or `os.environ/NAME` read from the environment.
+fn resolve_secret(
+    value: &str,
+    key: &str,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<Secret> {
+    match value.strip_prefix(ENV_SECRET_PREFIX) {
+        Some(var) => match lookup_env(var) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                errs.add(key, format!("environment variable `{var}` is not set"));
+                None
+            }
+        },
+        None => Some(Secret::new(value.to_string())),
+    }
 }
 
 fn mock_spec(key: &str, raw: Option<&RawMock>, errs: &mut Errors) -> MockSpec {

@@ -3,6 +3,9 @@
 //! layer uses to decide what happens next. Providers know nothing of deadlines: the routing layer
 //! drops their futures when time runs out, which closes the upstream request.
 
+mod anthropic;
+mod gemini;
+mod http;
 mod mock;
 mod openai;
 mod sse;
@@ -11,9 +14,11 @@ use std::{fmt, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 
-use crate::config::{Deployment, ProviderConfig};
+use crate::config::{Deployment, ProviderConfig, providers::WireFormat};
 use crate::proto::{ChatMessage, FinishReason, Usage};
 
+pub use anthropic::AnthropicProvider;
+pub use gemini::GeminiProvider;
 pub use mock::MockProvider;
 pub use openai::OpenAiProvider;
 
@@ -71,6 +76,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The prompt does not fit the model's context window.
     ContextWindow,
+    /// The provider refused the content on policy grounds (a content filter).
+    ContentPolicy,
     /// Another 4xx: this deployment refuses, for reasons a retry will not change.
     Refused,
 }
@@ -134,6 +141,7 @@ fn is_context_window_error(body: &str) -> bool {
         "context length",
         "too many tokens",
         "prompt is too long",
+        "maximum number of tokens",
     ]
     .iter()
     .any(|needle| b.contains(needle))
@@ -157,19 +165,28 @@ pub(crate) fn excerpt(body: &str) -> String {
 #[derive(Debug)]
 pub enum Provider {
     Mock(MockProvider),
+    /// OpenAI, Azure OpenAI and the OpenAI-compatible family.
     OpenAi(OpenAiProvider),
+    Anthropic(AnthropicProvider),
+    Gemini(GeminiProvider),
 }
 
 impl Provider {
     pub fn new(deployment: &Deployment, http: &reqwest::Client) -> Arc<Provider> {
+        let model = deployment.upstream_model.as_str();
         Arc::new(match &deployment.provider {
             ProviderConfig::Mock(spec) => Provider::Mock(MockProvider::new(spec.clone())),
-            ProviderConfig::OpenAi { api_base, api_key } => Provider::OpenAi(OpenAiProvider::new(
-                http.clone(),
-                api_base,
-                api_key.clone(),
-                deployment.upstream_model.clone(),
-            )),
+            ProviderConfig::Http(cfg) => match cfg.wire {
+                WireFormat::OpenAi | WireFormat::Azure => {
+                    Provider::OpenAi(OpenAiProvider::new(http.clone(), cfg, model))
+                }
+                WireFormat::Anthropic => {
+                    Provider::Anthropic(AnthropicProvider::new(http.clone(), cfg, model))
+                }
+                WireFormat::Gemini => {
+                    Provider::Gemini(GeminiProvider::new(http.clone(), cfg, model))
+                }
+            },
         })
     }
 
@@ -177,6 +194,8 @@ impl Provider {
         match self {
             Provider::Mock(p) => p.complete(req).await,
             Provider::OpenAi(p) => p.complete(req).await,
+            Provider::Anthropic(p) => p.complete(req).await,
+            Provider::Gemini(p) => p.complete(req).await,
         }
     }
 
@@ -186,6 +205,8 @@ impl Provider {
         match self {
             Provider::Mock(p) => p.stream(req).await,
             Provider::OpenAi(p) => p.stream(req).await,
+            Provider::Anthropic(p) => p.stream(req).await,
+            Provider::Gemini(p) => p.stream(req).await,
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum CallError {
     UpstreamRejected(Failure),
     /// The prompt does not fit and the group has no context-window fallbacks.
     ContextWindowExceeded(Failure),
+    /// The provider refused the content and the group has no content-policy fallbacks.
+    ContentPolicyViolation(Failure),
     /// A committed stream was silent longer than `stream_idle_timeout`.
     StreamIdleTimeout { idle: Duration },
     /// A committed stream broke: the provider cut it, or sent garbage.
@@ -43,6 +45,7 @@ impl CallError {
             CallError::FallbacksExhausted(last) => exhausted_code(last),
             CallError::UpstreamRejected(_) => Code::InvalidArgument,
             CallError::ContextWindowExceeded(_) => Code::InvalidArgument,
+            CallError::ContentPolicyViolation(_) => Code::InvalidArgument,
             CallError::StreamIdleTimeout { .. } => Code::DeadlineExceeded,
             CallError::StreamInterrupted { .. } => Code::Unavailable,
         }
@@ -58,6 +61,7 @@ impl CallError {
             CallError::FallbacksExhausted(_) => "FALLBACKS_EXHAUSTED",
             CallError::UpstreamRejected(_) => "UPSTREAM_REJECTED",
             CallError::ContextWindowExceeded(_) => "CONTEXT_WINDOW_EXCEEDED",
+            CallError::ContentPolicyViolation(_) => "CONTENT_POLICY_VIOLATION",
             CallError::StreamIdleTimeout { .. } => "STREAM_IDLE_TIMEOUT",
             CallError::StreamInterrupted { .. } => "STREAM_INTERRUPTED",
         }
@@ -97,6 +101,10 @@ impl CallError {
                 "the prompt exceeds the model's context window and no context_window_fallbacks are configured: {}",
                 f.detail()
             ),
+            CallError::ContentPolicyViolation(f) => format!(
+                "the provider refused the content and no content_policy_fallbacks are configured: {}",
+                f.detail()
+            ),
             CallError::StreamIdleTimeout { idle } => {
                 format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
             }
@@ -125,7 +133,9 @@ fn exhausted_code(last: &Failure) -> Code {
             ErrorKind::RateLimited => Code::ResourceExhausted,
             ErrorKind::Upstream | ErrorKind::Connect => Code::Unavailable,
             ErrorKind::Auth | ErrorKind::Refused => Code::FailedPrecondition,
-            ErrorKind::BadRequest | ErrorKind::ContextWindow => Code::InvalidArgument,
+            ErrorKind::BadRequest | ErrorKind::ContextWindow | ErrorKind::ContentPolicy => {
+                Code::InvalidArgument
+            }
         },
     }
 }

@@ -233,7 +233,7 @@ impl Router {
             .enumerate()
             .map(|(i, g)| (g.clone(), i == 0))
             .collect();
-        let mut context_window_fallback_taken = false;
+        let mut special_fallback_taken = false;
         let fail = |error, attempts| Err(CallFailure { error, attempts });
 
         'groups: while let Some((group, is_requested)) = chain.pop_front() {
@@ -324,20 +324,26 @@ impl Router {
                             Next::Fatal => {
                                 return fail(CallError::UpstreamRejected(failure), attempts);
                             }
-                            Next::ContextWindow => {
-                                if group.context_window_fallbacks.is_empty()
-                                    || context_window_fallback_taken
-                                {
-                                    return fail(
-                                        CallError::ContextWindowExceeded(failure),
-                                        attempts,
-                                    );
+                            Next::ContextWindow | Next::ContentPolicy => {
+                                let (special, error): (&[String], fn(Failure) -> CallError) =
+                                    if failure.next() == Next::ContextWindow {
+                                        (
+                                            &group.context_window_fallbacks,
+                                            CallError::ContextWindowExceeded,
+                                        )
+                                    } else {
+                                        (
+                                            &group.content_policy_fallbacks,
+                                            CallError::ContentPolicyViolation,
+                                        )
+                                    };
+                                if special.is_empty() || special_fallback_taken {
+                                    return fail(error(failure), attempts);
                                 }
-                                // The prompt will not fit anywhere in the ordinary chain either:
-                                // the context-window fallbacks replace it.
-                                context_window_fallback_taken = true;
-                                chain = group
-                                    .context_window_fallbacks
+                                // The request will fare no better anywhere in the ordinary chain:
+                                // the special fallbacks replace it, once per call.
+                                special_fallback_taken = true;
+                                chain = special
                                     .iter()
                                     .filter_map(|name| self.config.group(name))
                                     .map(|g| (g.clone(), false))

@@ -26,6 +26,9 @@ pub enum Next {
     Fatal,
     /// The prompt is too long: go to the group's context-window fallbacks, else answer at once.
     ContextWindow,
+    /// The content was refused on policy grounds: go to the group's content-policy fallbacks,
+    /// else answer at once.
+    ContentPolicy,
 }
 
 impl Failure {
@@ -37,6 +40,7 @@ impl Failure {
                 ErrorKind::Auth | ErrorKind::Refused => Next::SkipDeployment,
                 ErrorKind::BadRequest => Next::Fatal,
                 ErrorKind::ContextWindow => Next::ContextWindow,
+                ErrorKind::ContentPolicy => Next::ContentPolicy,
             },
         }
     }
@@ -53,6 +57,7 @@ impl Failure {
                 ErrorKind::Auth
                 | ErrorKind::BadRequest
                 | ErrorKind::ContextWindow
+                | ErrorKind::ContentPolicy
                 | ErrorKind::Refused => AttemptOutcome::Rejected,
             },
         }

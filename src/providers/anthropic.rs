@@ -1,0 +1,396 @@
+//! Anthropic's Messages API: system messages move to `system`, `max_tokens` is always sent,
+//! `x-api-key` and `anthropic-version` headers, and its SSE event types (`message_start`,
+//! `content_block_delta`, `message_delta`, `message_stop`, `ping`, `error`). 529 and
+//! `overloaded_error` are rate limits: retryable.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{self, Endpoint, EventParser, Step, malformed};
+use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
+use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
+use crate::proto::{FinishReason, Role, Usage};
+
+/// The API version llm-router speaks; a deployment can send another with `extra_headers`.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+#[derive(Debug)]
+pub struct AnthropicProvider {
+    endpoint: Endpoint,
+    url: String,
+    model: String,
+    max_tokens: u32,
+}
+
+impl AnthropicProvider {
+    pub fn new(http: reqwest::Client, cfg: &HttpProvider, model: &str) -> Self {
+        let mut auth = vec![("anthropic-version", Secret::new(ANTHROPIC_VERSION.into()))];
+        if let Some(key) = &cfg.api_key {
+            auth.push(("x-api-key", key.clone()));
+        }
+        AnthropicProvider {
+            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
+            url: format!("{}/v1/messages", cfg.api_base),
+            model: model.to_string(),
+            max_tokens: cfg
+                .default_max_tokens
+                .unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS),
+        }
+    }
+
+    fn body(&self, req: &ChatRequest, stream: bool) -> Value {
+        let system: Vec<&str> = req
+            .messages
+            .iter()
+            .filter(|m| m.role() == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let messages: Vec<Value> = req
+            .messages
+            .iter()
+            .filter(|m| m.role() != Role::System)
+            .map(|m| {
+                // Tool results need tool_use ids this API has no field for; they are passed as
+                // the user's text.
+                let role = if m.role() == Role::Assistant {
+                    "assistant"
+                } else {
+                    "user"
+                };
+                json!({ "role": role, "content": m.content })
+            })
+            .collect();
+        let mut body = json!({
+            "model": self.model,
+            "max_tokens": req.max_tokens.unwrap_or(self.max_tokens),
+            "messages": messages,
+            "stream": stream,
+        });
+        if !system.is_empty() {
+            body["system"] = json!(system.join("\n\n"));
+        }
+        if let Some(v) = req.temperature {
+            // Anthropic's range is 0..1; OpenAI-style callers may send up to 2.
+            body["temperature"] = json!(v.min(1.0));
+        }
+        if let Some(v) = req.top_p {
+            body["top_p"] = json!(v);
+        }
+        if !req.stop.is_empty() {
+            body["stop_sequences"] = json!(req.stop);
+        }
+        if !req.user.is_empty() {
+            body["metadata"] = json!({ "user_id": req.user });
+        }
+        body
+    }
+
+    pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
+        let response = self
+            .endpoint
+            .post(&self.url, &self.body(req, false), classify)
+            .await?;
+        let body = self.endpoint.body(response).await?;
+        let msg: Message =
+            serde_json::from_str(&body).map_err(|e| malformed("message", e, &body))?;
+        let text: String = msg
+            .content
+            .iter()
+            .filter(|b| b.kind == "text")
+            .filter_map(|b| b.text.as_deref())
+            .collect();
+        Ok(Completion {
+            text,
+            finish_reason: stop_reason(msg.stop_reason.as_deref()),
+            usage: msg.usage.map(|u| usage(u.input_tokens, u.output_tokens)),
+        })
+    }
+
+    pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
+        let response = self
+            .endpoint
+            .post(&self.url, &self.body(req, true), classify)
+            .await?;
+        Ok(http::sse_stream(response, AnthropicEvents::default()))
+    }
+}
+
+fn usage(input: u32, output: u32) -> Usage {
+    Usage {
+        prompt_tokens: input,
+        completion_tokens: output,
+        total_tokens: input.saturating_add(output),
+    }
+}
+
+fn stop_reason(reason: Option<&str>) -> FinishReason {
+    match reason {
+        Some("end_turn" | "stop_sequence") => FinishReason::Stop,
+        Some("max_tokens") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::ContentFilter,
+        _ => FinishReason::Unspecified,
+    }
+}
+
+/// Anthropic's statuses: 529 (overloaded) and `overloaded_error` bodies are rate limits, waited
+/// out with `retry-after` or, failing that, the latest `anthropic-ratelimit-*-reset` time.
+fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
+    let retry_after =
+        http::retry_after(headers).or_else(|| ratelimit_reset(headers, SystemTime::now()));
+    let mut err = ProviderError::from_status(status, retry_after, body);
+    let error_type = serde_json::from_str::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error.kind);
+    if status == 529
+        || matches!(
+            error_type.as_deref(),
+            Some("overloaded_error" | "rate_limit_error")
+        )
+    {
+        err.kind = ErrorKind::RateLimited;
+    }
+    err
+}
+
+/// The latest of the `anthropic-ratelimit-*-reset` headers (RFC 3339 times), as a wait from now.
+fn ratelimit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            n.starts_with("anthropic-ratelimit-") && n.ends_with("-reset")
+        })
+        .filter_map(|(_, v)| v.to_str().ok().and_then(parse_rfc3339))
+        .map(|at| at - now)
+        .filter(|wait| *wait > 0.0)
+        .fold(None, |max: Option<f64>, w| {
+            Some(max.map_or(w, |m| m.max(w)))
+        })
+        .and_then(http::seconds)
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time such as `2024-06-01T12:00:30.5Z` or
+/// `2024-06-01T14:00:30+02:00`.
+fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (date, rest) = s.split_once(['T', 't'])?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (time, offset) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
+        (t, 0i64)
+    } else {
+        let pos = rest.rfind(['+', '-'])?;
+        let (t, off) = rest.split_at(pos);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        (
+            t,
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
+        )
+    };
+    let mut t = time.splitn(3, ':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = t.next()?.parse().ok()?;
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || !(0.0..61.0).contains(&ss)
+    {
+        return None;
+    }
+    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 - offset) as f64 + ss)
+}
+
+/// Reads the stream's events. Usage arrives in two parts: input tokens in `message_start`,
+/// output tokens in `message_delta`.
+#[derive(Default)]
+struct AnthropicEvents {
+    input_tokens: u32,
+}
+
+impl EventParser for AnthropicEvents {
+    fn event(&mut self, data: &str) -> Result<Step, ProviderError> {
+        let ev: Event =
+            serde_json::from_str(data).map_err(|e| malformed("stream event", e, data))?;
+        match ev.kind.as_str() {
+            "message_start" => {
+                if let Some(u) = ev.message.and_then(|m| m.usage) {
+                    self.input_tokens = u.input_tokens;
+                }
+                Ok(Step::Skip)
+            }
+            "content_block_delta" => match ev.delta {
+                Some(Delta {
+                    kind: Some(k),
+                    text: Some(text),
+                    ..
+                }) if k == "text_delta" => Ok(Step::Chunk(Chunk {
+                    delta: text,
+                    ..Chunk::default()
+                })),
+                // Tool-input and thinking deltas carry no answer text.
+                _ => Ok(Step::Skip),
+            },
+            "message_delta" => {
+                let reason = ev.delta.and_then(|d| d.stop_reason);
+                Ok(Step::Chunk(Chunk {
+                    delta: String::new(),
+                    finish_reason: reason.as_deref().map(|r| stop_reason(Some(r))),
+                    usage: ev.usage.map(|u| usage(self.input_tokens, u.output_tokens)),
+                }))
+            }
+            "message_stop" => Ok(Step::Done),
+            "error" => {
+                let kind = match ev.error.as_ref().map(|e| e.kind.as_str()) {
+                    Some("overloaded_error" | "rate_limit_error") => ErrorKind::RateLimited,
+                    _ => ErrorKind::Upstream,
+                };
+                Err(ProviderError::new(
+                    kind,
+                    200,
+                    format!("error event: {}", excerpt(data)),
+                ))
+            }
+            // ping, content_block_start/stop, and event types added after this was written.
+            _ => Ok(Step::Skip),
+        }
+    }
+
+    fn end(&mut self) -> Result<(), ProviderError> {
+        Err(ProviderError::new(
+            ErrorKind::Upstream,
+            200,
+            "stream ended before message_stop",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Vec<ContentBlock>,
+    stop_reason: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    output_tokens: u32,
+}
+
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<Message>,
+    delta: Option<Delta>,
+    usage: Option<WireUsage>,
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_parse_with_offsets_and_fractions() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(parse_rfc3339("2024-06-01T12:00:30Z"), Some(1_717_243_230.0));
+        assert_eq!(
+            parse_rfc3339("2024-06-01T14:00:30+02:00"),
+            Some(1_717_243_230.0)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-06-01T12:00:30.5Z"),
+            Some(1_717_243_230.5)
+        );
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800.0));
+        assert_eq!(parse_rfc3339("not a time"), None);
+        assert_eq!(parse_rfc3339("2024-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn overloaded_is_a_rate_limit_with_the_reset_time() {
+        let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let err = classify(529, &HeaderMap::new(), body);
+        assert_eq!((err.kind, err.status), (ErrorKind::RateLimited, 529));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            "anthropic-ratelimit-requests-reset",
+            "2024-06-01T12:00:30Z".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "2024-06-01T12:00:40Z".parse().unwrap(),
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(1_717_243_200);
+        assert_eq!(
+            ratelimit_reset(&h, now),
+            Some(Duration::from_secs(40)),
+            "the latest reset"
+        );
+    }
+
+    #[test]
+    fn error_events_classify_by_type() {
+        let mut p = AnthropicEvents::default();
+        let e = p.event(
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(e.err().unwrap().kind, ErrorKind::RateLimited);
+        let e = p.event(r#"{"type":"error","error":{"type":"api_error","message":"boom"}}"#);
+        assert_eq!(e.err().unwrap().kind, ErrorKind::Upstream);
+        assert!(matches!(p.event(r#"{"type":"ping"}"#), Ok(Step::Skip)));
+        assert!(matches!(
+            p.event(r#"{"type":"something_new"}"#),
+            Ok(Step::Skip)
+        ));
+    }
+}

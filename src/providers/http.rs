@@ -1,0 +1,319 @@
+//! What every HTTP provider shares: one pooled client, request sending with the vendor's error
+//! classification, bounded body reads, key redaction, and an SSE stream driven by a per-vendor
+//! event parser.
+
+use std::{pin::Pin, time::Duration};
+
+use futures_util::{Stream, StreamExt, stream};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{Chunk, ChunkStream, ErrorKind, ProviderError, excerpt, sse::SseDecoder};
+use crate::config::Secret;
+
+/// Error bodies are read up to this size; the rest is not worth waiting for.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+/// A unary answer larger than this is treated as malformed rather than buffered without bound.
+pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+/// `Retry-After` values are capped: they only decide whether a retry fits the call's deadline.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
+
+/// Turns an HTTP error status, its headers and body into a classified error. Each wire format
+/// has its own, built on [`ProviderError::from_status`].
+pub type Classify = fn(u16, &HeaderMap, &str) -> ProviderError;
+
+/// A provider's HTTP side: the shared client, the headers every request carries (auth and the
+/// deployment's extra headers), and the secrets to keep out of error text.
+#[derive(Debug)]
+pub struct Endpoint {
+    http: reqwest::Client,
+    headers: HeaderMap,
+    secrets: Vec<Secret>,
+}
+
+impl Endpoint {
+    /// `auth` are the provider's own headers; `extra` the deployment's, which replace them.
+    /// `key` is the bare API key, redacted wherever it appears.
+    pub fn new(
+        http: reqwest::Client,
+        auth: Vec<(&'static str, Secret)>,
+        extra: &[(String, Secret)],
+        key: Option<&Secret>,
+    ) -> Self {
+        let mut headers = HeaderMap::new();
+        let mut secrets: Vec<Secret> = key.into_iter().cloned().collect();
+        let all = auth
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .chain(extra.iter().cloned());
+        for (name, value) in all {
+            // Validated with the config; an invalid pair cannot reach here.
+            if let (Ok(n), Ok(mut v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value.expose()),
+            ) {
+                v.set_sensitive(true);
+                headers.insert(n, v);
+            }
+            if !value.expose().is_empty() {
+                secrets.push(value);
+            }
+        }
+        Endpoint {
+            http,
+            headers,
+            secrets,
+        }
+    }
+
+    /// POSTs `body` as JSON. Returns the response when its status is 2xx, else the error
+    /// `classify` makes of it.
+    pub async fn post(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        classify: Classify,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| {
+            ProviderError::new(
+                ErrorKind::BadRequest,
+                0,
+                format!("cannot encode request: {e}"),
+            )
+        })?;
+        let response = self
+            .http
+            .post(url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(url, &e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let headers = response.headers().clone();
+        let body = read_limited(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        let mut err = classify(status.as_u16(), &headers, &body);
+        err.detail = self.redact(&err.detail);
+        Err(err)
+    }
+
+    /// Reads a whole success body, bounded.
+    pub async fn body(&self, response: reqwest::Response) -> Result<String, ProviderError> {
+        read_limited(response, MAX_RESPONSE_BODY)
+            .await
+            .map_err(|e| ProviderError::new(ErrorKind::Upstream, 200, e))
+    }
+
+    /// Maps reqwest's errors to what kind of failure it was, with the root cause's words.
+    fn transport_error(&self, url: &str, e: &reqwest::Error) -> ProviderError {
+        use std::error::Error as _;
+        let mut cause = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        let cause = self.redact(&cause);
+        let url = url.split('?').next().unwrap_or(url);
+        if e.is_connect() {
+            ProviderError::new(
+                ErrorKind::Connect,
+                0,
+                format!("connect to {url} failed: {cause}"),
+            )
+        } else if e.is_timeout() {
+            ProviderError::new(ErrorKind::Connect, 0, format!("connect to {url} timed out"))
+        } else {
+            ProviderError::new(
+                ErrorKind::Upstream,
+                0,
+                format!("request to {url} failed: {cause}"),
+            )
+        }
+    }
+
+    /// Providers sometimes echo a key in an error; it must never reach our caller.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            out = out.replace(s.expose(), "<redacted>");
+        }
+        out
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<String, String> {
+    let mut buf = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(bytes)) => {
+                if buf.len() + bytes.len() > limit {
+                    return Err(format!("response body larger than {limit} bytes"));
+                }
+                buf.extend_from_slice(&bytes);
+            }
+            Ok(None) => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Err(e) => return Err(format!("response body broken: {e}")),
+        }
+    }
+}
+
+/// Seconds as a decimal, capped; `None` for garbage, negatives and NaN.
+pub fn seconds(secs: f64) -> Option<Duration> {
+    if secs.is_nan() {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.min(RETRY_AFTER_CAP.as_secs_f64())).ok()
+}
+
+/// `Retry-After` in seconds (the form providers use), or OpenAI's `retry-after-ms`.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    match get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(ms) => seconds(ms / 1000.0),
+        None => seconds(get("retry-after")?.trim().parse::<f64>().ok()?),
+    }
+}
+
+/// What one SSE event means to a stream.
+pub enum Step {
+    Chunk(Chunk),
+    /// Nothing to pass on (role-only deltas, pings, block starts).
+    Skip,
+    /// The provider's own end-of-stream marker.
+    Done,
+}
+
+/// A wire format's reading of its SSE events.
+pub trait EventParser: Send + 'static {
+    fn event(&mut self, data: &str) -> Result<Step, ProviderError>;
+    /// Called when the byte stream ends without a `Done`: a stream cut short is an error unless
+    /// the format has no end marker and the answer is complete.
+    fn end(&mut self) -> Result<(), ProviderError>;
+}
+
+struct StreamState<P> {
+    bytes: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    decoder: SseDecoder,
+    parser: P,
+    finished: bool,
+}
+
+/// The response body as a chunk stream. It ends only at the format's end (marker or a complete
+/// answer); a cut, malformed or error event yields one `Err` and ends.
+pub fn sse_stream<P: EventParser>(response: reqwest::Response, parser: P) -> ChunkStream {
+    let state = StreamState {
+        bytes: Box::pin(response.bytes_stream()),
+        decoder: SseDecoder::default(),
+        parser,
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, next_chunk))
+}
+
+async fn next_chunk<P: EventParser>(
+    mut st: StreamState<P>,
+) -> Option<(Result<Chunk, ProviderError>, StreamState<P>)> {
+    if st.finished {
+        return None;
+    }
+    loop {
+        let event = match st.decoder.next_event() {
+            Ok(e) => e,
+            Err(e) => return fail(st, ProviderError::new(ErrorKind::Upstream, 200, e)),
+        };
+        if let Some(data) = event {
+            match st.parser.event(&data) {
+                Ok(Step::Chunk(chunk)) => return Some((Ok(chunk), st)),
+                Ok(Step::Skip) => continue,
+                Ok(Step::Done) => return None,
+                Err(e) => return fail(st, e),
+            }
+        }
+        match st.bytes.next().await {
+            Some(Ok(bytes)) => st.decoder.push(&bytes),
+            Some(Err(e)) => {
+                return fail(
+                    st,
+                    ProviderError::new(ErrorKind::Upstream, 200, format!("stream broken: {e}")),
+                );
+            }
+            None => {
+                // A last event may lack its closing blank line.
+                st.decoder.push(b"\n\n");
+                if let Ok(Some(data)) = st.decoder.next_event() {
+                    match st.parser.event(&data) {
+                        Ok(Step::Chunk(chunk)) => {
+                            st.bytes = Box::pin(stream::empty());
+                            return Some((Ok(chunk), st));
+                        }
+                        Ok(Step::Done) => return None,
+                        Ok(Step::Skip) => {}
+                        Err(e) => return fail(st, e),
+                    }
+                }
+                return match st.parser.end() {
+                    Ok(()) => None,
+                    Err(e) => fail(st, e),
+                };
+            }
+        }
+    }
+}
+
+fn fail<P>(
+    mut st: StreamState<P>,
+    e: ProviderError,
+) -> Option<(Result<Chunk, ProviderError>, StreamState<P>)> {
+    st.finished = true;
+    Some((Err(e), st))
+}
+
+/// A malformed event: the provider is not speaking its protocol.
+pub fn malformed(what: &str, e: impl std::fmt::Display, data: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Upstream,
+        200,
+        format!("malformed {what} ({e}): {}", excerpt(data)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_ms_and_caps() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "150".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "1e300".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(RETRY_AFTER_CAP), "capped");
+        h.insert("retry-after", "-5".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn redaction_covers_keys_and_extra_header_values() {
+        let e = Endpoint::new(
+            reqwest::Client::new(),
+            vec![("authorization", Secret::new("Bearer sk-1".into()))],
+            &[("x-custom-auth".into(), Secret::new("tok-2".into()))],
+            Some(&Secret::new("sk-1".into())),
+        );
+        assert_eq!(
+            e.redact("key sk-1 and tok-2"),
+            "key <redacted> and <redacted>"
+        );
+        assert!(!e.redact("Bearer sk-1").contains("sk-1"));
+    }
+}
