@@ -48,6 +48,18 @@ pub enum Behaviour {
     MalformedSse,
     /// Streaming: headers and `after` chunks, then close cleanly without `[DONE]`.
     EndWithoutDone { after: usize },
+    /// A recorded body, byte for byte, with this status and headers.
+    Raw {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// A recorded SSE stream, sent event by event (split at blank lines) 5ms apart. With
+    /// `cut_after`, the connection is reset after that many events.
+    Sse {
+        body: String,
+        cut_after: Option<usize>,
+    },
 }
 
 impl Behaviour {
@@ -84,6 +96,29 @@ impl Behaviour {
             retry_after: None,
         }
     }
+
+    /// A fixture from `tests/fixtures/`, served as a JSON body with `status`.
+    pub fn fixture(status: u16, path: &str) -> Self {
+        Behaviour::Raw {
+            status,
+            headers: vec![],
+            body: fixture(path),
+        }
+    }
+
+    /// An SSE fixture from `tests/fixtures/`, served whole.
+    pub fn sse_fixture(path: &str) -> Self {
+        Behaviour::Sse {
+            body: fixture(path),
+            cut_after: None,
+        }
+    }
+}
+
+/// The text of a file under `tests/fixtures/`.
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -98,6 +133,19 @@ pub struct Counts {
     pub last_authorization: Option<String>,
     /// The last request's JSON body.
     pub last_body: Option<serde_json::Value>,
+    /// The last request's path and query.
+    pub last_path: Option<String>,
+    /// The last request's headers, names lower-cased.
+    pub last_headers: Vec<(String, String)>,
+}
+
+impl Counts {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.last_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -191,6 +239,8 @@ impl Upstream {
 struct Request {
     model: String,
     stream: bool,
+    path: String,
+    headers: Vec<(String, String)>,
 }
 
 async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
@@ -201,12 +251,15 @@ async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
         let Some((req, authorization, body)) = read_request(&mut rd, &mut buf).await else {
             return;
         };
+        let (path, headers) = (req.path.clone(), req.headers.clone());
         let behaviour = {
             let mut st = state.lock().unwrap();
             let c = st.counts.entry(req.model.clone()).or_default();
             c.requests += 1;
             c.last_authorization = authorization;
             c.last_body = Some(body);
+            c.last_path = Some(path);
+            c.last_headers = headers;
             let forced = match st.fail_first.get_mut(&req.model) {
                 Some((n, b)) if *n > 0 => {
                     *n -= 1;
@@ -285,9 +338,35 @@ async fn read_request(
     let body: serde_json::Value =
         serde_json::from_slice(&buf[header_end..header_end + len]).unwrap_or_default();
     buf.drain(..header_end + len);
+    let request_line = head.lines().next().unwrap_or_default();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    // Gemini and Azure name the model in the path; the others in the body.
+    let from_path = path
+        .split("/models/")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .or_else(|| {
+            path.split("/deployments/")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+        });
     let req = Request {
-        model: body["model"].as_str().unwrap_or_default().to_string(),
-        stream: body["stream"].as_bool().unwrap_or(false),
+        model: from_path
+            .map(str::to_string)
+            .unwrap_or_else(|| body["model"].as_str().unwrap_or_default().to_string()),
+        stream: body["stream"].as_bool().unwrap_or(false) || path.contains("streamGenerateContent"),
+        path,
+        headers,
     };
     Some((req, header("authorization"), body))
 }
@@ -432,6 +511,39 @@ async fn respond(
             write_or_abandon!(sse("{this is not json"));
             forever_or_abandoned(rd).await
         }
+        Behaviour::Raw {
+            status,
+            headers,
+            body,
+        } => {
+            let extra: String = headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}\r\n"))
+                .collect();
+            let resp = format!(
+                "HTTP/1.1 {status} Status\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            write_or_abandon!(resp.into_bytes());
+            Outcome::Completed
+        }
+        Behaviour::Sse { body, cut_after } => {
+            write_or_abandon!(STREAM_HEAD);
+            let events: Vec<&str> = split_events(&body);
+            for (i, event) in events.iter().enumerate() {
+                if cut_after == Some(i) {
+                    let _ = wr.flush().await;
+                    sleep(Duration::from_millis(20)).await;
+                    return Outcome::Reset;
+                }
+                if i > 0 {
+                    wait!(Duration::from_millis(5));
+                }
+                write_or_abandon!(format!("{:x}\r\n{event}\r\n", event.len()).into_bytes());
+            }
+            write_or_abandon!(b"0\r\n\r\n".as_slice());
+            Outcome::Completed
+        }
         Behaviour::EndWithoutDone { after } => {
             write_or_abandon!(STREAM_HEAD);
             for i in 0..after {
@@ -441,4 +553,26 @@ async fn respond(
             Outcome::Closed
         }
     }
+}
+
+/// Splits an SSE body into events, each keeping its trailing blank line (LF or CRLF).
+fn split_events(body: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let end = [
+            rest.find("\r\n\r\n").map(|i| i + 4),
+            rest.find("\n\n").map(|i| i + 2),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rest.len());
+        let (event, tail) = rest.split_at(end);
+        if !event.trim().is_empty() {
+            out.push(event);
+        }
+        rest = tail;
+    }
+    out
 }
