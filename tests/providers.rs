@@ -36,16 +36,16 @@ model_list:
     litellm_params: {{ model: azure/my-gpt4o-deployment, api_base: "{root}", max_retries: 0 }}
     model_info: {{ id: azure-1 }}
   - model_name: claude
-    litellm_params: {{ model: anthropic/claude-sonnet-4-5, api_base: "{root}", timeout: 400ms, max_retries: 0, max_tokens: 1024 }}
+    litellm_params: {{ model: anthropic/claude-sonnet-4-5, api_base: "{root}", api_key: os.environ/ANTHROPIC_API_KEY, timeout: 400ms, max_retries: 0, max_tokens: 1024 }}
     model_info: {{ id: anthropic-1 }}
   - model_name: claude-retried
-    litellm_params: {{ model: anthropic/claude-retried, api_base: "{root}", max_retries: 2 }}
+    litellm_params: {{ model: anthropic/claude-retried, api_base: "{root}", api_key: os.environ/ANTHROPIC_API_KEY, max_retries: 2 }}
     model_info: {{ id: anthropic-2 }}
   - model_name: gemini
-    litellm_params: {{ model: gemini/gemini-2.0-flash, api_base: "{root}/v1beta", max_retries: 0 }}
+    litellm_params: {{ model: gemini/gemini-2.0-flash, api_base: "{root}/v1beta", api_key: os.environ/GEMINI_API_KEY, max_retries: 0 }}
     model_info: {{ id: gemini-1 }}
   - model_name: groq
-    litellm_params: {{ model: groq/llama-3.3-70b, api_base: "{base}", max_retries: 0 }}
+    litellm_params: {{ model: groq/llama-3.3-70b, api_base: "{base}", api_key: os.environ/GROQ_API_KEY, max_retries: 0 }}
     model_info: {{ id: groq-1 }}
   - model_name: big-context
     litellm_params: {{ model: openai/big-context, api_base: "{base}", api_key: os.environ/OPENAI_KEY }}
@@ -229,7 +229,7 @@ async fn openai_errors_map_to_the_outcome_table() {
 }
 
 #[tokio::test]
-async fn shortcuts_speak_openai_with_their_key_variable() {
+async fn shortcuts_speak_openai() {
     let (up, r) = setup().await;
     up.set(
         "llama-3.3-70b",
@@ -819,6 +819,45 @@ model_list:
     assert!(
         !err.contains("model_list[9]"),
         "self-hosted vLLM needs no key:\n{err}"
+    );
+}
+
+#[test]
+fn key_variables_are_only_sent_to_the_providers_own_host() {
+    let yaml = r#"
+model_list:
+  - model_name: hosted
+    litellm_params: { model: openai/gpt-4o }
+  - model_name: local
+    litellm_params: { model: openai/qwen, api_base: "http://vllm.internal:8000/v1" }
+  - model_name: proxied
+    litellm_params: { model: groq/llama, api_base: "http://egress-proxy.internal/groq/v1" }
+  - model_name: azure
+    litellm_params: { model: azure/dep, api_base: "https://r.openai.azure.com" }
+"#;
+    let env = |k: &str| match k {
+        "OPENAI_API_KEY" | "GROQ_API_KEY" | "AZURE_API_KEY" => Some(format!("secret-{k}")),
+        _ => None,
+    };
+    let cfg = Config::load_with_env(Source::Yaml(yaml), Vec::new(), env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let key_of = |group: &str| match &cfg.group(group).unwrap().deployments[0].provider {
+        llm_router::config::ProviderConfig::Http(h) => {
+            h.api_key.as_ref().map(|k| k.expose().to_string())
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(key_of("hosted").as_deref(), Some("secret-OPENAI_API_KEY"));
+    assert_eq!(
+        key_of("local"),
+        None,
+        "OPENAI_API_KEY is not sent to a local server"
+    );
+    assert_eq!(key_of("proxied"), None, "nor GROQ_API_KEY to a proxy");
+    assert_eq!(
+        key_of("azure").as_deref(),
+        Some("secret-AZURE_API_KEY"),
+        "Azure has no default host"
     );
 }
 

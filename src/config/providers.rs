@@ -25,18 +25,13 @@ pub struct ProviderSpec {
     /// Environment variable read for `api_base` when the deployment gives none (LiteLLM's habit
     /// for Azure).
     pub base_env: Option<&'static str>,
-    /// Environment variable read for the key when the deployment gives no `api_key`.
+    /// Environment variable read for the key when the deployment gives no `api_key`. Only read
+    /// for the provider's own default host (or, with no default host, for any): a key must not
+    /// be sent to some other host just because it is in the environment.
     pub key_env: Option<&'static str>,
-    /// Whether a key is required. Hosted APIs require one; self-hosted servers usually do not.
-    /// OpenAI's is only required at its default base, so `openai/` can front a local server.
-    pub key: KeyRule,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRule {
-    Required,
-    RequiredAtDefaultBase,
-    Optional,
+    /// Whether the provider's own host requires a key. A custom `api_base` (a proxy, a local
+    /// server) never requires one.
+    pub key_required: bool,
 }
 
 pub const PROVIDERS: &[ProviderSpec] = &[
@@ -46,7 +41,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.openai.com/v1"),
         base_env: None,
         key_env: Some("OPENAI_API_KEY"),
-        key: KeyRule::RequiredAtDefaultBase,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "azure",
@@ -54,7 +49,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: None,
         base_env: Some("AZURE_API_BASE"),
         key_env: Some("AZURE_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "anthropic",
@@ -62,7 +57,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.anthropic.com"),
         base_env: None,
         key_env: Some("ANTHROPIC_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "gemini",
@@ -70,7 +65,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://generativelanguage.googleapis.com/v1beta"),
         base_env: None,
         key_env: Some("GEMINI_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "groq",
@@ -78,7 +73,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.groq.com/openai/v1"),
         base_env: None,
         key_env: Some("GROQ_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "mistral",
@@ -86,7 +81,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.mistral.ai/v1"),
         base_env: None,
         key_env: Some("MISTRAL_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "deepseek",
@@ -94,7 +89,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.deepseek.com/v1"),
         base_env: None,
         key_env: Some("DEEPSEEK_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "together_ai",
@@ -102,7 +97,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.together.xyz/v1"),
         base_env: None,
         key_env: Some("TOGETHERAI_API_KEY"),
-        key: KeyRule::Required,
+        key_required: true,
     },
     ProviderSpec {
         prefix: "ollama",
@@ -110,7 +105,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("http://localhost:11434/v1"),
         base_env: None,
         key_env: None,
-        key: KeyRule::Optional,
+        key_required: false,
     },
     ProviderSpec {
         prefix: "vllm",
@@ -118,7 +113,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: None,
         base_env: None,
         key_env: Some("HOSTED_VLLM_API_KEY"),
-        key: KeyRule::Optional,
+        key_required: false,
     },
     ProviderSpec {
         prefix: "hosted_vllm",
@@ -126,7 +121,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: None,
         base_env: None,
         key_env: Some("HOSTED_VLLM_API_KEY"),
-        key: KeyRule::Optional,
+        key_required: false,
     },
 ];
 

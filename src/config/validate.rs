@@ -11,7 +11,7 @@ use std::{
 use super::{
     Config, ConfigError, Deployment, HttpProvider, KeyError, MockFailure, MockSpec, ModelGroup,
     ProviderConfig, RouterSettings, Secret, ServerSettings, is_ignored_litellm_key,
-    providers::{self, DEFAULT_AZURE_API_VERSION, KeyRule, ProviderSpec, WireFormat},
+    providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
     raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock},
 };
 
@@ -404,19 +404,16 @@ fn http_provider(
     }
 
     let key_key = key("litellm_params.api_key");
+    let own_host = spec.default_base.is_none_or(|default| api_base == default);
     let api_key = match params.api_key.as_deref() {
         Some(value) => resolve_secret(value, &key_key, lookup_env, errs),
-        None => spec
+        None if own_host => spec
             .key_env
             .and_then(|var| lookup_env(var).filter(|v| !v.is_empty()))
             .map(Secret::new),
+        None => None,
     };
-    let key_required = match spec.key {
-        KeyRule::Required => true,
-        KeyRule::RequiredAtDefaultBase => Some(api_base.as_str()) == spec.default_base,
-        KeyRule::Optional => false,
-    };
-    if api_key.is_none() && params.api_key.is_none() && key_required {
+    if api_key.is_none() && params.api_key.is_none() && own_host && spec.key_required {
         let hint = spec
             .key_env
             .map(|v| format!(", and {v} is not set in the environment"))
