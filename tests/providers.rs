@@ -310,6 +310,32 @@ async fn azure_content_filter_goes_to_content_policy_fallbacks() {
     assert_eq!(attempt_log(&status).attempts.len(), 1);
 }
 
+#[tokio::test]
+async fn azure_rate_limits_carry_retry_after() {
+    let (up, r) = setup().await;
+    up.set(
+        "my-gpt4o-deployment",
+        Behaviour::Raw {
+            status: 429,
+            headers: vec![("retry-after".into(), "2".into())],
+            body: fixture("azure/error_429.json"),
+        },
+    );
+    let status = r
+        .client()
+        .complete(complete("azure-gpt"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.get_details_retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(2))
+    );
+    let log = attempt_log(&status);
+    assert_eq!(first_outcome(&log.attempts), AttemptOutcome::RateLimited);
+    assert!(log.attempts[0].detail.contains("exceeded token rate limit"));
+}
+
 // ---- Anthropic ----
 
 #[tokio::test]
