@@ -484,18 +484,9 @@ async fn anthropic_streams_cut_before_and_after_the_first_chunk() {
             cut_after: None,
         },
     );
-    let req = llm_router::proto::StreamCompleteRequest {
-        messages: conversation(),
-        ..stream_req("claude")
-    };
-    let mut s = r.client().stream_complete(req).await.unwrap().into_inner();
-    let status = loop {
-        match s.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("a stream without message_stop must not end cleanly"),
-            Err(status) => break status,
-        }
-    };
+    let status = collect(&r, "claude")
+        .await
+        .expect_err("a stream without message_stop must not end cleanly");
     assert_eq!(status.code(), Code::Unavailable);
 }
 
@@ -620,18 +611,9 @@ async fn gemini_streams_over_sse_and_needs_a_finish_reason() {
             cut_after: None,
         },
     );
-    let req = llm_router::proto::StreamCompleteRequest {
-        messages: conversation(),
-        ..stream_req("gemini")
-    };
-    let mut s = r.client().stream_complete(req).await.unwrap().into_inner();
-    let status = loop {
-        match s.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("a stream without a finishReason must not end cleanly"),
-            Err(status) => break status,
-        }
-    };
+    let status = collect(&r, "gemini")
+        .await
+        .expect_err("a stream without a finishReason must not end cleanly");
     assert_eq!(status.code(), Code::Unavailable);
 }
 
