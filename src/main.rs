@@ -1,6 +1,6 @@
 //! `llm-router`: serve, or check a config. Parses flags and hands over to the library.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use llm_router::config::{Config, Source};
 
@@ -10,7 +10,13 @@ llm-router: a gRPC router for LLM calls
 USAGE:
     llm-router [serve] [--config FILE] [--listen ADDR]
     llm-router check-config [FILE]
+    llm-router health-check [--addr HOST:PORT] [--service NAME] [--timeout DURATION]
+    llm-router sleep SECONDS
     llm-router --help | --version
+
+health-check asks a server's grpc.health.v1 service (default 127.0.0.1:50051, the overall
+service) and exits 0 when it is SERVING, 1 otherwise: for container health checks and the
+Helm test. sleep waits, for preStop hooks in images that have no shell.
 
 With no --config (and no LLMROUTER_CONFIG), serves the built-in default config, whose mock/
 model groups need no provider keys. Environment overrides: LLMROUTER__ROUTER_SETTINGS__TIMEOUT=30s.
@@ -24,6 +30,12 @@ enum Command {
     CheckConfig {
         config: Option<PathBuf>,
     },
+    HealthCheck {
+        addr: String,
+        service: String,
+        timeout: Duration,
+    },
+    Sleep(Duration),
     Help,
     Version,
 }
@@ -31,37 +43,53 @@ enum Command {
 fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut it = args.iter().peekable();
     let sub = match it.peek().map(|s| s.as_str()) {
-        Some("serve") => {
+        Some(s @ ("serve" | "check-config" | "health-check" | "sleep")) => {
             it.next();
-            "serve"
-        }
-        Some("check-config") => {
-            it.next();
-            "check-config"
+            s
         }
         _ => "serve",
     };
     let mut config = None;
     let mut listen = None;
+    let mut addr = "127.0.0.1:50051".to_string();
+    let mut service = String::new();
+    let mut timeout = Duration::from_secs(2);
+    let mut sleep = None;
     while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--config" | "-c" => {
-                config = Some(PathBuf::from(it.next().ok_or("--config needs a file")?));
+        let mut value = |flag: &str| it.next().cloned().ok_or(format!("{flag} needs a value"));
+        match (sub, arg.as_str()) {
+            (_, "-h" | "--help") => return Ok(Command::Help),
+            (_, "-V" | "--version") => return Ok(Command::Version),
+            ("serve" | "check-config", "--config" | "-c") => {
+                config = Some(PathBuf::from(value(arg)?))
             }
-            "--listen" if sub == "serve" => {
-                listen = Some(it.next().ok_or("--listen needs an address")?.clone());
-            }
-            other if sub == "check-config" && config.is_none() && !other.starts_with('-') => {
+            ("serve", "--listen") => listen = Some(value(arg)?),
+            ("check-config", other) if config.is_none() && !other.starts_with('-') => {
                 config = Some(PathBuf::from(other));
             }
-            other => return Err(format!("unexpected argument `{other}`")),
+            ("health-check", "--addr") => addr = value(arg)?,
+            ("health-check", "--service") => service = value(arg)?,
+            ("health-check", "--timeout") => {
+                timeout = llm_router::config::duration::parse(&value(arg)?)
+                    .map_err(|e| format!("--timeout: {e}"))?;
+            }
+            ("sleep", secs) if sleep.is_none() => {
+                sleep = Some(
+                    llm_router::config::duration::parse(secs).map_err(|e| format!("sleep: {e}"))?,
+                );
+            }
+            (_, other) => return Err(format!("unexpected argument `{other}`")),
         }
     }
     let config = config.or_else(|| std::env::var_os("LLMROUTER_CONFIG").map(PathBuf::from));
     Ok(match sub {
         "check-config" => Command::CheckConfig { config },
+        "health-check" => Command::HealthCheck {
+            addr,
+            service,
+            timeout,
+        },
+        "sleep" => Command::Sleep(sleep.ok_or("sleep needs a number of seconds")?),
         _ => Command::Serve { config, listen },
     })
 }
@@ -105,6 +133,28 @@ fn main() -> ExitCode {
             println!("llm-router {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Sleep(d) => {
+            std::thread::sleep(d);
+            ExitCode::SUCCESS
+        }
+        Command::HealthCheck {
+            addr,
+            service,
+            timeout,
+        } => match health_check(&addr, &service, timeout) {
+            Ok(status) if status == "SERVING" => {
+                println!("{status}");
+                ExitCode::SUCCESS
+            }
+            Ok(status) => {
+                println!("{status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("health-check: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { config } => match load(config.as_ref()) {
             Ok(cfg) => {
                 print!("{}", cfg.routing_table());
@@ -148,6 +198,33 @@ async fn serve(mut cfg: Config, listen: Option<String>) -> Result<(), Box<dyn st
     llm_router::run(listener, Arc::new(cfg), shutdown_signal()).await?;
     tracing::info!("llm-router stopped");
     Ok(())
+}
+
+/// Asks `addr`'s grpc.health.v1 service for `service`'s status, all within `timeout`.
+#[tokio::main(flavor = "current_thread")]
+async fn health_check(addr: &str, service: &str, timeout: Duration) -> Result<String, String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("`{addr}` is not an address: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let status =
+            ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown);
+        Ok(status.as_str_name().to_string())
+    };
+    tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
 }
 
 /// Completes on SIGTERM (Kubernetes) or Ctrl-C.

@@ -17,8 +17,13 @@ use crate::routing::Router;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/llmrouter_descriptor.bin"));
 
-/// The name health checks use for the router service.
+/// The name readiness checks use: SERVING once the config is loaded, NOT_SERVING from the
+/// moment shutdown begins.
 pub const SERVICE_NAME: &str = "llmrouter.v1.RouterService";
+
+/// The name liveness checks use: SERVING for as long as the process serves, draining included,
+/// so that an orchestrator never kills a pod for draining.
+pub const LIVENESS_SERVICE_NAME: &str = "liveness";
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug)]
@@ -38,19 +43,27 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-/// Serves on `listener` until `shutdown` completes, then flips health to NOT_SERVING, stops
-/// accepting, and lets in-flight calls finish for up to `server.shutdown_grace`.
+/// Serves on `listener` until `shutdown` completes. Then, in order:
+/// 1. health flips to NOT_SERVING (the overall service and `llmrouter.v1.RouterService`);
+/// 2. for `server.drain_period` new calls are still served, while load balancers and meshes
+///    notice and move traffic away;
+/// 3. the server stops accepting (GOAWAY: clients open new calls elsewhere) and in-flight calls
+///    get up to `server.shutdown_grace` to finish; what is still running then is cut.
 pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let grace = config.server.shutdown_grace;
+    let drain = config.server.drain_period;
     let router = Arc::new(Router::new(config).map_err(ServeError::Setup)?);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RouterServiceServer<RouterApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(LIVENESS_SERVICE_NAME, ServingStatus::Serving)
+        .await;
 
     let reflection_v1 = reflection()
         .build_v1()
@@ -77,8 +90,9 @@ pub async fn run(
     }
 
     tracing::info!(
+        drain_ms = drain.as_millis() as u64,
         grace_ms = grace.as_millis() as u64,
-        "shutting down: health NOT_SERVING, draining calls"
+        "shutting down: health NOT_SERVING, draining"
     );
     health
         .set_not_serving::<RouterServiceServer<RouterApi>>()
@@ -86,6 +100,12 @@ pub async fn run(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    // Still serving while the world notices; the server may also stop on its own meanwhile.
+    tokio::select! {
+        result = &mut serve => return result.map_err(ServeError::Transport),
+        () = tokio::time::sleep(drain) => {}
+    }
+    tracing::info!("drain period over: refusing new calls, waiting for in-flight ones");
     let _ = stop_accepting.send(());
     match tokio::time::timeout(grace, serve).await {
         Ok(result) => result.map_err(ServeError::Transport),

@@ -15,8 +15,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_llm-router");
 
 /// Starts the binary on an ephemeral port and returns it with the address it logged.
 fn spawn(args: &[&str]) -> (Child, String) {
+    spawn_with_env(args, &[])
+}
+
+fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .args(["--listen", "127.0.0.1:0"])
         .env_remove("LLMROUTER_CONFIG")
         .env("RUST_LOG", "info")
@@ -151,4 +156,100 @@ fn bad_flags_exit_2_with_usage() {
     let out = Command::new(BIN).args(["--frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("USAGE"));
+}
+
+/// Runs `llm-router health-check` against `addr`; returns its exit success and what it printed.
+fn health_check(addr: &str, service: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args([
+            "health-check",
+            "--addr",
+            addr,
+            "--service",
+            service,
+            "--timeout",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text.trim().to_string())
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_refuses_new_calls_and_exits_within_the_grace_period() {
+    let (mut child, addr) = spawn_with_env(&[], &[("LLMROUTER__SERVER__DRAIN_PERIOD", "1500ms")]);
+    assert_eq!(health_check(&addr, ""), (true, "SERVING".into()));
+    assert_eq!(
+        health_check(&addr, "llmrouter.v1.RouterService"),
+        (true, "SERVING".into())
+    );
+
+    let mut client = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // A long stream (about 1.5s) is in flight when SIGTERM arrives.
+    let mut s = client
+        .stream_complete(stream_req("story"))
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().unwrap();
+    sigterm(&child);
+    tokio::time::sleep(ms(200)).await;
+
+    // Draining: readiness says NOT_SERVING, liveness still SERVING, and new calls are served.
+    let (ok, status) = health_check(&addr, "llmrouter.v1.RouterService");
+    assert_eq!((ok, status.as_str()), (false, "NOT_SERVING"));
+    assert_eq!(health_check(&addr, "liveness"), (true, "SERVING".into()));
+    let mut fresh = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    fresh
+        .complete(complete("chat"))
+        .await
+        .expect("served during the drain period");
+
+    // After the drain period: new connections are refused, in-flight calls finish.
+    tokio::time::sleep(ms(1600)).await;
+    let (ok, _) = health_check(&addr, "");
+    assert!(!ok, "no new calls after the drain period");
+    while s.message().await.unwrap().is_some() {}
+    drop((client, fresh));
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn health_check_fails_for_unknown_services_and_dead_servers() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (ok, text) = health_check(&dead, "");
+    assert!(!ok);
+    assert!(text.contains("cannot connect"), "{text}");
+}
+
+#[tokio::test]
+async fn health_check_names_unknown_services() {
+    let (mut child, addr) = spawn(&[]);
+    let (ok, text) = health_check(&addr, "no.such.Service");
+    assert!(!ok);
+    assert!(text.contains("NotFound"), "{text}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[test]
+fn sleep_waits_for_pre_stop_hooks() {
+    let start = Instant::now();
+    let out = Command::new(BIN).args(["sleep", "0.2"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(start.elapsed() >= ms(200));
 }

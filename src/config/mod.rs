@@ -71,7 +71,12 @@ pub struct ServerSettings {
     /// Subtracted from the call's deadline so that our DEADLINE_EXCEEDED reaches the client
     /// before tonic's own grpc-timeout layer answers CANCELLED. Default 20ms.
     pub deadline_margin: Duration,
-    /// How long in-flight calls may run after SIGTERM before the server exits. Default 30s.
+    /// After SIGTERM, how long new calls are still served (with health NOT_SERVING) before the
+    /// server stops accepting. Default 0s; set it to cover the time a load balancer or mesh takes
+    /// to stop routing to a draining instance.
+    pub drain_period: Duration,
+    /// After the drain period, how long in-flight calls may run before the server exits.
+    /// Default 30s.
     pub shutdown_grace: Duration,
 }
 
@@ -422,9 +427,10 @@ impl Config {
         let s = &self.server;
         let _ = writeln!(
             out,
-            "server: listen {}, deadline_margin {}, shutdown_grace {}",
+            "server: listen {}, deadline_margin {}, drain_period {}, shutdown_grace {}",
             s.listen,
             d(s.deadline_margin),
+            d(s.drain_period),
             d(s.shutdown_grace)
         );
         for g in self.groups.values() {

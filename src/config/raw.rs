@@ -103,5 +103,7 @@ pub struct RawServer {
     #[serde(default, deserialize_with = "dur")]
     pub deadline_margin: Option<Duration>,
     #[serde(default, deserialize_with = "dur")]
+    pub drain_period: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
     pub shutdown_grace: Option<Duration>,
 }

@@ -172,6 +172,7 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
     ServerSettings {
         listen,
         deadline_margin,
+        drain_period: s.drain_period.unwrap_or(Duration::ZERO),
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
     }
 }
