@@ -1,0 +1,204 @@
+"""The Helm chart, with no cluster and no helm binary: helm-python-sdk lints and renders it,
+kubernetes-validate checks every rendered manifest against the Kubernetes API schemas, and the
+ConfigMap the chart renders is fed to `llm-router check-config`, so the chart can never ship a
+config the binary rejects."""
+
+import copy
+import subprocess
+import tempfile
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current one.
+KUBE_VERSIONS = ["1.27.0", "1.33.0"]
+
+SCENARIOS = {
+    "default": {},
+    "hpa": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12}},
+    "linkerd": {"mesh": {"provider": "linkerd"}},
+    "istio": {"mesh": {"provider": "istio"}},
+    "headless-and-networkpolicy": {
+        "service": {"headless": {"enabled": True}},
+        "networkPolicy": {"enabled": True, "ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "search"}}}]},
+    },
+    "custom-config-and-keys": {
+        "config": {
+            "model_list": [
+                {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o-mini", "timeout": "20s"}},
+                {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5"}},
+            ],
+            "router_settings": {"timeout": "60s", "fallbacks": [{"gpt": ["claude"]}]},
+        },
+        "providerKeys": {
+            "envFromSecrets": ["llm-provider-keys"],
+            "env": [{"name": "ANTHROPIC_API_KEY", "secretName": "anthropic", "secretKey": "key"}],
+        },
+        "extraEnv": [{"name": "OTEL_SERVICE_NAME", "value": "llm-router"}],
+    },
+    "existing-configmap": {"existingConfigMap": "my-router-config"},
+}
+
+
+def render(chart_path, values):
+    chart = helm_python.Chart.load(str(chart_path))
+    chart.validate_schema(values)
+    out = chart.render(values or None, name="rel", namespace="prod")
+    docs = {}
+    for path, text in out.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
+
+
+def deployment(docs):
+    return docs[("Deployment", "rel-llm-router")]
+
+
+def container(docs):
+    return deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_chart_lints_strictly(chart_path):
+    for version in KUBE_VERSIONS:
+        report = helm_python.lint(str(chart_path), strict=True, kube_version=f"v{version}")
+        assert report["errors"] == [], report
+        assert all(m["severity"] < 2 for m in report["messages"]), report["messages"]
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_manifest_is_valid_kubernetes(chart_path, scenario):
+    docs = render(chart_path, SCENARIOS[scenario])
+    assert docs, "something rendered"
+    for version in KUBE_VERSIONS:
+        for key, doc in docs.items():
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{scenario}: {key} is not a valid {version} manifest: {e.message}")
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_the_rendered_config_passes_check_config(chart_path, scenario, llm_router_bin):
+    docs = render(chart_path, SCENARIOS[scenario])
+    cm = docs.get(("ConfigMap", "rel-llm-router"))
+    if scenario == "existing-configmap":
+        assert cm is None
+        volume = deployment(docs)["spec"]["template"]["spec"]["volumes"][0]
+        assert volume["configMap"]["name"] == "my-router-config"
+        return
+    env = {e["name"]: e.get("value") for e in container(docs)["env"]}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(cm["data"]["config.yaml"])
+        f.flush()
+        # The keys come from Secrets in the cluster; stand-ins let check-config resolve them.
+        run_env = {"OPENAI_API_KEY": "stand-in", "ANTHROPIC_API_KEY": "stand-in"}
+        run_env.update({k: v for k, v in env.items() if k.startswith("LLMROUTER__") and v is not None})
+        result = subprocess.run(
+            [str(llm_router_bin), "check-config", f.name], capture_output=True, text=True, env=run_env, timeout=30
+        )
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+    assert "listen 0.0.0.0:50051" in result.stdout, "the chart's listen address applies"
+    assert "drain_period 5s, shutdown_grace 25s" in result.stdout
+
+
+def test_grpc_probes_service_and_mesh_protocol(chart_path):
+    docs = render(chart_path, {})
+    c = container(docs)
+    for probe in ("startupProbe", "readinessProbe"):
+        assert c[probe]["grpc"] == {"port": 50051, "service": "llmrouter.v1.RouterService"}
+    assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+    svc = docs[("Service", "rel-llm-router")]
+    port = svc["spec"]["ports"][0]
+    assert (port["name"], port["appProtocol"]) == ("grpc", "kubernetes.io/h2c")
+    assert ("Service", "rel-llm-router-headless") not in docs
+
+
+def test_restricted_security_context(chart_path):
+    docs = render(chart_path, {})
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(docs)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    test_pod = docs[("Pod", "rel-llm-router-test-health")]
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test_pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_graceful_shutdown_timing(chart_path):
+    docs = render(chart_path, {"shutdown": {"preStopSleepSeconds": 7, "drainSeconds": 4, "graceSeconds": 20, "marginSeconds": 5}})
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 36
+    assert pod["terminationGracePeriodSeconds"] > 7 + 4 + 20
+    c = container(docs)
+    assert c["lifecycle"]["preStop"]["exec"]["command"][-2:] == ["sleep", "7"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LLMROUTER__SERVER__DRAIN_PERIOD"] == "4s"
+    assert env["LLMROUTER__SERVER__SHUTDOWN_GRACE"] == "20s"
+
+
+def test_hpa_owns_replicas_when_enabled(chart_path):
+    assert deployment(render(chart_path, {}))["spec"]["replicas"] == 2
+    docs = render(chart_path, SCENARIOS["hpa"])
+    assert "replicas" not in deployment(docs)["spec"]
+    hpa = docs[("HorizontalPodAutoscaler", "rel-llm-router")]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+
+
+def test_mesh_annotations(chart_path):
+    linkerd = deployment(render(chart_path, SCENARIOS["linkerd"]))["spec"]["template"]["metadata"]["annotations"]
+    assert linkerd["linkerd.io/inject"] == "enabled"
+    assert linkerd["config.alpha.linkerd.io/proxy-wait-before-exit-seconds"] == "40"
+    istio = deployment(render(chart_path, SCENARIOS["istio"]))["spec"]["template"]["metadata"]["annotations"]
+    assert istio["sidecar.istio.io/inject"] == "true"
+    proxy = yaml.safe_load(istio["proxy.istio.io/config"])
+    assert proxy == {"holdApplicationUntilProxyStarts": True, "terminationDrainDuration": "40s"}
+    default = deployment(render(chart_path, {}))["spec"]["template"]["metadata"]["annotations"]
+    assert not any("linkerd" in k or "istio" in k for k in default)
+
+
+def test_config_changes_roll_the_pods(chart_path):
+    def checksum(values):
+        return deployment(render(chart_path, values))["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    changed = {"config": copy.deepcopy(SCENARIOS["custom-config-and-keys"]["config"])}
+    assert checksum({}) != checksum(changed)
+    assert checksum({}) == checksum({})
+
+
+def test_provider_keys_come_only_from_secrets(chart_path):
+    docs = render(chart_path, SCENARIOS["custom-config-and-keys"])
+    c = container(docs)
+    assert c["envFrom"] == [{"secretRef": {"name": "llm-provider-keys"}}]
+    key = next(e for e in c["env"] if e["name"] == "ANTHROPIC_API_KEY")
+    assert key == {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "anthropic", "key": "key"}}}
+    assert "value" not in key
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({"replicaCnt": 3}, "additional properties 'replicaCnt' not allowed"),
+        ({"grpc": {"port": "grpc", "service": "x", "livenessService": "y"}}, "'/grpc/port': got string, want integer"),
+        ({"mesh": {"provider": "consul"}}, "'/mesh/provider': value must be one of"),
+        # An inline key is refused: keys come from Secrets.
+        ({"providerKeys": {"env": [{"name": "OPENAI_API_KEY", "value": "sk-inline"}]}}, "'/providerKeys/env/0': additional properties 'value' not allowed"),
+        ({"shutdown": {"preStopSleepSeconds": -1, "drainSeconds": 5, "graceSeconds": 25, "marginSeconds": 5}}, "'/shutdown/preStopSleepSeconds'"),
+        ({"config": {"model_list": []}}, "'/config/model_list'"),
+    ],
+)
+def test_bad_values_fail_the_schema_naming_the_key(chart_path, values, expected):
+    chart = helm_python.Chart.load(str(chart_path))
+    with pytest.raises(helm_python.HelmValuesError) as e:
+        chart.validate_schema(values)
+    assert expected in str(e.value), str(e.value)
