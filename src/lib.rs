@@ -12,12 +12,15 @@
 //! - [`providers`]: one module per wire format (`mock`, OpenAI-compatible).
 //! - [`config`]: the LiteLLM-shaped YAML config, parsed then validated into an immutable
 //!   routing table.
+//! - [`telemetry`]: Prometheus metrics recorded along the way, the admin HTTP port that serves
+//!   them, and the log format.
 
 pub mod api;
 pub mod config;
 pub mod providers;
 pub mod routing;
 pub mod server;
+pub mod telemetry;
 
 /// Types generated from `proto/llmrouter/v1/router.proto`.
 pub mod proto {
@@ -25,4 +28,4 @@ pub mod proto {
     tonic::include_proto!("llmrouter.v1");
 }
 
-pub use server::run;
+pub use server::{Listeners, run};

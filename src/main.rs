@@ -8,7 +8,7 @@ const USAGE: &str = "\
 llm-router: a gRPC router for LLM calls
 
 USAGE:
-    llm-router [serve] [--config FILE] [--listen ADDR]
+    llm-router [serve] [--config FILE] [--listen ADDR] [--admin-listen ADDR|none]
     llm-router check-config [FILE]
     llm-router health-check [--addr HOST:PORT] [--service NAME] [--timeout DURATION]
     llm-router sleep SECONDS
@@ -20,12 +20,14 @@ Helm test. sleep waits, for preStop hooks in images that have no shell.
 
 With no --config (and no LLMROUTER_CONFIG), serves the built-in default config, whose mock/
 model groups need no provider keys. Environment overrides: LLMROUTER__ROUTER_SETTINGS__TIMEOUT=30s.
-Log level: RUST_LOG (default info).";
+Logs: JSON lines unless stderr is a terminal (LLMROUTER_LOG_FORMAT=json|text overrides);
+level from RUST_LOG (default info).";
 
 enum Command {
     Serve {
         config: Option<PathBuf>,
         listen: Option<String>,
+        admin_listen: Option<String>,
     },
     CheckConfig {
         config: Option<PathBuf>,
@@ -51,6 +53,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     };
     let mut config = None;
     let mut listen = None;
+    let mut admin_listen = None;
     let mut addr = "127.0.0.1:50051".to_string();
     let mut service = String::new();
     let mut timeout = Duration::from_secs(2);
@@ -64,6 +67,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 config = Some(PathBuf::from(value(arg)?))
             }
             ("serve", "--listen") => listen = Some(value(arg)?),
+            ("serve", "--admin-listen") => admin_listen = Some(value(arg)?),
             ("check-config", other) if config.is_none() && !other.starts_with('-') => {
                 config = Some(PathBuf::from(other));
             }
@@ -90,7 +94,11 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             timeout,
         },
         "sleep" => Command::Sleep(sleep.ok_or("sleep needs a number of seconds")?),
-        _ => Command::Serve { config, listen },
+        _ => Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        },
     })
 }
 
@@ -107,14 +115,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    llm_router::telemetry::logging::init();
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse_args(&args) {
@@ -165,7 +166,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -173,7 +178,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match serve(cfg, listen) {
+            match serve(cfg, listen, admin_listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -185,17 +190,49 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn serve(mut cfg: Config, listen: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    mut cfg: Config,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(addr) = listen {
         cfg.server.listen = addr
             .parse()
             .map_err(|_| format!("--listen: `{addr}` is not an address"))?;
     }
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+    if let Some(addr) = admin_listen {
+        cfg.server.admin_listen = match addr.as_str() {
+            "none" => None,
+            _ => Some(
+                addr.parse()
+                    .map_err(|_| format!("--admin-listen: `{addr}` is not an address or `none`"))?,
+            ),
+        };
+    }
+    let grpc = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, groups = cfg.groups.len(), "llm-router serving");
-    llm_router::run(listener, Arc::new(cfg), shutdown_signal()).await?;
+    let admin = match cfg.server.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (server.admin_listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    tracing::info!(
+        addr = %grpc.local_addr()?,
+        admin_addr = %admin_addr.map_or("none".to_string(), |a| a.to_string()),
+        groups = cfg.groups.len(),
+        "llm-router serving"
+    );
+    llm_router::run(
+        llm_router::Listeners { grpc, admin },
+        Arc::new(cfg),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("llm-router stopped");
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::api::RouterApi;
 use crate::config::Config;
 use crate::proto::router_service_server::RouterServiceServer;
 use crate::routing::Router;
+use crate::telemetry::{Metrics, admin};
 
 /// The descriptor set of `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -43,20 +44,42 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-/// Serves on `listener` until `shutdown` completes. Then, in order:
+/// Where the server listens: gRPC, and the admin HTTP port when it is on. Bound by the caller,
+/// so tests can use port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Serves until `shutdown` completes. Then, in order:
 /// 1. health flips to NOT_SERVING (the overall service and `llmrouter.v1.RouterService`);
 /// 2. for `server.drain_period` new calls are still served, while load balancers and meshes
 ///    notice and move traffic away;
 /// 3. the server stops accepting (GOAWAY: clients open new calls elsewhere) and in-flight calls
 ///    get up to `server.shutdown_grace` to finish; what is still running then is cut.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        admin: admin_listener,
+    } = listeners;
     let grace = config.server.shutdown_grace;
     let drain = config.server.drain_period;
-    let router = Arc::new(Router::new(config).map_err(ServeError::Setup)?);
+    let metrics = Arc::new(Metrics::new());
+    let router = Arc::new(Router::new(config, metrics.clone()).map_err(ServeError::Setup)?);
+
+    // The admin port reports ready until shutdown begins, and runs until the process ends.
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin_listener.map(|l| {
+        tokio::spawn(admin::serve(l, metrics.clone(), ready_rx, async {
+            let _ = admin_stopped.await;
+        }))
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RouterServiceServer<RouterApi>>().await;
@@ -88,6 +111,7 @@ pub async fn run(
         result = &mut serve => return result.map_err(ServeError::Transport),
         () = shutdown => {}
     }
+    let _ = ready_tx.send(false);
 
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
@@ -107,13 +131,18 @@ pub async fn run(
     }
     tracing::info!("drain period over: refusing new calls, waiting for in-flight ones");
     let _ = stop_accepting.send(());
-    match tokio::time::timeout(grace, serve).await {
+    let result = match tokio::time::timeout(grace, serve).await {
         Ok(result) => result.map_err(ServeError::Transport),
         Err(_) => {
             tracing::warn!("shutdown grace period ended with calls still in flight; closing them");
             Ok(())
         }
+    };
+    let _ = admin_stop.send(());
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
+    result
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

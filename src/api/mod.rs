@@ -15,6 +15,7 @@ use crate::proto::{
     Role, StreamCompleteRequest, StreamCompleteResponse, router_service_server::RouterService,
 };
 use crate::routing::{self, CallFailure, Router, deadline::parse_grpc_timeout, stream::StreamEnd};
+use crate::telemetry::metrics::{GaugeGuard, UNKNOWN_GROUP};
 use status::call_status;
 
 /// Messages buffered between a committed provider stream and the client.
@@ -41,45 +42,84 @@ fn new_id() -> String {
     format!("chatcmpl-{:032x}", fastrand::u128(..))
 }
 
-/// One log line per finished call.
-fn log_call(
-    rpc: &str,
-    id: &str,
-    model: &str,
-    deployment: &str,
-    attempts: usize,
-    code: tonic::Code,
+/// Accounts for one call: counted in flight while it lives; when it ends, one log line and its
+/// metrics. Dropped without an outcome (the client went away and tonic dropped the handler),
+/// it reports the call as CANCELLED.
+struct CallRecord {
+    router: Arc<Router>,
+    rpc: &'static str,
+    id: String,
     started: Instant,
-) {
-    tracing::info!(
-        rpc,
-        id,
-        model,
-        deployment,
-        attempts,
-        code = ?code,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "call finished"
-    );
+    /// The requested model as a metric label: configured names only.
+    requested: String,
+    reported: bool,
+    _in_flight: GaugeGuard,
 }
 
-fn failed(rpc: &str, id: &str, model: &str, f: CallFailure, started: Instant) -> Status {
-    let status = call_status(&f.error, &f.attempts);
-    let deployment = f
-        .attempts
-        .last()
-        .map(|a| a.deployment.as_str())
-        .unwrap_or("");
-    log_call(
-        rpc,
-        id,
-        model,
-        deployment,
-        f.attempts.len(),
-        status.code(),
-        started,
-    );
-    status
+impl CallRecord {
+    fn start(router: &Arc<Router>, rpc: &'static str, model: &str) -> Self {
+        let requested = if router.config().group(model).is_some() {
+            model.to_string()
+        } else {
+            UNKNOWN_GROUP.to_string()
+        };
+        CallRecord {
+            _in_flight: router.metrics().in_flight(rpc),
+            router: router.clone(),
+            rpc,
+            id: new_id(),
+            started: Instant::now(),
+            requested,
+            reported: false,
+        }
+    }
+
+    /// Reports the outcome. `answered` is the group and deployment that answered, if any.
+    fn finish(&mut self, answered: Option<(&str, &str)>, attempts: usize, code: tonic::Code) {
+        self.reported = true;
+        let elapsed = self.started.elapsed();
+        let group = answered.map_or(self.requested.as_str(), |(g, _)| g);
+        let deployment = answered.map(|(_, d)| d);
+        tracing::info!(
+            rpc = self.rpc,
+            id = %self.id,
+            model = group,
+            deployment = deployment.unwrap_or(""),
+            attempts,
+            code = ?code,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "call finished"
+        );
+        self.router.metrics().call_finished(
+            self.rpc,
+            group,
+            deployment,
+            code,
+            elapsed.as_secs_f64(),
+        );
+    }
+
+    /// Reports a failure and turns it into the status to answer with.
+    fn fail(&mut self, f: CallFailure) -> Status {
+        let status = call_status(&f.error, &f.attempts);
+        self.finish(None, f.attempts.len(), status.code());
+        status
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.finish(None, 0, tonic::Code::Cancelled);
+        }
+    }
+}
+
+fn invalid(error: crate::routing::CallError) -> CallFailure {
+    CallFailure {
+        error,
+        attempts: Vec::new(),
+    }
 }
 
 #[tonic::async_trait]
@@ -88,35 +128,26 @@ impl RouterService for RouterApi {
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
-        let started = Instant::now();
-        let id = new_id();
+        let mut record = CallRecord::start(&self.router, "Complete", &request.get_ref().model);
         let client_timeout = client_timeout(&request);
-        let model = request.get_ref().model.clone();
-        let call =
-            request::call_from_complete(request.into_inner(), client_timeout).map_err(|error| {
-                let failure = CallFailure {
-                    error,
-                    attempts: Vec::new(),
-                };
-                failed("Complete", &id, &model, failure, started)
-            })?;
+        let call = request::call_from_complete(request.into_inner(), client_timeout)
+            .map_err(|e| record.fail(invalid(e)))?;
         let answered = self
             .router
             .complete(&call)
             .await
-            .map_err(|f| failed("Complete", &id, &call.model, f, started))?;
-        log_call(
-            "Complete",
-            &id,
-            &answered.group,
-            &answered.deployment,
+            .map_err(|f| record.fail(f))?;
+        let completion = answered.value;
+        if let Some(usage) = &completion.usage {
+            self.router.metrics().tokens(&answered.deployment, usage);
+        }
+        record.finish(
+            Some((&answered.group, &answered.deployment)),
             answered.attempts.len(),
             tonic::Code::Ok,
-            started,
         );
-        let completion = answered.value;
         Ok(Response::new(CompleteResponse {
-            id,
+            id: record.id.clone(),
             model: answered.group,
             deployment: answered.deployment,
             message: Some(ChatMessage {
@@ -136,48 +167,34 @@ impl RouterService for RouterApi {
         &self,
         request: Request<StreamCompleteRequest>,
     ) -> Result<Response<Self::StreamCompleteStream>, Status> {
-        let started = Instant::now();
-        let id = new_id();
+        let mut record =
+            CallRecord::start(&self.router, "StreamComplete", &request.get_ref().model);
         let client_timeout = client_timeout(&request);
-        let model = request.get_ref().model.clone();
-        let call =
-            request::call_from_stream(request.into_inner(), client_timeout).map_err(|error| {
-                let failure = CallFailure {
-                    error,
-                    attempts: Vec::new(),
-                };
-                failed("StreamComplete", &id, &model, failure, started)
-            })?;
+        let call = request::call_from_stream(request.into_inner(), client_timeout)
+            .map_err(|e| record.fail(invalid(e)))?;
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.
         let answered = self
             .router
             .stream(&call)
             .await
-            .map_err(|f| failed("StreamComplete", &id, &call.model, f, started))?;
+            .map_err(|f| record.fail(f))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let idle = self.router.config().router.stream_idle_timeout;
+        let metrics = self.router.metrics().clone();
         tokio::spawn(async move {
             let (group, deployment, attempts) = (
                 answered.group.clone(),
                 answered.deployment.clone(),
                 answered.attempts.len(),
             );
-            let end = routing::stream::pump(answered, id.clone(), idle, tx).await;
+            let end = routing::stream::pump(answered, record.id.clone(), idle, tx, &metrics).await;
             let code = match end {
                 StreamEnd::Finished => tonic::Code::Ok,
                 StreamEnd::ClientGone => tonic::Code::Cancelled,
                 StreamEnd::Failed(code) => code,
             };
-            log_call(
-                "StreamComplete",
-                &id,
-                &group,
-                &deployment,
-                attempts,
-                code,
-                started,
-            );
+            record.finish(Some((&group, &deployment)), attempts, code);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

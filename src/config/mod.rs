@@ -68,6 +68,9 @@ pub struct Config {
 pub struct ServerSettings {
     /// gRPC listen address. Default `127.0.0.1:50051`.
     pub listen: SocketAddr,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`). Default `127.0.0.1:9090`;
+    /// `none` turns it off.
+    pub admin_listen: Option<SocketAddr>,
     /// Subtracted from the call's deadline so that our DEADLINE_EXCEEDED reaches the client
     /// before tonic's own grpc-timeout layer answers CANCELLED. Default 20ms.
     pub deadline_margin: Duration,
@@ -427,8 +430,9 @@ impl Config {
         let s = &self.server;
         let _ = writeln!(
             out,
-            "server: listen {}, deadline_margin {}, drain_period {}, shutdown_grace {}",
+            "server: listen {}, admin_listen {}, deadline_margin {}, drain_period {}, shutdown_grace {}",
             s.listen,
+            s.admin_listen.map_or("none".to_string(), |a| a.to_string()),
             d(s.deadline_margin),
             d(s.drain_period),
             d(s.shutdown_grace)

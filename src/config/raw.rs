@@ -100,6 +100,8 @@ pub struct RawRouterSettings {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawServer {
     pub listen: Option<String>,
+    /// The admin HTTP address, or `none` to turn the admin port off.
+    pub admin_listen: Option<String>,
     #[serde(default, deserialize_with = "dur")]
     pub deadline_margin: Option<Duration>,
     #[serde(default, deserialize_with = "dur")]

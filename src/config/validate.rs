@@ -16,6 +16,7 @@ use super::{
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_NUM_RETRIES: u32 = 2;
@@ -162,6 +163,22 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
             .parse()
             .expect("default listen address parses")
     });
+    let admin_listen = match s.admin_listen.as_deref().map(str::trim) {
+        Some("none" | "") => None,
+        other => {
+            let text = other.unwrap_or(DEFAULT_ADMIN_LISTEN);
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errs.add(
+                        "server.admin_listen",
+                        format!("`{text}` is not an address such as 127.0.0.1:9090, or `none`"),
+                    );
+                    None
+                }
+            }
+        }
+    };
     let deadline_margin = s.deadline_margin.unwrap_or(DEFAULT_DEADLINE_MARGIN);
     if deadline_margin > Duration::from_secs(5) {
         errs.add(
@@ -171,6 +188,7 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
     }
     ServerSettings {
         listen,
+        admin_listen,
         deadline_margin,
         drain_period: s.drain_period.unwrap_or(Duration::ZERO),
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),

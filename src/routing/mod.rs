@@ -22,6 +22,7 @@ use crate::proto::{Attempt, AttemptOutcome, FinishReason};
 use crate::providers::{
     ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, Provider, ProviderError,
 };
+use crate::telemetry::Metrics;
 use deadline::{AttemptDeadlines, Backoff};
 pub use error::CallError;
 use retry::{Failure, Next};
@@ -76,6 +77,7 @@ pub struct Committed {
 pub struct Router {
     config: Arc<Config>,
     providers: HashMap<String, Arc<Provider>>,
+    metrics: Arc<Metrics>,
 }
 
 /// What one call will do, fixed before its first attempt.
@@ -91,7 +93,7 @@ struct Plan {
 }
 
 impl Router {
-    pub fn new(config: Arc<Config>) -> Result<Router, String> {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Router, String> {
         // One pooled client for every deployment: connections are shared per host. The connect
         // timeout is separate from, and much shorter than, any request deadline.
         let http = reqwest::Client::builder()
@@ -107,11 +109,19 @@ impl Router {
             .flat_map(|g| g.deployments.iter())
             .map(|d| (d.id.clone(), Provider::new(d, &http)))
             .collect();
-        Ok(Router { config, providers })
+        Ok(Router {
+            config,
+            providers,
+            metrics,
+        })
     }
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn plan(&self, req: &CallRequest, streaming: bool) -> Result<Plan, CallError> {
@@ -236,7 +246,11 @@ impl Router {
         let mut special_fallback_taken = false;
         let fail = |error, attempts| Err(CallFailure { error, attempts });
 
+        let mut previous_group: Option<String> = None;
         'groups: while let Some((group, is_requested)) = chain.pop_front() {
+            if let Some(from) = previous_group.replace(group.name.clone()) {
+                self.metrics.fallback(&from, &group.name);
+            }
             let mut pick = DeploymentPicker::new(&group);
             // Retries after the group's first attempt; fixed by that attempt's deployment.
             let mut retries_allowed: Option<u32> = None;
@@ -264,6 +278,9 @@ impl Router {
                 if start >= plan.deadline {
                     break 'groups;
                 }
+                if pick.has_failures() {
+                    self.metrics.retry(&group.name, &deployment.id);
+                }
                 let stream_timeout = plan
                     .streaming
                     .then(|| plan.stream_timeout.or(deployment.stream_timeout))
@@ -280,6 +297,15 @@ impl Router {
                 let elapsed = start.elapsed();
                 match result {
                     Ok(value) => {
+                        self.metrics
+                            .attempt(&group.name, &deployment.id, AttemptOutcome::Ok);
+                        if plan.streaming {
+                            self.metrics.first_chunk(
+                                &group.name,
+                                &deployment.id,
+                                elapsed.as_secs_f64(),
+                            );
+                        }
                         attempts.push(record(
                             deployment,
                             AttemptOutcome::Ok,
@@ -297,6 +323,8 @@ impl Router {
                         });
                     }
                     Err(failure) => {
+                        self.metrics
+                            .attempt(&group.name, &deployment.id, failure.outcome());
                         attempts.push(record(
                             deployment,
                             failure.outcome(),
@@ -397,6 +425,11 @@ impl<'a> DeploymentPicker<'a> {
 
     fn exclude(&mut self, idx: usize) {
         self.excluded[idx] = true;
+    }
+
+    /// Whether an attempt in this group has already failed: the next one is a retry.
+    fn has_failures(&self) -> bool {
+        self.failed.iter().chain(&self.excluded).any(|&f| f)
     }
 
     /// The next deployment, and whether it is a retry of one that already failed (which waits

@@ -14,6 +14,7 @@ use tonic::Status;
 use super::{Answered, CallError, Committed, to_proto_duration};
 use crate::api::status::call_status;
 use crate::proto::{Attempt, AttemptOutcome, FinishReason, StreamCompleteResponse, Usage};
+use crate::telemetry::Metrics;
 
 /// How a committed stream ended, for the call's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,9 @@ pub async fn pump(
     id: String,
     idle: Duration,
     tx: mpsc::Sender<Result<StreamCompleteResponse, Status>>,
+    metrics: &Metrics,
 ) -> StreamEnd {
+    let _open = metrics.stream_open();
     let Answered {
         value: Committed { first, mut rest },
         group,
@@ -80,6 +83,9 @@ pub async fn pump(
                     break (CallError::StreamInterrupted { detail: e.detail }, AttemptOutcome::UpstreamError);
                 }
                 None => {
+                    if let Some(u) = &usage {
+                        metrics.tokens(&deployment, u);
+                    }
                     let mut tail = message(String::new());
                     tail.finish_reason = finish.unwrap_or(FinishReason::Unspecified) as i32;
                     tail.usage = usage;

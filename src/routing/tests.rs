@@ -13,7 +13,7 @@ use crate::proto::{ChatMessage, Role};
 fn router(yaml: &str) -> Router {
     let config = Config::load_with_env(Source::Yaml(yaml), Vec::new(), |_| None)
         .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-    Router::new(Arc::new(config)).unwrap()
+    Router::new(Arc::new(config), Arc::new(crate::telemetry::Metrics::new())).unwrap()
 }
 
 fn call(model: &str) -> CallRequest {
@@ -385,7 +385,14 @@ async fn a_committed_stream_that_goes_silent_ends_with_idle_timeout() {
     );
     let (tx, mut rx) = mpsc::channel(8);
     let start = Instant::now();
-    let end = stream::pump(a, "id".into(), ms(500), tx).await;
+    let end = stream::pump(
+        a,
+        "id".into(),
+        ms(500),
+        tx,
+        &crate::telemetry::Metrics::new(),
+    )
+    .await;
     assert_eq!(end, stream::StreamEnd::Failed(Code::DeadlineExceeded));
     assert_eq!(start.elapsed(), ms(500));
     let first = rx.recv().await.unwrap().unwrap();
@@ -409,7 +416,14 @@ async fn a_committed_stream_still_ends_at_the_total_deadline() {
     let (tx, mut rx) = mpsc::channel(8);
     let start = Instant::now();
     // The idle timer (500ms) is longer than what is left of the 280ms total deadline.
-    let end = stream::pump(a, "id".into(), ms(500), tx).await;
+    let end = stream::pump(
+        a,
+        "id".into(),
+        ms(500),
+        tx,
+        &crate::telemetry::Metrics::new(),
+    )
+    .await;
     assert_eq!(end, stream::StreamEnd::Failed(Code::DeadlineExceeded));
     assert_eq!(
         start.elapsed(),
@@ -432,7 +446,14 @@ async fn a_whole_stream_arrives_with_finish_reason_and_usage_last() {
     let r = router(CHAIN);
     let a = r.stream(&call("fast")).await.unwrap();
     let (tx, mut rx) = mpsc::channel(8);
-    let end = stream::pump(a, "id".into(), ms(500), tx).await;
+    let end = stream::pump(
+        a,
+        "id".into(),
+        ms(500),
+        tx,
+        &crate::telemetry::Metrics::new(),
+    )
+    .await;
     assert_eq!(end, stream::StreamEnd::Finished);
     let first = rx.recv().await.unwrap().unwrap();
     assert_eq!(first.delta, "ok");

@@ -17,6 +17,8 @@ use tonic_types::StatusExt;
 
 pub struct TestRouter {
     pub addr: SocketAddr,
+    /// The admin HTTP port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: SocketAddr,
     pub client: RouterServiceClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<()>,
@@ -34,9 +36,15 @@ impl TestRouter {
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            llm_router::run(listener, Arc::new(config), async {
+            let listeners = llm_router::Listeners {
+                grpc: listener,
+                admin: Some(admin),
+            };
+            llm_router::run(listeners, Arc::new(config), async {
                 let _ = rx.await;
             })
             .await
@@ -47,6 +55,7 @@ impl TestRouter {
             .unwrap();
         TestRouter {
             addr,
+            admin_addr,
             client,
             shutdown: Some(tx),
             task,
@@ -68,6 +77,14 @@ impl TestRouter {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// GETs a path of the admin port: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.admin_addr))
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
     /// Triggers graceful shutdown.

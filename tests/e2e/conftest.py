@@ -29,8 +29,9 @@ def server(llm_router_bin):
     """The address of a running llm-router; stopped with SIGTERM at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER")}
     env["RUST_LOG"] = "info"
+    env["LLMROUTER_LOG_FORMAT"] = "text"
     proc = subprocess.Popen(
-        [str(llm_router_bin), "--listen", "127.0.0.1:0"],
+        [str(llm_router_bin), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

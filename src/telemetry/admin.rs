@@ -1,0 +1,73 @@
+//! The admin HTTP port (`server.admin_listen`): `/metrics` for Prometheus, `/healthz` and
+//! `/readyz` for tools that do not speak gRPC health. Plain HTTP/1.1 on hyper, which tonic
+//! already brings.
+
+use std::{convert::Infallible, future::Future, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch};
+
+use super::Metrics;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves until `shutdown` completes. `ready` is true while the server takes calls.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin port: accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = respond(&req, &metrics, *ready.borrow());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            // Errors here are a scraper hanging up; nothing to do about them.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: bool) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if ready => reply(StatusCode::OK, TEXT, "ready\n".into()),
+        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,364 @@
+//! Prometheus metrics. Label values come only from the config (model groups, deployment ids)
+//! and from fixed sets (RPC names, outcomes, gRPC codes), never from what a caller sends, so the
+//! number of series stays bounded: a request for an unknown model counts under `unknown`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::proto::{AttemptOutcome, Usage};
+
+/// The model group label for requests naming no configured group.
+pub const UNKNOWN_GROUP: &str = "unknown";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    rpc: &'static str,
+    model_group: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallDurationLabels {
+    rpc: &'static str,
+    model_group: String,
+    /// The deployment that answered, `none` when the call failed.
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    model_group: String,
+    deployment: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    model_group: String,
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    deployment: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 5ms to about 80s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Every metric llm-router exports. One per server; tests get their own.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    call_duration: HistogramFamily<CallDurationLabels>,
+    attempts: Family<AttemptLabels, Counter>,
+    retries: Family<DeploymentLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+    time_to_first_chunk: HistogramFamily<DeploymentLabels>,
+    tokens: Family<TokenLabels, Counter>,
+    in_flight: Family<RpcLabels, Gauge>,
+    streams_open: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("llmrouter");
+        let calls = Family::default();
+        registry.register(
+            "calls",
+            "Finished calls by RPC, model group and final gRPC code",
+            calls.clone(),
+        );
+        let call_duration: HistogramFamily<CallDurationLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "call_duration_seconds",
+            "Whole-call latency, from request to last message, by model group and answering deployment",
+            call_duration.clone(),
+        );
+        let attempts = Family::default();
+        registry.register(
+            "attempts",
+            "Attempts by deployment and outcome",
+            attempts.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "retries",
+            "Attempts after the first in a model group",
+            retries.clone(),
+        );
+        let fallbacks = Family::default();
+        registry.register(
+            "fallbacks",
+            "Moves along a fallback chain, from one model group to the next",
+            fallbacks.clone(),
+        );
+        let time_to_first_chunk: HistogramFamily<DeploymentLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "time_to_first_chunk_seconds",
+            "Streamed attempts' time from start to first content chunk",
+            time_to_first_chunk.clone(),
+        );
+        let tokens = Family::default();
+        registry.register(
+            "tokens",
+            "Tokens in (prompt) and out (completion) by deployment, as providers report them",
+            tokens.clone(),
+        );
+        let in_flight = Family::default();
+        registry.register(
+            "calls_in_flight",
+            "Calls being served, streams included",
+            in_flight.clone(),
+        );
+        let streams_open = Gauge::default();
+        registry.register(
+            "streams_open",
+            "Committed streams being forwarded to clients",
+            streams_open.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            call_duration,
+            attempts,
+            retries,
+            fallbacks,
+            time_to_first_chunk,
+            tokens,
+            in_flight,
+            streams_open,
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn call_finished(
+        &self,
+        rpc: &'static str,
+        group: &str,
+        deployment: Option<&str>,
+        code: tonic::Code,
+        secs: f64,
+    ) {
+        self.calls
+            .get_or_create(&CallLabels {
+                rpc,
+                model_group: group.to_string(),
+                code: code_name(code),
+            })
+            .inc();
+        self.call_duration
+            .get_or_create(&CallDurationLabels {
+                rpc,
+                model_group: group.to_string(),
+                deployment: deployment.unwrap_or("none").to_string(),
+            })
+            .observe(secs);
+    }
+
+    pub fn attempt(&self, group: &str, deployment: &str, outcome: AttemptOutcome) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                model_group: group.to_string(),
+                deployment: deployment.to_string(),
+                outcome: outcome_name(outcome),
+            })
+            .inc();
+    }
+
+    pub fn retry(&self, group: &str, deployment: &str) {
+        self.retries
+            .get_or_create(&deployment_labels(group, deployment))
+            .inc();
+    }
+
+    pub fn fallback(&self, from: &str, to: &str) {
+        self.fallbacks
+            .get_or_create(&FallbackLabels {
+                from: from.to_string(),
+                to: to.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn first_chunk(&self, group: &str, deployment: &str, secs: f64) {
+        self.time_to_first_chunk
+            .get_or_create(&deployment_labels(group, deployment))
+            .observe(secs);
+    }
+
+    pub fn tokens(&self, deployment: &str, usage: &Usage) {
+        for (direction, n) in [
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    deployment: deployment.to_string(),
+                    direction,
+                })
+                .inc_by(u64::from(n));
+        }
+    }
+
+    /// Counts a call as in flight until the guard drops.
+    pub fn in_flight(&self, rpc: &'static str) -> GaugeGuard {
+        GaugeGuard::new(self.in_flight.get_or_create(&RpcLabels { rpc }).clone())
+    }
+
+    /// Counts a committed stream as open until the guard drops.
+    pub fn stream_open(&self) -> GaugeGuard {
+        GaugeGuard::new(self.streams_open.clone())
+    }
+}
+
+fn deployment_labels(group: &str, deployment: &str) -> DeploymentLabels {
+    DeploymentLabels {
+        model_group: group.to_string(),
+        deployment: deployment.to_string(),
+    }
+}
+
+/// Decrements its gauge when dropped, however the call ends (cancellation included).
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn outcome_name(outcome: AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Unspecified => "unspecified",
+        AttemptOutcome::Ok => "ok",
+        AttemptOutcome::Timeout => "timeout",
+        AttemptOutcome::FirstChunkTimeout => "first_chunk_timeout",
+        AttemptOutcome::IdleTimeout => "idle_timeout",
+        AttemptOutcome::MockTimeout => "mock_timeout",
+        AttemptOutcome::RateLimited => "rate_limited",
+        AttemptOutcome::UpstreamError => "upstream_error",
+        AttemptOutcome::ConnectError => "connect_error",
+        AttemptOutcome::Rejected => "rejected",
+        AttemptOutcome::Cancelled => "cancelled",
+    }
+}
+
+/// gRPC's canonical code names, as other gRPC metrics label them.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_and_labels() {
+        let m = Metrics::new();
+        m.call_finished("Complete", "chat", Some("chat-1"), tonic::Code::Ok, 0.2);
+        m.attempt("chat", "chat-1", AttemptOutcome::FirstChunkTimeout);
+        m.fallback("chat", "backup");
+        m.tokens(
+            "chat-1",
+            &Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5,
+                total_tokens: 8,
+            },
+        );
+        {
+            let _g = m.in_flight("StreamComplete");
+            assert!(
+                m.encode()
+                    .contains("llmrouter_calls_in_flight{rpc=\"StreamComplete\"} 1")
+            );
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "llmrouter_calls_total{rpc=\"Complete\",model_group=\"chat\",code=\"OK\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("llmrouter_attempts_total{model_group=\"chat\",deployment=\"chat-1\",outcome=\"first_chunk_timeout\"} 1"));
+        assert!(text.contains("llmrouter_fallbacks_total{from=\"chat\",to=\"backup\"} 1"));
+        assert!(
+            text.contains("llmrouter_tokens_total{deployment=\"chat-1\",direction=\"output\"} 5")
+        );
+        assert!(text.contains("llmrouter_calls_in_flight{rpc=\"StreamComplete\"} 0"));
+        assert!(text.contains("llmrouter_call_duration_seconds_bucket{le=\"0.32\",rpc=\"Complete\",model_group=\"chat\",deployment=\"chat-1\"} 1")
+            || text.contains("llmrouter_call_duration_seconds_count{rpc=\"Complete\",model_group=\"chat\",deployment=\"chat-1\"} 1"), "{text}");
+    }
+}
