@@ -8,7 +8,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::RouterApi;
+use crate::api::{ActiveCalls, RouterApi};
 use crate::config::Config;
 use crate::proto::router_service_server::RouterServiceServer;
 use crate::routing::Router;
@@ -70,6 +70,7 @@ pub async fn run(
     let grace = config.server.shutdown_grace;
     let drain = config.server.drain_period;
     let metrics = Arc::new(Metrics::new());
+    let active = Arc::new(ActiveCalls::default());
     let router = Arc::new(Router::new(config, metrics.clone()).map_err(ServeError::Setup)?);
 
     // The admin port reports ready until shutdown begins, and runs until the process ends.
@@ -101,7 +102,10 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RouterServiceServer::new(RouterApi::new(router)))
+        .add_service(RouterServiceServer::new(RouterApi::new(
+            router,
+            active.clone(),
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stopped.await;
         });
@@ -131,10 +135,18 @@ pub async fn run(
     }
     tracing::info!("drain period over: refusing new calls, waiting for in-flight ones");
     let _ = stop_accepting.send(());
-    let result = match tokio::time::timeout(grace, serve).await {
-        Ok(result) => result.map_err(ServeError::Transport),
-        Err(_) => {
-            tracing::warn!("shutdown grace period ended with calls still in flight; closing them");
+    let result = tokio::select! {
+        result = &mut serve => result.map_err(ServeError::Transport),
+        () = active.wait_idle() => {
+            // Clients were told GOAWAY; what is left are idle connections.
+            tracing::info!("no calls in flight: closing idle connections");
+            Ok(())
+        }
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                in_flight = active.count(),
+                "shutdown grace period ended with calls still in flight; closing them"
+            );
             Ok(())
         }
     };

@@ -254,3 +254,75 @@ fn sleep_waits_for_pre_stop_hooks() {
     assert!(out.status.success());
     assert!(start.elapsed() >= ms(200));
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_with_one_line_per_call_and_no_prompt_text() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "none"])
+        .env_remove("LLMROUTER_CONFIG")
+        .env("LLMROUTER_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |pred: &dyn Fn(&serde_json::Value) -> bool| loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line");
+        if pred(&v) {
+            return v;
+        }
+    };
+    let serving = next(&|v| v["message"] == "llm-router serving");
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["admin_addr"], "none");
+    let addr = serving["addr"].as_str().unwrap().to_string();
+
+    let mut client = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut req = complete("hanging");
+    req.messages = user("my secret prompt text");
+    client.complete(req).await.unwrap();
+    let line = next(&|v| v["message"] == "call finished");
+    assert_eq!(line["rpc"], "Complete");
+    assert_eq!(line["model"], "chat-backup");
+    assert_eq!(line["deployment"], "chat-backup");
+    assert_eq!(line["attempts"], 2);
+    assert_eq!(line["code"], "Ok");
+    assert!(line["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(line["elapsed_ms"].as_u64().unwrap() >= 1000);
+    assert!(!line.to_string().contains("secret prompt"));
+
+    sigterm(&child);
+    while let Ok(v) = rx.recv_timeout(Duration::from_secs(10)) {
+        assert!(!v.to_string().contains("secret prompt"), "{v}");
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[tokio::test]
+async fn idle_client_connections_do_not_hold_shutdown_for_the_grace_period() {
+    // The default config's shutdown_grace is 10s; gRPC clients keep their channels open.
+    let (mut child, addr) = spawn(&[]);
+    let mut client = RouterServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    client.complete(complete("chat")).await.unwrap();
+    let start = Instant::now();
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success());
+    assert!(start.elapsed() < Duration::from_secs(3), "exited after {:?}", start.elapsed());
+    drop(client);
+}

@@ -4,7 +4,15 @@
 pub mod request;
 pub mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::Notify;
 
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,11 +31,56 @@ const STREAM_BUFFER: usize = 16;
 
 pub struct RouterApi {
     router: Arc<Router>,
+    active: Arc<ActiveCalls>,
 }
 
 impl RouterApi {
-    pub fn new(router: Arc<Router>) -> Self {
-        RouterApi { router }
+    pub fn new(router: Arc<Router>, active: Arc<ActiveCalls>) -> Self {
+        RouterApi { router, active }
+    }
+}
+
+/// Counts the router's calls in flight, committed streams included, so that shutdown can end
+/// as soon as none is left: idle client connections must not hold a pod for its whole grace
+/// period (tonic waits for every connection to close, and gRPC clients keep theirs open).
+#[derive(Debug, Default)]
+pub struct ActiveCalls {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl ActiveCalls {
+    fn enter(self: &Arc<Self>) -> ActiveGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Completes when no call is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a call ending in between still wakes us.
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct ActiveGuard(Arc<ActiveCalls>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -54,10 +107,12 @@ struct CallRecord {
     requested: String,
     reported: bool,
     _in_flight: GaugeGuard,
+    _active: ActiveGuard,
 }
 
 impl CallRecord {
-    fn start(router: &Arc<Router>, rpc: &'static str, model: &str) -> Self {
+    fn start(api: &RouterApi, rpc: &'static str, model: &str) -> Self {
+        let router = &api.router;
         let requested = if router.config().group(model).is_some() {
             model.to_string()
         } else {
@@ -65,6 +120,7 @@ impl CallRecord {
         };
         CallRecord {
             _in_flight: router.metrics().in_flight(rpc),
+            _active: api.active.enter(),
             router: router.clone(),
             rpc,
             id: new_id(),
@@ -128,7 +184,7 @@ impl RouterService for RouterApi {
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
-        let mut record = CallRecord::start(&self.router, "Complete", &request.get_ref().model);
+        let mut record = CallRecord::start(self, "Complete", &request.get_ref().model);
         let client_timeout = client_timeout(&request);
         let call = request::call_from_complete(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
@@ -167,8 +223,7 @@ impl RouterService for RouterApi {
         &self,
         request: Request<StreamCompleteRequest>,
     ) -> Result<Response<Self::StreamCompleteStream>, Status> {
-        let mut record =
-            CallRecord::start(&self.router, "StreamComplete", &request.get_ref().model);
+        let mut record = CallRecord::start(self, "StreamComplete", &request.get_ref().model);
         let client_timeout = client_timeout(&request);
         let call = request::call_from_stream(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
