@@ -39,7 +39,11 @@ SCENARIOS = {
         "extraEnv": [{"name": "OTEL_SERVICE_NAME", "value": "llm-router"}],
     },
     "existing-configmap": {"existingConfigMap": "my-router-config"},
+    "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
 }
+
+# Custom resources have no schema in kubernetes-validate; their shape is checked by hand below.
+CRDS = {"ServiceMonitor"}
 
 
 def render(chart_path, values):
@@ -77,6 +81,8 @@ def test_every_manifest_is_valid_kubernetes(chart_path, scenario):
     assert docs, "something rendered"
     for version in KUBE_VERSIONS:
         for key, doc in docs.items():
+            if key[0] in CRDS:
+                continue
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as e:
@@ -104,7 +110,7 @@ def test_the_rendered_config_passes_check_config(chart_path, scenario, llm_route
         )
     assert result.returncode == 0, result.stderr
     assert "config OK" in result.stdout
-    assert "listen 0.0.0.0:50051" in result.stdout, "the chart's listen address applies"
+    assert "listen 0.0.0.0:50051, admin_listen 0.0.0.0:9090" in result.stdout, "the chart's addresses apply"
     assert "drain_period 5s, shutdown_grace 25s" in result.stdout
 
 
@@ -202,3 +208,20 @@ def test_bad_values_fail_the_schema_naming_the_key(chart_path, values, expected)
     with pytest.raises(helm_python.HelmValuesError) as e:
         chart.validate_schema(values)
     assert expected in str(e.value), str(e.value)
+
+
+def test_metrics_port_and_service_monitor(chart_path):
+    docs = render(chart_path, SCENARIOS["servicemonitor"])
+    c = container(docs)
+    assert {"name": "admin", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LLMROUTER__SERVER__ADMIN_LISTEN"] == "0.0.0.0:9090"
+    assert env["LLMROUTER_LOG_FORMAT"] == "json"
+    svc_ports = {p["name"]: p for p in docs[("Service", "rel-llm-router")]["spec"]["ports"]}
+    assert svc_ports["admin"]["port"] == 9090
+    sm = docs[("ServiceMonitor", "rel-llm-router")]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"] == [{"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert sm["spec"]["selector"]["matchLabels"] == deployment(docs)["spec"]["selector"]["matchLabels"]
+    assert ("ServiceMonitor", "rel-llm-router") not in render(chart_path, {})
