@@ -104,19 +104,23 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     let source = path.map_or(Source::BuiltIn, |p| Source::File(p));
-    let config = Config::load(source).map_err(|e| e.to_string())?;
+    Config::load(source).map_err(|e| e.to_string())
+}
+
+/// Logs what the config accepted but will not act on. Called once logging is up.
+fn log_config_warnings(config: &Config) {
     for key in &config.ignored_keys {
         tracing::warn!(
             key,
             "LiteLLM config key is accepted but has no effect in llm-router"
         );
     }
-    Ok(config)
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 }
 
 fn main() -> ExitCode {
-    llm_router::telemetry::logging::init();
-
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse_args(&args) {
         Ok(c) => c,
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             }
         },
         Command::CheckConfig { config } => match load(config.as_ref()) {
+            // check-config prints its findings; it does not log.
             Ok(cfg) => {
                 print!("{}", cfg.routing_table());
                 ExitCode::SUCCESS
@@ -209,6 +214,13 @@ async fn serve(
             ),
         };
     }
+    let tracer =
+        match llm_router::telemetry::traces::endpoint_from_env(cfg.otlp_endpoint.as_deref()) {
+            Some(endpoint) => Some(llm_router::telemetry::traces::provider(&endpoint)?),
+            None => None,
+        };
+    llm_router::telemetry::logging::init(tracer.as_ref());
+    log_config_warnings(&cfg);
     let grpc = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -233,6 +245,12 @@ async fn serve(
         shutdown_signal(),
     )
     .await?;
+    if let Some(tracer) = tracer {
+        // Flushes the spans still batched.
+        if let Err(e) = tracer.shutdown() {
+            tracing::warn!(error = %e, "trace exporter did not shut down cleanly");
+        }
+    }
     tracing::info!("llm-router stopped");
     Ok(())
 }

@@ -317,12 +317,18 @@ async fn logs_are_json_lines_with_one_line_per_call_and_no_prompt_text() {
 async fn idle_client_connections_do_not_hold_shutdown_for_the_grace_period() {
     // The default config's shutdown_grace is 10s; gRPC clients keep their channels open.
     let (mut child, addr) = spawn(&[]);
-    let mut client = RouterServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     client.complete(complete("chat")).await.unwrap();
     let start = Instant::now();
     sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(15));
     assert!(status.success());
-    assert!(start.elapsed() < Duration::from_secs(3), "exited after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "exited after {:?}",
+        start.elapsed()
+    );
     drop(client);
 }

@@ -12,9 +12,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::Notify;
-
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -23,8 +24,12 @@ use crate::proto::{
     Role, StreamCompleteRequest, StreamCompleteResponse, router_service_server::RouterService,
 };
 use crate::routing::{self, CallFailure, Router, deadline::parse_grpc_timeout, stream::StreamEnd};
-use crate::telemetry::metrics::{GaugeGuard, UNKNOWN_GROUP};
+use crate::telemetry::{
+    metrics::{GaugeGuard, UNKNOWN_GROUP, code_name},
+    traces::{self, TARGET},
+};
 use status::call_status;
+use tracing::{Instrument as _, field::Empty};
 
 /// Messages buffered between a committed provider stream and the client.
 const STREAM_BUFFER: usize = 16;
@@ -95,9 +100,9 @@ fn new_id() -> String {
     format!("chatcmpl-{:032x}", fastrand::u128(..))
 }
 
-/// Accounts for one call: counted in flight while it lives; when it ends, one log line and its
-/// metrics. Dropped without an outcome (the client went away and tonic dropped the handler),
-/// it reports the call as CANCELLED.
+/// Accounts for one call: counted in flight while it lives; when it ends, one log line, its
+/// metrics and its trace span's outcome. Dropped without an outcome (the client went away and
+/// tonic dropped the handler), it reports the call as CANCELLED.
 struct CallRecord {
     router: Arc<Router>,
     rpc: &'static str,
@@ -106,12 +111,14 @@ struct CallRecord {
     /// The requested model as a metric label: configured names only.
     requested: String,
     reported: bool,
+    /// The call's trace span (disabled when tracing is off).
+    span: tracing::Span,
     _in_flight: GaugeGuard,
     _active: ActiveGuard,
 }
 
 impl CallRecord {
-    fn start(api: &RouterApi, rpc: &'static str, model: &str) -> Self {
+    fn start(api: &RouterApi, rpc: &'static str, model: &str, span: tracing::Span) -> Self {
         let router = &api.router;
         let requested = if router.config().group(model).is_some() {
             model.to_string()
@@ -127,6 +134,7 @@ impl CallRecord {
             started: Instant::now(),
             requested,
             reported: false,
+            span,
         }
     }
 
@@ -153,6 +161,16 @@ impl CallRecord {
             code,
             elapsed.as_secs_f64(),
         );
+        let span = &self.span;
+        span.record("rpc.grpc.status_code", code as i32);
+        span.record("llmrouter.attempts", attempts);
+        if answered.is_some() {
+            span.record("gen_ai.response.model", group);
+        }
+        if code != tonic::Code::Ok {
+            span.record("error.type", code_name(code));
+            span.record("otel.status_code", "ERROR");
+        }
     }
 
     /// Reports a failure and turns it into the status to answer with.
@@ -171,6 +189,40 @@ impl Drop for CallRecord {
     }
 }
 
+/// The span of one RPC, a child of the caller's `traceparent` when it sent one.
+fn rpc_span<T>(rpc: &'static str, request: &Request<T>, model: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        "rpc",
+        otel.name = %format_args!("chat {model}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = "llmrouter.v1.RouterService",
+        rpc.method = rpc,
+        rpc.grpc.status_code = Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = %model,
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        error.type = Empty,
+        llmrouter.deadline_ms = Empty,
+        llmrouter.attempts = Empty,
+    );
+    if !span.is_disabled() {
+        traces::set_parent_from(&span, request.metadata());
+    }
+    span
+}
+
+/// Records a provider's token counts on the current RPC span.
+pub(crate) fn record_usage(usage: &proto::Usage) {
+    let span = tracing::Span::current();
+    span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+    span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+}
+
 fn invalid(error: crate::routing::CallError) -> CallFailure {
     CallFailure {
         error,
@@ -178,13 +230,13 @@ fn invalid(error: crate::routing::CallError) -> CallFailure {
     }
 }
 
-#[tonic::async_trait]
-impl RouterService for RouterApi {
-    async fn complete(
+impl RouterApi {
+    async fn complete_in(
         &self,
         request: Request<CompleteRequest>,
+        span: tracing::Span,
     ) -> Result<Response<CompleteResponse>, Status> {
-        let mut record = CallRecord::start(self, "Complete", &request.get_ref().model);
+        let mut record = CallRecord::start(self, "Complete", &request.get_ref().model, span);
         let client_timeout = client_timeout(&request);
         let call = request::call_from_complete(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
@@ -196,6 +248,7 @@ impl RouterService for RouterApi {
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
             self.router.metrics().tokens(&answered.deployment, usage);
+            record_usage(usage);
         }
         record.finish(
             Some((&answered.group, &answered.deployment)),
@@ -217,13 +270,17 @@ impl RouterService for RouterApi {
         }))
     }
 
-    type StreamCompleteStream = ReceiverStream<Result<StreamCompleteResponse, Status>>;
-
-    async fn stream_complete(
+    async fn stream_complete_in(
         &self,
         request: Request<StreamCompleteRequest>,
-    ) -> Result<Response<Self::StreamCompleteStream>, Status> {
-        let mut record = CallRecord::start(self, "StreamComplete", &request.get_ref().model);
+        span: tracing::Span,
+    ) -> Result<Response<ReceiverStream<Result<StreamCompleteResponse, Status>>>, Status> {
+        let mut record = CallRecord::start(
+            self,
+            "StreamComplete",
+            &request.get_ref().model,
+            span.clone(),
+        );
         let client_timeout = client_timeout(&request);
         let call = request::call_from_stream(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
@@ -237,7 +294,8 @@ impl RouterService for RouterApi {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let idle = self.router.config().router.stream_idle_timeout;
         let metrics = self.router.metrics().clone();
-        tokio::spawn(async move {
+        // The RPC's span stays open until the stream ends.
+        let pump = async move {
             let (group, deployment, attempts) = (
                 answered.group.clone(),
                 answered.deployment.clone(),
@@ -250,8 +308,34 @@ impl RouterService for RouterApi {
                 StreamEnd::Failed(code) => code,
             };
             record.finish(Some((&group, &deployment)), attempts, code);
-        });
+        };
+        tokio::spawn(pump.instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl RouterService for RouterApi {
+    async fn complete(
+        &self,
+        request: Request<CompleteRequest>,
+    ) -> Result<Response<CompleteResponse>, Status> {
+        let span = rpc_span("Complete", &request, &request.get_ref().model);
+        self.complete_in(request, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    type StreamCompleteStream = ReceiverStream<Result<StreamCompleteResponse, Status>>;
+
+    async fn stream_complete(
+        &self,
+        request: Request<StreamCompleteRequest>,
+    ) -> Result<Response<Self::StreamCompleteStream>, Status> {
+        let span = rpc_span("StreamComplete", &request, &request.get_ref().model);
+        self.stream_complete_in(request, span.clone())
+            .instrument(span)
+            .await
     }
 
     async fn list_models(

@@ -62,6 +62,10 @@ pub struct Config {
     pub groups: BTreeMap<String, Arc<ModelGroup>>,
     /// Keys from the LiteLLM compatibility list that were present and ignored.
     pub ignored_keys: Vec<String>,
+    /// Settings that are valid but probably not what was meant, each naming its key.
+    pub warnings: Vec<String>,
+    /// OTLP endpoint for traces from the config (`telemetry.otlp_endpoint`).
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -483,6 +487,12 @@ impl Config {
                     "  content_policy_fallbacks: {}",
                     chain(&g.content_policy_fallbacks)
                 );
+            }
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(out, "\nwarnings:");
+            for w in &self.warnings {
+                let _ = writeln!(out, "  {w}");
             }
         }
         if !self.ignored_keys.is_empty() {

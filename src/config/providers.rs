@@ -133,6 +133,17 @@ pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 /// the deployment's `litellm_params.max_tokens` gives one.
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 
+/// The OpenTelemetry GenAI `gen_ai.provider.name` of a provider prefix.
+pub fn semconv_name(prefix: &str) -> &str {
+    match prefix {
+        "azure" => "azure.ai.openai",
+        "gemini" => "gcp.gemini",
+        "mistral" => "mistral_ai",
+        "mock" => "llm_router.mock",
+        other => other,
+    }
+}
+
 pub fn lookup(prefix: &str) -> Option<&'static ProviderSpec> {
     PROVIDERS.iter().find(|p| p.prefix == prefix)
 }

@@ -15,6 +15,14 @@ pub struct RawConfig {
     pub router_settings: RawRouterSettings,
     #[serde(default)]
     pub server: RawServer,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    /// OTLP/gRPC endpoint for traces; the standard OTEL_EXPORTER_OTLP_* variables win over it.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,10 +29,15 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RETRIES_LIMIT: u32 = 10;
 const ENV_SECRET_PREFIX: &str = "os.environ/";
 
+/// Problems (which reject the config) and warnings (which do not), each naming its key.
 #[derive(Default)]
-struct Errors(Vec<KeyError>);
+struct Errors(Vec<KeyError>, Vec<String>);
 
 impl Errors {
+    fn warn(&mut self, message: String) {
+        self.1.push(message);
+    }
+
     fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(KeyError {
             key: key.into(),
@@ -118,6 +123,20 @@ pub(super) fn validate(
         }
     }
 
+    let otlp_endpoint = raw
+        .telemetry
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.trim().is_empty());
+    if let Some(e) = &otlp_endpoint
+        && !(e.starts_with("http://") || e.starts_with("https://"))
+    {
+        errs.add(
+            "telemetry.otlp_endpoint",
+            format!("`{e}` is not an http(s) URL such as http://otel-collector:4317"),
+        );
+    }
+
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid(errs.0));
     }
@@ -148,6 +167,8 @@ pub(super) fn validate(
         router,
         groups,
         ignored_keys,
+        warnings: errs.1,
+        otlp_endpoint,
     })
 }
 
@@ -293,10 +314,12 @@ fn deployment(
         .unwrap_or(router.timeout);
     if timeout > router.timeout {
         // Not an error: the call's total deadline caps it anyway. Worth saying, though.
-        tracing::warn!(
-            key = %key("litellm_params.timeout"),
-            "deployment timeout is longer than router_settings.timeout, which caps it"
-        );
+        errs.warn(format!(
+            "`{}` ({}) is longer than router_settings.timeout ({}), which caps it",
+            key("litellm_params.timeout"),
+            super::duration::display(timeout),
+            super::duration::display(router.timeout)
+        ));
     }
     let stream_timeout = errs
         .positive(&key("litellm_params.stream_timeout"), params.stream_timeout)

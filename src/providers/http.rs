@@ -80,10 +80,12 @@ impl Endpoint {
                 format!("cannot encode request: {e}"),
             )
         })?;
+        let mut headers = self.headers.clone();
+        crate::telemetry::traces::inject_current(&mut headers);
         let response = self
             .http
             .post(url)
-            .headers(self.headers.clone())
+            .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(bytes)
             .send()

@@ -22,10 +22,11 @@ use crate::proto::{Attempt, AttemptOutcome, FinishReason};
 use crate::providers::{
     ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, Provider, ProviderError,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, metrics::outcome_name, traces::TARGET};
 use deadline::{AttemptDeadlines, Backoff};
 pub use error::CallError;
 use retry::{Failure, Next};
+use tracing::{Instrument as _, field::Empty};
 
 /// A call as the API layer hands it over: shape-validated, not yet resolved against the config.
 #[derive(Debug, Clone, Default)]
@@ -246,8 +247,18 @@ impl Router {
         let mut special_fallback_taken = false;
         let fail = |error, attempts| Err(CallFailure { error, attempts });
 
+        tracing::Span::current().record(
+            "llmrouter.deadline_ms",
+            plan.deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+        );
         let mut previous_group: Option<String> = None;
+        let mut fallback_index = 0usize;
         'groups: while let Some((group, is_requested)) = chain.pop_front() {
+            if previous_group.is_some() {
+                fallback_index += 1;
+            }
             if let Some(from) = previous_group.replace(group.name.clone()) {
                 self.metrics.fallback(&from, &group.name);
             }
@@ -272,7 +283,14 @@ impl Router {
                         // Waiting would eat the rest of the call's time: fall back instead.
                         break;
                     }
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(wait)
+                        .instrument(tracing::info_span!(
+                            target: TARGET,
+                            "backoff",
+                            otel.name = "llmrouter.backoff",
+                            llmrouter.backoff_ms = wait.as_millis() as u64,
+                        ))
+                        .await;
                 }
                 let start = Instant::now();
                 if start >= plan.deadline {
@@ -287,14 +305,51 @@ impl Router {
                     .flatten();
                 let deadlines =
                     AttemptDeadlines::new(start, plan.deadline, deployment.timeout, stream_timeout);
+                let span = tracing::info_span!(
+                    target: TARGET,
+                    "attempt",
+                    otel.name = %format_args!("chat {}", deployment.upstream_model),
+                    otel.kind = "client",
+                    otel.status_code = Empty,
+                    gen_ai.operation.name = "chat",
+                    gen_ai.provider.name = crate::config::providers::semconv_name(deployment.provider.name()),
+                    gen_ai.request.model = %deployment.upstream_model,
+                    llmrouter.model_group = %group.name,
+                    llmrouter.deployment = %deployment.id,
+                    llmrouter.fallback.index = fallback_index,
+                    llmrouter.attempt.outcome = Empty,
+                    llmrouter.time_to_first_chunk_ms = Empty,
+                    http.response.status_code = Empty,
+                    error.type = Empty,
+                );
                 let result = if plan.mock_timeout && is_requested {
-                    sleep_until(deadlines.until_first_chunk()).await;
+                    sleep_until(deadlines.until_first_chunk())
+                        .instrument(span.clone())
+                        .await;
                     Err(Failure::MockTimeout)
                 } else {
                     let provider = self.providers[&deployment.id].clone();
-                    attempt(provider, deadlines).await
+                    attempt(provider, deadlines).instrument(span.clone()).await
                 };
                 let elapsed = start.elapsed();
+                let outcome = match &result {
+                    Ok(_) => AttemptOutcome::Ok,
+                    Err(f) => f.outcome(),
+                };
+                span.record("llmrouter.attempt.outcome", outcome_name(outcome));
+                if let Err(f) = &result {
+                    span.record("error.type", outcome_name(outcome));
+                    span.record("otel.status_code", "ERROR");
+                    if f.upstream_status() != 0 {
+                        span.record("http.response.status_code", f.upstream_status());
+                    }
+                } else if plan.streaming {
+                    span.record(
+                        "llmrouter.time_to_first_chunk_ms",
+                        elapsed.as_millis() as u64,
+                    );
+                }
+                drop(span);
                 match result {
                     Ok(value) => {
                         self.metrics

@@ -85,6 +85,7 @@ pub async fn pump(
                 None => {
                     if let Some(u) = &usage {
                         metrics.tokens(&deployment, u);
+                        crate::api::record_usage(u);
                     }
                     let mut tail = message(String::new());
                     tail.finish_reason = finish.unwrap_or(FinishReason::Unspecified) as i32;

@@ -1,28 +1,42 @@
-//! Log output: JSON lines for collectors, a human format on a terminal. `LLMROUTER_LOG_FORMAT`
-//! (`json` or `text`) overrides the choice; `RUST_LOG` sets the level (default `info`). Logs
-//! never carry provider keys or prompt text.
+//! Log output, and the subscriber that also carries traces when they are on. Logs: JSON lines
+//! for collectors, a human format on a terminal; `LLMROUTER_LOG_FORMAT` (`json` or `text`)
+//! overrides the choice and `RUST_LOG` sets the level (default `info`). Logs never carry
+//! provider keys or prompt text.
 
 use std::io::IsTerminal;
 
-pub fn init() {
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+use super::traces;
+
+/// Installs the global subscriber: logs, plus traces exported by `tracer` when given.
+pub fn init(tracer: Option<&SdkTracerProvider>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // Trace spans are for the exporter, never for the log.
+        .add_directive(
+            format!("{}=off", traces::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
     let terminal = std::io::stderr().is_terminal();
     let json = match std::env::var("LLMROUTER_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
         _ => !terminal,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json {
+        fmt.json()
             .flatten_event(true)
             .with_current_span(false)
-            .init();
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.with_ansi(terminal).init();
-    }
+        fmt.with_ansi(terminal).with_filter(filter).boxed()
+    };
+    let otel = tracer.map(traces::layer);
+    tracing_subscriber::registry().with(logs).with(otel).init();
 }

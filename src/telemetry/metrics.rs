@@ -280,7 +280,8 @@ impl Drop for GaugeGuard {
     }
 }
 
-fn outcome_name(outcome: AttemptOutcome) -> &'static str {
+/// An outcome's lower-case name, as metric labels and span attributes show it.
+pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
     match outcome {
         AttemptOutcome::Unspecified => "unspecified",
         AttemptOutcome::Ok => "ok",
@@ -297,7 +298,7 @@ fn outcome_name(outcome: AttemptOutcome) -> &'static str {
 }
 
 /// gRPC's canonical code names, as other gRPC metrics label them.
-fn code_name(code: tonic::Code) -> &'static str {
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",
