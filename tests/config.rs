@@ -299,3 +299,46 @@ model_list:
         ["model_list[0].litellm_params.mock.tokens_per_second"]
     );
 }
+
+#[test]
+fn telemetry_and_admin_settings_are_checked() {
+    let cfg = load(&format!(
+        "{MINIMAL}telemetry:\n  otlp_endpoint: http://collector:4317\nserver:\n  admin_listen: none\n"
+    ))
+    .unwrap();
+    assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+    assert_eq!(cfg.server.admin_listen, None);
+    assert_eq!(
+        load(MINIMAL)
+            .unwrap()
+            .server
+            .admin_listen
+            .unwrap()
+            .to_string(),
+        "127.0.0.1:9090"
+    );
+
+    let keys = error_keys(&format!(
+        "{MINIMAL}telemetry:\n  otlp_endpoint: collector:4317\nserver:\n  admin_listen: nine-thousand\n"
+    ));
+    assert_eq!(keys, ["server.admin_listen", "telemetry.otlp_endpoint"]);
+}
+
+#[test]
+fn suspicious_but_valid_settings_are_warnings_naming_the_key() {
+    let cfg = load(
+        &format!("{MINIMAL}  timeout: 10s\n")
+            .replace("model: mock/big }", "model: mock/big, timeout: 30s }"),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.warnings,
+        [
+            "`model_list[1].litellm_params.timeout` (30s) is longer than router_settings.timeout (10s), which caps it"
+        ]
+    );
+    assert!(
+        cfg.routing_table()
+            .contains("warnings:\n  `model_list[1].litellm_params.timeout` (30s)")
+    );
+}

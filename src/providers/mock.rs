@@ -11,6 +11,14 @@ use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderErro
 use crate::config::{MockFailure, MockSpec};
 use crate::proto::{FinishReason, Usage};
 
+/// Sleeps until `due`, but not at all when it has passed: tokio's timer rounds every sleep up
+/// to its next millisecond tick, which would make a zero-delay mock take a millisecond.
+async fn wait_until(due: Instant) {
+    if due > Instant::now() {
+        sleep_until(due).await;
+    }
+}
+
 #[derive(Debug)]
 pub struct MockProvider {
     spec: MockSpec,
@@ -86,7 +94,7 @@ impl MockProvider {
         }
         let start = Instant::now();
         let generation = self.token_interval() * self.completion_tokens().saturating_sub(1);
-        sleep_until(start + self.spec.time_to_first_chunk + generation).await;
+        wait_until(start + self.spec.time_to_first_chunk + generation).await;
         Ok(Completion {
             text: self.spec.text.clone(),
             finish_reason: FinishReason::Stop,
@@ -126,7 +134,7 @@ impl MockProvider {
                 std::future::pending::<()>().await;
             }
             let (due, chunk) = schedule.next()?;
-            sleep_until(due).await;
+            wait_until(due).await;
             Some((Ok(chunk), (schedule, sent + 1)))
         });
         Ok(Box::pin(s))

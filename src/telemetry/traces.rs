@@ -48,7 +48,10 @@ pub fn provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
         .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
     let processor = BatchSpanProcessor::builder(exporter, runtime::Tokio).build();
     let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    // A default that the standard variables can still override.
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
         resource = resource.with_service_name("llm-router");
     }
     Ok(SdkTracerProvider::builder()
