@@ -31,7 +31,7 @@ fn main() {
         // SAFETY: no other thread exists yet to read the environment concurrently.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
-    llm_router::telemetry::logging::init(None);
+    llm_router::telemetry::logging::init(None, "warn");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -219,7 +219,7 @@ async fn serve(
             Some(endpoint) => Some(llm_router::telemetry::traces::provider(&endpoint)?),
             None => None,
         };
-    llm_router::telemetry::logging::init(tracer.as_ref());
+    llm_router::telemetry::logging::init(tracer.as_ref(), &cfg.log_level);
     log_config_warnings(&cfg);
     let grpc = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

@@ -322,6 +322,9 @@ fn telemetry_and_admin_settings_are_checked() {
         "{MINIMAL}telemetry:\n  otlp_endpoint: collector:4317\nserver:\n  admin_listen: nine-thousand\n"
     ));
     assert_eq!(keys, ["server.admin_listen", "telemetry.otlp_endpoint"]);
+    assert_eq!(load(MINIMAL).unwrap().log_level, "info");
+    let keys = error_keys(&format!("{MINIMAL}telemetry:\n  log_level: \"info,=[\"\n"));
+    assert_eq!(keys, ["telemetry.log_level"]);
 }
 
 #[test]

@@ -82,7 +82,7 @@ async fn a_fallback_call_exports_its_span_tree() {
     // llm-router, exporting to it.
     let provider =
         llm_router::telemetry::traces::provider(&format!("http://{collector_addr}")).unwrap();
-    llm_router::telemetry::logging::init(Some(&provider));
+    llm_router::telemetry::logging::init(Some(&provider), "info");
     let up = Upstream::start().await;
     up.set("primary", Behaviour::Hang);
     up.set("backup", Behaviour::ok("from the fallback"));

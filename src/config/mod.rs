@@ -66,6 +66,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// OTLP endpoint for traces from the config (`telemetry.otlp_endpoint`).
     pub otlp_endpoint: Option<String>,
+    /// Log filter when RUST_LOG is unset (`telemetry.log_level`, default `info`).
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,8 @@ pub struct RawConfig {
 pub struct RawTelemetry {
     /// OTLP/gRPC endpoint for traces; the standard OTEL_EXPORTER_OTLP_* variables win over it.
     pub otlp_endpoint: Option<String>,
+    /// Log filter when RUST_LOG is unset, e.g. `info` or `info,llm_router=debug`.
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

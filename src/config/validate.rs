@@ -137,6 +137,18 @@ pub(super) fn validate(
         );
     }
 
+    let log_level = raw
+        .telemetry
+        .log_level
+        .clone()
+        .unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        errs.add(
+            "telemetry.log_level",
+            format!("`{log_level}` is not a log filter such as `info` or `info,llm_router=debug`"),
+        );
+    }
+
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid(errs.0));
     }
@@ -169,6 +181,7 @@ pub(super) fn validate(
         ignored_keys,
         warnings: errs.1,
         otlp_endpoint,
+        log_level,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Log output, and the subscriber that also carries traces when they are on. Logs: JSON lines
 //! for collectors, a human format on a terminal; `LLMROUTER_LOG_FORMAT` (`json` or `text`)
-//! overrides the choice and `RUST_LOG` sets the level (default `info`). Logs never carry
+//! overrides the choice and `RUST_LOG` sets the level (else the config's `telemetry.log_level`,
+//! default `info`). Logs never carry
 //! provider keys or prompt text.
 
 use std::io::IsTerminal;
@@ -10,9 +11,11 @@ use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::Subscriber
 
 use super::traces;
 
-/// Installs the global subscriber: logs, plus traces exported by `tracer` when given.
-pub fn init(tracer: Option<&SdkTracerProvider>) {
+/// Installs the global subscriber: logs filtered by `RUST_LOG`, else `default_filter`, plus
+/// traces exported by `tracer` when given.
+pub fn init(tracer: Option<&SdkTracerProvider>, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         // Trace spans are for the exporter, never for the log.
         .add_directive(
