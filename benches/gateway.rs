@@ -1,0 +1,1017 @@
+//! The performance bar, measured: what llm-router adds to an LLM call, what it costs, how many
+//! streams it holds, and how precisely its timers fire, against the cheapest possible
+//! tonic-to-HTTP forwarder measured the same way in the same run.
+//!
+//!   cargo bench --bench gateway                 # everything (a few minutes)
+//!   cargo bench --bench gateway -- --only timers
+//!
+//! Parts: `overhead` (added latency at fixed rates, unary and time to first chunk, with CPU per
+//! call against the baseline), `scale` (10,000 open streams: memory per stream), `timers`
+//! (first-chunk and total deadlines under load). Results go to stdout as Markdown tables,
+//! ready for BENCHMARKS.md.
+//!
+//! llm-router (the release binary) and the baseline forwarder run as their own processes, so
+//! their CPU time is read from /proc alone; the upstream and the load generator share this one.
+//! Under `cargo test` (no `--bench` flag) it runs a tiny configuration, to show it still works.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use llm_router::proto::{
+    ChatMessage, CompleteRequest, CompleteResponse, ListModelsRequest, ListModelsResponse, Role,
+    StreamCompleteRequest, StreamCompleteResponse,
+    router_service_client::RouterServiceClient,
+    router_service_server::{RouterService, RouterServiceServer},
+};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+const ROLE_ENV: &str = "LLMROUTER_BENCH_ROLE";
+
+fn main() {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("forwarder") {
+        return forwarder::main();
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let only: Option<Vec<String>> = args
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].split(',').map(String::from).collect());
+    let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
+    let scale = if full { Scale::full() } else { Scale::tiny() };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let upstream = Upstream::start().await;
+        println!(
+            "# llm-router gateway benchmark ({})\n",
+            if full { "full" } else { "tiny" }
+        );
+        println!("{}\n", machine());
+        if wants("overhead") {
+            overhead(&upstream, &scale).await;
+        }
+        if wants("timers") {
+            timers(&upstream, &scale).await;
+        }
+        if wants("scale") {
+            streams_held(&upstream, &scale).await;
+        }
+    });
+}
+
+/// How much of everything to do.
+struct Scale {
+    rates: Vec<u32>,
+    seconds: f64,
+    /// Upstream latency for unary calls and to the first chunk.
+    latency: Duration,
+    stream_rate: u32,
+    chunks: usize,
+    timer_calls: usize,
+    concurrent_deadlines: usize,
+    held_streams: usize,
+}
+
+impl Scale {
+    fn full() -> Self {
+        Scale {
+            rates: vec![1000, 5000],
+            seconds: 10.0,
+            latency: Duration::from_millis(5),
+            stream_rate: 500,
+            chunks: 20,
+            timer_calls: 1000,
+            concurrent_deadlines: 1000,
+            held_streams: 10_000,
+        }
+    }
+
+    fn tiny() -> Self {
+        Scale {
+            rates: vec![100],
+            seconds: 0.5,
+            latency: Duration::from_millis(5),
+            stream_rate: 50,
+            chunks: 3,
+            timer_calls: 10,
+            concurrent_deadlines: 20,
+            held_streams: 50,
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "Machine: {cpu}, {cores} cores. The upstream and the load generator run in this process, beside the measured one."
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream: OpenAI-compatible, fixed latency, fixed tokens per second.
+
+/// Behaviour is chosen by the request's model: `fast` (no delay), `hang` (never answers),
+/// `slow-stream` (one token a second), anything else: the configured latency and speed.
+struct Upstream {
+    addr: SocketAddr,
+    latency: Arc<Mutex<Duration>>,
+    chunk_interval: Duration,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let latency = Arc::new(Mutex::new(Duration::from_millis(5)));
+        let chunk_interval = Duration::from_millis(1);
+        let l = latency.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        service_fn(move |req| respond(req, *l.lock().unwrap(), chunk_interval));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            latency,
+            chunk_interval,
+        }
+    }
+
+    fn set_latency(&self, d: Duration) {
+        *self.latency.lock().unwrap() = d;
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    latency: Duration,
+    interval: Duration,
+) -> Result<Response<Body>, Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let stream = text.contains("\"stream\":true");
+    let chunks: usize = text
+        .split("\"max_tokens\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let (latency, interval) = if text.contains("\"model\":\"fast\"") {
+        (Duration::ZERO, Duration::ZERO)
+    } else if text.contains("\"model\":\"hang\"") {
+        std::future::pending::<()>().await;
+        unreachable!()
+    } else if text.contains("\"model\":\"slow-stream\"") {
+        (latency, Duration::from_secs(1))
+    } else {
+        (latency, interval)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if !stream {
+        let json = format!(
+            r#"{{"id":"b","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":5,"completion_tokens":{chunks},"total_tokens":{}}}}}"#,
+            "word ".repeat(chunks).trim_end(),
+            chunks + 5
+        );
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(json)).boxed())
+            .unwrap());
+    }
+    let events = stream::unfold(0usize, move |i| async move {
+        if i > chunks + 2 {
+            return None;
+        }
+        if i > 0 && i <= chunks && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        let data = if i < chunks {
+            r#"data: {"choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}"#
+                .to_string()
+                + "\n\n"
+        } else if i == chunks {
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":{chunks},\"total_tokens\":{}}}}}\n\n",
+                chunks + 5
+            )
+        } else {
+            "data: [DONE]\n\n".to_string()
+        };
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(data))), i + 1))
+    });
+    Ok(Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(StreamBody::new(events)))
+        .unwrap())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes under test.
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time of every thread of the process, from /proc (nanoseconds, scheduler-precise).
+    fn cpu(&self) -> Duration {
+        let mut total = 0u64;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) {
+            for t in tasks.flatten() {
+                if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                    total += s
+                        .split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        Duration::from_nanos(total)
+    }
+
+    fn rss_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    async fn clients(&self, n: usize) -> Vec<RouterServiceClient<Channel>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(
+                RouterServiceClient::connect(format!("http://{}", self.addr))
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn wait_serving(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// The release llm-router with `config`.
+async fn llm_router(config: &str) -> Server {
+    let path = std::env::temp_dir().join(format!(
+        "llm-router-bench-{}-{}.yaml",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&path, config).unwrap();
+    let addr = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_llm-router"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+            "--admin-listen",
+            "none",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_serving(addr).await;
+    Server { child, addr }
+}
+
+/// The baseline: this executable in its forwarder role.
+async fn baseline(upstream: &Upstream) -> Server {
+    let addr = free_port();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, "forwarder")
+        .env("FORWARD_LISTEN", addr.to_string())
+        .env("FORWARD_UPSTREAM", upstream.base())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_serving(addr).await;
+    Server { child, addr }
+}
+
+fn router_config(upstream: &Upstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: bench
+    litellm_params: {{ model: openai/bench, api_base: "{base}", timeout: 30s, max_retries: 0 }}
+  - model_name: fast
+    litellm_params: {{ model: openai/fast, api_base: "{base}", timeout: 30s, max_retries: 0 }}
+  - model_name: hang
+    litellm_params: {{ model: openai/hang, api_base: "{base}", timeout: 30s, stream_timeout: 100ms, max_retries: 0 }}
+  - model_name: slow-stream
+    litellm_params: {{ model: openai/slow-stream, api_base: "{base}", timeout: 60s, max_retries: 0 }}
+router_settings:
+  timeout: 60s
+  stream_idle_timeout: 30s
+  fallbacks:
+    - hang: [fast]
+"#,
+        base = upstream.base()
+    )
+}
+
+fn messages() -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: Role::User as i32,
+        content: "Say hello.".into(),
+        name: None,
+    }]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation.
+
+/// Calls `call` at `rate` per second for `seconds` (open loop: a slow answer does not delay the
+/// next call) and returns each call's latency, or `None` where it failed.
+async fn at_rate<F, Fut>(rate: u32, seconds: f64, call: F) -> Vec<Option<Duration>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Option<Duration>> + Send + 'static,
+{
+    let n = (f64::from(rate) * seconds) as usize;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        // Each call is due at its own instant; the timer's millisecond grain makes calls leave
+        // in small bursts at high rates.
+        let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+        tokio::time::sleep_until(due.into()).await;
+        tasks.push(tokio::spawn(call(i)));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap_or(None));
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn sorted_ok(v: &[Option<Duration>]) -> (Vec<Duration>, usize) {
+    let mut ok: Vec<Duration> = v.iter().flatten().copied().collect();
+    ok.sort();
+    let failed = v.len() - ok.len();
+    (ok, failed)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
+
+fn signed_us(a: Duration, b: Duration) -> String {
+    format!("{:.0}", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
+}
+
+fn direct_body(stream: bool, chunks: usize) -> String {
+    format!(
+        r#"{{"model":"bench","messages":[{{"role":"user","content":"Say hello."}}],"stream":{stream},"max_tokens":{chunks}}}"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1 and 2: overhead and cost.
+
+async fn overhead(upstream: &Upstream, scale: &Scale) {
+    upstream.set_latency(scale.latency);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .build()
+        .unwrap();
+    let router = llm_router(&router_config(upstream)).await;
+    let base = baseline(upstream).await;
+    let router_clients = Arc::new(router.clients(4).await);
+    let base_clients = Arc::new(base.clients(4).await);
+    let url = format!("{}/chat/completions", upstream.base());
+
+    println!("## Overhead and cost: Complete\n");
+    println!(
+        "Upstream latency {}ms. Added latency is llm-router's (or the baseline's) percentile minus the direct HTTP call's. CPU is the measured process's own, per call.\n",
+        scale.latency.as_millis()
+    );
+    println!(
+        "| rate (calls/s) | path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/call | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &rate in &scale.rates {
+        // Warm every path's connections first.
+        let warm = (rate / 10).max(10);
+        let _ = at_rate(warm, 1.0, |i| unary_grpc(router_clients.clone(), i)).await;
+        let _ = at_rate(warm, 1.0, |i| unary_grpc(base_clients.clone(), i)).await;
+        let _ = at_rate(warm, 1.0, |_| unary_http(http.clone(), url.clone())).await;
+
+        let direct = at_rate(rate, scale.seconds, |_| {
+            unary_http(http.clone(), url.clone())
+        })
+        .await;
+        let (direct, dfail) = sorted_ok(&direct);
+        row(rate, "direct HTTP", &direct, &direct, dfail, None);
+
+        for (name, server, clients) in [
+            ("llm-router", &router, &router_clients),
+            ("baseline forwarder", &base, &base_clients),
+        ] {
+            let cpu0 = server.cpu();
+            let lat = at_rate(rate, scale.seconds, |i| unary_grpc(clients.clone(), i)).await;
+            let cpu = server.cpu() - cpu0;
+            let (lat, fail) = sorted_ok(&lat);
+            let per_call = cpu / (lat.len().max(1) as u32);
+            row(rate, name, &lat, &direct, fail, Some(per_call));
+        }
+    }
+    println!();
+
+    // Streams: added time to first chunk, and CPU per 1,000 chunks.
+    println!("## Overhead and cost: StreamComplete\n");
+    println!(
+        "{} calls/s for {}s, {} chunks each, {}ms to the first chunk, then a chunk every {}ms.\n",
+        scale.stream_rate,
+        scale.seconds,
+        scale.chunks,
+        scale.latency.as_millis(),
+        upstream.chunk_interval.as_millis()
+    );
+    println!(
+        "| path | TTFC p50 µs | TTFC p99 µs | TTFC p99.9 µs | added p50 µs | added p99 µs | CPU µs per 1,000 chunks | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let chunks = scale.chunks;
+    let direct = at_rate(scale.stream_rate, scale.seconds, |_| {
+        stream_http(http.clone(), url.clone(), chunks)
+    })
+    .await;
+    let (direct, dfail) = sorted_ok(&direct);
+    println!(
+        "| direct HTTP | {} | {} | {} | | | | {dfail} |",
+        us(percentile(&direct, 50.0)),
+        us(percentile(&direct, 99.0)),
+        us(percentile(&direct, 99.9))
+    );
+    for (name, server, clients) in [
+        ("llm-router", &router, &router_clients),
+        ("baseline forwarder", &base, &base_clients),
+    ] {
+        let cpu0 = server.cpu();
+        let lat = at_rate(scale.stream_rate, scale.seconds, |i| {
+            stream_grpc(clients.clone(), i, chunks)
+        })
+        .await;
+        let cpu = server.cpu() - cpu0;
+        let (lat, fail) = sorted_ok(&lat);
+        let per_1000_chunks =
+            cpu.as_secs_f64() * 1e6 / ((lat.len() * chunks).max(1) as f64) * 1000.0;
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {per_1000_chunks:.0} | {fail} |",
+            us(percentile(&lat, 50.0)),
+            us(percentile(&lat, 99.0)),
+            us(percentile(&lat, 99.9)),
+            signed_us(percentile(&lat, 50.0), percentile(&direct, 50.0)),
+            signed_us(percentile(&lat, 99.0), percentile(&direct, 99.0)),
+        );
+    }
+    println!(
+        "\nPeak RSS: llm-router {} KiB, baseline forwarder {} KiB.\n",
+        router.rss_kib("VmHWM:"),
+        base.rss_kib("VmHWM:")
+    );
+}
+
+fn row(
+    rate: u32,
+    name: &str,
+    lat: &[Duration],
+    direct: &[Duration],
+    failed: usize,
+    cpu: Option<Duration>,
+) {
+    let added = |p| {
+        if std::ptr::eq(lat, direct) {
+            String::new()
+        } else {
+            signed_us(percentile(lat, p), percentile(direct, p))
+        }
+    };
+    println!(
+        "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {failed} |",
+        us(percentile(lat, 50.0)),
+        us(percentile(lat, 99.0)),
+        us(percentile(lat, 99.9)),
+        added(50.0),
+        added(99.0),
+        added(99.9),
+        cpu.map_or(String::new(), |c| format!("{:.1}", c.as_secs_f64() * 1e6)),
+    );
+}
+
+async fn unary_http(http: reqwest::Client, url: String) -> Option<Duration> {
+    let start = Instant::now();
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(direct_body(false, 20))
+        .send()
+        .await
+        .ok()?;
+    let body = resp.bytes().await.ok()?;
+    // Decode it, as any client would.
+    let _: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some(start.elapsed())
+}
+
+async fn unary_grpc(clients: Arc<Vec<RouterServiceClient<Channel>>>, i: usize) -> Option<Duration> {
+    let mut c = clients[i % clients.len()].clone();
+    let start = Instant::now();
+    let req = CompleteRequest {
+        model: "bench".into(),
+        messages: messages(),
+        max_tokens: Some(20),
+        ..Default::default()
+    };
+    c.complete(req).await.ok()?;
+    Some(start.elapsed())
+}
+
+/// Time to the first content chunk; the stream is then read to its end.
+async fn stream_http(http: reqwest::Client, url: String, chunks: usize) -> Option<Duration> {
+    let start = Instant::now();
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(direct_body(true, chunks))
+        .send()
+        .await
+        .ok()?;
+    let mut body = resp.bytes_stream();
+    let mut ttfc = None;
+    let mut seen = String::new();
+    while let Some(Ok(b)) = body.next().await {
+        seen.push_str(&String::from_utf8_lossy(&b));
+        if ttfc.is_none() && seen.contains("\"content\"") {
+            ttfc = Some(start.elapsed());
+        }
+    }
+    ttfc
+}
+
+async fn stream_grpc(
+    clients: Arc<Vec<RouterServiceClient<Channel>>>,
+    i: usize,
+    chunks: usize,
+) -> Option<Duration> {
+    let mut c = clients[i % clients.len()].clone();
+    let start = Instant::now();
+    let req = StreamCompleteRequest {
+        model: "bench".into(),
+        messages: messages(),
+        max_tokens: Some(chunks as u32),
+        ..Default::default()
+    };
+    let mut s = c.stream_complete(req).await.ok()?.into_inner();
+    s.message().await.ok()??;
+    let ttfc = start.elapsed();
+    while s.message().await.ok()?.is_some() {}
+    Some(ttfc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4: timer precision.
+
+async fn timers(upstream: &Upstream, scale: &Scale) {
+    let router = llm_router(&router_config(upstream)).await;
+    // HTTP/2 servers take 200 concurrent streams per connection by default: enough channels
+    // that no call queues in the client.
+    let clients = Arc::new(router.clients(scale.concurrent_deadlines / 100 + 4).await);
+    println!("## Timer precision\n");
+
+    // The first-chunk deadline: `hang` never answers; after its 100ms stream_timeout the
+    // fallback (`fast`, no delay) answers. Lateness is when the first chunk reaches the client,
+    // less 100ms.
+    let late = at_rate(200, scale.timer_calls as f64 / 200.0, |i| {
+        let clients = clients.clone();
+        async move {
+            let mut c = clients[i % clients.len()].clone();
+            let start = Instant::now();
+            let req = StreamCompleteRequest {
+                model: "hang".into(),
+                messages: messages(),
+                max_tokens: Some(1),
+                ..Default::default()
+            };
+            let mut s = c.stream_complete(req).await.ok()?.into_inner();
+            s.message().await.ok()??;
+            let at = start.elapsed();
+            while s.message().await.ok()?.is_some() {}
+            Some(at)
+        }
+    })
+    .await;
+    let (late, fail) = sorted_ok(&late);
+    let deadline = Duration::from_millis(100);
+    println!(
+        "| deadline | calls | p50 late µs | p99 late µs | p99.9 late µs | max late µs | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    print_lateness(
+        "first chunk (stream_timeout 100ms), 200 calls/s",
+        &late,
+        deadline,
+        fail,
+    );
+
+    // The total deadline: many calls at once, each with a 200ms timeout, all hanging. The
+    // answer is due at 200ms less the 20ms margin.
+    let n = scale.concurrent_deadlines;
+    let start_all = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let clients = clients.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = clients[i % clients.len()].clone();
+            let req = CompleteRequest {
+                model: "hang".into(),
+                messages: messages(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 200_000_000,
+                }),
+                fallbacks: vec!["hang".into()],
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let r = c.complete(req).await;
+            (start.elapsed(), r.err().map(|s| s.code()))
+        }));
+    }
+    let mut arrivals = Vec::new();
+    let mut wrong = 0;
+    for t in tasks {
+        let (d, code) = t.await.unwrap();
+        if code == Some(tonic::Code::DeadlineExceeded) {
+            arrivals.push(d);
+        } else {
+            wrong += 1;
+        }
+    }
+    arrivals.sort();
+    print_lateness(
+        &format!(
+            "total deadline (timeout 200ms, margin 20ms), {n} calls launched at once (all deadlines fire together; done in {:.0}ms)",
+            start_all.elapsed().as_secs_f64() * 1e3
+        ),
+        &arrivals,
+        Duration::from_millis(180),
+        wrong,
+    );
+
+    // The same deadline in steady state: calls launched at n per second with a 1s timeout, so
+    // about n are open at once while their deadlines fire spread out.
+    let late = at_rate(n as u32, 2.0, |i| {
+        let clients = clients.clone();
+        async move {
+            let mut c = clients[i % clients.len()].clone();
+            let req = CompleteRequest {
+                model: "hang".into(),
+                messages: messages(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                fallbacks: vec!["hang".into()],
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let r = c.complete(req).await;
+            (r.err().map(|s| s.code()) == Some(tonic::Code::DeadlineExceeded))
+                .then(|| start.elapsed())
+        }
+    })
+    .await;
+    let (late, fail) = sorted_ok(&late);
+    print_lateness(
+        &format!("total deadline (timeout 1s, margin 20ms), {n} calls/s: about {n} open at once"),
+        &late,
+        Duration::from_millis(980),
+        fail,
+    );
+    println!();
+}
+
+fn print_lateness(what: &str, sorted: &[Duration], deadline: Duration, failed: usize) {
+    let late = |p: f64| signed_us(percentile(sorted, p), deadline);
+    println!(
+        "| {what} | {} | {} | {} | {} | {} | {failed} |",
+        sorted.len(),
+        late(50.0),
+        late(99.0),
+        late(99.9),
+        sorted
+            .last()
+            .map_or(String::new(), |m| signed_us(*m, deadline)),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3: scale.
+
+async fn streams_held(upstream: &Upstream, scale: &Scale) {
+    upstream.set_latency(Duration::from_millis(50));
+    let router = llm_router(&router_config(upstream)).await;
+    let clients = Arc::new(router.clients(scale.held_streams / 100 + 1).await);
+    // Settle, then measure the idle process.
+    let _ = unary_grpc(clients.clone(), 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = router.rss_kib("VmRSS:");
+    let n = scale.held_streams;
+    let committed = Arc::new(AtomicUsize::new(0));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let (clients, committed, completed) =
+            (clients.clone(), committed.clone(), completed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = clients[i % clients.len()].clone();
+            // Three tokens, one a second: each stream stays open about three seconds.
+            let req = StreamCompleteRequest {
+                model: "slow-stream".into(),
+                messages: messages(),
+                max_tokens: Some(3),
+                ..Default::default()
+            };
+            let Ok(resp) = c.stream_complete(req).await else {
+                return;
+            };
+            let mut s = resp.into_inner();
+            if matches!(s.message().await, Ok(Some(_))) {
+                committed.fetch_add(1, Ordering::SeqCst);
+            }
+            loop {
+                match s.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+        // Opening 10,000 streams at once would measure the accept queue, not the streams.
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Measure while all are open: every stream has its first chunk, none has finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let open_rss = router.rss_kib("VmRSS:");
+    let opened = committed.load(Ordering::SeqCst);
+    let open_for = start.elapsed();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let done = completed.load(Ordering::SeqCst);
+    println!("## Streams held\n");
+    println!(
+        "{n} concurrent StreamComplete calls against an upstream sending one token a second (three tokens each), opened in {:.1}s.\n",
+        open_for.as_secs_f64()
+    );
+    println!(
+        "| streams | committed | completed | RSS idle KiB | RSS all open KiB | KiB per open stream |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {opened} | {done} | {idle_rss} | {open_rss} | {:.1} |\n",
+        open_rss.saturating_sub(idle_rss) as f64 / opened.max(1) as f64
+    );
+    upstream.set_latency(scale.latency);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5: the baseline, a tonic-to-HTTP forwarder with no routing features: no config, no deadline
+// arithmetic, no retries, no attempt log. It does what any forwarder must: decode the gRPC
+// request, encode a JSON body, send it, decode the answer and encode a gRPC response.
+
+mod forwarder {
+    use super::*;
+
+    pub struct Forwarder {
+        http: reqwest::Client,
+        url: String,
+    }
+
+    fn body(messages: &[ChatMessage], max_tokens: Option<u32>, stream: bool) -> Vec<u8> {
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": "user", "content": m.content}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"model": "bench", "messages": msgs, "stream": stream, "max_tokens": max_tokens})).unwrap()
+    }
+
+    #[tonic::async_trait]
+    impl RouterService for Forwarder {
+        async fn complete(
+            &self,
+            req: tonic::Request<CompleteRequest>,
+        ) -> Result<tonic::Response<CompleteResponse>, tonic::Status> {
+            let r = req.into_inner();
+            let resp = self
+                .http
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .body(body(&r.messages, r.max_tokens, false))
+                .send()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_slice(
+                &resp
+                    .bytes()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+            )
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            let text = v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok(tonic::Response::new(CompleteResponse {
+                message: Some(ChatMessage {
+                    role: Role::Assistant as i32,
+                    content: text,
+                    name: None,
+                }),
+                ..Default::default()
+            }))
+        }
+
+        type StreamCompleteStream = std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<Item = Result<StreamCompleteResponse, tonic::Status>>
+                    + Send,
+            >,
+        >;
+
+        async fn stream_complete(
+            &self,
+            req: tonic::Request<StreamCompleteRequest>,
+        ) -> Result<tonic::Response<Self::StreamCompleteStream>, tonic::Status> {
+            let r = req.into_inner();
+            let resp = self
+                .http
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .body(body(&r.messages, r.max_tokens, true))
+                .send()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut buf = String::new();
+            let out = resp.bytes_stream().flat_map(move |b| {
+                let mut msgs = Vec::new();
+                if let Ok(b) = b {
+                    buf.push_str(&String::from_utf8_lossy(&b));
+                    while let Some(end) = buf.find("\n\n") {
+                        let event: String = buf.drain(..end + 2).collect();
+                        if let Some(data) = event.trim().strip_prefix("data: ")
+                            && let Ok(v) = serde_json::from_str::<serde_json::Value>(data)
+                            && let Some(delta) = v["choices"][0]["delta"]["content"].as_str()
+                        {
+                            msgs.push(Ok(StreamCompleteResponse {
+                                delta: delta.to_string(),
+                                ..Default::default()
+                            }));
+                        }
+                    }
+                }
+                stream::iter(msgs)
+            });
+            Ok(tonic::Response::new(Box::pin(out)))
+        }
+
+        async fn list_models(
+            &self,
+            _: tonic::Request<ListModelsRequest>,
+        ) -> Result<tonic::Response<ListModelsResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ListModelsResponse::default()))
+        }
+    }
+
+    pub fn main() {
+        let listen: SocketAddr = std::env::var("FORWARD_LISTEN").unwrap().parse().unwrap();
+        let url = format!(
+            "{}/chat/completions",
+            std::env::var("FORWARD_UPSTREAM").unwrap()
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let fwd = Forwarder {
+                http: reqwest::Client::builder()
+                    .tcp_nodelay(true)
+                    .build()
+                    .unwrap(),
+                url,
+            };
+            tonic::transport::Server::builder()
+                .add_service(RouterServiceServer::new(fwd))
+                .serve(listen)
+                .await
+                .unwrap();
+        });
+    }
+}
