@@ -129,7 +129,7 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "Machine: {cpu}, {cores} cores. The upstream and the load generator run in this process, beside the measured one."
+        "Machine: {cpu}, {cores} cores. The upstream and the load generator share the benchmark's own process, beside the measured ones."
     )
 }
 
