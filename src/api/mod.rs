@@ -12,27 +12,24 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    sync::{Notify, mpsc},
-    time::Instant,
-};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::{sync::Notify, time::Instant};
 use tonic::{Request, Response, Status};
 
 use crate::proto::{
     self, ChatMessage, CompleteRequest, CompleteResponse, ListModelsRequest, ListModelsResponse,
-    Role, StreamCompleteRequest, StreamCompleteResponse, router_service_server::RouterService,
+    Role, StreamCompleteRequest, router_service_server::RouterService,
 };
-use crate::routing::{self, CallFailure, Router, deadline::parse_grpc_timeout, stream::StreamEnd};
+use crate::routing::{
+    self, CallFailure, Router,
+    deadline::parse_grpc_timeout,
+    stream::{OnEnd, ResponseStream, StreamEnd},
+};
 use crate::telemetry::{
     metrics::{GaugeGuard, UNKNOWN_GROUP, code_name},
     traces::{self, TARGET},
 };
 use status::call_status;
 use tracing::{Instrument as _, field::Empty};
-
-/// Messages buffered between a committed provider stream and the client.
-const STREAM_BUFFER: usize = 16;
 
 pub struct RouterApi {
     router: Arc<Router>,
@@ -216,9 +213,8 @@ fn rpc_span<T>(rpc: &'static str, request: &Request<T>, model: &str) -> tracing:
     span
 }
 
-/// Records a provider's token counts on the current RPC span.
-pub(crate) fn record_usage(usage: &proto::Usage) {
-    let span = tracing::Span::current();
+/// Records a provider's token counts on an RPC span.
+fn record_usage(span: &tracing::Span, usage: &proto::Usage) {
     span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
     span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
 }
@@ -248,7 +244,7 @@ impl RouterApi {
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
             self.router.metrics().tokens(&answered.deployment, usage);
-            record_usage(usage);
+            record_usage(&record.span, usage);
         }
         record.finish(
             Some((&answered.group, &answered.deployment)),
@@ -274,13 +270,8 @@ impl RouterApi {
         &self,
         request: Request<StreamCompleteRequest>,
         span: tracing::Span,
-    ) -> Result<Response<ReceiverStream<Result<StreamCompleteResponse, Status>>>, Status> {
-        let mut record = CallRecord::start(
-            self,
-            "StreamComplete",
-            &request.get_ref().model,
-            span.clone(),
-        );
+    ) -> Result<Response<ResponseStream>, Status> {
+        let mut record = CallRecord::start(self, "StreamComplete", &request.get_ref().model, span);
         let client_timeout = client_timeout(&request);
         let call = request::call_from_stream(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
@@ -291,26 +282,29 @@ impl RouterApi {
             .stream(&call)
             .await
             .map_err(|f| record.fail(f))?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let idle = self.router.config().router.stream_idle_timeout;
-        let metrics = self.router.metrics().clone();
-        // The RPC's span stays open until the stream ends.
-        let pump = async move {
-            let (group, deployment, attempts) = (
-                answered.group.clone(),
-                answered.deployment.clone(),
-                answered.attempts.len(),
-            );
-            let end = routing::stream::pump(answered, record.id.clone(), idle, tx, &metrics).await;
+        let (group, deployment, attempts) = (
+            answered.group.clone(),
+            answered.deployment.clone(),
+            answered.attempts.len(),
+        );
+        let id = record.id.clone();
+        // The record (and with it the RPC's span) lives until the stream ends.
+        let on_end: OnEnd = Box::new(move |end, usage| {
+            if let Some(u) = &usage {
+                record_usage(&record.span, u);
+            }
             let code = match end {
                 StreamEnd::Finished => tonic::Code::Ok,
                 StreamEnd::ClientGone => tonic::Code::Cancelled,
                 StreamEnd::Failed(code) => code,
             };
             record.finish(Some((&group, &deployment)), attempts, code);
-        };
-        tokio::spawn(pump.instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        });
+        let metrics = self.router.metrics().clone();
+        Ok(Response::new(routing::stream::forward(
+            answered, id, idle, metrics, on_end,
+        )))
     }
 }
 
@@ -326,7 +320,7 @@ impl RouterService for RouterApi {
             .await
     }
 
-    type StreamCompleteStream = ReceiverStream<Result<StreamCompleteResponse, Status>>;
+    type StreamCompleteStream = ResponseStream;
 
     async fn stream_complete(
         &self,

@@ -1,20 +1,23 @@
 //! A committed stream: forwards chunks to the client while two timers run, the idle timer
 //! (longest silence between chunks) and the call's total deadline. There is no fallback after
 //! commit; a failure ends the client's stream with a status.
+//!
+//! The forwarder is a stream that tonic polls itself: no task and no channel per call, so an
+//! open stream holds only its own state. When the client goes away, tonic drops it, which drops
+//! the provider stream and closes the upstream request. A client that stops reading stops the
+//! polling too: its deadline is then answered at its next read.
 
-use std::time::Duration;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
-use tokio::{
-    sync::mpsc,
-    time::{Instant, sleep_until, timeout_at},
-};
+use futures_util::{Stream, StreamExt, stream};
+use tokio::time::{Instant, sleep_until};
 use tonic::Status;
 
 use super::{Answered, CallError, Committed, to_proto_duration};
 use crate::api::status::call_status;
 use crate::proto::{Attempt, AttemptOutcome, FinishReason, StreamCompleteResponse, Usage};
-use crate::telemetry::Metrics;
+use crate::providers::ChunkStream;
+use crate::telemetry::{Metrics, metrics::GaugeGuard};
 
 /// How a committed stream ended, for the call's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,104 +27,164 @@ pub enum StreamEnd {
     Failed(tonic::Code),
 }
 
-/// Forwards `answered` to `tx` until the provider finishes, a timer fires or the client goes
-/// away. Dropping the provider stream on return closes the upstream request.
-pub async fn pump(
+/// Called once when the stream ends, with how it ended and the usage the provider reported.
+pub type OnEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>) + Send>;
+
+pub type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<StreamCompleteResponse, Status>> + Send>>;
+
+/// The client's stream for a committed call: the first chunk (with the attempts made), then
+/// the rest as the provider sends it, then a last message with finish reason and usage.
+pub fn forward(
     answered: Answered<Committed>,
     id: String,
     idle: Duration,
-    tx: mpsc::Sender<Result<StreamCompleteResponse, Status>>,
-    metrics: &Metrics,
-) -> StreamEnd {
-    let _open = metrics.stream_open();
+    metrics: Arc<Metrics>,
+    on_end: OnEnd,
+) -> ResponseStream {
     let Answered {
-        value: Committed { first, mut rest },
+        value: Committed { first, rest },
         group,
         deployment,
-        mut attempts,
+        attempts,
         deadline,
         attempt_started,
     } = answered;
-    let message = |delta: String| StreamCompleteResponse {
+    let mut head = StreamCompleteResponse {
         id: id.clone(),
         model: group.clone(),
         deployment: deployment.clone(),
-        delta,
+        delta: first.delta,
         ..Default::default()
     };
-
-    let mut finish: Option<FinishReason> = first.finish_reason;
-    let mut usage: Option<Usage> = first.usage;
-    let mut head = message(first.delta);
     head.attempts = attempts.clone();
-    if !send(&tx, Ok(head), deadline).await {
-        return StreamEnd::ClientGone;
+    let state = Forward {
+        _open: metrics.stream_open(),
+        rest,
+        head: Some(head),
+        id,
+        group,
+        deployment,
+        attempts,
+        attempt_started,
+        deadline,
+        idle,
+        last_chunk: Instant::now(),
+        finish: first.finish_reason,
+        usage: first.usage,
+        metrics,
+        on_end: Some(on_end),
+        done: false,
+    };
+    Box::pin(stream::unfold(state, next))
+}
+
+struct Forward {
+    rest: ChunkStream,
+    /// The first message, until sent.
+    head: Option<StreamCompleteResponse>,
+    id: String,
+    group: String,
+    deployment: String,
+    attempts: Vec<Attempt>,
+    attempt_started: Instant,
+    deadline: Instant,
+    idle: Duration,
+    last_chunk: Instant,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    metrics: Arc<Metrics>,
+    on_end: Option<OnEnd>,
+    done: bool,
+    _open: GaugeGuard,
+}
+
+impl Forward {
+    fn message(&self, delta: String) -> StreamCompleteResponse {
+        StreamCompleteResponse {
+            id: self.id.clone(),
+            model: self.group.clone(),
+            deployment: self.deployment.clone(),
+            delta,
+            ..Default::default()
+        }
     }
 
-    let mut last_chunk = Instant::now();
-    let failure = loop {
+    fn end(&mut self, how: StreamEnd) {
+        self.done = true;
+        if let Some(f) = self.on_end.take() {
+            f(how, self.usage);
+        }
+    }
+
+    /// Ends the stream with `error`; the committed attempt (the last) takes `outcome`.
+    fn fail(&mut self, error: CallError, outcome: AttemptOutcome) -> Status {
+        if let Some(last) = self.attempts.last_mut() {
+            last.outcome = outcome as i32;
+            last.elapsed = Some(to_proto_duration(self.attempt_started.elapsed()));
+            last.detail = error.message();
+        }
+        let status = call_status(&error, &self.attempts);
+        self.end(StreamEnd::Failed(error.code()));
+        status
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        // Dropped before its end: tonic let go of it because the client went away.
+        if !self.done {
+            tracing::debug!(id = %self.id, "client went away; closing the provider stream");
+            self.end(StreamEnd::ClientGone);
+        }
+    }
+}
+
+async fn next(mut st: Forward) -> Option<(Result<StreamCompleteResponse, Status>, Forward)> {
+    if st.done {
+        return None;
+    }
+    if let Some(head) = st.head.take() {
+        return Some((Ok(head), st));
+    }
+    loop {
+        let idle_at = st.last_chunk + st.idle;
         tokio::select! {
             biased;
-            _ = tx.closed() => {
-                tracing::debug!(%id, "client went away; closing the provider stream");
-                return StreamEnd::ClientGone;
+            _ = sleep_until(st.deadline) => {
+                let status = st.fail(CallError::DeadlineExceeded, AttemptOutcome::Timeout);
+                return Some((Err(status), st));
             }
-            _ = sleep_until(deadline) => break (CallError::DeadlineExceeded, AttemptOutcome::Timeout),
-            _ = sleep_until(last_chunk + idle) => {
-                break (CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
+            _ = sleep_until(idle_at) => {
+                let idle = st.idle;
+                let status = st.fail(CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
+                return Some((Err(status), st));
             }
-            item = rest.next() => match item {
+            item = st.rest.next() => match item {
                 Some(Ok(chunk)) => {
-                    last_chunk = Instant::now();
-                    finish = chunk.finish_reason.or(finish);
-                    usage = chunk.usage.or(usage);
-                    if !chunk.delta.is_empty() && !send(&tx, Ok(message(chunk.delta)), deadline).await {
-                        return StreamEnd::ClientGone;
+                    st.last_chunk = Instant::now();
+                    st.finish = chunk.finish_reason.or(st.finish);
+                    st.usage = chunk.usage.or(st.usage);
+                    if !chunk.delta.is_empty() {
+                        let msg = st.message(chunk.delta);
+                        return Some((Ok(msg), st));
                     }
                 }
                 Some(Err(e)) => {
-                    break (CallError::StreamInterrupted { detail: e.detail }, AttemptOutcome::UpstreamError);
+                    let status = st.fail(CallError::StreamInterrupted { detail: e.detail }, AttemptOutcome::UpstreamError);
+                    return Some((Err(status), st));
                 }
                 None => {
-                    if let Some(u) = &usage {
-                        metrics.tokens(&deployment, u);
-                        crate::api::record_usage(u);
+                    if let Some(u) = &st.usage {
+                        st.metrics.tokens(&st.deployment, u);
                     }
-                    let mut tail = message(String::new());
-                    tail.finish_reason = finish.unwrap_or(FinishReason::Unspecified) as i32;
-                    tail.usage = usage;
-                    return if send(&tx, Ok(tail), deadline).await {
-                        StreamEnd::Finished
-                    } else {
-                        StreamEnd::ClientGone
-                    };
+                    let mut tail = st.message(String::new());
+                    tail.finish_reason = st.finish.unwrap_or(FinishReason::Unspecified) as i32;
+                    tail.usage = st.usage;
+                    st.end(StreamEnd::Finished);
+                    return Some((Ok(tail), st));
                 }
             },
         }
-    };
-
-    let (error, outcome) = failure;
-    // The committed attempt is the last one; its final outcome is the failure after commit.
-    if let Some(last) = attempts.last_mut() {
-        finalize(last, outcome, attempt_started.elapsed(), error.message());
     }
-    let code = error.code();
-    // Best effort: the client may be gone, or the deadline may have passed with it.
-    let _ = tx.try_send(Err(call_status(&error, &attempts)));
-    StreamEnd::Failed(code)
-}
-
-fn finalize(attempt: &mut Attempt, outcome: AttemptOutcome, elapsed: Duration, detail: String) {
-    attempt.outcome = outcome as i32;
-    attempt.elapsed = Some(to_proto_duration(elapsed));
-    attempt.detail = detail;
-}
-
-/// Sends one message, giving up at the call's deadline. `false` when the client is gone.
-async fn send(
-    tx: &mpsc::Sender<Result<StreamCompleteResponse, Status>>,
-    item: Result<StreamCompleteResponse, Status>,
-    deadline: Instant,
-) -> bool {
-    matches!(timeout_at(deadline, tx.send(item)).await, Ok(Ok(())))
 }

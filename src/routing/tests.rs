@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tonic::Code;
 
 use super::*;
@@ -375,6 +375,31 @@ async fn mock_timeout_on_a_stream_waits_for_the_first_chunk_deadline() {
     );
 }
 
+/// Reads a committed stream to its end: every item, and how the stream said it ended.
+async fn drain(
+    a: Answered<Committed>,
+    idle: Duration,
+) -> (
+    Vec<Result<crate::proto::StreamCompleteResponse, tonic::Status>>,
+    Option<stream::StreamEnd>,
+) {
+    use futures_util::StreamExt as _;
+    let ended = Arc::new(std::sync::Mutex::new(None));
+    let e = ended.clone();
+    let on_end: stream::OnEnd = Box::new(move |end, _| *e.lock().unwrap() = Some(end));
+    let items = stream::forward(
+        a,
+        "id".into(),
+        idle,
+        Arc::new(crate::telemetry::Metrics::new()),
+        on_end,
+    )
+    .collect()
+    .await;
+    let end = *ended.lock().unwrap();
+    (items, end)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_committed_stream_that_goes_silent_ends_with_idle_timeout() {
     let r = router(CHAIN);
@@ -383,24 +408,17 @@ async fn a_committed_stream_that_goes_silent_ends_with_idle_timeout() {
         a.group, "stall",
         "committed on its first chunk: no fallback after this"
     );
-    let (tx, mut rx) = mpsc::channel(8);
     let start = Instant::now();
-    let end = stream::pump(
-        a,
-        "id".into(),
-        ms(500),
-        tx,
-        &crate::telemetry::Metrics::new(),
-    )
-    .await;
-    assert_eq!(end, stream::StreamEnd::Failed(Code::DeadlineExceeded));
+    let (items, end) = drain(a, ms(500)).await;
+    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
     assert_eq!(start.elapsed(), ms(500));
-    let first = rx.recv().await.unwrap().unwrap();
+    assert_eq!(items.len(), 2);
+    let first = items[0].as_ref().unwrap();
     assert_eq!(first.delta, "a ");
     assert_eq!(first.attempts.len(), 1);
-    let status = rx.recv().await.unwrap().unwrap_err();
+    let status = items[1].as_ref().unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
-    let log = crate::api::status::attempt_log(&status).unwrap();
+    let log = crate::api::status::attempt_log(status).unwrap();
     assert_eq!(
         AttemptOutcome::try_from(log.attempts[0].outcome).unwrap(),
         AttemptOutcome::IdleTimeout
@@ -413,27 +431,18 @@ async fn a_committed_stream_still_ends_at_the_total_deadline() {
     let mut req = call("stall");
     req.timeout = Some(ms(300));
     let a = r.stream(&req).await.unwrap();
-    let (tx, mut rx) = mpsc::channel(8);
     let start = Instant::now();
     // The idle timer (500ms) is longer than what is left of the 280ms total deadline.
-    let end = stream::pump(
-        a,
-        "id".into(),
-        ms(500),
-        tx,
-        &crate::telemetry::Metrics::new(),
-    )
-    .await;
-    assert_eq!(end, stream::StreamEnd::Failed(Code::DeadlineExceeded));
+    let (items, end) = drain(a, ms(500)).await;
+    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
     assert_eq!(
         start.elapsed(),
         ms(270),
         "280ms less the 10ms to the first chunk"
     );
-    rx.recv().await.unwrap().unwrap();
-    let status = rx.recv().await.unwrap().unwrap_err();
+    let status = items.last().unwrap().as_ref().unwrap_err();
     assert_eq!(
-        crate::api::status::attempt_log(&status)
+        crate::api::status::attempt_log(status)
             .unwrap()
             .attempts
             .len(),
@@ -445,22 +454,33 @@ async fn a_committed_stream_still_ends_at_the_total_deadline() {
 async fn a_whole_stream_arrives_with_finish_reason_and_usage_last() {
     let r = router(CHAIN);
     let a = r.stream(&call("fast")).await.unwrap();
-    let (tx, mut rx) = mpsc::channel(8);
-    let end = stream::pump(
+    let (items, end) = drain(a, ms(500)).await;
+    assert_eq!(end, Some(stream::StreamEnd::Finished));
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].as_ref().unwrap().delta, "ok");
+    let last = items[1].as_ref().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::Stop as i32);
+    assert_eq!(last.usage.unwrap().completion_tokens, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_dropped_before_its_end_reports_the_client_gone() {
+    use futures_util::StreamExt as _;
+    let r = router(CHAIN);
+    let a = r.stream(&call("stall")).await.unwrap();
+    let ended = Arc::new(std::sync::Mutex::new(None));
+    let e = ended.clone();
+    let on_end: stream::OnEnd = Box::new(move |end, _| *e.lock().unwrap() = Some(end));
+    let mut s = stream::forward(
         a,
         "id".into(),
         ms(500),
-        tx,
-        &crate::telemetry::Metrics::new(),
-    )
-    .await;
-    assert_eq!(end, stream::StreamEnd::Finished);
-    let first = rx.recv().await.unwrap().unwrap();
-    assert_eq!(first.delta, "ok");
-    let last = rx.recv().await.unwrap().unwrap();
-    assert_eq!(last.finish_reason, FinishReason::Stop as i32);
-    assert_eq!(last.usage.unwrap().completion_tokens, 1);
-    assert!(rx.recv().await.is_none());
+        Arc::new(crate::telemetry::Metrics::new()),
+        on_end,
+    );
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    assert_eq!(*ended.lock().unwrap(), Some(stream::StreamEnd::ClientGone));
 }
 
 #[tokio::test(start_paused = true)]
