@@ -17,14 +17,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def llm_router_bin():
-    path = pathlib.Path(os.environ.get("LLMROUTER_BIN", ROOT / "target" / "debug" / "llm-router"))
-    if not path.exists():
-        pytest.fail(f"{path} does not exist: run `cargo build` first (scripts/test.sh does)")
-    return path
-
-
-@pytest.fixture(scope="session")
 def server(llm_router_bin):
     """The address of a running llm-router; stopped with SIGTERM at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER")}
