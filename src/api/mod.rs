@@ -289,9 +289,14 @@ impl RouterApi {
             answered.attempts.len(),
         );
         let id = record.id.clone();
+        let metrics = self.router.metrics().clone();
         // The record (and with it the RPC's span) lives until the stream ends.
         let on_end: OnEnd = Box::new(move |end, usage| {
             if let Some(u) = &usage {
+                // Token counts of answers that finished, as for unary calls.
+                if end == StreamEnd::Finished {
+                    metrics.tokens(&deployment, u);
+                }
                 record_usage(&record.span, u);
             }
             let code = match end {
@@ -301,9 +306,12 @@ impl RouterApi {
             };
             record.finish(Some((&group, &deployment)), attempts, code);
         });
-        let metrics = self.router.metrics().clone();
         Ok(Response::new(routing::stream::forward(
-            answered, id, idle, metrics, on_end,
+            answered,
+            id,
+            idle,
+            self.router.metrics(),
+            on_end,
         )))
     }
 }

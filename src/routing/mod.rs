@@ -254,12 +254,11 @@ impl Router {
                 .as_millis() as u64,
         );
         let mut previous_group: Option<String> = None;
+        // 0 for the requested group, then 1, 2, ... along the fallback chain.
         let mut fallback_index = 0usize;
         'groups: while let Some((group, is_requested)) = chain.pop_front() {
-            if previous_group.is_some() {
-                fallback_index += 1;
-            }
             if let Some(from) = previous_group.replace(group.name.clone()) {
+                fallback_index += 1;
                 self.metrics.fallback(&from, &group.name);
             }
             let mut pick = DeploymentPicker::new(&group);
@@ -336,6 +335,7 @@ impl Router {
                     Ok(_) => AttemptOutcome::Ok,
                     Err(f) => f.outcome(),
                 };
+                self.metrics.attempt(&group.name, &deployment.id, outcome);
                 span.record("llmrouter.attempt.outcome", outcome_name(outcome));
                 if let Err(f) = &result {
                     span.record("error.type", outcome_name(outcome));
@@ -348,19 +348,12 @@ impl Router {
                         "llmrouter.time_to_first_chunk_ms",
                         elapsed.as_millis() as u64,
                     );
+                    self.metrics
+                        .first_chunk(&group.name, &deployment.id, elapsed.as_secs_f64());
                 }
                 drop(span);
                 match result {
                     Ok(value) => {
-                        self.metrics
-                            .attempt(&group.name, &deployment.id, AttemptOutcome::Ok);
-                        if plan.streaming {
-                            self.metrics.first_chunk(
-                                &group.name,
-                                &deployment.id,
-                                elapsed.as_secs_f64(),
-                            );
-                        }
                         attempts.push(record(
                             deployment,
                             AttemptOutcome::Ok,
@@ -378,8 +371,6 @@ impl Router {
                         });
                     }
                     Err(failure) => {
-                        self.metrics
-                            .attempt(&group.name, &deployment.id, failure.outcome());
                         attempts.push(record(
                             deployment,
                             failure.outcome(),

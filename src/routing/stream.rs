@@ -7,7 +7,7 @@
 //! the provider stream and closes the upstream request. A client that stops reading stops the
 //! polling too: its deadline is then answered at its next read.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep_until};
@@ -39,7 +39,7 @@ pub fn forward(
     answered: Answered<Committed>,
     id: String,
     idle: Duration,
-    metrics: Arc<Metrics>,
+    metrics: &Metrics,
     on_end: OnEnd,
 ) -> ResponseStream {
     let Answered {
@@ -72,7 +72,6 @@ pub fn forward(
         last_chunk: Instant::now(),
         finish: first.finish_reason,
         usage: first.usage,
-        metrics,
         on_end: Some(on_end),
         done: false,
     };
@@ -93,7 +92,6 @@ struct Forward {
     last_chunk: Instant,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
-    metrics: Arc<Metrics>,
     on_end: Option<OnEnd>,
     done: bool,
     _open: GaugeGuard,
@@ -175,9 +173,6 @@ async fn next(mut st: Forward) -> Option<(Result<StreamCompleteResponse, Status>
                     return Some((Err(status), st));
                 }
                 None => {
-                    if let Some(u) = &st.usage {
-                        st.metrics.tokens(&st.deployment, u);
-                    }
                     let mut tail = st.message(String::new());
                     tail.finish_reason = st.finish.unwrap_or(FinishReason::Unspecified) as i32;
                     tail.usage = st.usage;
