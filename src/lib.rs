@@ -11,13 +11,14 @@
 //!   fallbacks, and committed streams.
 //! - [`providers`]: one module per wire format (`mock`, OpenAI-compatible).
 //! - [`config`]: the LiteLLM-shaped YAML config, parsed then validated into an immutable
-//!   routing table.
+//!   routing table; [`reload`] swaps in a new one when the file changes or on SIGHUP.
 //! - [`telemetry`]: Prometheus metrics recorded along the way, the admin HTTP port that serves
 //!   them, and the log format.
 
 pub mod api;
 pub mod config;
 pub mod providers;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod telemetry;
@@ -28,4 +29,4 @@ pub mod proto {
     tonic::include_proto!("llmrouter.v1");
 }
 
-pub use server::{Listeners, run};
+pub use server::{Listeners, run, run_with_reload};

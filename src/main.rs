@@ -183,7 +183,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match serve(cfg, listen, admin_listen) {
+            match serve(cfg, config, listen, admin_listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -197,6 +197,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn serve(
     mut cfg: Config,
+    config_path: Option<PathBuf>,
     listen: Option<String>,
     admin_listen: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -239,12 +240,18 @@ async fn serve(
         groups = cfg.groups.len(),
         "llm-router serving"
     );
-    llm_router::run(
-        llm_router::Listeners { grpc, admin },
-        Arc::new(cfg),
-        shutdown_signal(),
-    )
-    .await?;
+    let listeners = llm_router::Listeners { grpc, admin };
+    match config_path {
+        // A config file is watched for changes and reloaded on SIGHUP.
+        Some(path) => {
+            let reload = llm_router::reload::ConfigFile {
+                path,
+                on_sighup: true,
+            };
+            llm_router::run_with_reload(listeners, Arc::new(cfg), reload, shutdown_signal()).await?
+        }
+        None => llm_router::run(listeners, Arc::new(cfg), shutdown_signal()).await?,
+    }
     if let Some(tracer) = tracer {
         // Flushes the spans still batched.
         if let Err(e) = tracer.shutdown() {

@@ -11,7 +11,8 @@ use tonic_health::ServingStatus;
 use crate::api::{ActiveCalls, RouterApi};
 use crate::config::Config;
 use crate::proto::router_service_server::RouterServiceServer;
-use crate::routing::Router;
+use crate::reload::ConfigFile;
+use crate::routing::{Router, SharedRouter};
 use crate::telemetry::{Metrics, admin};
 
 /// The descriptor set of `proto/`, served by reflection.
@@ -52,26 +53,57 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
+/// Serves `config` until `shutdown` completes; see [`run_with_reload`].
+pub async fn run(
+    listeners: Listeners,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve(listeners, config, None, shutdown).await
+}
+
+/// As [`run`], and reloads the config from `reload.path` when the file changes (it is read
+/// every `server.config_watch_interval`) and, when `reload.on_sighup`, on SIGHUP. A new config
+/// that fails validation is logged and the previous one keeps serving.
+pub async fn run_with_reload(
+    listeners: Listeners,
+    config: Arc<Config>,
+    reload: ConfigFile,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve(listeners, config, Some(reload), shutdown).await
+}
+
 /// Serves until `shutdown` completes. Then, in order:
 /// 1. health flips to NOT_SERVING (the overall service and `llmrouter.v1.RouterService`);
 /// 2. for `server.drain_period` new calls are still served, while load balancers and meshes
 ///    notice and move traffic away;
 /// 3. the server stops accepting (GOAWAY: clients open new calls elsewhere) and in-flight calls
 ///    get up to `server.shutdown_grace` to finish; what is still running then is cut.
-pub async fn run(
+async fn serve(
     listeners: Listeners,
     config: Arc<Config>,
+    reload: Option<ConfigFile>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let Listeners {
         grpc: listener,
         admin: admin_listener,
     } = listeners;
-    let grace = config.server.shutdown_grace;
-    let drain = config.server.drain_period;
+    let server_settings = config.server.clone();
     let metrics = Arc::new(Metrics::new());
     let active = Arc::new(ActiveCalls::default());
-    let router = Arc::new(Router::new(config, metrics.clone()).map_err(ServeError::Setup)?);
+    let routers = Arc::new(SharedRouter::new(
+        Router::new(config, metrics.clone()).map_err(ServeError::Setup)?,
+    ));
+    // Stops watching however `serve` returns.
+    let _watcher = reload.map(|r| {
+        AbortOnDrop(tokio::spawn(crate::reload::watch(
+            r,
+            routers.clone(),
+            metrics.clone(),
+        )))
+    });
 
     // The admin port reports ready until shutdown begins, and runs until the process ends.
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
@@ -97,15 +129,18 @@ pub async fn run(
         .map_err(|e| ServeError::Setup(e.to_string()))?;
 
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Listener-level settings apply from start-up; a reload that changes them logs that they
+    // need a restart.
     let serve = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(server_settings.max_concurrent_streams))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RouterServiceServer::new(RouterApi::new(
-            router,
-            active.clone(),
-        )))
+        .add_service(
+            RouterServiceServer::new(RouterApi::new(routers.clone(), active.clone()))
+                .max_decoding_message_size(server_settings.max_request_bytes),
+        )
         .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = stopped.await;
         });
@@ -116,6 +151,12 @@ pub async fn run(
         () = shutdown => {}
     }
     let _ = ready_tx.send(false);
+    // The drain and grace of the config serving now, reloads included.
+    let (drain, grace) = {
+        let current = routers.current();
+        let s = &current.config().server;
+        (s.drain_period, s.shutdown_grace)
+    };
 
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
@@ -155,6 +196,14 @@ pub async fn run(
         let _ = task.await;
     }
     result
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay` setting does

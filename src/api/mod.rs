@@ -20,7 +20,7 @@ use crate::proto::{
     Role, StreamCompleteRequest, router_service_server::RouterService,
 };
 use crate::routing::{
-    self, CallFailure, Router,
+    self, CallError, CallFailure, Router, SharedRouter,
     deadline::parse_grpc_timeout,
     stream::{OnEnd, ResponseStream, StreamEnd},
 };
@@ -32,13 +32,13 @@ use status::call_status;
 use tracing::{Instrument as _, field::Empty};
 
 pub struct RouterApi {
-    router: Arc<Router>,
+    routers: Arc<SharedRouter>,
     active: Arc<ActiveCalls>,
 }
 
 impl RouterApi {
-    pub fn new(router: Arc<Router>, active: Arc<ActiveCalls>) -> Self {
-        RouterApi { router, active }
+    pub fn new(routers: Arc<SharedRouter>, active: Arc<ActiveCalls>) -> Self {
+        RouterApi { routers, active }
     }
 }
 
@@ -52,9 +52,10 @@ pub struct ActiveCalls {
 }
 
 impl ActiveCalls {
-    fn enter(self: &Arc<Self>) -> ActiveGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        ActiveGuard(self.clone())
+    /// Counts a call in; also returns how many are in flight with it.
+    fn enter(self: &Arc<Self>) -> (ActiveGuard, usize) {
+        let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        (ActiveGuard(self.clone()), count)
     }
 
     pub fn count(&self) -> usize {
@@ -110,22 +111,28 @@ struct CallRecord {
     reported: bool,
     /// The call's trace span (disabled when tracing is off).
     span: tracing::Span,
+    /// Calls in flight when this one arrived, itself included.
+    in_flight_at_start: usize,
     _in_flight: GaugeGuard,
     _active: ActiveGuard,
 }
 
 impl CallRecord {
+    /// Starts accounting for a call on the current config snapshot, which the call keeps to
+    /// its end even if a reload swaps in another.
     fn start(api: &RouterApi, rpc: &'static str, model: &str, span: tracing::Span) -> Self {
-        let router = &api.router;
+        let router = api.routers.current();
         let requested = if router.config().group(model).is_some() {
             model.to_string()
         } else {
             UNKNOWN_GROUP.to_string()
         };
+        let (active, in_flight_at_start) = api.active.enter();
         CallRecord {
             _in_flight: router.metrics().in_flight(rpc),
-            _active: api.active.enter(),
-            router: router.clone(),
+            _active: active,
+            in_flight_at_start,
+            router,
             rpc,
             id: new_id(),
             started: Instant::now(),
@@ -167,6 +174,18 @@ impl CallRecord {
         if code != tonic::Code::Ok {
             span.record("error.type", code_name(code));
             span.record("otel.status_code", "ERROR");
+        }
+    }
+
+    /// Refuses the call when the server is at `server.max_concurrent_calls`: at once, so that
+    /// no call waits in a queue past its deadline.
+    fn shed_if_overloaded(&mut self) -> Result<(), Status> {
+        match self.router.config().server.max_concurrent_calls {
+            Some(limit) if self.in_flight_at_start > limit as usize => {
+                self.router.metrics().shed(self.rpc);
+                Err(self.fail(invalid(CallError::Overloaded { limit })))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -219,7 +238,7 @@ fn record_usage(span: &tracing::Span, usage: &proto::Usage) {
     span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
 }
 
-fn invalid(error: crate::routing::CallError) -> CallFailure {
+fn invalid(error: CallError) -> CallFailure {
     CallFailure {
         error,
         attempts: Vec::new(),
@@ -233,17 +252,15 @@ impl RouterApi {
         span: tracing::Span,
     ) -> Result<Response<CompleteResponse>, Status> {
         let mut record = CallRecord::start(self, "Complete", &request.get_ref().model, span);
+        record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let call = request::call_from_complete(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
-        let answered = self
-            .router
-            .complete(&call)
-            .await
-            .map_err(|f| record.fail(f))?;
+        let router = record.router.clone();
+        let answered = router.complete(&call).await.map_err(|f| record.fail(f))?;
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
-            self.router.metrics().tokens(&answered.deployment, usage);
+            router.metrics().tokens(&answered.deployment, usage);
             record_usage(&record.span, usage);
         }
         record.finish(
@@ -272,24 +289,22 @@ impl RouterApi {
         span: tracing::Span,
     ) -> Result<Response<ResponseStream>, Status> {
         let mut record = CallRecord::start(self, "StreamComplete", &request.get_ref().model, span);
+        record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let call = request::call_from_stream(request.into_inner(), client_timeout)
             .map_err(|e| record.fail(invalid(e)))?;
+        let router = record.router.clone();
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.
-        let answered = self
-            .router
-            .stream(&call)
-            .await
-            .map_err(|f| record.fail(f))?;
-        let idle = self.router.config().router.stream_idle_timeout;
+        let answered = router.stream(&call).await.map_err(|f| record.fail(f))?;
+        let idle = router.config().router.stream_idle_timeout;
         let (group, deployment, attempts) = (
             answered.group.clone(),
             answered.deployment.clone(),
             answered.attempts.len(),
         );
         let id = record.id.clone();
-        let metrics = self.router.metrics().clone();
+        let metrics = router.metrics().clone();
         // The record (and with it the RPC's span) lives until the stream ends.
         let on_end: OnEnd = Box::new(move |end, usage| {
             if let Some(u) = &usage {
@@ -310,7 +325,7 @@ impl RouterApi {
             answered,
             id,
             idle,
-            self.router.metrics(),
+            router.metrics(),
             on_end,
         )))
     }
@@ -344,7 +359,10 @@ impl RouterService for RouterApi {
         &self,
         _request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        let config = self.router.config();
+        let router = self.routers.current();
+        let config = router.config();
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
         let groups = config
             .groups
             .values()
@@ -353,20 +371,34 @@ impl RouterService for RouterApi {
                 deployments: g
                     .deployments
                     .iter()
-                    .map(|d| proto::Deployment {
-                        id: d.id.clone(),
-                        provider: d.provider.name().to_string(),
-                        upstream_model: d.upstream_model.clone(),
-                        api_base: d.provider.api_base().to_string(),
-                        timeout: Some(routing::to_proto_duration(d.timeout)),
-                        stream_timeout: d.stream_timeout.map(routing::to_proto_duration),
-                        max_retries: d.max_retries,
-                        weight: d.weight,
+                    .map(|d| {
+                        let state = router.deployment_state(&d.id);
+                        proto::Deployment {
+                            id: d.id.clone(),
+                            provider: d.provider.name().to_string(),
+                            upstream_model: d.upstream_model.clone(),
+                            api_base: d.provider.api_base().to_string(),
+                            timeout: Some(routing::to_proto_duration(d.timeout)),
+                            stream_timeout: d.stream_timeout.map(routing::to_proto_duration),
+                            max_retries: d.max_retries,
+                            weight: d.weight,
+                            rpm: d.rpm.unwrap_or(0),
+                            tpm: d.tpm.unwrap_or(0),
+                            max_parallel_requests: d.max_parallel_requests.unwrap_or(0),
+                            cooldown_until: state
+                                .and_then(|s| s.cooling_until(now))
+                                .map(|until| prost_types::Timestamp::from(wall + (until - now))),
+                            in_flight: state.map_or(0, |s| s.in_flight()),
+                            retry_budget_tokens: state.and_then(|s| s.budget_tokens()),
+                        }
                     })
                     .collect(),
                 fallbacks: g.fallbacks.clone(),
                 context_window_fallbacks: g.context_window_fallbacks.clone(),
                 content_policy_fallbacks: g.content_policy_fallbacks.clone(),
+                routing_strategy: g.strategy.name().to_string(),
+                hedge_after: g.hedge.map(|h| routing::to_proto_duration(h.after)),
+                max_hedges: g.hedge.map_or(0, |h| h.max),
             })
             .collect();
         Ok(Response::new(ListModelsResponse { groups }))

@@ -28,25 +28,17 @@ pub const IGNORED_LITELLM_KEYS: &[&str] = &[
     "environment_variables",
     "include",
     "model_list.*.model_info.*",
-    "model_list.*.litellm_params.rpm",
-    "model_list.*.litellm_params.tpm",
     "model_list.*.litellm_params.region_name",
     "model_list.*.litellm_params.input_cost_per_token",
     "model_list.*.litellm_params.output_cost_per_token",
     "model_list.*.litellm_params.drop_params",
-    "model_list.*.litellm_params.max_parallel_requests",
     "model_list.*.litellm_params.tags",
-    "router_settings.routing_strategy_args",
     "router_settings.redis_host",
     "router_settings.redis_port",
     "router_settings.redis_password",
     "router_settings.redis_url",
     "router_settings.enable_pre_call_checks",
     "router_settings.optional_pre_call_checks",
-    "router_settings.cooldown_time",
-    "router_settings.allowed_fails",
-    "router_settings.allowed_fails_policy",
-    "router_settings.disable_cooldowns",
     "router_settings.retry_policy",
     "router_settings.model_group_alias",
     "router_settings.cache_responses",
@@ -87,6 +79,126 @@ pub struct ServerSettings {
     /// After the drain period, how long in-flight calls may run before the server exits.
     /// Default 30s.
     pub shutdown_grace: Duration,
+    /// Calls in flight (committed streams included) beyond which a new call is refused at once
+    /// with RESOURCE_EXHAUSTED, never queued. Default: no limit.
+    pub max_concurrent_calls: Option<u32>,
+    /// HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a client over it queues on its side. Default 1000.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted; a larger one is answered RESOURCE_EXHAUSTED.
+    /// Default 4 MiB.
+    pub max_request_bytes: usize,
+    /// How often the config file is read to see whether it changed (SIGHUP reloads at once).
+    /// Default 2s.
+    pub config_watch_interval: Duration,
+}
+
+/// How a group chooses among its deployments (`routing_strategy`, LiteLLM's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Weighted random by `weight`, else `rpm`, else `tpm`.
+    SimpleShuffle,
+    /// Fewest attempts in flight; ties broken at random.
+    LeastBusy,
+    /// Lowest recent time to first chunk (streaming) or time per output token (unary).
+    LatencyBased,
+    /// Lowest usage this minute, never over a deployment's `rpm`/`tpm`.
+    UsageBased,
+}
+
+impl Strategy {
+    pub const NAMES: &'static [&'static str] = &[
+        "simple-shuffle",
+        "least-busy",
+        "latency-based-routing",
+        "usage-based-routing",
+    ];
+
+    pub fn parse(s: &str) -> Option<Strategy> {
+        Some(match s {
+            "simple-shuffle" => Strategy::SimpleShuffle,
+            "least-busy" => Strategy::LeastBusy,
+            "latency-based-routing" => Strategy::LatencyBased,
+            // LiteLLM's v2 differs from v1 only in how it shares counts through Redis.
+            "usage-based-routing" | "usage-based-routing-v2" => Strategy::UsageBased,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::SimpleShuffle => "simple-shuffle",
+            Strategy::LeastBusy => "least-busy",
+            Strategy::LatencyBased => "latency-based-routing",
+            Strategy::UsageBased => "usage-based-routing",
+        }
+    }
+}
+
+/// Kinds of failure as LiteLLM's `allowed_fails_policy` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    BadRequest,
+    Authentication,
+    Timeout,
+    RateLimit,
+    ContentPolicy,
+    InternalServer,
+}
+
+impl FailKind {
+    pub const COUNT: usize = 6;
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the request, not the deployment, is at fault: such failures only count towards
+    /// a cooldown when `allowed_fails_policy` names them.
+    pub fn is_request_fault(self) -> bool {
+        matches!(self, FailKind::BadRequest | FailKind::ContentPolicy)
+    }
+}
+
+/// When a failing deployment is stepped away from.
+#[derive(Debug, Clone, Copy)]
+pub struct CooldownPolicy {
+    /// `disable_cooldowns: true` turns them off.
+    pub enabled: bool,
+    /// Failures allowed within a minute; one more cools the deployment. Default 3.
+    pub allowed_fails: u32,
+    /// Per-kind overrides from `allowed_fails_policy`, indexed by [`FailKind::index`].
+    pub per_kind: [Option<u32>; FailKind::COUNT],
+    /// Default 5s; a deployment's `cooldown_time` overrides it.
+    pub cooldown_time: Duration,
+}
+
+impl CooldownPolicy {
+    /// Failures of this kind allowed per minute, or `None` when the kind never counts.
+    /// Kinds without an override share one count against `allowed_fails`.
+    pub fn allowed(&self, kind: FailKind) -> Option<u32> {
+        match self.per_kind[kind.index()] {
+            Some(n) => Some(n),
+            None if kind.is_request_fault() => None,
+            None => Some(self.allowed_fails),
+        }
+    }
+}
+
+/// Hedged attempts: a race against the tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hedge {
+    /// Start another attempt when the running ones have no first chunk after this long.
+    pub after: Duration,
+    /// Extra attempts at most.
+    pub max: u32,
+}
+
+/// gRFC A6 retry throttling, one bucket per deployment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub max_tokens: f64,
+    pub token_ratio: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +217,18 @@ pub struct RouterSettings {
     pub retry_backoff_max: Duration,
     pub allow_mock_timeout: bool,
     pub connect_timeout: Duration,
+    /// The default strategy; `model_group_settings` may override it per group.
+    pub routing_strategy: Strategy,
+    /// latency-based-routing picks at random among deployments within this fraction of the
+    /// lowest latency (`routing_strategy_args.lowest_latency_buffer`). Default 0.
+    pub lowest_latency_buffer: f64,
+    /// How long a latency sample counts (`routing_strategy_args.ttl`). Default 5m.
+    pub latency_ttl: Duration,
+    pub cooldowns: CooldownPolicy,
+    /// Default hedging for groups; off unless `hedge_after` is set.
+    pub hedge: Option<Hedge>,
+    /// `None` when `retry_budget.max_tokens` is 0.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 /// A named set of interchangeable deployments, with where to go when they all fail.
@@ -117,6 +241,8 @@ pub struct ModelGroup {
     pub context_window_fallbacks: Vec<String>,
     /// Groups tried when a provider refuses the content on policy grounds.
     pub content_policy_fallbacks: Vec<String>,
+    pub strategy: Strategy,
+    pub hedge: Option<Hedge>,
 }
 
 /// One provider endpoint of a model group.
@@ -133,7 +259,17 @@ pub struct Deployment {
     pub stream_timeout: Option<Duration>,
     /// Retries after the first attempt in this deployment's group.
     pub max_retries: u32,
+    /// Weight for simple-shuffle: `weight`, else (when no deployment of the group sets one and
+    /// all set it) `rpm`, else `tpm`, else 1.
     pub weight: u32,
+    /// Requests per minute: a limit under usage-based-routing.
+    pub rpm: Option<u32>,
+    /// Tokens per minute: a limit under usage-based-routing.
+    pub tpm: Option<u64>,
+    /// Attempts in flight at once; at the limit the deployment is skipped.
+    pub max_parallel_requests: Option<u32>,
+    /// How long the deployment is skipped once it has failed too often.
+    pub cooldown_time: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -531,7 +667,10 @@ mod tests {
     fn litellm_compat_list_matches_by_pattern() {
         assert!(is_ignored_litellm_key("litellm_settings"));
         assert!(is_ignored_litellm_key("litellm_settings.drop_params"));
-        assert!(is_ignored_litellm_key("model_list[3].litellm_params.rpm"));
+        assert!(is_ignored_litellm_key(
+            "model_list[3].litellm_params.drop_params"
+        ));
+        assert!(!is_ignored_litellm_key("model_list[3].litellm_params.rpm"));
         assert!(is_ignored_litellm_key("model_list[0].model_info.mode"));
         assert!(!is_ignored_litellm_key(
             "model_list[0].litellm_params.timeot"

@@ -58,6 +58,16 @@ pub struct RawLitellmParams {
     pub max_tokens: Option<u32>,
     /// Behaviour of a `mock/` deployment.
     pub mock: Option<RawMock>,
+    /// Requests per minute this deployment may take: a weight for simple-shuffle, a limit for
+    /// usage-based-routing.
+    pub rpm: Option<u32>,
+    /// Tokens per minute, as `rpm`.
+    pub tpm: Option<u64>,
+    /// Attempts this deployment may have in flight at once; beyond it, it is skipped.
+    pub max_parallel_requests: Option<u32>,
+    /// This deployment's cooldown, overriding `router_settings.cooldown_time`.
+    #[serde(default, deserialize_with = "dur")]
+    pub cooldown_time: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,9 +112,60 @@ pub struct RawRouterSettings {
     pub retry_backoff_max: Option<Duration>,
     pub allow_mock_timeout: Option<bool>,
     pub routing_strategy: Option<String>,
+    pub routing_strategy_args: Option<RawStrategyArgs>,
+    /// Failures a deployment may have within a minute before it cools down.
+    pub allowed_fails: Option<u32>,
+    pub allowed_fails_policy: Option<RawAllowedFailsPolicy>,
+    #[serde(default, deserialize_with = "dur")]
+    pub cooldown_time: Option<Duration>,
+    pub disable_cooldowns: Option<bool>,
+    /// Start a hedge when an attempt has no first chunk after this long. Off when unset.
+    #[serde(default, deserialize_with = "dur")]
+    pub hedge_after: Option<Duration>,
+    pub max_hedges: Option<u32>,
+    pub retry_budget: Option<RawRetryBudget>,
+    /// Per model group overrides of the routing strategy and hedging.
+    pub model_group_settings: Option<BTreeMap<String, RawGroupSettings>>,
     /// Time allowed to open a TCP/TLS connection to a provider, apart from the request deadline.
     #[serde(default, deserialize_with = "dur")]
     pub connect_timeout: Option<Duration>,
+}
+
+/// LiteLLM's `routing_strategy_args` (for latency-based-routing).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStrategyArgs {
+    /// Pick at random among deployments within this fraction of the lowest latency.
+    pub lowest_latency_buffer: Option<f64>,
+    /// How long a latency sample counts.
+    #[serde(default, deserialize_with = "dur")]
+    pub ttl: Option<Duration>,
+}
+
+/// LiteLLM's `AllowedFailsPolicy`: failures allowed per minute, by kind of failure.
+#[derive(Debug, Default, Deserialize)]
+#[allow(non_snake_case)]
+pub struct RawAllowedFailsPolicy {
+    pub BadRequestErrorAllowedFails: Option<u32>,
+    pub AuthenticationErrorAllowedFails: Option<u32>,
+    pub TimeoutErrorAllowedFails: Option<u32>,
+    pub RateLimitErrorAllowedFails: Option<u32>,
+    pub ContentPolicyViolationErrorAllowedFails: Option<u32>,
+    pub InternalServerErrorAllowedFails: Option<u32>,
+}
+
+/// Retry throttling per deployment in the manner of gRPC's (gRFC A6).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRetryBudget {
+    pub max_tokens: Option<f64>,
+    pub token_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawGroupSettings {
+    pub routing_strategy: Option<String>,
+    #[serde(default, deserialize_with = "dur")]
+    pub hedge_after: Option<Duration>,
+    pub max_hedges: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,4 +179,13 @@ pub struct RawServer {
     pub drain_period: Option<Duration>,
     #[serde(default, deserialize_with = "dur")]
     pub shutdown_grace: Option<Duration>,
+    /// Calls in flight beyond which new calls are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls: Option<u32>,
+    /// HTTP/2 concurrent streams per client connection.
+    pub max_concurrent_streams: Option<u32>,
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: Option<u64>,
+    /// How often the config file is checked for changes.
+    #[serde(default, deserialize_with = "dur")]
+    pub config_watch_interval: Option<Duration>,
 }

@@ -9,8 +9,9 @@ use std::{
 };
 
 use super::{
-    Config, ConfigError, Deployment, HttpProvider, KeyError, MockFailure, MockSpec, ModelGroup,
-    ProviderConfig, RouterSettings, Secret, ServerSettings, is_ignored_litellm_key,
+    Config, ConfigError, CooldownPolicy, Deployment, FailKind, Hedge, HttpProvider, KeyError,
+    MockFailure, MockSpec, ModelGroup, ProviderConfig, RetryBudget, RouterSettings, Secret,
+    ServerSettings, Strategy, is_ignored_litellm_key,
     providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
     raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock},
 };
@@ -25,6 +26,19 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// LiteLLM's defaults.
+const DEFAULT_ALLOWED_FAILS: u32 = 3;
+const DEFAULT_COOLDOWN_TIME: Duration = Duration::from_secs(5);
+const DEFAULT_LATENCY_TTL: Duration = Duration::from_secs(300);
+/// gRFC A6's example values: ten failures in a row halve the bucket and stop retries.
+const DEFAULT_BUDGET_MAX_TOKENS: f64 = 10.0;
+const DEFAULT_BUDGET_TOKEN_RATIO: f64 = 0.1;
+/// Each hedge multiplies a slow provider's load; more than a few is almost certainly a mistake.
+const MAX_HEDGES_LIMIT: u32 = 5;
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
+const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+const MAX_REQUEST_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
+const DEFAULT_CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Retries above this are almost certainly a typo, and would multiply load on a failing provider.
 const MAX_RETRIES_LIMIT: u32 = 10;
 const ENV_SECRET_PREFIX: &str = "os.environ/";
@@ -113,6 +127,7 @@ pub(super) fn validate(
         &members,
         &mut errs,
     );
+    let group_settings = group_settings(&raw, &router, &members, &mut errs);
     let default_fallbacks = rs.default_fallbacks.clone().unwrap_or_default();
     for (j, name) in default_fallbacks.iter().enumerate() {
         if !members.contains_key(name) {
@@ -155,7 +170,19 @@ pub(super) fn validate(
 
     let groups = members
         .into_iter()
-        .map(|(name, deps)| {
+        .map(|(name, mut deps)| {
+            shuffle_weights(&mut deps);
+            let (strategy, hedge) = group_settings
+                .get(&name)
+                .copied()
+                .unwrap_or((router.routing_strategy, router.hedge));
+            if strategy == Strategy::UsageBased
+                && deps.iter().all(|d| d.rpm.is_none() && d.tpm.is_none())
+            {
+                errs.warn(format!(
+                    "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
+                ));
+            }
             let fallbacks = fallbacks.get(&name).cloned().unwrap_or_else(|| {
                 default_fallbacks
                     .iter()
@@ -169,6 +196,8 @@ pub(super) fn validate(
                 fallbacks,
                 deployments: deps.into_iter().map(Arc::new).collect(),
                 name: name.clone(),
+                strategy,
+                hedge,
             };
             (name, Arc::new(group))
         })
@@ -220,12 +249,40 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
             "must be at most 5s: it is taken from every call's deadline",
         );
     }
+    if s.max_concurrent_calls == Some(0) {
+        errs.add(
+            "server.max_concurrent_calls",
+            "must be at least 1; leave it out for no limit",
+        );
+    }
+    if s.max_concurrent_streams == Some(0) {
+        errs.add("server.max_concurrent_streams", "must be at least 1");
+    }
+    let max_request_bytes = match s.max_request_bytes {
+        None => DEFAULT_MAX_REQUEST_BYTES,
+        Some(n) if (1024..=MAX_REQUEST_BYTES_LIMIT).contains(&n) => n as usize,
+        Some(_) => {
+            errs.add(
+                "server.max_request_bytes",
+                format!("must be from 1024 to {MAX_REQUEST_BYTES_LIMIT} (64 MiB)"),
+            );
+            DEFAULT_MAX_REQUEST_BYTES
+        }
+    };
     ServerSettings {
         listen,
         admin_listen,
         deadline_margin,
         drain_period: s.drain_period.unwrap_or(Duration::ZERO),
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        max_concurrent_calls: s.max_concurrent_calls,
+        max_concurrent_streams: s
+            .max_concurrent_streams
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
+        max_request_bytes,
+        config_watch_interval: errs
+            .positive("server.config_watch_interval", s.config_watch_interval)
+            .unwrap_or(DEFAULT_CONFIG_WATCH_INTERVAL),
     }
 }
 
@@ -263,13 +320,27 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
             "must not be less than router_settings.retry_backoff_initial",
         );
     }
-    match rs.routing_strategy.as_deref() {
-        None | Some("simple-shuffle") => {}
-        Some(other) => errs.add(
-            "router_settings.routing_strategy",
-            format!("`{other}` is not supported; supported: simple-shuffle"),
-        ),
+    let routing_strategy = strategy(
+        "router_settings.routing_strategy",
+        rs.routing_strategy.as_deref(),
+        errs,
+    )
+    .unwrap_or(Strategy::SimpleShuffle);
+    let args = rs.routing_strategy_args.as_ref();
+    let lowest_latency_buffer = args.and_then(|a| a.lowest_latency_buffer).unwrap_or(0.0);
+    if !(lowest_latency_buffer.is_finite() && (0.0..=10.0).contains(&lowest_latency_buffer)) {
+        errs.add(
+            "router_settings.routing_strategy_args.lowest_latency_buffer",
+            "must be a fraction from 0 to 10 (0.1 means within 10% of the fastest)",
+        );
     }
+    let latency_ttl = errs
+        .positive(
+            "router_settings.routing_strategy_args.ttl",
+            args.and_then(|a| a.ttl),
+        )
+        .unwrap_or(DEFAULT_LATENCY_TTL);
+    let hedge = hedge("router_settings", rs.hedge_after, rs.max_hedges, None, errs);
     let connect_timeout = errs
         .positive("router_settings.connect_timeout", rs.connect_timeout)
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -283,6 +354,157 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         retry_backoff_max,
         allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(true),
         connect_timeout,
+        routing_strategy,
+        lowest_latency_buffer,
+        latency_ttl,
+        cooldowns: cooldown_policy(raw),
+        hedge,
+        retry_budget: retry_budget(raw, errs),
+    }
+}
+
+fn strategy(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<Strategy> {
+    let value = value?;
+    let parsed = Strategy::parse(value);
+    if parsed.is_none() {
+        errs.add(
+            key,
+            format!(
+                "`{value}` is not a routing strategy; supported: {}",
+                Strategy::NAMES.join(", ")
+            ),
+        );
+    }
+    parsed
+}
+
+/// Hedging from `hedge_after` and `max_hedges` at `prefix`, over `inherited` (a group's
+/// settings inherit the router's). `max_hedges: 0` turns hedging off.
+fn hedge(
+    prefix: &str,
+    after: Option<Duration>,
+    max: Option<u32>,
+    inherited: Option<Hedge>,
+    errs: &mut Errors,
+) -> Option<Hedge> {
+    let after = errs.positive(&format!("{prefix}.hedge_after"), after);
+    if let Some(m) = max
+        && m > MAX_HEDGES_LIMIT
+    {
+        errs.add(
+            format!("{prefix}.max_hedges"),
+            format!("must be at most {MAX_HEDGES_LIMIT}: each hedge adds load on a slow provider"),
+        );
+    }
+    let after = after.or(inherited.map(|h| h.after))?;
+    let max = max.or(inherited.map(|h| h.max)).unwrap_or(1);
+    (max > 0).then_some(Hedge { after, max })
+}
+
+fn cooldown_policy(raw: &RawConfig) -> CooldownPolicy {
+    let rs = &raw.router_settings;
+    let mut per_kind = [None; FailKind::COUNT];
+    if let Some(p) = &rs.allowed_fails_policy {
+        for (kind, value) in [
+            (FailKind::BadRequest, p.BadRequestErrorAllowedFails),
+            (FailKind::Authentication, p.AuthenticationErrorAllowedFails),
+            (FailKind::Timeout, p.TimeoutErrorAllowedFails),
+            (FailKind::RateLimit, p.RateLimitErrorAllowedFails),
+            (
+                FailKind::ContentPolicy,
+                p.ContentPolicyViolationErrorAllowedFails,
+            ),
+            (FailKind::InternalServer, p.InternalServerErrorAllowedFails),
+        ] {
+            per_kind[kind.index()] = value;
+        }
+    }
+    CooldownPolicy {
+        enabled: !rs.disable_cooldowns.unwrap_or(false),
+        allowed_fails: rs.allowed_fails.unwrap_or(DEFAULT_ALLOWED_FAILS),
+        per_kind,
+        cooldown_time: rs.cooldown_time.unwrap_or(DEFAULT_COOLDOWN_TIME),
+    }
+}
+
+fn retry_budget(raw: &RawConfig, errs: &mut Errors) -> Option<RetryBudget> {
+    let b = raw.router_settings.retry_budget.as_ref();
+    let max_tokens = b
+        .and_then(|b| b.max_tokens)
+        .unwrap_or(DEFAULT_BUDGET_MAX_TOKENS);
+    let token_ratio = b
+        .and_then(|b| b.token_ratio)
+        .unwrap_or(DEFAULT_BUDGET_TOKEN_RATIO);
+    if !(max_tokens.is_finite() && (0.0..=1000.0).contains(&max_tokens)) {
+        errs.add(
+            "router_settings.retry_budget.max_tokens",
+            "must be a number from 0 (no budget) to 1000",
+        );
+    }
+    if !(token_ratio.is_finite() && token_ratio > 0.0 && token_ratio <= 1.0) {
+        errs.add(
+            "router_settings.retry_budget.token_ratio",
+            "must be a number greater than 0 and at most 1",
+        );
+    }
+    (max_tokens > 0.0).then_some(RetryBudget {
+        max_tokens,
+        token_ratio,
+    })
+}
+
+/// `router_settings.model_group_settings`: each group's strategy and hedging, over the router's.
+fn group_settings(
+    raw: &RawConfig,
+    router: &RouterSettings,
+    groups: &BTreeMap<String, Vec<Deployment>>,
+    errs: &mut Errors,
+) -> BTreeMap<String, (Strategy, Option<Hedge>)> {
+    let mut out = BTreeMap::new();
+    let Some(map) = &raw.router_settings.model_group_settings else {
+        return out;
+    };
+    for (name, settings) in map {
+        let prefix = format!("router_settings.model_group_settings.{name}");
+        if !groups.contains_key(name) {
+            errs.add(&prefix, unknown_group(name, groups));
+            continue;
+        }
+        let strategy = strategy(
+            &format!("{prefix}.routing_strategy"),
+            settings.routing_strategy.as_deref(),
+            errs,
+        )
+        .unwrap_or(router.routing_strategy);
+        let hedge = hedge(
+            &prefix,
+            settings.hedge_after,
+            settings.max_hedges,
+            router.hedge,
+            errs,
+        );
+        out.insert(name.clone(), (strategy, hedge));
+    }
+    out
+}
+
+/// simple-shuffle weights: explicit `weight`s, else every deployment's `rpm`, else every one's
+/// `tpm` (as LiteLLM does), else equal. `weight` is 0 here when it was not set.
+fn shuffle_weights(deps: &mut [Deployment]) {
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX).max(1);
+    if deps.iter().all(|d| d.weight == 0) {
+        if deps.iter().all(|d| d.rpm.is_some()) {
+            for d in deps.iter_mut() {
+                d.weight = clamp(u64::from(d.rpm.unwrap_or(1)));
+            }
+        } else if deps.iter().all(|d| d.tpm.is_some()) {
+            for d in deps.iter_mut() {
+                d.weight = clamp(d.tpm.unwrap_or(1));
+            }
+        }
+    }
+    for d in deps.iter_mut() {
+        d.weight = d.weight.max(1);
     }
 }
 
@@ -344,9 +566,22 @@ fn deployment(
             format!("must be at most {MAX_RETRIES_LIMIT}"),
         );
     }
-    let weight = params.weight.unwrap_or(1);
-    if weight == 0 {
+    // 0 stands for "not set" until the group's weights are settled (see shuffle_weights).
+    let weight = params.weight.unwrap_or(0);
+    if params.weight == Some(0) {
         errs.add(key("litellm_params.weight"), "must be at least 1");
+    }
+    for (value, name) in [
+        (params.rpm.map(u64::from), "rpm"),
+        (params.tpm, "tpm"),
+        (
+            params.max_parallel_requests.map(u64::from),
+            "max_parallel_requests",
+        ),
+    ] {
+        if value == Some(0) {
+            errs.add(key(&format!("litellm_params.{name}")), "must be at least 1");
+        }
     }
 
     let provider_config = if provider == "mock" {
@@ -407,6 +642,12 @@ fn deployment(
         stream_timeout,
         max_retries,
         weight,
+        rpm: params.rpm,
+        tpm: params.tpm,
+        max_parallel_requests: params.max_parallel_requests,
+        cooldown_time: params
+            .cooldown_time
+            .unwrap_or(router.cooldowns.cooldown_time),
     })
 }
 

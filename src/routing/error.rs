@@ -11,6 +11,10 @@ use crate::providers::ErrorKind;
 /// ErrorInfo domain of every error the service returns.
 pub const ERROR_DOMAIN: &str = "llmrouter.v1";
 
+/// The RetryInfo delay of a call shed at `max_concurrent_calls`: short, since calls finish
+/// all the time, and jittered by the client's own backoff.
+pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone)]
 pub enum CallError {
     /// A request field is wrong.
@@ -33,6 +37,14 @@ pub enum CallError {
     StreamIdleTimeout { idle: Duration },
     /// A committed stream broke: the provider cut it, or sent garbage.
     StreamInterrupted { detail: String },
+    /// No attempt could be made anywhere in the chain: every deployment was cooling down
+    /// (`cooling`) or at capacity. The first is back after `retry_after`.
+    NoDeploymentAvailable {
+        retry_after: Duration,
+        cooling: bool,
+    },
+    /// The server is at `server.max_concurrent_calls`: refused before any work.
+    Overloaded { limit: u32 },
 }
 
 impl CallError {
@@ -48,6 +60,9 @@ impl CallError {
             CallError::ContentPolicyViolation(_) => Code::InvalidArgument,
             CallError::StreamIdleTimeout { .. } => Code::DeadlineExceeded,
             CallError::StreamInterrupted { .. } => Code::Unavailable,
+            CallError::NoDeploymentAvailable { cooling: true, .. } => Code::Unavailable,
+            CallError::NoDeploymentAvailable { cooling: false, .. } => Code::ResourceExhausted,
+            CallError::Overloaded { .. } => Code::ResourceExhausted,
         }
     }
 
@@ -64,6 +79,13 @@ impl CallError {
             CallError::ContentPolicyViolation(_) => "CONTENT_POLICY_VIOLATION",
             CallError::StreamIdleTimeout { .. } => "STREAM_IDLE_TIMEOUT",
             CallError::StreamInterrupted { .. } => "STREAM_INTERRUPTED",
+            CallError::NoDeploymentAvailable { cooling: true, .. } => {
+                "ALL_DEPLOYMENTS_COOLING_DOWN"
+            }
+            CallError::NoDeploymentAvailable { cooling: false, .. } => {
+                "ALL_DEPLOYMENTS_AT_CAPACITY"
+            }
+            CallError::Overloaded { .. } => "OVERLOADED",
         }
     }
 
@@ -111,6 +133,23 @@ impl CallError {
             CallError::StreamInterrupted { detail } => {
                 format!("the provider's stream broke: {detail}")
             }
+            CallError::NoDeploymentAvailable {
+                retry_after,
+                cooling: true,
+            } => format!(
+                "every deployment of the model group and its fallbacks is cooling down after repeated failures; the first is back in {:.1}s",
+                retry_after.as_secs_f64()
+            ),
+            CallError::NoDeploymentAvailable {
+                retry_after,
+                cooling: false,
+            } => format!(
+                "every deployment of the model group and its fallbacks is at its max_parallel_requests or rpm/tpm limit; retry in {:.1}s",
+                retry_after.as_secs_f64()
+            ),
+            CallError::Overloaded { limit } => format!(
+                "the router is at server.max_concurrent_calls ({limit} calls in flight); retry shortly or elsewhere"
+            ),
         }
     }
 
@@ -120,6 +159,11 @@ impl CallError {
             CallError::FallbacksExhausted(f) if exhausted_code(f) == Code::ResourceExhausted => {
                 Some(f.retry_after().unwrap_or(Duration::from_secs(1)))
             }
+            // Rounded up to the millisecond, so a client that waits it finds the deployment back.
+            CallError::NoDeploymentAvailable { retry_after, .. } => {
+                Some(Duration::from_millis(retry_after.as_millis() as u64 + 1))
+            }
+            CallError::Overloaded { .. } => Some(OVERLOADED_RETRY_AFTER),
             _ => None,
         }
     }

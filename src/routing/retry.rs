@@ -1,5 +1,6 @@
 //! The one place that decides what an attempt's failure means for the call.
 
+use crate::config::FailKind;
 use crate::proto::AttemptOutcome;
 use crate::providers::{ErrorKind, ProviderError};
 
@@ -61,6 +62,22 @@ impl Failure {
                 | ErrorKind::Refused => AttemptOutcome::Rejected,
             },
         }
+    }
+
+    /// The failure as a cooldown counts it; `None` for `mock_timeout`, which never reached the
+    /// deployment.
+    pub fn kind(&self) -> Option<FailKind> {
+        Some(match self {
+            Failure::Timeout { .. } => FailKind::Timeout,
+            Failure::MockTimeout => return None,
+            Failure::Provider(e) => match e.kind {
+                ErrorKind::Connect | ErrorKind::Upstream => FailKind::InternalServer,
+                ErrorKind::RateLimited => FailKind::RateLimit,
+                ErrorKind::Auth | ErrorKind::Refused => FailKind::Authentication,
+                ErrorKind::BadRequest | ErrorKind::ContextWindow => FailKind::BadRequest,
+                ErrorKind::ContentPolicy => FailKind::ContentPolicy,
+            },
+        })
     }
 
     pub fn retry_after(&self) -> Option<std::time::Duration> {

@@ -7,14 +7,19 @@
 //! the provider stream and closes the upstream request. A client that stops reading stops the
 //! polling too: its deadline is then answered at its next read.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep_until};
 use tonic::Status;
 
-use super::{Answered, CallError, Committed, to_proto_duration};
+use super::{
+    Answered, CallError, Committed,
+    health::{AttemptEnd, Tracker},
+    to_proto_duration,
+};
 use crate::api::status::call_status;
+use crate::config::FailKind;
 use crate::proto::{Attempt, AttemptOutcome, FinishReason, StreamCompleteResponse, Usage};
 use crate::providers::ChunkStream;
 use crate::telemetry::{Metrics, metrics::GaugeGuard};
@@ -39,7 +44,7 @@ pub fn forward(
     answered: Answered<Committed>,
     id: String,
     idle: Duration,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     on_end: OnEnd,
 ) -> ResponseStream {
     let Answered {
@@ -49,6 +54,7 @@ pub fn forward(
         attempts,
         deadline,
         attempt_started,
+        tracker,
     } = answered;
     let mut head = StreamCompleteResponse {
         id: id.clone(),
@@ -60,6 +66,7 @@ pub fn forward(
     head.attempts = attempts.clone();
     let state = Forward {
         _open: metrics.stream_open(),
+        metrics: metrics.clone(),
         rest,
         head: Some(head),
         id,
@@ -74,6 +81,8 @@ pub fn forward(
         usage: first.usage,
         on_end: Some(on_end),
         done: false,
+        idle_timed_out: false,
+        tracker,
     };
     Box::pin(stream::unfold(state, next))
 }
@@ -94,6 +103,10 @@ struct Forward {
     usage: Option<Usage>,
     on_end: Option<OnEnd>,
     done: bool,
+    idle_timed_out: bool,
+    /// Keeps the deployment's attempt in flight until the stream ends, and records its end.
+    tracker: Option<Tracker>,
+    metrics: Arc<Metrics>,
     _open: GaugeGuard,
 }
 
@@ -110,6 +123,32 @@ impl Forward {
 
     fn end(&mut self, how: StreamEnd) {
         self.done = true;
+        if let Some(t) = self.tracker.take() {
+            if let Some(u) = &self.usage {
+                t.add_tokens(u64::from(u.completion_tokens));
+            }
+            // A stream that went silent or broke counts against its deployment, as a failed
+            // attempt would; the call's own deadline or a client going away does not.
+            let kind = match how {
+                StreamEnd::Failed(tonic::Code::Unavailable) => Some(FailKind::InternalServer),
+                StreamEnd::Failed(_) if self.idle_timed_out => Some(FailKind::Timeout),
+                _ => None,
+            };
+            if let Some(kind) = kind
+                && let Some(until) = t.record(AttemptEnd::Failed {
+                    kind,
+                    retry_after: None,
+                })
+            {
+                self.metrics.cooldown(&self.group, &self.deployment);
+                tracing::warn!(
+                    model_group = %self.group,
+                    deployment = %self.deployment,
+                    cooldown_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    "deployment failed more than allowed_fails times within a minute: cooling down"
+                );
+            }
+        }
         if let Some(f) = self.on_end.take() {
             f(how, self.usage);
         }
@@ -155,6 +194,7 @@ async fn next(mut st: Forward) -> Option<(Result<StreamCompleteResponse, Status>
             }
             _ = sleep_until(idle_at) => {
                 let idle = st.idle;
+                st.idle_timed_out = true;
                 let status = st.fail(CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
                 return Some((Err(status), st));
             }

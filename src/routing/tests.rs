@@ -391,7 +391,7 @@ async fn drain(
         a,
         "id".into(),
         idle,
-        &crate::telemetry::Metrics::new(),
+        &Arc::new(crate::telemetry::Metrics::new()),
         on_end,
     )
     .collect()
@@ -475,7 +475,7 @@ async fn a_stream_dropped_before_its_end_reports_the_client_gone() {
         a,
         "id".into(),
         ms(500),
-        &crate::telemetry::Metrics::new(),
+        &Arc::new(crate::telemetry::Metrics::new()),
         on_end,
     );
     s.next().await.unwrap().unwrap();

@@ -82,6 +82,15 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     in_flight: Family<RpcLabels, Gauge>,
     streams_open: Gauge,
+    hedges: Family<DeploymentLabels, Counter>,
+    cooldowns: Family<DeploymentLabels, Counter>,
+    shed: Family<RpcLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,7 +164,35 @@ impl Metrics {
             "Committed streams being forwarded to clients",
             streams_open.clone(),
         );
+        let hedges = Family::default();
+        registry.register(
+            "hedges",
+            "Hedged attempts started, by the deployment they went to",
+            hedges.clone(),
+        );
+        let cooldowns = Family::default();
+        registry.register(
+            "cooldowns",
+            "Times a deployment entered (or extended) a cooldown",
+            cooldowns.clone(),
+        );
+        let shed = Family::default();
+        registry.register(
+            "calls_shed",
+            "Calls refused at server.max_concurrent_calls",
+            shed.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads by result: applied, or rejected (the previous config kept serving)",
+            reloads.clone(),
+        );
         Metrics {
+            hedges,
+            cooldowns,
+            shed,
+            reloads,
             registry,
             calls,
             call_duration,
@@ -251,6 +288,27 @@ impl Metrics {
         GaugeGuard::new(self.in_flight.get_or_create(&RpcLabels { rpc }).clone())
     }
 
+    pub fn hedge(&self, group: &str, deployment: &str) {
+        self.hedges
+            .get_or_create(&deployment_labels(group, deployment))
+            .inc();
+    }
+
+    pub fn cooldown(&self, group: &str, deployment: &str) {
+        self.cooldowns
+            .get_or_create(&deployment_labels(group, deployment))
+            .inc();
+    }
+
+    pub fn shed(&self, rpc: &'static str) {
+        self.shed.get_or_create(&RpcLabels { rpc }).inc();
+    }
+
+    /// Counts a reload: `applied` or `rejected`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
     /// Counts a committed stream as open until the guard drops.
     pub fn stream_open(&self) -> GaugeGuard {
         GaugeGuard::new(self.streams_open.clone())
@@ -294,6 +352,9 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::ConnectError => "connect_error",
         AttemptOutcome::Rejected => "rejected",
         AttemptOutcome::Cancelled => "cancelled",
+        AttemptOutcome::CoolingDown => "cooling_down",
+        AttemptOutcome::AtCapacity => "at_capacity",
+        AttemptOutcome::RetryThrottled => "retry_throttled",
     }
 }
 

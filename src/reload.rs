@@ -1,0 +1,200 @@
+//! Config hot reload. The config file is read every `server.config_watch_interval` and on
+//! SIGHUP; when its text changed (or on SIGHUP, always) it is parsed and validated like at
+//! start-up, then the router built from it is swapped in atomically. Calls in flight finish on
+//! the snapshot they started with. An invalid file is logged and counted, and the previous
+//! config keeps serving.
+//!
+//! Reading the text, rather than watching for file events, is what works with Kubernetes:
+//! a mounted ConfigMap is updated by swapping a symlink, which inotify on the file never sees.
+
+use std::{path::PathBuf, sync::Arc};
+
+use crate::config::{Config, Source};
+use crate::routing::SharedRouter;
+use crate::telemetry::Metrics;
+
+/// The file a server reloads its config from.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// Whether SIGHUP forces a reload (the binary sets it; tests in one process do not).
+    pub on_sighup: bool,
+}
+
+/// Watches the file until the task is aborted.
+pub(crate) async fn watch(file: ConfigFile, routers: Arc<SharedRouter>, metrics: Arc<Metrics>) {
+    let mut last = tokio::fs::read(&file.path).await.ok();
+    // The file's own settings as last loaded, apart from command-line overrides, to tell which
+    // restart-only settings the file changed.
+    let mut file_config = last
+        .as_deref()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|yaml| Config::load(Source::Yaml(yaml)).ok())
+        .map(|c| RestartOnly::of(&c));
+    let mut hangup = Hangup::new(file.on_sighup);
+    let mut unreadable = false;
+    loop {
+        let interval = routers.current().config().server.config_watch_interval;
+        let forced = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            () = hangup.recv() => true,
+        };
+        let text = match tokio::fs::read(&file.path).await {
+            Ok(text) => {
+                unreadable = false;
+                text
+            }
+            Err(e) => {
+                // Said once, not every interval; the previous config keeps serving.
+                if forced || !unreadable {
+                    tracing::error!(
+                        path = %file.path.display(),
+                        error = %e,
+                        "cannot read the config file to reload it; the previous config keeps serving"
+                    );
+                }
+                unreadable = true;
+                continue;
+            }
+        };
+        if !forced && last.as_ref() == Some(&text) {
+            continue;
+        }
+        last = Some(text.clone());
+        let why = if forced { "SIGHUP" } else { "file changed" };
+        if let Some(applied) = apply(&file, &text, file_config.as_ref(), &routers, &metrics, why) {
+            file_config = Some(applied);
+        }
+    }
+}
+
+/// Loads and swaps in the config in `text`; returns the file's restart-only settings when
+/// applied.
+fn apply(
+    file: &ConfigFile,
+    text: &[u8],
+    previous_file: Option<&RestartOnly>,
+    routers: &SharedRouter,
+    metrics: &Metrics,
+    why: &str,
+) -> Option<RestartOnly> {
+    let path = file.path.display();
+    let loaded = std::str::from_utf8(text)
+        .map_err(|_| "the file is not UTF-8 text".to_string())
+        .and_then(|yaml| Config::load(Source::Yaml(yaml)).map_err(|e| e.to_string()));
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            metrics.reload("rejected");
+            tracing::error!(
+                path = %path,
+                trigger = why,
+                error = %e,
+                "config reload rejected; the previous config keeps serving"
+            );
+            return None;
+        }
+    };
+    let running = routers.current();
+    let from_file = RestartOnly::of(&config);
+    let before = previous_file
+        .cloned()
+        .unwrap_or_else(|| RestartOnly::of(running.config()));
+    for key in before.changes(&from_file) {
+        tracing::warn!(
+            key,
+            "this setting changed in the reloaded config but only takes effect after a restart"
+        );
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    // The addresses are bound: the snapshot says what is actually served.
+    config.server.listen = running.config().server.listen;
+    config.server.admin_listen = running.config().server.admin_listen;
+    let groups = config.groups.len();
+    match routers.reload(Arc::new(config)) {
+        Ok(()) => {
+            metrics.reload("applied");
+            tracing::info!(path = %path, trigger = why, groups, "config reloaded");
+            Some(from_file)
+        }
+        Err(e) => {
+            metrics.reload("rejected");
+            tracing::error!(path = %path, error = %e, "config reload failed; the previous config keeps serving");
+            None
+        }
+    }
+}
+
+/// Settings read once at start-up, which a reload cannot change.
+#[derive(Debug, Clone, PartialEq)]
+struct RestartOnly {
+    listen: std::net::SocketAddr,
+    admin_listen: Option<std::net::SocketAddr>,
+    max_concurrent_streams: u32,
+    max_request_bytes: usize,
+    otlp_endpoint: Option<String>,
+    log_level: String,
+}
+
+impl RestartOnly {
+    fn of(c: &Config) -> RestartOnly {
+        RestartOnly {
+            listen: c.server.listen,
+            admin_listen: c.server.admin_listen,
+            max_concurrent_streams: c.server.max_concurrent_streams,
+            max_request_bytes: c.server.max_request_bytes,
+            otlp_endpoint: c.otlp_endpoint.clone(),
+            log_level: c.log_level.clone(),
+        }
+    }
+
+    /// The keys whose values differ.
+    fn changes(&self, new: &RestartOnly) -> Vec<&'static str> {
+        [
+            (self.listen != new.listen, "server.listen"),
+            (self.admin_listen != new.admin_listen, "server.admin_listen"),
+            (
+                self.max_concurrent_streams != new.max_concurrent_streams,
+                "server.max_concurrent_streams",
+            ),
+            (
+                self.max_request_bytes != new.max_request_bytes,
+                "server.max_request_bytes",
+            ),
+            (
+                self.otlp_endpoint != new.otlp_endpoint,
+                "telemetry.otlp_endpoint",
+            ),
+            (self.log_level != new.log_level, "telemetry.log_level"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect()
+    }
+}
+
+/// SIGHUP, when asked for and available; otherwise never.
+struct Hangup(Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    fn new(enabled: bool) -> Hangup {
+        use tokio::signal::unix::{SignalKind, signal};
+        Hangup(enabled.then(|| signal(SignalKind::hangup())).and_then(|r| {
+            r.map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reloads follow file changes only"))
+                .ok()
+        }))
+    }
+
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                if s.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! What the router remembers about each deployment across calls: attempts in flight, failures
+//! and cooldowns, recent latency, usage this minute, and the retry budget. Shared by every call
+//! (and kept across config reloads, by deployment id), so each operation holds its lock only
+//! for a few field updates and never across an await.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::config::{CooldownPolicy, FailKind, RetryBudget};
+
+/// Length of the windows that `allowed_fails`, `rpm` and `tpm` count in.
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// Latency samples kept per deployment and kind; the moving average is over these.
+const LATENCY_SAMPLES: usize = 10;
+
+/// The latency sample a timeout counts as: far above any real answer, so that a deployment
+/// that timed out is chosen last until its sample expires.
+pub const TIMEOUT_PENALTY_SECS: f64 = 1000.0;
+
+/// One deployment's shared state.
+#[derive(Debug)]
+pub struct DeploymentState {
+    in_flight: AtomicU32,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Start of the minute in which failures are being counted.
+    fails_since: Instant,
+    /// Failures this minute by kind, and the shared count of kinds without their own limit.
+    fails: [u32; FailKind::COUNT],
+    fails_shared: u32,
+    cooling_until: Option<Instant>,
+    /// Cooldowns entered, for ListModels and logs.
+    cooldowns: u64,
+    /// Time to first chunk of streamed attempts, in seconds.
+    first_chunk: VecDeque<(Instant, f64)>,
+    /// Seconds per output token of unary attempts.
+    per_token: VecDeque<(Instant, f64)>,
+    usage_since: Instant,
+    requests: u32,
+    tokens: u64,
+    /// gRFC A6 token bucket; `None` while no budget is configured.
+    budget: Option<f64>,
+}
+
+/// How an attempt ended, as the deployment's health sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptEnd {
+    Ok {
+        elapsed: Duration,
+        /// Output tokens of a unary answer; `None` for a stream's first chunk.
+        output_tokens: Option<u32>,
+    },
+    Failed {
+        kind: FailKind,
+        retry_after: Option<Duration>,
+    },
+    /// The attempt lost a hedge race or its caller went away: says nothing of the deployment.
+    Abandoned,
+}
+
+/// Why a deployment cannot take an attempt now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Cooling down: back at `until`.
+    CoolingDown { until: Instant },
+    /// At `max_parallel_requests`, or over `rpm`/`tpm` this minute: capacity back at `until`
+    /// (a guess for in-flight limits).
+    AtCapacity { until: Instant },
+    /// Its retry budget is at or below half: only a call's first attempt may use it.
+    Throttled,
+}
+
+impl DeploymentState {
+    pub fn new(now: Instant, budget: Option<RetryBudget>) -> DeploymentState {
+        DeploymentState {
+            in_flight: AtomicU32::new(0),
+            inner: Mutex::new(Inner {
+                fails_since: now,
+                fails: [0; FailKind::COUNT],
+                fails_shared: 0,
+                cooling_until: None,
+                cooldowns: 0,
+                first_chunk: VecDeque::with_capacity(LATENCY_SAMPLES),
+                per_token: VecDeque::with_capacity(LATENCY_SAMPLES),
+                usage_since: now,
+                requests: 0,
+                tokens: 0,
+                budget: budget.map(|b| b.max_tokens),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state is plain counters: one a panicking thread left half-updated is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the deployment's cooldown ends, if it is cooling at `now`.
+    pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().cooling_until.filter(|&u| u > now)
+    }
+
+    pub fn cooldowns(&self) -> u64 {
+        self.lock().cooldowns
+    }
+
+    /// The retry budget's tokens, when there is a budget.
+    pub fn budget_tokens(&self) -> Option<f64> {
+        self.lock().budget
+    }
+
+    /// Whether the deployment can take an attempt at `now`, and the usage it would have.
+    pub fn check(&self, now: Instant, limits: &Limits, first_attempt: bool) -> Check {
+        let in_flight = self.in_flight();
+        let mut s = self.lock();
+        if let Some(until) = s.cooling_until.filter(|&u| u > now) {
+            return Check::Unavailable(Unavailable::CoolingDown { until });
+        }
+        if let Some(max) = limits.max_parallel
+            && in_flight >= max
+        {
+            // In-flight attempts end within their deadlines; a second is a fair guess.
+            return Check::Unavailable(Unavailable::AtCapacity {
+                until: now + Duration::from_secs(1),
+            });
+        }
+        s.roll_usage(now);
+        if limits.enforce_usage {
+            let over_rpm = limits.rpm.is_some_and(|rpm| s.requests >= rpm);
+            let over_tpm = limits
+                .tpm
+                .is_some_and(|tpm| s.tokens.saturating_add(limits.request_tokens) > tpm);
+            if over_rpm || over_tpm {
+                return Check::Unavailable(Unavailable::AtCapacity {
+                    until: s.usage_since + MINUTE,
+                });
+            }
+        }
+        if !first_attempt
+            && let (Some(tokens), Some(b)) = (s.budget, limits.budget)
+            && tokens <= b.max_tokens / 2.0
+        {
+            return Check::Unavailable(Unavailable::Throttled);
+        }
+        Check::Available(Load {
+            in_flight,
+            requests: s.requests,
+            tokens: s.tokens,
+            latency: if limits.streaming {
+                average(&s.first_chunk, now, limits.latency_ttl)
+            } else {
+                average(&s.per_token, now, limits.latency_ttl)
+            },
+        })
+    }
+
+    /// Counts an attempt starting: in flight until the returned lease is dropped, and one
+    /// request (with its estimated prompt tokens) in this minute's usage.
+    pub fn begin(self: &Arc<Self>, now: Instant, request_tokens: u64) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.lock();
+        s.roll_usage(now);
+        s.requests = s.requests.saturating_add(1);
+        s.tokens = s.tokens.saturating_add(request_tokens);
+        drop(s);
+        Lease(self.clone())
+    }
+
+    /// Follows a reloaded `retry_budget`: a new budget starts full, a smaller one caps the
+    /// tokens, and none removes the bucket.
+    pub fn configure_budget(&self, budget: Option<RetryBudget>) {
+        let mut s = self.lock();
+        s.budget = match (s.budget, budget) {
+            (_, None) => None,
+            (None, Some(b)) => Some(b.max_tokens),
+            (Some(t), Some(b)) => Some(t.min(b.max_tokens)),
+        };
+    }
+
+    /// Adds tokens a provider reported after the attempt began (a stream's output tokens).
+    pub fn add_tokens(&self, now: Instant, tokens: u64) {
+        let mut s = self.lock();
+        s.roll_usage(now);
+        s.tokens = s.tokens.saturating_add(tokens);
+    }
+
+    /// Records how an attempt ended. Returns the end of the cooldown it started (or extended),
+    /// if it did.
+    pub fn record(
+        &self,
+        now: Instant,
+        end: AttemptEnd,
+        policy: &CooldownPolicy,
+        cooldown_time: Duration,
+        budget: Option<RetryBudget>,
+        latency_ttl: Duration,
+    ) -> Option<Instant> {
+        let mut s = self.lock();
+        match end {
+            AttemptEnd::Abandoned => None,
+            AttemptEnd::Ok {
+                elapsed,
+                output_tokens,
+            } => {
+                if let (Some(tokens), Some(b)) = (s.budget.as_mut(), budget) {
+                    *tokens = (*tokens + b.token_ratio).min(b.max_tokens);
+                }
+                let secs = elapsed.as_secs_f64();
+                match output_tokens {
+                    None => push_sample(&mut s.first_chunk, now, secs, latency_ttl),
+                    Some(n) => push_sample(
+                        &mut s.per_token,
+                        now,
+                        secs / f64::from(n.max(1)),
+                        latency_ttl,
+                    ),
+                }
+                None
+            }
+            AttemptEnd::Failed { kind, retry_after } => {
+                if !kind.is_request_fault()
+                    && let Some(tokens) = s.budget.as_mut()
+                {
+                    *tokens = (*tokens - 1.0).max(0.0);
+                }
+                if kind == FailKind::Timeout {
+                    // Either kind of latency: a timeout may be a stream's or a unary call's.
+                    push_sample(&mut s.first_chunk, now, TIMEOUT_PENALTY_SECS, latency_ttl);
+                    push_sample(&mut s.per_token, now, TIMEOUT_PENALTY_SECS, latency_ttl);
+                }
+                if !policy.enabled {
+                    return None;
+                }
+                let allowed = policy.allowed(kind)?;
+                if now.duration_since(s.fails_since) >= MINUTE {
+                    s.fails_since = now;
+                    s.fails = [0; FailKind::COUNT];
+                    s.fails_shared = 0;
+                }
+                let count = if policy.per_kind[kind.index()].is_some() {
+                    &mut s.fails[kind.index()]
+                } else {
+                    &mut s.fails_shared
+                };
+                *count += 1;
+                if *count <= allowed {
+                    return None;
+                }
+                // Cooled again while cooling: the later end wins, never the earlier.
+                let until = now + cooldown_time.max(retry_after.unwrap_or_default());
+                let until = s.cooling_until.map_or(until, |u| u.max(until));
+                s.cooling_until = Some(until);
+                s.cooldowns += 1;
+                // The count starts again once the deployment is back.
+                s.fails_since = now;
+                s.fails = [0; FailKind::COUNT];
+                s.fails_shared = 0;
+                Some(until)
+            }
+        }
+    }
+}
+
+/// A deployment's limits and the call's facts that a check needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_parallel: Option<u32>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    /// Only usage-based-routing holds a deployment to its rpm/tpm.
+    pub enforce_usage: bool,
+    /// The call's estimated prompt tokens.
+    pub request_tokens: u64,
+    pub budget: Option<RetryBudget>,
+    pub streaming: bool,
+    pub latency_ttl: Duration,
+}
+
+/// What a strategy compares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    pub in_flight: u32,
+    pub requests: u32,
+    pub tokens: u64,
+    /// Moving average latency in seconds (first chunk or per token); `None` when unmeasured.
+    pub latency: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    Available(Load),
+    Unavailable(Unavailable),
+}
+
+/// An attempt in flight on a deployment: dropping it ends the count.
+#[derive(Debug)]
+pub struct Lease(Arc<DeploymentState>);
+
+/// An attempt's lease with the settings its end is recorded under, so that a committed stream
+/// can report how it ended long after the walk is done.
+#[derive(Debug)]
+pub struct Tracker {
+    pub lease: Lease,
+    pub policy: CooldownPolicy,
+    pub cooldown_time: Duration,
+    pub budget: Option<RetryBudget>,
+    pub latency_ttl: Duration,
+}
+
+impl Tracker {
+    /// Records how the attempt (or its committed stream) ended; returns the end of a cooldown
+    /// this started.
+    pub fn record(&self, end: AttemptEnd) -> Option<Instant> {
+        self.lease.0.record(
+            Instant::now(),
+            end,
+            &self.policy,
+            self.cooldown_time,
+            self.budget,
+            self.latency_ttl,
+        )
+    }
+
+    pub fn add_tokens(&self, tokens: u64) {
+        self.lease.0.add_tokens(Instant::now(), tokens);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    fn roll_usage(&mut self, now: Instant) {
+        if now.duration_since(self.usage_since) >= MINUTE {
+            // Whole minutes since the window began, so windows stay aligned.
+            let minutes = now.duration_since(self.usage_since).as_secs() / 60;
+            self.usage_since += MINUTE * u32::try_from(minutes).unwrap_or(u32::MAX);
+            self.requests = 0;
+            self.tokens = 0;
+        }
+    }
+}
+
+fn push_sample(samples: &mut VecDeque<(Instant, f64)>, now: Instant, value: f64, ttl: Duration) {
+    while samples
+        .front()
+        .is_some_and(|&(t, _)| now.duration_since(t) >= ttl)
+    {
+        samples.pop_front();
+    }
+    if samples.len() == LATENCY_SAMPLES {
+        samples.pop_front();
+    }
+    samples.push_back((now, value));
+}
+
+fn average(samples: &VecDeque<(Instant, f64)>, now: Instant, ttl: Duration) -> Option<f64> {
+    let (sum, n) = samples
+        .iter()
+        .filter(|&&(t, _)| now.duration_since(t) < ttl)
+        .fold((0.0, 0u32), |(sum, n), &(_, v)| (sum + v, n + 1));
+    (n > 0).then(|| sum / f64::from(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allowed_fails: u32) -> CooldownPolicy {
+        CooldownPolicy {
+            enabled: true,
+            allowed_fails,
+            per_kind: [None; FailKind::COUNT],
+            cooldown_time: Duration::from_secs(5),
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_parallel: None,
+            rpm: None,
+            tpm: None,
+            enforce_usage: false,
+            request_tokens: 0,
+            budget: None,
+            streaming: true,
+            latency_ttl: Duration::from_secs(300),
+        }
+    }
+
+    fn fail(kind: FailKind) -> AttemptEnd {
+        AttemptEnd::Failed {
+            kind,
+            retry_after: None,
+        }
+    }
+
+    const COOL: Duration = Duration::from_secs(5);
+    const TTL: Duration = Duration::from_secs(300);
+
+    #[tokio::test(start_paused = true)]
+    async fn cools_after_more_than_allowed_fails_within_a_minute_and_returns() {
+        let s = DeploymentState::new(Instant::now(), None);
+        let p = policy(2);
+        let t0 = Instant::now();
+        assert_eq!(
+            s.record(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            None
+        );
+        assert_eq!(
+            s.record(t0, fail(FailKind::InternalServer), &p, COOL, None, TTL),
+            None
+        );
+        let until = s.record(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL);
+        assert_eq!(until, Some(t0 + COOL));
+        assert!(matches!(
+            s.check(t0 + Duration::from_secs(4), &limits(), true),
+            Check::Unavailable(Unavailable::CoolingDown { .. })
+        ));
+        assert!(matches!(
+            s.check(t0 + COOL, &limits(), true),
+            Check::Available(_)
+        ));
+        // The count started again: two more failures are allowed.
+        let t1 = t0 + COOL;
+        assert_eq!(
+            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_a_minute_apart_do_not_add_up() {
+        let s = DeploymentState::new(Instant::now(), None);
+        let p = policy(1);
+        let t0 = Instant::now();
+        assert_eq!(
+            s.record(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            None
+        );
+        let t1 = t0 + MINUTE;
+        assert_eq!(
+            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            None
+        );
+        assert!(
+            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL)
+                .is_some()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cooled_again_keeps_the_later_end_and_retry_after_lengthens_it() {
+        let s = DeploymentState::new(Instant::now(), None);
+        let p = policy(0);
+        let t0 = Instant::now();
+        let long = AttemptEnd::Failed {
+            kind: FailKind::RateLimit,
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(
+            s.record(t0, long, &p, COOL, None, TTL),
+            Some(t0 + Duration::from_secs(30))
+        );
+        // A later, shorter cooldown does not cut the longer one short.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            Some(t0 + Duration::from_secs(30))
+        );
+        assert_eq!(s.cooling_until(t1), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(s.cooldowns(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_faults_count_only_when_the_policy_names_them() {
+        let s = DeploymentState::new(Instant::now(), None);
+        let mut p = policy(0);
+        let t0 = Instant::now();
+        assert_eq!(
+            s.record(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
+            None
+        );
+        p.per_kind[FailKind::BadRequest.index()] = Some(1);
+        assert_eq!(
+            s.record(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
+            None
+        );
+        assert!(
+            s.record(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL)
+                .is_some()
+        );
+        p.enabled = false;
+        let s = DeploymentState::new(t0, None);
+        assert_eq!(
+            s.record(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_throttles_retries_below_half_and_refills_on_success() {
+        let budget = RetryBudget {
+            max_tokens: 4.0,
+            token_ratio: 0.5,
+        };
+        let s = DeploymentState::new(Instant::now(), Some(budget));
+        let p = CooldownPolicy {
+            enabled: false,
+            ..policy(0)
+        };
+        let now = Instant::now();
+        let l = Limits {
+            budget: Some(budget),
+            ..limits()
+        };
+        for _ in 0..2 {
+            s.record(
+                now,
+                fail(FailKind::InternalServer),
+                &p,
+                COOL,
+                Some(budget),
+                TTL,
+            );
+        }
+        // 2 of 4 tokens: not above half.
+        assert_eq!(
+            s.check(now, &l, false),
+            Check::Unavailable(Unavailable::Throttled)
+        );
+        // The call's first attempt is never throttled.
+        assert!(matches!(s.check(now, &l, true), Check::Available(_)));
+        let ok = AttemptEnd::Ok {
+            elapsed: Duration::from_millis(10),
+            output_tokens: None,
+        };
+        s.record(now, ok, &p, COOL, Some(budget), TTL);
+        assert!(matches!(s.check(now, &l, false), Check::Available(_)));
+        assert_eq!(s.budget_tokens(), Some(2.5));
+        // Never below zero, never above the maximum.
+        for _ in 0..10 {
+            s.record(now, fail(FailKind::Timeout), &p, COOL, Some(budget), TTL);
+        }
+        assert_eq!(s.budget_tokens(), Some(0.0));
+        for _ in 0..20 {
+            s.record(now, ok, &p, COOL, Some(budget), TTL);
+        }
+        assert_eq!(s.budget_tokens(), Some(4.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_limit_and_usage_limits_make_a_deployment_unavailable() {
+        let s = Arc::new(DeploymentState::new(Instant::now(), None));
+        let now = Instant::now();
+        let l = Limits {
+            max_parallel: Some(1),
+            ..limits()
+        };
+        let lease = s.begin(now, 0);
+        assert!(matches!(
+            s.check(now, &l, true),
+            Check::Unavailable(Unavailable::AtCapacity { .. })
+        ));
+        drop(lease);
+        assert!(matches!(s.check(now, &l, true), Check::Available(_)));
+
+        let l = Limits {
+            rpm: Some(2),
+            tpm: Some(100),
+            enforce_usage: true,
+            request_tokens: 40,
+            ..limits()
+        };
+        let s = Arc::new(DeploymentState::new(now, None));
+        drop(s.begin(now, 40));
+        assert!(matches!(s.check(now, &l, true), Check::Available(_)));
+        drop(s.begin(now, 40));
+        // Two requests this minute: at rpm. Back when the minute ends.
+        assert_eq!(
+            s.check(now, &l, true),
+            Check::Unavailable(Unavailable::AtCapacity {
+                until: now + MINUTE
+            })
+        );
+        tokio::time::advance(MINUTE).await;
+        assert!(matches!(
+            s.check(Instant::now(), &l, true),
+            Check::Available(_)
+        ));
+        // 80 + 40 > 100 tokens.
+        let now = Instant::now();
+        s.add_tokens(now, 80);
+        assert!(matches!(
+            s.check(now, &l, true),
+            Check::Unavailable(Unavailable::AtCapacity { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_is_a_moving_average_with_timeouts_as_penalties_that_expire() {
+        let s = DeploymentState::new(Instant::now(), None);
+        let p = policy(100);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let l = Limits {
+            latency_ttl: ttl,
+            ..limits()
+        };
+        let load = |now| match s.check(now, &l, true) {
+            Check::Available(load) => load.latency,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(load(t0), None);
+        for ms in [100, 300] {
+            let ok = AttemptEnd::Ok {
+                elapsed: Duration::from_millis(ms),
+                output_tokens: None,
+            };
+            s.record(t0, ok, &p, COOL, None, ttl);
+        }
+        assert!((load(t0).unwrap() - 0.2).abs() < 1e-9);
+        let t1 = t0 + Duration::from_secs(30);
+        s.record(t1, fail(FailKind::Timeout), &p, COOL, None, ttl);
+        assert!(load(t1).unwrap() > 300.0);
+        // The two early samples expire first, then the penalty.
+        assert!(load(t0 + ttl).unwrap() >= TIMEOUT_PENALTY_SECS);
+        assert_eq!(load(t1 + ttl), None);
+    }
+}
