@@ -34,6 +34,21 @@ impl TestRouter {
             .collect();
         let config = Config::load_with_env(Source::Yaml(yaml), Vec::new(), |k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        Self::serve(config, None).await
+    }
+
+    /// Serves the config file at `path`, reloading it when it changes.
+    pub async fn start_reloading(path: &std::path::Path) -> TestRouter {
+        let config = Config::load(Source::File(path))
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        let reload = llm_router::reload::ConfigFile {
+            path: path.to_path_buf(),
+            on_sighup: false,
+        };
+        Self::serve(config, Some(reload)).await
+    }
+
+    async fn serve(config: Config, reload: Option<llm_router::reload::ConfigFile>) -> TestRouter {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -44,11 +59,17 @@ impl TestRouter {
                 grpc: listener,
                 admin: Some(admin),
             };
-            llm_router::run(listeners, Arc::new(config), async {
+            let shutdown = async {
                 let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            };
+            match reload {
+                Some(r) => llm_router::run_with_reload(listeners, Arc::new(config), r, shutdown)
+                    .await
+                    .unwrap(),
+                None => llm_router::run(listeners, Arc::new(config), shutdown)
+                    .await
+                    .unwrap(),
+            }
         });
         let client = RouterServiceClient::connect(format!("http://{addr}"))
             .await
@@ -85,6 +106,26 @@ impl TestRouter {
             .await
             .unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The routing table as ListModels shows it.
+    pub async fn models(&self) -> Vec<llm_router::proto::ModelGroup> {
+        self.client()
+            .list_models(llm_router::proto::ListModelsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .groups
+    }
+
+    /// A deployment as ListModels shows it.
+    pub async fn deployment(&self, id: &str) -> llm_router::proto::Deployment {
+        self.models()
+            .await
+            .into_iter()
+            .flat_map(|g| g.deployments)
+            .find(|d| d.id == id)
+            .unwrap_or_else(|| panic!("no deployment `{id}`"))
     }
 
     /// Triggers graceful shutdown.

@@ -60,6 +60,8 @@ pub enum Behaviour {
         body: String,
         cut_after: Option<usize>,
     },
+    /// One of these, at random, for each request.
+    Random(Vec<Behaviour>),
 }
 
 impl Behaviour {
@@ -137,6 +139,8 @@ pub struct Counts {
     pub last_path: Option<String>,
     /// The last request's headers, names lower-cased.
     pub last_headers: Vec<(String, String)>,
+    /// Requests being answered now: read, and neither finished nor abandoned.
+    pub open: u32,
 }
 
 impl Counts {
@@ -267,17 +271,26 @@ async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
                 }
                 _ => None,
             };
-            forced
+            let chosen = forced
                 .or_else(|| st.behaviours.get(&req.model).cloned())
                 .unwrap_or_else(|| {
                     Behaviour::status(404, r#"{"error":{"message":"model not found"}}"#)
-                })
+                });
+            st.counts.entry(req.model.clone()).or_default().open += 1;
+            match chosen {
+                Behaviour::Random(choices) if !choices.is_empty() => {
+                    choices[fastrand::usize(..choices.len())].clone()
+                }
+                other => other,
+            }
         };
         let up = Upstream {
             addr: wr.local_addr().unwrap(),
             state: state.clone(),
         };
-        match respond(&req, behaviour, &mut rd, &mut wr).await {
+        let outcome = respond(&req, behaviour, &mut rd, &mut wr).await;
+        up.count(&req.model, |c| c.open -= 1);
+        match outcome {
             Outcome::Completed => up.count(&req.model, |c| c.completed += 1),
             Outcome::Abandoned => {
                 up.count(&req.model, |c| c.abandoned += 1);
@@ -551,6 +564,11 @@ async fn respond(
             }
             write_or_abandon!(b"0\r\n\r\n".as_slice());
             Outcome::Closed
+        }
+        // Resolved to one of its choices when the request arrived; an empty list answers 500.
+        Behaviour::Random(_) => {
+            write_or_abandon!(b"HTTP/1.1 500 Error\r\ncontent-length: 0\r\n\r\n".as_slice());
+            Outcome::Completed
         }
     }
 }
