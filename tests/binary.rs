@@ -4,65 +4,14 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::*;
 use llm_router::proto::{AttemptOutcome, router_service_client::RouterServiceClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_llm-router");
-
-/// Starts the binary on an ephemeral port and returns it with the address it logged.
-fn spawn(args: &[&str]) -> (Child, String) {
-    spawn_with_env(args, &[])
-}
-
-fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("LLMROUTER_LOG_FORMAT", "text")
-        .env_remove("LLMROUTER_CONFIG")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("the server did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::process::{BIN, sigterm, spawn, spawn_with_env, wait_exit};
 
 #[tokio::test]
 async fn the_default_config_serves_its_fallback_story_and_exits_cleanly_on_sigterm() {
@@ -183,7 +132,8 @@ fn health_check(addr: &str, service: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn sigterm_drains_then_refuses_new_calls_and_exits_within_the_grace_period() {
-    let (mut child, addr) = spawn_with_env(&[], &[("LLMROUTER__SERVER__DRAIN_PERIOD", "1500ms")]);
+    let (mut child, addr, _) =
+        spawn_with_env(&[], &[("LLMROUTER__SERVER__DRAIN_PERIOD", "1500ms")]);
     assert_eq!(health_check(&addr, ""), (true, "SERVING".into()));
     assert_eq!(
         health_check(&addr, "llmrouter.v1.RouterService"),

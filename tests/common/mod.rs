@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod upstream;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
