@@ -282,3 +282,68 @@ async fn idle_client_connections_do_not_hold_shutdown_for_the_grace_period() {
     );
     drop(client);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config() {
+    let dir = std::env::temp_dir().join(format!("llm-router-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    // The file is only re-read on SIGHUP within this test's time: the poll is an hour apart.
+    let text = |groups: &[&str]| {
+        let mut t = String::from("model_list:\n");
+        for g in groups {
+            t.push_str(&format!(
+                "  - model_name: {g}\n    litellm_params: {{ model: mock/{g}, mock: {{ time_to_first_chunk: 1ms }} }}\n"
+            ));
+        }
+        t.push_str("server:\n  config_watch_interval: 1h\n");
+        t
+    };
+    std::fs::write(&path, text(&["one"])).unwrap();
+    let (mut child, addr) = spawn(&["serve", "--config", path.to_str().unwrap()]);
+    let mut client = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let names = |c: &mut RouterServiceClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.list_models(llm_router::proto::ListModelsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .groups
+                .into_iter()
+                .map(|g| g.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names(&mut client).await, ["one"]);
+    let hup = |child: &std::process::Child| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+
+    std::fs::write(&path, text(&["one", "two"])).unwrap();
+    hup(&child);
+    let until = Instant::now() + Duration::from_secs(5);
+    while names(&mut client).await != ["one", "two"] {
+        assert!(Instant::now() < until, "SIGHUP did not reload the config");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.complete(complete("two")).await.unwrap();
+
+    // An invalid file: rejected, logged, and the server keeps serving the previous config.
+    std::fs::write(&path, "model_list: []\n").unwrap();
+    hup(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the server must keep running");
+    assert_eq!(names(&mut client).await, ["one", "two"]);
+    client.complete(complete("two")).await.unwrap();
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

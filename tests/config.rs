@@ -345,3 +345,87 @@ fn suspicious_but_valid_settings_are_warnings_naming_the_key() {
             .contains("warnings:\n  `model_list[1].litellm_params.timeout` (30s)")
     );
 }
+
+#[test]
+fn routing_cooldown_hedge_and_limit_settings_use_litellm_names_and_are_checked() {
+    let ok = load(
+        r#"
+model_list:
+  - model_name: chat
+    litellm_params: { model: mock/a, rpm: 100, tpm: 50000, max_parallel_requests: 8, cooldown_time: 30s }
+  - model_name: chat
+    litellm_params: { model: mock/b, rpm: 300 }
+  - model_name: other
+    litellm_params: { model: mock/c }
+router_settings:
+  routing_strategy: latency-based-routing
+  routing_strategy_args: { lowest_latency_buffer: 0.5, ttl: 60 }
+  allowed_fails: 2
+  allowed_fails_policy: { RateLimitErrorAllowedFails: 10, BadRequestErrorAllowedFails: 5 }
+  cooldown_time: 10
+  hedge_after: 2s
+  retry_budget: { max_tokens: 20, token_ratio: 0.2 }
+  model_group_settings:
+    other: { routing_strategy: least-busy, max_hedges: 0 }
+server: { max_concurrent_calls: 500, max_concurrent_streams: 100, max_request_bytes: 65536 }
+"#,
+    )
+    .unwrap();
+    assert!(ok.ignored_keys.is_empty(), "{:?}", ok.ignored_keys);
+    let chat = ok.group("chat").unwrap();
+    assert_eq!(chat.strategy.name(), "latency-based-routing");
+    assert_eq!(chat.hedge.unwrap().after, Duration::from_secs(2));
+    assert_eq!(chat.hedge.unwrap().max, 1);
+    // No weights set and every deployment has rpm: simple-shuffle would weigh by rpm.
+    let weights: Vec<u32> = chat.deployments.iter().map(|d| d.weight).collect();
+    assert_eq!(weights, [100, 300]);
+    assert_eq!(chat.deployments[0].cooldown_time, Duration::from_secs(30));
+    assert_eq!(chat.deployments[1].cooldown_time, Duration::from_secs(10));
+    let other = ok.group("other").unwrap();
+    assert_eq!(other.strategy.name(), "least-busy");
+    assert!(other.hedge.is_none(), "max_hedges: 0 turns hedging off");
+    let c = &ok.router.cooldowns;
+    use llm_router::config::FailKind;
+    assert_eq!(c.allowed(FailKind::RateLimit), Some(10));
+    assert_eq!(c.allowed(FailKind::Timeout), Some(2));
+    assert_eq!(c.allowed(FailKind::BadRequest), Some(5));
+    assert_eq!(c.allowed(FailKind::ContentPolicy), None);
+    assert_eq!(ok.server.max_concurrent_calls, Some(500));
+
+    let keys = error_keys(
+        r#"
+model_list:
+  - model_name: chat
+    litellm_params: { model: mock/a, rpm: 0, tpm: 0, max_parallel_requests: 0 }
+router_settings:
+  routing_strategy: fastest
+  routing_strategy_args: { lowest_latency_buffer: -1 }
+  hedge_after: 0s
+  max_hedges: 9
+  retry_budget: { max_tokens: 5000, token_ratio: 0 }
+  model_group_settings:
+    nope: { routing_strategy: least-busy }
+    chat: { routing_strategy: cheapest }
+server: { max_concurrent_calls: 0, max_concurrent_streams: 0, max_request_bytes: 10, config_watch_interval: 0s }
+"#,
+    );
+    for key in [
+        "model_list[0].litellm_params.rpm",
+        "model_list[0].litellm_params.tpm",
+        "model_list[0].litellm_params.max_parallel_requests",
+        "router_settings.routing_strategy",
+        "router_settings.routing_strategy_args.lowest_latency_buffer",
+        "router_settings.hedge_after",
+        "router_settings.max_hedges",
+        "router_settings.retry_budget.max_tokens",
+        "router_settings.retry_budget.token_ratio",
+        "router_settings.model_group_settings.nope",
+        "router_settings.model_group_settings.chat.routing_strategy",
+        "server.max_concurrent_calls",
+        "server.max_concurrent_streams",
+        "server.max_request_bytes",
+        "server.config_watch_interval",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "no error for {key} in {keys:?}");
+    }
+}

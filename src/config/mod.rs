@@ -532,6 +532,21 @@ fn is_ignored_litellm_key(key: &str) -> bool {
     })
 }
 
+/// A deployment's rpm, tpm and max_parallel_requests, when set.
+fn limits_summary(d: &Deployment) -> String {
+    let mut out = String::new();
+    if let Some(rpm) = d.rpm {
+        out.push_str(&format!(" rpm {rpm}"));
+    }
+    if let Some(tpm) = d.tpm {
+        out.push_str(&format!(" tpm {tpm}"));
+    }
+    if let Some(n) = d.max_parallel_requests {
+        out.push_str(&format!(" max_parallel_requests {n}"));
+    }
+    out
+}
+
 /// What check-config shows of an HTTP provider's settings: whether a key is set and which
 /// headers are added, never their values.
 fn http_summary(h: &HttpProvider) -> String {
@@ -569,23 +584,56 @@ impl Config {
             d(r.retry_backoff_max),
             r.allow_mock_timeout,
         );
+        let c = &r.cooldowns;
+        let _ = writeln!(
+            out,
+            "router: routing_strategy {}, cooldowns {}, retry_budget {}",
+            r.routing_strategy.name(),
+            if c.enabled {
+                format!(
+                    "after {} fails/min for {}",
+                    c.allowed_fails,
+                    d(c.cooldown_time)
+                )
+            } else {
+                "off".to_string()
+            },
+            r.retry_budget.map_or("off".to_string(), |b| format!(
+                "{} tokens, ratio {}",
+                b.max_tokens, b.token_ratio
+            )),
+        );
         let s = &self.server;
         let _ = writeln!(
             out,
-            "server: listen {}, admin_listen {}, deadline_margin {}, drain_period {}, shutdown_grace {}",
+            "server: listen {}, admin_listen {}, deadline_margin {}, drain_period {}, shutdown_grace {}, max_concurrent_calls {}, max_concurrent_streams {}, max_request_bytes {}",
             s.listen,
             s.admin_listen.map_or("none".to_string(), |a| a.to_string()),
             d(s.deadline_margin),
             d(s.drain_period),
-            d(s.shutdown_grace)
+            d(s.shutdown_grace),
+            s.max_concurrent_calls
+                .map_or("unlimited".to_string(), |n| n.to_string()),
+            s.max_concurrent_streams,
+            s.max_request_bytes,
         );
         for g in self.groups.values() {
-            let _ = writeln!(out, "\ngroup {}", g.name);
+            let _ = writeln!(
+                out,
+                "\ngroup {} ({}{})",
+                g.name,
+                g.strategy.name(),
+                g.hedge.map_or(String::new(), |h| format!(
+                    ", hedge after {} up to {}",
+                    d(h.after),
+                    h.max
+                )),
+            );
             for dep in &g.deployments {
                 let base = dep.provider.api_base();
                 let _ = writeln!(
                     out,
-                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}",
+                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}",
                     dep.id,
                     dep.provider.name(),
                     dep.upstream_model,
@@ -598,6 +646,7 @@ impl Config {
                     dep.stream_timeout.map_or("none".into(), d),
                     dep.max_retries,
                     dep.weight,
+                    limits_summary(dep),
                     match &dep.provider {
                         ProviderConfig::Http(h) => http_summary(h),
                         ProviderConfig::Mock(_) => String::new(),
