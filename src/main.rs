@@ -250,7 +250,22 @@ async fn serve(
             };
             llm_router::run_with_reload(listeners, Arc::new(cfg), reload, shutdown_signal()).await?
         }
-        None => llm_router::run(listeners, Arc::new(cfg), shutdown_signal()).await?,
+        None => {
+            // SIGHUP would otherwise end the process; with no file there is nothing to reload.
+            #[cfg(unix)]
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::warn!(
+                            "SIGHUP ignored: serving the built-in config, no file to reload"
+                        );
+                    }
+                });
+            }
+            llm_router::run(listeners, Arc::new(cfg), shutdown_signal()).await?
+        }
     }
     if let Some(tracer) = tracer {
         // Flushes the spans still batched.

@@ -339,7 +339,10 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config() {
     std::fs::write(&path, "model_list: []\n").unwrap();
     hup(&child);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(child.try_wait().unwrap().is_none(), "the server must keep running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server must keep running"
+    );
     assert_eq!(names(&mut client).await, ["one", "two"]);
     client.complete(complete("two")).await.unwrap();
 

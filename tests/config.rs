@@ -426,6 +426,9 @@ server: { max_concurrent_calls: 0, max_concurrent_streams: 0, max_request_bytes:
         "server.max_request_bytes",
         "server.config_watch_interval",
     ] {
-        assert!(keys.iter().any(|k| k == key), "no error for {key} in {keys:?}");
+        assert!(
+            keys.iter().any(|k| k == key),
+            "no error for {key} in {keys:?}"
+        );
     }
 }

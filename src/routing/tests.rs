@@ -569,3 +569,77 @@ async fn first_picks_follow_the_weights() {
     // Weight 3 against 1: about 300 of 400.
     assert!((260..=340).contains(&heavy), "heavy picked {heavy} of 400");
 }
+
+/// Hedging and cooldowns under the paused clock: exact times.
+const HEDGED: &str = r#"
+model_list:
+  - model_name: stuck
+    litellm_params: { model: mock/stuck, timeout: 5s, mock: { failure: hang } }
+    model_info: { id: stuck-0 }
+  - model_name: fast
+    litellm_params: { model: mock/fast, timeout: 5s, mock: { time_to_first_chunk: 100ms, text: "ok" } }
+    model_info: { id: fast-0 }
+  - model_name: down
+    litellm_params: { model: mock/down, timeout: 5s, mock: { failure: server_error } }
+    model_info: { id: down-0 }
+router_settings:
+  num_retries: 0
+  allowed_fails: 0
+  cooldown_time: 2s
+  fallbacks:
+    - stuck: [fast]
+  model_group_settings:
+    stuck: { hedge_after: 300ms, max_hedges: 2 }
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_starts_at_hedge_after_and_its_first_chunk_wins() {
+    let r = router(HEDGED);
+    let start = Instant::now();
+    let a = r.stream(&call("stuck")).await.unwrap();
+    // The hedge (into the fallback: `stuck` has one deployment) starts at 300ms and delivers
+    // its first chunk 100ms later; the primary is cancelled at that instant.
+    assert_eq!(start.elapsed(), ms(400));
+    assert_eq!(a.deployment, "fast-0");
+    assert_eq!(
+        outcomes(&a.attempts),
+        [
+            ("fast-0".into(), AttemptOutcome::Ok),
+            ("stuck-0".into(), AttemptOutcome::Cancelled)
+        ]
+    );
+    assert!(a.attempts[0].hedge && !a.attempts[1].hedge);
+    assert_eq!(a.attempts[1].elapsed, Some(to_proto_duration(ms(400))));
+    // Lost races say nothing about a deployment: `stuck` is not cooling down.
+    let stuck = r.deployment_state("stuck-0").unwrap();
+    assert_eq!(stuck.cooling_until(Instant::now()), None);
+    assert_eq!(stuck.in_flight(), 0);
+    // The winner stays in flight while its stream is open.
+    assert_eq!(r.deployment_state("fast-0").unwrap().in_flight(), 1);
+    drop(a);
+    assert_eq!(r.deployment_state("fast-0").unwrap().in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_that_is_all_cooling_fails_at_once_and_says_when_it_returns() {
+    let r = router(HEDGED);
+    let first = r.complete(&call("down")).await.unwrap_err();
+    assert_eq!(first.error.code(), Code::Unavailable);
+    tokio::time::advance(ms(500)).await;
+    let start = Instant::now();
+    let f = r.complete(&call("down")).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(f.error.reason(), "ALL_DEPLOYMENTS_COOLING_DOWN");
+    assert_eq!(f.error.retry_after(), Some(ms(1501)));
+    assert_eq!(
+        outcomes(&f.attempts),
+        [("down-0".into(), AttemptOutcome::CoolingDown)]
+    );
+    // Back exactly when the cooldown ends.
+    tokio::time::advance(ms(1500)).await;
+    let again = r.complete(&call("down")).await.unwrap_err();
+    assert_eq!(
+        outcomes(&again.attempts),
+        [("down-0".into(), AttemptOutcome::UpstreamError)]
+    );
+}
