@@ -253,6 +253,22 @@ async fn cooldown_entry_skip_expiry_and_return() {
         ),
         "{metrics}"
     );
+    // The metric says until when, as a Unix time, matching ListModels.
+    let gauge: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "llmrouter_deployment_cooldown_until_seconds{model_group=\"primary\",deployment=\"primary\"} ",
+            )
+        })
+        .expect("cooldown_until gauge")
+        .parse()
+        .unwrap();
+    let listed = wall_until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((gauge - listed).abs() < 0.05, "{gauge} vs {listed}");
 
     // While cooling, the group fails at once and the chain moves on without calling it.
     let started = Instant::now();

@@ -362,7 +362,6 @@ impl RouterService for RouterApi {
         let router = self.routers.current();
         let config = router.config();
         let now = Instant::now();
-        let wall = std::time::SystemTime::now();
         let groups = config
             .groups
             .values()
@@ -387,7 +386,7 @@ impl RouterService for RouterApi {
                             max_parallel_requests: d.max_parallel_requests.unwrap_or(0),
                             cooldown_until: state
                                 .and_then(|s| s.cooling_until(now))
-                                .map(|until| prost_types::Timestamp::from(wall + (until - now))),
+                                .map(|until| routing::wall_clock(until).into()),
                             in_flight: state.map_or(0, |s| s.in_flight()),
                             retry_budget_tokens: state.and_then(|s| s.budget_tokens()),
                         }

@@ -872,7 +872,7 @@ impl Router {
 
     /// Logs and counts a deployment entering (or extending) a cooldown.
     fn cooled(&self, group: &str, deployment: &str, until: Instant) {
-        self.metrics.cooldown(group, deployment);
+        self.metrics.cooldown(group, deployment, wall_clock(until));
         tracing::warn!(
             model_group = group,
             deployment,
@@ -1152,6 +1152,17 @@ fn record(
         upstream_status: i32::from(status),
         detail,
         hedge,
+    }
+}
+
+/// A monotonic instant as wall-clock time, for what clients and dashboards read.
+pub fn wall_clock(at: Instant) -> std::time::SystemTime {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    if at >= now {
+        wall + (at - now)
+    } else {
+        wall - (now - at)
     }
 }
 

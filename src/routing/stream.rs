@@ -140,7 +140,8 @@ impl Forward {
                     retry_after: None,
                 })
             {
-                self.metrics.cooldown(&self.group, &self.deployment);
+                self.metrics
+                    .cooldown(&self.group, &self.deployment, super::wall_clock(until));
                 tracing::warn!(
                     model_group = %self.group,
                     deployment = %self.deployment,

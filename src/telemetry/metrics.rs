@@ -84,6 +84,7 @@ pub struct Metrics {
     streams_open: Gauge,
     hedges: Family<DeploymentLabels, Counter>,
     cooldowns: Family<DeploymentLabels, Counter>,
+    cooldown_until: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shed: Family<RpcLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
 }
@@ -176,6 +177,12 @@ impl Metrics {
             "Times a deployment entered (or extended) a cooldown",
             cooldowns.clone(),
         );
+        let cooldown_until = Family::default();
+        registry.register(
+            "deployment_cooldown_until_seconds",
+            "When the deployment's latest cooldown ends, as a Unix time: it is cooling while this is later than time()",
+            cooldown_until.clone(),
+        );
         let shed = Family::default();
         registry.register(
             "calls_shed",
@@ -191,6 +198,7 @@ impl Metrics {
         Metrics {
             hedges,
             cooldowns,
+            cooldown_until,
             shed,
             reloads,
             registry,
@@ -294,10 +302,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cooldown(&self, group: &str, deployment: &str) {
-        self.cooldowns
-            .get_or_create(&deployment_labels(group, deployment))
-            .inc();
+    /// Counts a cooldown and records when it ends.
+    pub fn cooldown(&self, group: &str, deployment: &str, until: std::time::SystemTime) {
+        let labels = deployment_labels(group, deployment);
+        self.cooldowns.get_or_create(&labels).inc();
+        let unix = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.cooldown_until.get_or_create(&labels).set(unix);
     }
 
     pub fn shed(&self, rpc: &'static str) {
