@@ -390,6 +390,10 @@ model_list:
 router_settings:
   timeout: 60s
   stream_idle_timeout: 30s
+  # The timer parts call the hanging deployment on purpose, thousands of times: with cooldowns
+  # on it would be skipped after a few failures (the feature working), and the timers would
+  # not be measured.
+  disable_cooldowns: true
   fallbacks:
     - hang: [fast]
 "#,

@@ -16,6 +16,7 @@
 //!   them, and the log format.
 
 pub mod api;
+pub mod codec;
 pub mod config;
 pub mod providers;
 pub mod reload;

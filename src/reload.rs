@@ -21,9 +21,19 @@ pub struct ConfigFile {
     pub on_sighup: bool,
 }
 
-/// Watches the file until the task is aborted.
-pub(crate) async fn watch(file: ConfigFile, routers: Arc<SharedRouter>, metrics: Arc<Metrics>) {
-    let mut last = tokio::fs::read(&file.path).await.ok();
+/// The file's text now, read before serving starts: the running config's, so that a change
+/// made after start-up is never taken for the starting point.
+pub(crate) fn snapshot(file: &ConfigFile) -> Option<Vec<u8>> {
+    std::fs::read(&file.path).ok()
+}
+
+/// Watches the file until the task is aborted. `last` is the text the running config came from.
+pub(crate) async fn watch(
+    file: ConfigFile,
+    mut last: Option<Vec<u8>>,
+    routers: Arc<SharedRouter>,
+    metrics: Arc<Metrics>,
+) {
     // The file's own settings as last loaded, apart from command-line overrides, to tell which
     // restart-only settings the file changed.
     let mut file_config = last

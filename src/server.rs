@@ -98,8 +98,10 @@ async fn serve(
     ));
     // Stops watching however `serve` returns.
     let _watcher = reload.map(|r| {
+        let text = crate::reload::snapshot(&r);
         AbortOnDrop(tokio::spawn(crate::reload::watch(
             r,
+            text,
             routers.clone(),
             metrics.clone(),
         )))
