@@ -406,8 +406,8 @@ async fn a_hedge_wins_over_a_hanging_primary_and_the_loser_is_abandoned() {
     assert_eq!(
         attempts,
         vec![
-            ("spare".to_string(), AttemptOutcome::Ok, true),
-            ("stuck".to_string(), AttemptOutcome::Cancelled, false)
+            ("stuck".to_string(), AttemptOutcome::Cancelled, false),
+            ("spare".to_string(), AttemptOutcome::Ok, true)
         ]
     );
     while s.message().await.unwrap().is_some() {}
@@ -436,8 +436,8 @@ async fn a_group_with_one_deployment_hedges_into_its_first_fallback() {
     assert_eq!(
         outcomes(&resp.attempts),
         vec![
-            ("backup".to_string(), AttemptOutcome::Ok),
-            ("slow".to_string(), AttemptOutcome::Cancelled)
+            ("slow".to_string(), AttemptOutcome::Cancelled),
+            ("backup".to_string(), AttemptOutcome::Ok)
         ]
     );
     assert_eq!(up.wait_abandoned("slow", 1).await.abandoned, 1);

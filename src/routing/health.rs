@@ -14,7 +14,8 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::config::{CooldownPolicy, FailKind, RetryBudget};
+use crate::config::{CooldownPolicy, Deployment, FailKind, RetryBudget};
+use crate::telemetry::Metrics;
 
 /// Length of the windows that `allowed_fails`, `rpm` and `tpm` count in.
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -317,24 +318,37 @@ pub struct Lease(Arc<DeploymentState>);
 #[derive(Debug)]
 pub struct Tracker {
     pub lease: Lease,
+    /// The attempt's deployment: its `cooldown_time`, and the labels a cooldown is reported by.
+    pub deployment: Arc<Deployment>,
     pub policy: CooldownPolicy,
-    pub cooldown_time: Duration,
     pub budget: Option<RetryBudget>,
     pub latency_ttl: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Tracker {
-    /// Records how the attempt (or its committed stream) ended; returns the end of a cooldown
-    /// this started.
-    pub fn record(&self, end: AttemptEnd) -> Option<Instant> {
-        self.lease.0.record(
+    /// Records how the attempt (or its committed stream) ended. A cooldown this starts (or
+    /// extends) is counted, logged and given to the cooldown gauge here, whoever ended it.
+    pub fn record(&self, end: AttemptEnd) {
+        let d = &self.deployment;
+        let Some(until) = self.lease.0.record(
             Instant::now(),
             end,
             &self.policy,
-            self.cooldown_time,
+            d.cooldown_time,
             self.budget,
             self.latency_ttl,
-        )
+        ) else {
+            return;
+        };
+        self.metrics
+            .cooldown(&d.group, &d.id, super::wall_clock(until));
+        tracing::warn!(
+            model_group = %d.group,
+            deployment = %d.id,
+            cooldown_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            "deployment failed more than allowed_fails times within a minute: cooling down"
+        );
     }
 
     pub fn add_tokens(&self, tokens: u64) {

@@ -632,7 +632,6 @@ impl Router {
                     let Some(mut r) = running.get_mut(no).and_then(Option::take) else {
                         continue;
                     };
-                    self.settle(plan, &mut r, result.as_ref(), call);
                     let owner = if r.in_next_group { carried.as_mut() } else { Some(&mut *pick) };
                     if let Some(p) = owner {
                         p.running[r.idx] = false;
@@ -644,12 +643,32 @@ impl Router {
                             }
                         }
                     }
+                    // The round ends with an answer, with its last attempt failing, or with a
+                    // failure no other deployment can mend (a bad request). Attempts still
+                    // running are cancelled and logged first, so that the attempt that decided
+                    // the call is the last in the log, as the API promises.
+                    let ends_round = match &result {
+                        Ok(_) => true,
+                        Err(f) => {
+                            pending.is_empty()
+                                || !matches!(f.next(), Next::Retry | Next::SkipDeployment)
+                        }
+                    };
+                    if ends_round {
+                        let why = match &result {
+                            Ok(_) => format!(
+                                "lost the hedge race to `{}`",
+                                r.group.deployments[r.idx].id
+                            ),
+                            Err(_) => "another attempt of the call failed for good".to_string(),
+                        };
+                        for other in running.iter_mut().filter_map(Option::take) {
+                            self.cancel(other, &why, call);
+                        }
+                    }
+                    self.settle(plan, &mut r, result.as_ref(), call);
                     match result {
                         Ok(value) => {
-                            let winner = r.group.deployments[r.idx].id.clone();
-                            for loser in running.iter_mut().filter_map(Option::take) {
-                                self.cancel(loser, &format!("lost the hedge race to `{winner}`"), call);
-                            }
                             return Ok(Won {
                                 value,
                                 group: r.group,
@@ -658,16 +677,9 @@ impl Router {
                                 tracker: r.tracker,
                             });
                         }
-                        Err(failure) => {
-                            let call_level = !matches!(failure.next(), Next::Retry | Next::SkipDeployment);
-                            if pending.is_empty() || call_level {
-                                for other in running.iter_mut().filter_map(Option::take) {
-                                    self.cancel(other, "another attempt of the call failed for good", call);
-                                }
-                                return Err(failure);
-                            }
-                            // Others are still running: wait for them.
-                        }
+                        Err(failure) if ends_round => return Err(failure),
+                        // Others are still running: wait for them.
+                        Err(_) => {}
                     }
                 }
                 () = timer => {
@@ -773,10 +785,11 @@ impl Router {
         let r = &self.config.router;
         let tracker = Tracker {
             lease: slot.state.begin(start, plan.request_tokens),
+            deployment: deployment.clone(),
             policy: r.cooldowns,
-            cooldown_time: deployment.cooldown_time,
             budget: r.retry_budget,
             latency_ttl: r.latency_ttl,
+            metrics: self.metrics.clone(),
         };
         let until = deadlines.until_first_chunk();
         let fut = attempt(slot.provider.clone(), deadlines);
@@ -863,22 +876,9 @@ impl Router {
                 })
             }
         };
-        if let Some(end) = end
-            && let Some(until) = r.tracker.record(end)
-        {
-            self.cooled(&r.group.name, &deployment.id, until);
+        if let Some(end) = end {
+            r.tracker.record(end);
         }
-    }
-
-    /// Logs and counts a deployment entering (or extending) a cooldown.
-    fn cooled(&self, group: &str, deployment: &str, until: Instant) {
-        self.metrics.cooldown(group, deployment, wall_clock(until));
-        tracing::warn!(
-            model_group = group,
-            deployment,
-            cooldown_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
-            "deployment failed more than allowed_fails times within a minute: cooling down"
-        );
     }
 
     /// Abandons a running attempt: its future is dropped by the caller, which closes the

@@ -7,7 +7,7 @@
 //! the provider stream and closes the upstream request. A client that stops reading stops the
 //! polling too: its deadline is then answered at its next read.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep_until};
@@ -44,7 +44,7 @@ pub fn forward(
     answered: Answered<Committed>,
     id: String,
     idle: Duration,
-    metrics: &Arc<Metrics>,
+    metrics: &Metrics,
     on_end: OnEnd,
 ) -> ResponseStream {
     let Answered {
@@ -66,7 +66,6 @@ pub fn forward(
     head.attempts = attempts.clone();
     let state = Forward {
         _open: metrics.stream_open(),
-        metrics: metrics.clone(),
         rest,
         head: Some(head),
         id,
@@ -81,7 +80,6 @@ pub fn forward(
         usage: first.usage,
         on_end: Some(on_end),
         done: false,
-        idle_timed_out: false,
         tracker,
     };
     Box::pin(stream::unfold(state, next))
@@ -103,10 +101,8 @@ struct Forward {
     usage: Option<Usage>,
     on_end: Option<OnEnd>,
     done: bool,
-    idle_timed_out: bool,
     /// Keeps the deployment's attempt in flight until the stream ends, and records its end.
     tracker: Option<Tracker>,
-    metrics: Arc<Metrics>,
     _open: GaugeGuard,
 }
 
@@ -123,32 +119,11 @@ impl Forward {
 
     fn end(&mut self, how: StreamEnd) {
         self.done = true;
-        if let Some(t) = self.tracker.take() {
-            if let Some(u) = &self.usage {
-                t.add_tokens(u64::from(u.completion_tokens));
-            }
-            // A stream that went silent or broke counts against its deployment, as a failed
-            // attempt would; the call's own deadline or a client going away does not.
-            let kind = match how {
-                StreamEnd::Failed(tonic::Code::Unavailable) => Some(FailKind::InternalServer),
-                StreamEnd::Failed(_) if self.idle_timed_out => Some(FailKind::Timeout),
-                _ => None,
-            };
-            if let Some(kind) = kind
-                && let Some(until) = t.record(AttemptEnd::Failed {
-                    kind,
-                    retry_after: None,
-                })
-            {
-                self.metrics
-                    .cooldown(&self.group, &self.deployment, super::wall_clock(until));
-                tracing::warn!(
-                    model_group = %self.group,
-                    deployment = %self.deployment,
-                    cooldown_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
-                    "deployment failed more than allowed_fails times within a minute: cooling down"
-                );
-            }
+        // Dropping the tracker ends the deployment's in-flight count.
+        if let Some(t) = self.tracker.take()
+            && let Some(u) = &self.usage
+        {
+            t.add_tokens(u64::from(u.completion_tokens));
         }
         if let Some(f) = self.on_end.take() {
             f(how, self.usage);
@@ -161,6 +136,19 @@ impl Forward {
             last.outcome = outcome as i32;
             last.elapsed = Some(to_proto_duration(self.attempt_started.elapsed()));
             last.detail = error.message();
+        }
+        // A stream that went silent or broke counts against its deployment, as a failed attempt
+        // would; the call's own deadline running out does not.
+        let kind = match outcome {
+            AttemptOutcome::IdleTimeout => Some(FailKind::Timeout),
+            AttemptOutcome::UpstreamError => Some(FailKind::InternalServer),
+            _ => None,
+        };
+        if let (Some(kind), Some(t)) = (kind, &self.tracker) {
+            t.record(AttemptEnd::Failed {
+                kind,
+                retry_after: None,
+            });
         }
         let status = call_status(&error, &self.attempts);
         self.end(StreamEnd::Failed(error.code()));
@@ -195,7 +183,6 @@ async fn next(mut st: Forward) -> Option<(Result<StreamCompleteResponse, Status>
             }
             _ = sleep_until(idle_at) => {
                 let idle = st.idle;
-                st.idle_timed_out = true;
                 let status = st.fail(CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
                 return Some((Err(status), st));
             }
