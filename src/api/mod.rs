@@ -183,7 +183,7 @@ impl CallRecord {
         match self.router.config().server.max_concurrent_calls {
             Some(limit) if self.in_flight_at_start > limit as usize => {
                 self.router.metrics().shed(self.rpc);
-                Err(self.fail(invalid(CallError::Overloaded { limit })))
+                Err(self.fail(CallError::Overloaded { limit }.into()))
             }
             _ => Ok(()),
         }
@@ -238,13 +238,6 @@ fn record_usage(span: &tracing::Span, usage: &proto::Usage) {
     span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
 }
 
-fn invalid(error: CallError) -> CallFailure {
-    CallFailure {
-        error,
-        attempts: Vec::new(),
-    }
-}
-
 impl RouterApi {
     async fn complete_in(
         &self,
@@ -255,7 +248,7 @@ impl RouterApi {
         record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let call = request::call_from_complete(request.into_inner(), client_timeout)
-            .map_err(|e| record.fail(invalid(e)))?;
+            .map_err(|e| record.fail(e.into()))?;
         let router = record.router.clone();
         let answered = router.complete(&call).await.map_err(|f| record.fail(f))?;
         let completion = answered.value;
@@ -292,7 +285,7 @@ impl RouterApi {
         record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let call = request::call_from_stream(request.into_inner(), client_timeout)
-            .map_err(|e| record.fail(invalid(e)))?;
+            .map_err(|e| record.fail(e.into()))?;
         let router = record.router.clone();
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.

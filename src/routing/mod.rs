@@ -162,7 +162,7 @@ impl AttemptValue for Completion {
     fn output_tokens(&self) -> Option<u32> {
         Some(match &self.usage {
             Some(u) if u.completion_tokens > 0 => u.completion_tokens,
-            _ => estimate_tokens(&self.text),
+            _ => u32::try_from(estimate_tokens(self.text.len())).unwrap_or(u32::MAX),
         })
     }
 }
@@ -173,9 +173,10 @@ impl AttemptValue for Committed {
     }
 }
 
-/// About four characters a token: close enough for per-minute limits.
-fn estimate_tokens(text: &str) -> u32 {
-    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
+/// Tokens in `chars` characters of text, at about four a token: close enough for per-minute
+/// limits and latency per token.
+fn estimate_tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
 }
 
 impl Router {
@@ -320,13 +321,13 @@ impl Router {
             mock_timeout: req.mock_timeout,
             stream_timeout: req.stream_timeout,
             streaming,
-            request_tokens: prompt_chars.div_ceil(4) as u64,
+            request_tokens: estimate_tokens(prompt_chars),
         })
     }
 
     /// Answers a unary call.
     pub async fn complete(&self, req: &CallRequest) -> Result<Answered<Completion>, CallFailure> {
-        let plan = self.plan(req, false).map_err(no_attempts)?;
+        let plan = self.plan(req, false).map_err(CallFailure::from)?;
         if let Some(text) = &req.mock_response {
             return Ok(mock_answer(&plan, text, mock_completion(text)));
         }
@@ -342,7 +343,7 @@ impl Router {
 
     /// Walks the chain until an attempt delivers its first chunk: the commit point.
     pub async fn stream(&self, req: &CallRequest) -> Result<Answered<Committed>, CallFailure> {
-        let plan = self.plan(req, true).map_err(no_attempts)?;
+        let plan = self.plan(req, true).map_err(CallFailure::from)?;
         if let Some(text) = &req.mock_response {
             return Ok(mock_answer(&plan, text, mock_committed(text)));
         }
@@ -1173,10 +1174,13 @@ pub fn to_proto_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-fn no_attempts(error: CallError) -> CallFailure {
-    CallFailure {
-        error,
-        attempts: Vec::new(),
+/// A call that failed before any attempt: a bad request, or a call refused at the door.
+impl From<CallError> for CallFailure {
+    fn from(error: CallError) -> Self {
+        CallFailure {
+            error,
+            attempts: Vec::new(),
+        }
     }
 }
 
