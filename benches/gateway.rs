@@ -4,6 +4,10 @@
 //!
 //!   cargo bench --bench gateway                 # everything (a few minutes)
 //!   cargo bench --bench gateway -- --only timers
+//!   cargo bench --bench gateway -- --only overhead --rates 1000 --seconds 5
+//!
+//! `--stream-rate 0` leaves out the streaming half of `overhead`. For profiling, `LLMROUTER_BENCH_WRAP` is a command that both measured processes are started
+//! under, such as `valgrind --tool=callgrind` (with low `--rates`).
 //!
 //! Parts: `overhead` (added latency at fixed rates, unary and time to first chunk, with CPU per
 //! call against the baseline), `scale` (10,000 open streams: memory per stream), `timers`
@@ -52,7 +56,26 @@ fn main() {
         .find(|w| w[0] == "--only")
         .map(|w| w[1].split(',').map(String::from).collect());
     let wants = |part: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == part));
-    let scale = if full { Scale::full() } else { Scale::tiny() };
+    let mut scale = if full { Scale::full() } else { Scale::tiny() };
+    // Shorter or different runs, for profiling: `--rates 200 --seconds 3`.
+    let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+    if let Some(r) = flag("--rates") {
+        scale.rates = r
+            .split(',')
+            .map(|n| {
+                n.parse()
+                    .expect("--rates: calls per second, comma-separated")
+            })
+            .collect();
+    }
+    if let Some(r) = flag("--stream-rate") {
+        scale.stream_rate = r
+            .parse()
+            .expect("--stream-rate: streams per second, 0 for none");
+    }
+    if let Some(s) = flag("--seconds") {
+        scale.seconds = s.parse().expect("--seconds: a number");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -285,6 +308,24 @@ impl Server {
         Duration::from_nanos(total)
     }
 
+    /// Context switches of every thread of the process: how often it went to sleep and was
+    /// woken, which on a small machine costs as much as the work itself.
+    fn switches(&self) -> u64 {
+        let mut total = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) {
+            for t in tasks.flatten() {
+                if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
+                    total += s
+                        .lines()
+                        .filter(|l| l.contains("ctxt_switches:"))
+                        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                        .sum::<u64>();
+                }
+            }
+        }
+        total
+    }
+
     fn rss_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
@@ -311,6 +352,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::env::var_os("LLMROUTER_BENCH_WRAP").is_some() {
+            // A profiler writes its report when the process ends by a signal it can see.
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            for _ in 0..600 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -333,6 +386,19 @@ async fn wait_serving(addr: SocketAddr) {
     panic!("nothing listens on {addr}");
 }
 
+/// `program`, under `LLMROUTER_BENCH_WRAP`'s command when it is set.
+fn wrapped(program: &str) -> Command {
+    match std::env::var("LLMROUTER_BENCH_WRAP") {
+        Ok(wrap) if !wrap.trim().is_empty() => {
+            let mut words = wrap.split_whitespace();
+            let mut cmd = Command::new(words.next().unwrap());
+            cmd.args(words).arg(program);
+            cmd
+        }
+        _ => Command::new(program),
+    }
+}
+
 /// The release llm-router with `config`.
 async fn llm_router(config: &str) -> Server {
     let path = std::env::temp_dir().join(format!(
@@ -342,7 +408,7 @@ async fn llm_router(config: &str) -> Server {
     ));
     std::fs::write(&path, config).unwrap();
     let addr = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_llm-router"))
+    let child = wrapped(env!("CARGO_BIN_EXE_llm-router"))
         .args([
             "--config",
             path.to_str().unwrap(),
@@ -363,7 +429,7 @@ async fn llm_router(config: &str) -> Server {
 /// The baseline: this executable in its forwarder role.
 async fn baseline(upstream: &Upstream) -> Server {
     let addr = free_port();
-    let child = Command::new(std::env::current_exe().unwrap())
+    let child = wrapped(std::env::current_exe().unwrap().to_str().unwrap())
         .env(ROLE_ENV, "forwarder")
         .env("FORWARD_LISTEN", addr.to_string())
         .env("FORWARD_UPSTREAM", upstream.base())
@@ -486,9 +552,9 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         scale.latency.as_millis()
     );
     println!(
-        "| rate (calls/s) | path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/call | failed |"
+        "| rate (calls/s) | path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/call | switches/call | failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &rate in &scale.rates {
         // Warm every path's connections first.
         let warm = (rate / 10).max(10);
@@ -501,23 +567,36 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         })
         .await;
         let (direct, dfail) = sorted_ok(&direct);
-        row(rate, "direct HTTP", &direct, &direct, dfail, None);
+        row(rate, "direct HTTP", &direct, &direct, dfail, None, None);
 
         for (name, server, clients) in [
             ("llm-router", &router, &router_clients),
             ("baseline forwarder", &base, &base_clients),
         ] {
-            let cpu0 = server.cpu();
+            let (cpu0, sw0) = (server.cpu(), server.switches());
             let lat = at_rate(rate, scale.seconds, |i| unary_grpc(clients.clone(), i)).await;
-            let cpu = server.cpu() - cpu0;
+            let (cpu, sw) = (server.cpu() - cpu0, server.switches() - sw0);
             let (lat, fail) = sorted_ok(&lat);
-            let per_call = cpu / (lat.len().max(1) as u32);
-            row(rate, name, &lat, &direct, fail, Some(per_call));
+            let calls = lat.len().max(1);
+            let per_call = cpu / (calls as u32);
+            let switches = sw as f64 / calls as f64;
+            row(
+                rate,
+                name,
+                &lat,
+                &direct,
+                fail,
+                Some(per_call),
+                Some(switches),
+            );
         }
     }
     println!();
 
     // Streams: added time to first chunk, and CPU per 1,000 chunks.
+    if scale.stream_rate == 0 {
+        return;
+    }
     println!("## Overhead and cost: StreamComplete\n");
     println!(
         "{} calls/s for {}s, {} chunks each, {}ms to the first chunk, then a chunk every {}ms.\n",
@@ -579,6 +658,7 @@ fn row(
     direct: &[Duration],
     failed: usize,
     cpu: Option<Duration>,
+    switches: Option<f64>,
 ) {
     let added = |p| {
         if std::ptr::eq(lat, direct) {
@@ -588,7 +668,7 @@ fn row(
         }
     };
     println!(
-        "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {failed} |",
+        "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {failed} |",
         us(percentile(lat, 50.0)),
         us(percentile(lat, 99.0)),
         us(percentile(lat, 99.9)),
@@ -596,6 +676,7 @@ fn row(
         added(99.0),
         added(99.9),
         cpu.map_or(String::new(), |c| format!("{:.1}", c.as_secs_f64() * 1e6)),
+        switches.map_or(String::new(), |s| format!("{s:.1}")),
     );
 }
 

@@ -14,6 +14,7 @@
 pub mod deadline;
 pub mod error;
 pub mod health;
+mod race;
 pub mod retry;
 pub mod stream;
 
@@ -24,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::StreamExt;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::config::{Config, Deployment, ModelGroup, Strategy};
@@ -598,7 +599,7 @@ impl Router {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut running: Vec<Option<Running>> = Vec::with_capacity(1);
-        let mut pending = FuturesUnordered::new();
+        let mut pending = race::Race::new();
         let mock = plan.mock_timeout && round.is_requested;
         let (first, fut) = self.launch(
             plan,
