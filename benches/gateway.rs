@@ -6,7 +6,7 @@
 //!   cargo bench --bench gateway -- --only timers
 //!   cargo bench --bench gateway -- --only overhead --rates 1000 --seconds 5
 //!
-//! `--stream-rate 0` leaves out the streaming half of `overhead`. For profiling, `LLMROUTER_BENCH_WRAP` is a command that both measured processes are started
+//! `--streams N` holds N streams open in `scale`. `--stream-rate 0` leaves out the streaming half of `overhead`. For profiling, `LLMROUTER_BENCH_WRAP` is a command that both measured processes are started
 //! under, such as `valgrind --tool=callgrind` (with low `--rates`).
 //!
 //! Parts: `overhead` (added latency at fixed rates, unary and time to first chunk, with CPU per
@@ -72,6 +72,9 @@ fn main() {
         scale.stream_rate = r
             .parse()
             .expect("--stream-rate: streams per second, 0 for none");
+    }
+    if let Some(n) = flag("--streams") {
+        scale.held_streams = n.parse().expect("--streams: how many streams to hold open");
     }
     if let Some(s) = flag("--seconds") {
         scale.seconds = s.parse().expect("--seconds: a number");

@@ -9,7 +9,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, Endpoint, EventParser, Step, malformed};
+use super::http::{self, Endpoint, EventParser, Step, Target, malformed};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
 use crate::proto::{FinishReason, Role, Usage};
@@ -20,7 +20,7 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 #[derive(Debug)]
 pub struct AnthropicProvider {
     endpoint: Endpoint,
-    url: String,
+    url: Target,
     model: String,
     max_tokens: u32,
 }
@@ -33,7 +33,7 @@ impl AnthropicProvider {
         }
         AnthropicProvider {
             endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
-            url: format!("{}/v1/messages", cfg.api_base),
+            url: Target::new(format!("{}/v1/messages", cfg.api_base)),
             model: model.to_string(),
             max_tokens: cfg
                 .default_max_tokens

@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, Endpoint, EventParser, Step, malformed};
+use super::http::{self, Endpoint, EventParser, Step, Target, malformed};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::HttpProvider;
 use crate::proto::{FinishReason, Role, Usage};
@@ -18,8 +18,8 @@ use crate::proto::{FinishReason, Role, Usage};
 #[derive(Debug)]
 pub struct GeminiProvider {
     endpoint: Endpoint,
-    unary_url: String,
-    stream_url: String,
+    unary_url: Target,
+    stream_url: Target,
     default_max_tokens: Option<u32>,
 }
 
@@ -33,8 +33,8 @@ impl GeminiProvider {
         let model_url = format!("{}/models/{model}", cfg.api_base);
         GeminiProvider {
             endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
-            unary_url: format!("{model_url}:generateContent"),
-            stream_url: format!("{model_url}:streamGenerateContent?alt=sse"),
+            unary_url: Target::new(format!("{model_url}:generateContent")),
+            stream_url: Target::new(format!("{model_url}:streamGenerateContent?alt=sse")),
             default_max_tokens: cfg.default_max_tokens,
         }
     }

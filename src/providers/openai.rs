@@ -3,10 +3,10 @@
 //! differs only in its URL and auth header. Unary JSON and SSE streaming ending in `[DONE]`.
 
 use reqwest::header::HeaderMap;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::http::{self, Endpoint, EventParser, Step, malformed};
+use super::http::{self, Endpoint, EventParser, Step, Target, malformed};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::WireFormat};
 use crate::proto::{FinishReason, Role, Usage};
@@ -14,7 +14,7 @@ use crate::proto::{FinishReason, Role, Usage};
 #[derive(Debug)]
 pub struct OpenAiProvider {
     endpoint: Endpoint,
-    url: String,
+    url: Target,
     /// Sent as `model`; for Azure, the deployment name, which is also in the URL.
     model: String,
     default_max_tokens: Option<u32>,
@@ -49,45 +49,35 @@ impl OpenAiProvider {
         };
         OpenAiProvider {
             endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
-            url,
+            url: Target::new(url),
             model: model.to_string(),
             default_max_tokens: cfg.default_max_tokens,
         }
     }
 
-    fn body(&self, req: &ChatRequest, stream: bool) -> Value {
-        let messages: Vec<Value> = req
-            .messages
-            .iter()
-            .map(|m| {
-                let mut msg = json!({ "role": role_name(m.role()), "content": m.content });
-                if let Some(name) = &m.name {
-                    msg["name"] = json!(name);
-                }
-                msg
-            })
-            .collect();
-        let mut body = json!({ "model": self.model, "messages": messages, "stream": stream });
-        if stream {
+    fn body<'a>(&'a self, req: &'a ChatRequest, stream: bool) -> ChatBody<'a> {
+        ChatBody {
+            model: &self.model,
+            messages: req
+                .messages
+                .iter()
+                .map(|m| Message {
+                    role: role_name(m.role()),
+                    content: &m.content,
+                    name: m.name.as_deref(),
+                })
+                .collect(),
+            stream,
             // Without it, streamed calls report no usage.
-            body["stream_options"] = json!({ "include_usage": true });
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            max_tokens: req.max_tokens.or(self.default_max_tokens),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            stop: &req.stop,
+            user: &req.user,
         }
-        if let Some(v) = req.max_tokens.or(self.default_max_tokens) {
-            body["max_tokens"] = json!(v);
-        }
-        if let Some(v) = req.temperature {
-            body["temperature"] = json!(v);
-        }
-        if let Some(v) = req.top_p {
-            body["top_p"] = json!(v);
-        }
-        if !req.stop.is_empty() {
-            body["stop"] = json!(req.stop);
-        }
-        if !req.user.is_empty() {
-            body["user"] = json!(req.user);
-        }
-        body
     }
 
     pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
@@ -106,6 +96,40 @@ impl OpenAiProvider {
             .await?;
         Ok(http::sse_stream(response, OpenAiEvents))
     }
+}
+
+/// A chat-completions request body, serialized straight from the call's own strings (a
+/// `serde_json::Value` would copy each of them into a map first, on every attempt).
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<Message<'a>>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    user: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 /// OpenAI's status codes, plus its content-policy codes (Azure's `content_filter`, OpenAI's
@@ -251,6 +275,87 @@ impl WireUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn provider(default_max_tokens: Option<u32>) -> OpenAiProvider {
+        OpenAiProvider::new(
+            reqwest::Client::new(),
+            &HttpProvider {
+                prefix: "openai",
+                wire: WireFormat::OpenAi,
+                api_base: "http://127.0.0.1:9/v1".into(),
+                api_key: None,
+                organization: None,
+                api_version: None,
+                extra_headers: Vec::new(),
+                default_max_tokens,
+            },
+            "gpt-4o",
+        )
+    }
+
+    fn message(role: Role, content: &str, name: Option<&str>) -> crate::proto::ChatMessage {
+        crate::proto::ChatMessage {
+            role: role as i32,
+            content: content.into(),
+            name: name.map(String::from),
+        }
+    }
+
+    #[test]
+    fn request_body_carries_every_set_field_and_omits_unset_ones() {
+        let p = provider(Some(64));
+        let full = ChatRequest {
+            messages: vec![
+                message(Role::System, "Be brief.", None),
+                message(Role::User, "Hi \"there\"", Some("ann")),
+            ],
+            max_tokens: Some(5),
+            temperature: Some(0.5),
+            top_p: Some(0.25),
+            stop: vec!["\n\n".into()],
+            user: "u-1".into(),
+        };
+        let body = serde_json::to_value(p.body(&full, true)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi \"there\"", "name": "ann"},
+                ],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "max_tokens": 5,
+                "temperature": 0.5,
+                "top_p": 0.25,
+                "stop": ["\n\n"],
+                "user": "u-1",
+            })
+        );
+
+        let bare = ChatRequest {
+            messages: vec![message(Role::User, "Hi", None)],
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            stop: Vec::new(),
+            user: String::new(),
+        };
+        // The deployment's default max_tokens applies when the call sets none.
+        let body = serde_json::to_value(p.body(&bare, false)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "stream": false,
+                "max_tokens": 64,
+            })
+        );
+        let body = serde_json::to_value(provider(None).body(&bare, false)).unwrap();
+        assert!(body.get("max_tokens").is_none(), "{body}");
+    }
 
     fn step(data: &str) -> Option<Chunk> {
         match OpenAiEvents.event(data).unwrap() {

@@ -656,7 +656,7 @@ impl Router {
                                 || !matches!(f.next(), Next::Retry | Next::SkipDeployment)
                         }
                     };
-                    if ends_round {
+                    if ends_round && running.iter().any(Option::is_some) {
                         let why = match &result {
                             Ok(_) => format!(
                                 "lost the hedge race to `{}`",
