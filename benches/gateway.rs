@@ -329,6 +329,24 @@ impl Server {
         total
     }
 
+    /// User and kernel CPU time of the process, in clock ticks (from /proc/<pid>/stat): coarse,
+    /// but enough to split a few seconds of load between the two.
+    fn user_sys_ticks(&self) -> (u64, u64) {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+        (
+            f.get(11).copied().unwrap_or(0),
+            f.get(12).copied().unwrap_or(0),
+        )
+    }
+
     fn rss_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
@@ -555,9 +573,9 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         scale.latency.as_millis()
     );
     println!(
-        "| rate (calls/s) | path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/call | switches/call | failed |"
+        "| rate (calls/s) | path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/call | of it in kernel | switches/call | failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &rate in &scale.rates {
         // Warm every path's connections first.
         let warm = (rate / 10).max(10);
@@ -570,15 +588,17 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         })
         .await;
         let (direct, dfail) = sorted_ok(&direct);
-        row(rate, "direct HTTP", &direct, &direct, dfail, None, None);
+        row(rate, "direct HTTP", &direct, &direct, dfail, None);
 
         for (name, server, clients) in [
             ("llm-router", &router, &router_clients),
             ("baseline forwarder", &base, &base_clients),
         ] {
-            let (cpu0, sw0) = (server.cpu(), server.switches());
+            let (cpu0, sw0, (u0, s0)) = (server.cpu(), server.switches(), server.user_sys_ticks());
             let lat = at_rate(rate, scale.seconds, |i| unary_grpc(clients.clone(), i)).await;
             let (cpu, sw) = (server.cpu() - cpu0, server.switches() - sw0);
+            let (u1, s1) = server.user_sys_ticks();
+            let kernel = (s1 - s0) as f64 / ((u1 - u0) + (s1 - s0)).max(1) as f64;
             let (lat, fail) = sorted_ok(&lat);
             let calls = lat.len().max(1);
             let per_call = cpu / (calls as u32);
@@ -589,8 +609,7 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
                 &lat,
                 &direct,
                 fail,
-                Some(per_call),
-                Some(switches),
+                Some((per_call, kernel, switches)),
             );
         }
     }
@@ -660,8 +679,8 @@ fn row(
     lat: &[Duration],
     direct: &[Duration],
     failed: usize,
-    cpu: Option<Duration>,
-    switches: Option<f64>,
+    // CPU per call, the kernel's share of it, and context switches per call.
+    cost: Option<(Duration, f64, f64)>,
 ) {
     let added = |p| {
         if std::ptr::eq(lat, direct) {
@@ -671,15 +690,16 @@ fn row(
         }
     };
     println!(
-        "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {failed} |",
+        "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {failed} |",
         us(percentile(lat, 50.0)),
         us(percentile(lat, 99.0)),
         us(percentile(lat, 99.9)),
         added(50.0),
         added(99.0),
         added(99.9),
-        cpu.map_or(String::new(), |c| format!("{:.1}", c.as_secs_f64() * 1e6)),
-        switches.map_or(String::new(), |s| format!("{s:.1}")),
+        cost.map_or(String::new(), |c| format!("{:.1}", c.0.as_secs_f64() * 1e6)),
+        cost.map_or(String::new(), |c| format!("{:.0}%", c.1 * 100.0)),
+        cost.map_or(String::new(), |c| format!("{:.1}", c.2)),
     );
 }
 
@@ -799,48 +819,50 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
     );
 
     // The total deadline: many calls at once, each with a 200ms timeout, all hanging. The
-    // answer is due at 200ms less the 20ms margin.
+    // answer is due at 200ms less the 20ms margin. Twice: first as the burst comes, when
+    // llm-router must open an upstream connection for every call as it arrives; then again
+    // once it holds that many pooled connections, so that what is measured is the deadlines.
     let n = scale.concurrent_deadlines;
-    let start_all = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let clients = clients.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = clients[i % clients.len()].clone();
-            let req = CompleteRequest {
-                model: "hang".into(),
-                messages: messages(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 200_000_000,
-                }),
-                fallbacks: vec!["hang".into()],
-                ..Default::default()
-            };
-            let start = Instant::now();
-            let r = c.complete(req).await;
-            (start.elapsed(), r.err().map(|s| s.code()))
-        }));
+    deadline_burst(&clients, n, "new upstream connections").await;
+    // n calls that overlap and then succeed leave n idle connections in llm-router's pool.
+    upstream.set_latency(Duration::from_millis(300));
+    let warm: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(unary_grpc(clients.clone(), i)))
+        .collect();
+    for w in warm {
+        let _ = w.await;
     }
-    let mut arrivals = Vec::new();
-    let mut wrong = 0;
-    for t in tasks {
-        let (d, code) = t.await.unwrap();
-        if code == Some(tonic::Code::DeadlineExceeded) {
-            arrivals.push(d);
-        } else {
-            wrong += 1;
-        }
+    upstream.set_latency(scale.latency);
+    deadline_burst(&clients, n, "pooled upstream connections").await;
+    // What such a burst costs with no deadline in it: the same calls to a deployment that
+    // answers at once. Their latency is the floor under the two rows above.
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let clients = clients.clone();
+            tokio::spawn(async move {
+                let mut c = clients[i % clients.len()].clone();
+                let req = CompleteRequest {
+                    model: "fast".into(),
+                    messages: messages(),
+                    max_tokens: Some(1),
+                    ..Default::default()
+                };
+                let start = Instant::now();
+                c.complete(req).await.ok()?;
+                Some(start.elapsed())
+            })
+        })
+        .collect();
+    let mut answered = Vec::with_capacity(n);
+    for c in calls {
+        answered.push(c.await.ok().flatten());
     }
-    arrivals.sort();
+    let (answered, fail) = sorted_ok(&answered);
     print_lateness(
-        &format!(
-            "total deadline (timeout 200ms, margin 20ms), {n} calls launched at once (all deadlines fire together; done in {:.0}ms)",
-            start_all.elapsed().as_secs_f64() * 1e3
-        ),
-        &arrivals,
-        Duration::from_millis(180),
-        wrong,
+        "none: the same burst to a deployment that answers at once (its latency: the burst's own cost)",
+        &answered,
+        Duration::ZERO,
+        fail,
     );
 
     // The same deadline in steady state: calls launched at n per second with a 1s timeout, so
@@ -876,6 +898,52 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
     println!();
 }
 
+/// `n` calls at once, all to a hanging deployment with a 200ms timeout.
+async fn deadline_burst(clients: &Arc<Vec<RouterServiceClient<Channel>>>, n: usize, pool: &str) {
+    let start_all = Instant::now();
+
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let clients = clients.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = clients[i % clients.len()].clone();
+            let req = CompleteRequest {
+                model: "hang".into(),
+                messages: messages(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 200_000_000,
+                }),
+                fallbacks: vec!["hang".into()],
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let r = c.complete(req).await;
+            (start.elapsed(), r.err().map(|s| s.code()))
+        }));
+    }
+    let mut arrivals = Vec::new();
+    let mut wrong = 0;
+    for t in tasks {
+        let (d, code) = t.await.unwrap();
+        if code == Some(tonic::Code::DeadlineExceeded) {
+            arrivals.push(d);
+        } else {
+            wrong += 1;
+        }
+    }
+    arrivals.sort();
+    print_lateness(
+        &format!(
+            "total deadline (timeout 200ms, margin 20ms), {n} calls launched at once, {pool} (all deadlines fire together; done in {:.0}ms)",
+            start_all.elapsed().as_secs_f64() * 1e3
+        ),
+        &arrivals,
+        Duration::from_millis(180),
+        wrong,
+    );
+}
+
 fn print_lateness(what: &str, sorted: &[Duration], deadline: Duration, failed: usize) {
     let late = |p: f64| signed_us(percentile(sorted, p), deadline);
     println!(
@@ -895,13 +963,50 @@ fn print_lateness(what: &str, sorted: &[Duration], deadline: Duration, failed: u
 
 async fn streams_held(upstream: &Upstream, scale: &Scale) {
     upstream.set_latency(Duration::from_millis(50));
-    let router = llm_router(&router_config(upstream)).await;
-    let clients = Arc::new(router.clients(scale.held_streams / 100 + 1).await);
+    let n = scale.held_streams;
+    println!("## Streams held\n");
+    println!(
+        "{n} concurrent StreamComplete calls against an upstream sending one token a second (three tokens each), through each path in turn.\n"
+    );
+    println!(
+        "| path | streams | committed | completed | opened in s | RSS idle KiB | RSS all open KiB | KiB per open stream |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for name in ["llm-router", "baseline forwarder"] {
+        let server = match name {
+            "llm-router" => llm_router(&router_config(upstream)).await,
+            _ => baseline(upstream).await,
+        };
+        let held = hold(&server, n).await;
+        println!(
+            "| {name} | {n} | {} | {} | {:.1} | {} | {} | {:.1} |",
+            held.committed,
+            held.completed,
+            held.opened_in.as_secs_f64(),
+            held.idle_rss,
+            held.open_rss,
+            held.open_rss.saturating_sub(held.idle_rss) as f64 / held.committed.max(1) as f64
+        );
+    }
+    println!();
+    upstream.set_latency(scale.latency);
+}
+
+struct Held {
+    committed: usize,
+    completed: usize,
+    opened_in: Duration,
+    idle_rss: u64,
+    open_rss: u64,
+}
+
+/// Opens `n` slow streams through `server` and reads its RSS once all have their first chunk.
+async fn hold(server: &Server, n: usize) -> Held {
+    let clients = Arc::new(server.clients(n / 100 + 1).await);
     // Settle, then measure the idle process.
     let _ = unary_grpc(clients.clone(), 0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss = router.rss_kib("VmRSS:");
-    let n = scale.held_streams;
+    let idle_rss = server.rss_kib("VmRSS:");
     let committed = Arc::new(AtomicUsize::new(0));
     let completed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(n);
@@ -946,27 +1051,19 @@ async fn streams_held(upstream: &Upstream, scale: &Scale) {
     while committed.load(Ordering::SeqCst) < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let open_rss = router.rss_kib("VmRSS:");
-    let opened = committed.load(Ordering::SeqCst);
-    let open_for = start.elapsed();
+    let open_rss = server.rss_kib("VmRSS:");
+    let opened_in = start.elapsed();
+    let committed = committed.load(Ordering::SeqCst);
     for t in tasks {
         let _ = t.await;
     }
-    let done = completed.load(Ordering::SeqCst);
-    println!("## Streams held\n");
-    println!(
-        "{n} concurrent StreamComplete calls against an upstream sending one token a second (three tokens each), opened in {:.1}s.\n",
-        open_for.as_secs_f64()
-    );
-    println!(
-        "| streams | committed | completed | RSS idle KiB | RSS all open KiB | KiB per open stream |"
-    );
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| {n} | {opened} | {done} | {idle_rss} | {open_rss} | {:.1} |\n",
-        open_rss.saturating_sub(idle_rss) as f64 / opened.max(1) as f64
-    );
-    upstream.set_latency(scale.latency);
+    Held {
+        committed,
+        completed: completed.load(Ordering::SeqCst),
+        opened_in,
+        idle_rss,
+        open_rss,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -982,12 +1079,17 @@ mod forwarder {
         url: String,
     }
 
-    fn body(messages: &[ChatMessage], max_tokens: Option<u32>, stream: bool) -> Vec<u8> {
+    fn body(
+        model: &str,
+        messages: &[ChatMessage],
+        max_tokens: Option<u32>,
+        stream: bool,
+    ) -> Vec<u8> {
         let msgs: Vec<serde_json::Value> = messages
             .iter()
             .map(|m| serde_json::json!({"role": "user", "content": m.content}))
             .collect();
-        serde_json::to_vec(&serde_json::json!({"model": "bench", "messages": msgs, "stream": stream, "max_tokens": max_tokens})).unwrap()
+        serde_json::to_vec(&serde_json::json!({"model": model, "messages": msgs, "stream": stream, "max_tokens": max_tokens})).unwrap()
     }
 
     #[tonic::async_trait]
@@ -1001,7 +1103,7 @@ mod forwarder {
                 .http
                 .post(&self.url)
                 .header("content-type", "application/json")
-                .body(body(&r.messages, r.max_tokens, false))
+                .body(body(&r.model, &r.messages, r.max_tokens, false))
                 .send()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
@@ -1042,7 +1144,7 @@ mod forwarder {
                 .http
                 .post(&self.url)
                 .header("content-type", "application/json")
-                .body(body(&r.messages, r.max_tokens, true))
+                .body(body(&r.model, &r.messages, r.max_tokens, true))
                 .send()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
