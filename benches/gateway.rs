@@ -629,9 +629,9 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         upstream.chunk_interval.as_millis()
     );
     println!(
-        "| path | TTFC p50 µs | TTFC p99 µs | TTFC p99.9 µs | added p50 µs | added p99 µs | CPU µs per 1,000 chunks | failed |"
+        "| path | TTFC p50 µs | TTFC p99 µs | TTFC p99.9 µs | added p50 µs | added p99 µs | CPU µs per 1,000 chunks | switches per chunk | failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let chunks = scale.chunks;
     let direct = at_rate(scale.stream_rate, scale.seconds, |_| {
         stream_http(http.clone(), url.clone(), chunks)
@@ -639,7 +639,7 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
     .await;
     let (direct, dfail) = sorted_ok(&direct);
     println!(
-        "| direct HTTP | {} | {} | {} | | | | {dfail} |",
+        "| direct HTTP | {} | {} | {} | | | | | {dfail} |",
         us(percentile(&direct, 50.0)),
         us(percentile(&direct, 99.0)),
         us(percentile(&direct, 99.9))
@@ -648,17 +648,18 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         ("llm-router", &router, &router_clients),
         ("baseline forwarder", &base, &base_clients),
     ] {
-        let cpu0 = server.cpu();
+        let (cpu0, sw0) = (server.cpu(), server.switches());
         let lat = at_rate(scale.stream_rate, scale.seconds, |i| {
             stream_grpc(clients.clone(), i, chunks)
         })
         .await;
-        let cpu = server.cpu() - cpu0;
+        let (cpu, sw) = (server.cpu() - cpu0, server.switches() - sw0);
         let (lat, fail) = sorted_ok(&lat);
         let per_1000_chunks =
             cpu.as_secs_f64() * 1e6 / ((lat.len() * chunks).max(1) as f64) * 1000.0;
+        let per_chunk = sw as f64 / ((lat.len() * chunks).max(1) as f64);
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {per_1000_chunks:.0} | {fail} |",
+            "| {name} | {} | {} | {} | {} | {} | {per_1000_chunks:.0} | {per_chunk:.2} | {fail} |",
             us(percentile(&lat, 50.0)),
             us(percentile(&lat, 99.0)),
             us(percentile(&lat, 99.9)),

@@ -114,6 +114,59 @@ fn first_outcome(attempts: &[llm_router::proto::Attempt]) -> AttemptOutcome {
     AttemptOutcome::try_from(attempts[0].outcome).unwrap()
 }
 
+// ---- Connections ----
+
+#[tokio::test]
+async fn finished_streams_leave_their_connection_to_the_next_call() {
+    // A response dropped before its body's end closes its connection; each format's streams
+    // end at their marker, and the body's end follows it in a separate write here.
+    let (up, r) = setup().await;
+    up.set("gpt-4o-mini", Behaviour::sse_fixture("openai/stream.sse"));
+    up.set(
+        "claude-sonnet-4-5",
+        Behaviour::sse_fixture("anthropic/stream.sse"),
+    );
+    up.set(
+        "gemini-2.0-flash",
+        Behaviour::sse_fixture("gemini/stream.sse"),
+    );
+    for model in ["gpt", "claude", "gemini"] {
+        for _ in 0..3 {
+            let messages = collect(&r, model).await.unwrap();
+            assert!(!text(&messages).is_empty(), "{model}");
+            // The connection goes back to the pool a moment after the client's stream ends.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "nine streamed calls, one after another, share one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_after_its_marker_does_not_hold_the_client() {
+    let (up, r) = setup().await;
+    up.set("gpt-4o-mini", Behaviour::DoneThenHang { after: 2 });
+    let start = Instant::now();
+    let messages = collect(&r, "gpt").await.unwrap();
+    assert_eq!(text(&messages), "part0 part1 ");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the client's stream ends at the marker: {:?}",
+        start.elapsed()
+    );
+    // The body is read on in the background for a bounded time (2s), then the connection is
+    // closed.
+    assert_eq!(up.counts("gpt-4o-mini").abandoned, 0);
+    let seen = up.wait_abandoned("gpt-4o-mini", 1).await;
+    assert_eq!(
+        seen.abandoned, 1,
+        "the connection is given up after a while"
+    );
+}
+
 // ---- OpenAI and the OpenAI-compatible family ----
 
 #[tokio::test]

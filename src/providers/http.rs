@@ -4,7 +4,7 @@
 
 use std::{pin::Pin, time::Duration};
 
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{FutureExt, Stream, StreamExt, stream};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Chunk, ChunkStream, ErrorKind, ProviderError, excerpt, sse::SseDecoder};
@@ -220,8 +220,14 @@ pub trait EventParser: Send + 'static {
     fn end(&mut self) -> Result<(), ProviderError>;
 }
 
+type BodyBytes = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// How long, and how much, a body is read past its end marker to reach its end.
+const RELEASE_TIME: Duration = Duration::from_secs(2);
+const RELEASE_BYTES: usize = 64 * 1024;
+
 struct StreamState<P> {
-    bytes: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    bytes: BodyBytes,
     decoder: SseDecoder,
     parser: P,
     finished: bool,
@@ -254,7 +260,10 @@ async fn next_chunk<P: EventParser>(
             match st.parser.event(&data) {
                 Ok(Step::Chunk(chunk)) => return Some((Ok(chunk), st)),
                 Ok(Step::Skip) => continue,
-                Ok(Step::Done) => return None,
+                Ok(Step::Done) => {
+                    release(st.bytes);
+                    return None;
+                }
                 Err(e) => return fail(st, e),
             }
         }
@@ -287,6 +296,33 @@ async fn next_chunk<P: EventParser>(
             }
         }
     }
+}
+
+/// Reads a body from its format's end marker to its end, so that its connection goes back to
+/// the pool: hyper closes a connection whose response was dropped unread. Without this, every
+/// streamed call opened a new upstream connection (to a TLS provider, a new handshake). The end
+/// has usually arrived with the marker; if not, a task waits for it, for a bounded time and
+/// size, while the client's stream ends at once.
+fn release(mut bytes: BodyBytes) {
+    // At the end (the connection is pooled), or broken (it is closed): nothing to wait for.
+    if let Some(None | Some(Err(_))) = bytes.next().now_or_never() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let drain = async {
+            let mut read = 0;
+            while let Some(Ok(b)) = bytes.next().await {
+                read += b.len();
+                if read > RELEASE_BYTES {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE_TIME, drain).await;
+    });
 }
 
 fn fail<P>(

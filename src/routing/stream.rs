@@ -10,7 +10,7 @@
 use std::{pin::Pin, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tonic::Status;
 
 use super::{
@@ -78,6 +78,7 @@ pub fn forward(
         last_chunk: Instant::now(),
         finish: first.finish_reason,
         usage: first.usage,
+        timer: Box::pin(sleep_until(deadline.min(Instant::now() + idle))),
         on_end: Some(on_end),
         done: false,
         tracker,
@@ -99,6 +100,10 @@ struct Forward {
     last_chunk: Instant,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
+    /// One timer for both the idle limit and the deadline, set lazily: a chunk does not move
+    /// it; when it fires early (chunks came meanwhile), it is set again to the new limit. A
+    /// timer per chunk would cost two timer-wheel updates under the driver's lock every chunk.
+    timer: Pin<Box<Sleep>>,
     on_end: Option<OnEnd>,
     done: bool,
     /// Keeps the deployment's attempt in flight until the stream ends, and records its end.
@@ -174,17 +179,22 @@ async fn next(mut st: Forward) -> Option<(Result<StreamCompleteResponse, Status>
         return Some((Ok(head), st));
     }
     loop {
-        let idle_at = st.last_chunk + st.idle;
         tokio::select! {
             biased;
-            _ = sleep_until(st.deadline) => {
-                let status = st.fail(CallError::DeadlineExceeded, AttemptOutcome::Timeout);
-                return Some((Err(status), st));
-            }
-            _ = sleep_until(idle_at) => {
-                let idle = st.idle;
-                let status = st.fail(CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
-                return Some((Err(status), st));
+            () = &mut st.timer => {
+                let now = Instant::now();
+                if now >= st.deadline {
+                    let status = st.fail(CallError::DeadlineExceeded, AttemptOutcome::Timeout);
+                    return Some((Err(status), st));
+                }
+                let idle_at = st.last_chunk + st.idle;
+                if now >= idle_at {
+                    let idle = st.idle;
+                    let status = st.fail(CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
+                    return Some((Err(status), st));
+                }
+                // Chunks came since the timer was set: wait for the limit they moved.
+                st.timer.as_mut().reset(idle_at.min(st.deadline));
             }
             item = st.rest.next() => match item {
                 Some(Ok(chunk)) => {

@@ -48,6 +48,8 @@ pub enum Behaviour {
     MalformedSse,
     /// Streaming: headers and `after` chunks, then close cleanly without `[DONE]`.
     EndWithoutDone { after: usize },
+    /// Streaming: headers, `after` chunks and `[DONE]`, then never end the body.
+    DoneThenHang { after: usize },
     /// A recorded body, byte for byte, with this status and headers.
     Raw {
         status: u16,
@@ -158,6 +160,8 @@ struct State {
     /// Per model: answer the first N requests with this behaviour instead.
     fail_first: HashMap<String, (u32, Behaviour)>,
     counts: HashMap<String, Counts>,
+    /// Connections accepted, over all models.
+    connections: u32,
 }
 
 #[derive(Clone)]
@@ -178,6 +182,7 @@ impl Upstream {
                     return;
                 };
                 let s = s.clone();
+                s.lock().unwrap().connections += 1;
                 tokio::spawn(async move { serve_connection(stream, s).await });
             }
         });
@@ -204,6 +209,11 @@ impl Upstream {
             .unwrap()
             .fail_first
             .insert(model.into(), (n, b));
+    }
+
+    /// Connections accepted so far, over all models.
+    pub fn connections(&self) -> u32 {
+        self.state.lock().unwrap().connections
     }
 
     pub fn counts(&self, model: &str) -> Counts {
@@ -508,6 +518,14 @@ async fn respond(
             }
             forever_or_abandoned(rd).await
         }
+        Behaviour::DoneThenHang { after } => {
+            write_or_abandon!(STREAM_HEAD);
+            for i in 0..after {
+                write_or_abandon!(sse(&content_event(&req.model, &format!("part{i} "))));
+            }
+            write_or_abandon!(sse("[DONE]"));
+            forever_or_abandoned(rd).await
+        }
         Behaviour::ResetAfter { after } => {
             if after > 0 {
                 write_or_abandon!(STREAM_HEAD);
@@ -554,6 +572,9 @@ async fn respond(
                 }
                 write_or_abandon!(format!("{:x}\r\n{event}\r\n", event.len()).into_bytes());
             }
+            // The body's end comes a moment after the last event, as from servers that flush
+            // each event: a client that stops reading at the end marker never sees it.
+            wait!(Duration::from_millis(5));
             write_or_abandon!(b"0\r\n\r\n".as_slice());
             Outcome::Completed
         }
