@@ -167,6 +167,65 @@ async fn a_body_that_never_ends_after_its_marker_does_not_hold_the_client() {
     );
 }
 
+#[tokio::test]
+async fn redirects_are_not_followed_so_keys_stay_with_their_host() {
+    // reqwest would follow a redirect and strip only `authorization` on the way; Anthropic's,
+    // Azure's and Gemini's key headers would go to the new host. No provider redirects an API
+    // call, so none is followed: a 3xx is an upstream failure.
+    let (up, r) = setup().await;
+    let elsewhere = Upstream::start().await;
+    elsewhere.set("claude-sonnet-4-5", Behaviour::ok("stolen"));
+    up.set(
+        "claude-sonnet-4-5",
+        Behaviour::Raw {
+            status: 307,
+            headers: vec![(
+                "location".into(),
+                format!("http://{}/v1/messages", elsewhere.addr),
+            )],
+            body: String::new(),
+        },
+    );
+    let status = r
+        .client()
+        .complete(CompleteRequest {
+            fallbacks: Vec::new(),
+            ..complete("claude")
+        })
+        .await
+        .unwrap_err();
+    let log = attempt_log(&status);
+    assert_eq!(first_outcome(&log.attempts), AttemptOutcome::UpstreamError);
+    assert!(
+        log.attempts[0].detail.contains("HTTP 307"),
+        "{}",
+        log.attempts[0].detail
+    );
+    assert_eq!(elsewhere.connections(), 0, "nothing went to the other host");
+}
+
+#[tokio::test]
+async fn an_answer_in_another_vendors_format_is_malformed_not_empty() {
+    let (up, r) = setup().await;
+    // An OpenAI completion where an Anthropic message was due: no `content`.
+    up.set("claude-sonnet-4-5", Behaviour::ok("hello"));
+    let status = r
+        .client()
+        .complete(CompleteRequest {
+            fallbacks: Vec::new(),
+            ..complete("claude")
+        })
+        .await
+        .unwrap_err();
+    let log = attempt_log(&status);
+    assert_eq!(first_outcome(&log.attempts), AttemptOutcome::UpstreamError);
+    assert!(
+        log.attempts[0].detail.contains("malformed message"),
+        "{}",
+        log.attempts[0].detail
+    );
+}
+
 // ---- OpenAI and the OpenAI-compatible family ----
 
 #[tokio::test]

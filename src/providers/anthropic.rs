@@ -284,7 +284,7 @@ impl EventParser for AnthropicEvents {
 
 #[derive(Deserialize)]
 struct Message {
-    #[serde(default)]
+    // Required: a body without it is not an Anthropic message (an empty answer would hide that).
     content: Vec<ContentBlock>,
     stop_reason: Option<String>,
     usage: Option<WireUsage>,

@@ -206,6 +206,9 @@ impl Router {
                 .connect_timeout(config.router.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(90))
                 .tcp_nodelay(true)
+                // No provider redirects an API call, and a followed redirect would carry the
+                // vendor key headers (x-api-key, api-key, x-goog-api-key) to the new host.
+                .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("llm-router/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
