@@ -80,6 +80,9 @@ model_list:
   - model_name: stall
     litellm_params: { model: mock/stall, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c" } }
     model_info: { id: stall-0 }
+  - model_name: steady
+    litellm_params: { model: mock/steady, mock: { time_to_first_chunk: 10ms, tokens_per_second: 5, text: "one two three four five six seven eight nine ten" } }
+    model_info: { id: steady-0 }
 router_settings:
   timeout: 60s
   num_retries: 2
@@ -422,6 +425,41 @@ async fn a_committed_stream_that_goes_silent_ends_with_idle_timeout() {
     assert_eq!(
         AttemptOutcome::try_from(log.attempts[0].outcome).unwrap(),
         AttemptOutcome::IdleTimeout
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_closer_than_the_idle_limit_keep_a_stream_alive_past_it() {
+    // A chunk every 200ms for about 2s against a 500ms idle limit: the idle timer is re-armed
+    // each time it fires early, and never ends the stream.
+    let r = router(CHAIN);
+    let a = r.stream(&call("steady")).await.unwrap();
+    let start = Instant::now();
+    let (items, end) = drain(a, ms(500)).await;
+    assert_eq!(end, Some(stream::StreamEnd::Finished));
+    assert!(start.elapsed() >= ms(1800), "{:?}", start.elapsed());
+    let text: String = items
+        .iter()
+        .map(|i| i.as_ref().unwrap().delta.clone())
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 10, "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flowing_stream_ends_at_the_total_deadline_to_the_millisecond() {
+    // The shared timer has been re-armed by chunks several times when the deadline comes.
+    let r = router(CHAIN);
+    let mut req = call("steady");
+    req.timeout = Some(ms(1000));
+    let start = Instant::now();
+    let a = r.stream(&req).await.unwrap();
+    let (items, end) = drain(a, ms(500)).await;
+    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
+    assert_eq!(start.elapsed(), ms(980), "1s less the 20ms margin");
+    assert!(items.len() > 3, "chunks flowed first: {}", items.len());
+    assert_eq!(
+        items.last().unwrap().as_ref().unwrap_err().code(),
+        Code::DeadlineExceeded
     );
 }
 
