@@ -3,9 +3,10 @@
 //! Not `FuturesUnordered`: once it has polled as many futures as it holds, it wakes its own task
 //! and returns `Pending` (futures-rs #2333, a guard against starving the executor). With the
 //! one attempt a round usually holds, that is a spurious wake-up every time the attempt makes
-//! progress, and on a multi-threaded runtime each one can rouse a parked worker: it cost
-//! llm-router about a fifth of its CPU per call. A round holds at most `1 + max_hedges`
-//! attempts, so polling all of them on each wake-up costs less than tracking which one woke.
+//! progress, and on a multi-threaded runtime each one can rouse a parked worker: 2.9 context
+//! switches per unary call where a plain forwarder makes 2.3 (BENCHMARKS.md). A round holds at
+//! most `1 + max_hedges` attempts, so polling all of them on each wake-up costs less than
+//! tracking which one woke.
 
 use std::{
     future::{Future, poll_fn},
