@@ -101,6 +101,26 @@ fn main() {
             streams_held(&upstream, &scale).await;
         }
     });
+    let problems = PROBLEMS.lock().unwrap();
+    if !problems.is_empty() {
+        // Under `cargo test` this is the check that every path still works end to end; a
+        // full run reports and goes on, since its numbers are still worth reading.
+        let all = problems.join("\n  ");
+        if full {
+            eprintln!("calls that failed or did not complete:\n  {all}");
+        } else {
+            panic!("calls that failed or did not complete:\n  {all}");
+        }
+    }
+}
+
+/// Rows whose calls failed or did not complete.
+static PROBLEMS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn problem_if(what: impl std::fmt::Display, bad: usize) {
+    if bad > 0 {
+        PROBLEMS.lock().unwrap().push(format!("{what}: {bad}"));
+    }
 }
 
 /// How much of everything to do.
@@ -638,6 +658,7 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
     })
     .await;
     let (direct, dfail) = sorted_ok(&direct);
+    problem_if("StreamComplete direct", dfail);
     println!(
         "| direct HTTP | {} | {} | {} | | | | | {dfail} |",
         us(percentile(&direct, 50.0)),
@@ -658,6 +679,7 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         let per_1000_chunks =
             cpu.as_secs_f64() * 1e6 / ((lat.len() * chunks).max(1) as f64) * 1000.0;
         let per_chunk = sw as f64 / ((lat.len() * chunks).max(1) as f64);
+        problem_if(format_args!("StreamComplete through {name}"), fail);
         println!(
             "| {name} | {} | {} | {} | {} | {} | {per_1000_chunks:.0} | {per_chunk:.2} | {fail} |",
             us(percentile(&lat, 50.0)),
@@ -683,6 +705,7 @@ fn row(
     // CPU per call, the kernel's share of it, and context switches per call.
     cost: Option<(Duration, f64, f64)>,
 ) {
+    problem_if(format_args!("Complete at {rate}/s through {name}"), failed);
     let added = |p| {
         if std::ptr::eq(lat, direct) {
             String::new()
@@ -946,6 +969,7 @@ async fn deadline_burst(clients: &Arc<Vec<RouterServiceClient<Channel>>>, n: usi
 }
 
 fn print_lateness(what: &str, sorted: &[Duration], deadline: Duration, failed: usize) {
+    problem_if(what, failed);
     let late = |p: f64| signed_us(percentile(sorted, p), deadline);
     println!(
         "| {what} | {} | {} | {} | {} | {} | {failed} |",
@@ -979,6 +1003,10 @@ async fn streams_held(upstream: &Upstream, scale: &Scale) {
             _ => baseline(upstream).await,
         };
         let held = hold(&server, n).await;
+        problem_if(
+            format_args!("streams held through {name}"),
+            n - held.completed,
+        );
         println!(
             "| {name} | {n} | {} | {} | {:.1} | {} | {} | {:.1} |",
             held.committed,
