@@ -2,12 +2,16 @@
 //! streams it holds, and how precisely its timers fire, against the cheapest possible
 //! tonic-to-HTTP forwarder measured the same way in the same run.
 //!
-//!   cargo bench --bench gateway                 # everything (a few minutes)
+//!   cargo bench --bench gateway                 # everything (about six minutes)
 //!   cargo bench --bench gateway -- --only timers
 //!   cargo bench --bench gateway -- --only overhead --rates 1000 --seconds 5
 //!
-//! `--streams N` holds N streams open in `scale`. `--stream-rate 0` leaves out the streaming half of `overhead`. For profiling, `LLMROUTER_BENCH_WRAP` is a command that both measured processes are started
-//! under, such as `valgrind --tool=callgrind` (with low `--rates`).
+//! `--rates` (comma-separated) and `--seconds` set the unary load, `--stream-rate` the streams
+//! (0: none), `--streams` how many `scale` holds open. For profiling, `LLMROUTER_BENCH_WRAP` is
+//! a command that both measured processes are started under, such as
+//! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-{name}` (with low `--rates`), where
+//! `{name}` becomes `llm-router` or `baseline`. The tiny run under `cargo test` fails if any
+//! call failed or any held stream did not complete.
 //!
 //! Parts: `overhead` (added latency at fixed rates, unary and time to first chunk, with CPU per
 //! call against the baseline), `scale` (10,000 open streams: memory per stream), `timers`
@@ -394,9 +398,19 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::env::var_os("LLMROUTER_BENCH_WRAP").is_some() {
-            // A profiler writes its report when the process ends by a signal it can see.
+            // A profiler writes its report when the process ends by a signal it can see. A
+            // wrapper that runs the program as its child (heaptrack) does not pass the signal
+            // on, so the program's own process, found among the wrapper's descendants, gets it;
+            // one that becomes the program (valgrind) gets it itself.
+            let target = descendants(self.pid())
+                .into_iter()
+                .find(|&p| {
+                    std::fs::read_link(format!("/proc/{p}/exe"))
+                        .is_ok_and(|exe| exe.ends_with("llm-router") || exe.ends_with(exe_name()))
+                })
+                .unwrap_or(self.pid());
             let _ = Command::new("kill")
-                .args(["-TERM", &self.pid().to_string()])
+                .args(["-TERM", &target.to_string()])
                 .status();
             for _ in 0..600 {
                 if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -408,6 +422,43 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every process below `pid`, from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(all.iter().copied().filter(|&c| parent_of(c) == Some(p)));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// This benchmark's own file name: the baseline forwarder runs as it.
+fn exe_name() -> std::ffi::OsString {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_owned()))
+        .unwrap_or_default()
 }
 
 fn free_port() -> SocketAddr {
@@ -428,9 +479,11 @@ async fn wait_serving(addr: SocketAddr) {
 }
 
 /// `program`, under `LLMROUTER_BENCH_WRAP`'s command when it is set.
-fn wrapped(program: &str) -> Command {
+fn wrapped(program: &str, name: &str) -> Command {
     match std::env::var("LLMROUTER_BENCH_WRAP") {
         Ok(wrap) if !wrap.trim().is_empty() => {
+            // `{name}` in the command becomes `llm-router` or `baseline`: one report each.
+            let wrap = wrap.replace("{name}", name);
             let mut words = wrap.split_whitespace();
             let mut cmd = Command::new(words.next().unwrap());
             cmd.args(words).arg(program);
@@ -449,7 +502,7 @@ async fn llm_router(config: &str) -> Server {
     ));
     std::fs::write(&path, config).unwrap();
     let addr = free_port();
-    let child = wrapped(env!("CARGO_BIN_EXE_llm-router"))
+    let child = wrapped(env!("CARGO_BIN_EXE_llm-router"), "llm-router")
         .args([
             "--config",
             path.to_str().unwrap(),
@@ -470,14 +523,17 @@ async fn llm_router(config: &str) -> Server {
 /// The baseline: this executable in its forwarder role.
 async fn baseline(upstream: &Upstream) -> Server {
     let addr = free_port();
-    let child = wrapped(std::env::current_exe().unwrap().to_str().unwrap())
-        .env(ROLE_ENV, "forwarder")
-        .env("FORWARD_LISTEN", addr.to_string())
-        .env("FORWARD_UPSTREAM", upstream.base())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let child = wrapped(
+        std::env::current_exe().unwrap().to_str().unwrap(),
+        "baseline",
+    )
+    .env(ROLE_ENV, "forwarder")
+    .env("FORWARD_LISTEN", addr.to_string())
+    .env("FORWARD_UPSTREAM", upstream.base())
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
     wait_serving(addr).await;
     Server { child, addr }
 }
