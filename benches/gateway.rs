@@ -951,16 +951,7 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
         let clients = clients.clone();
         async move {
             let mut c = clients[i % clients.len()].clone();
-            let req = CompleteRequest {
-                model: "hang".into(),
-                messages: messages(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-                fallbacks: vec!["hang".into()],
-                ..Default::default()
-            };
+            let req = hang_request(Duration::from_secs(1));
             let start = Instant::now();
             let r = c.complete(req).await;
             (r.err().map(|s| s.code()) == Some(tonic::Code::DeadlineExceeded))
@@ -978,6 +969,21 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
     println!();
 }
 
+/// A call to the hanging deployment (and, as its fallback, to itself again) with `timeout`:
+/// it can only end at its deadline.
+fn hang_request(timeout: Duration) -> CompleteRequest {
+    CompleteRequest {
+        model: "hang".into(),
+        messages: messages(),
+        timeout: Some(prost_types::Duration {
+            seconds: timeout.as_secs() as i64,
+            nanos: timeout.subsec_nanos() as i32,
+        }),
+        fallbacks: vec!["hang".into()],
+        ..Default::default()
+    }
+}
+
 /// `n` calls at once, all to a hanging deployment with a 200ms timeout.
 async fn deadline_burst(clients: &Arc<Vec<RouterServiceClient<Channel>>>, n: usize, pool: &str) {
     let start_all = Instant::now();
@@ -987,16 +993,7 @@ async fn deadline_burst(clients: &Arc<Vec<RouterServiceClient<Channel>>>, n: usi
         let clients = clients.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = clients[i % clients.len()].clone();
-            let req = CompleteRequest {
-                model: "hang".into(),
-                messages: messages(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 200_000_000,
-                }),
-                fallbacks: vec!["hang".into()],
-                ..Default::default()
-            };
+            let req = hang_request(Duration::from_millis(200));
             let start = Instant::now();
             let r = c.complete(req).await;
             (start.elapsed(), r.err().map(|s| s.code()))

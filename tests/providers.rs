@@ -167,6 +167,23 @@ async fn a_body_that_never_ends_after_its_marker_does_not_hold_the_client() {
     );
 }
 
+/// Calls `claude` with no fallbacks: its one attempt must fail as an upstream error whose
+/// detail holds `needle`.
+async fn claude_fails_upstream(r: &TestRouter, needle: &str) {
+    let status = r
+        .client()
+        .complete(CompleteRequest {
+            fallbacks: Vec::new(),
+            ..complete("claude")
+        })
+        .await
+        .unwrap_err();
+    let log = attempt_log(&status);
+    assert_eq!(first_outcome(&log.attempts), AttemptOutcome::UpstreamError);
+    let detail = &log.attempts[0].detail;
+    assert!(detail.contains(needle), "{detail}");
+}
+
 #[tokio::test]
 async fn redirects_are_not_followed_so_keys_stay_with_their_host() {
     // reqwest would follow a redirect and strip only `authorization` on the way; Anthropic's,
@@ -186,21 +203,7 @@ async fn redirects_are_not_followed_so_keys_stay_with_their_host() {
             body: String::new(),
         },
     );
-    let status = r
-        .client()
-        .complete(CompleteRequest {
-            fallbacks: Vec::new(),
-            ..complete("claude")
-        })
-        .await
-        .unwrap_err();
-    let log = attempt_log(&status);
-    assert_eq!(first_outcome(&log.attempts), AttemptOutcome::UpstreamError);
-    assert!(
-        log.attempts[0].detail.contains("HTTP 307"),
-        "{}",
-        log.attempts[0].detail
-    );
+    claude_fails_upstream(&r, "HTTP 307").await;
     assert_eq!(elsewhere.connections(), 0, "nothing went to the other host");
 }
 
@@ -209,21 +212,7 @@ async fn an_answer_in_another_vendors_format_is_malformed_not_empty() {
     let (up, r) = setup().await;
     // An OpenAI completion where an Anthropic message was due: no `content`.
     up.set("claude-sonnet-4-5", Behaviour::ok("hello"));
-    let status = r
-        .client()
-        .complete(CompleteRequest {
-            fallbacks: Vec::new(),
-            ..complete("claude")
-        })
-        .await
-        .unwrap_err();
-    let log = attempt_log(&status);
-    assert_eq!(first_outcome(&log.attempts), AttemptOutcome::UpstreamError);
-    assert!(
-        log.attempts[0].detail.contains("malformed message"),
-        "{}",
-        log.attempts[0].detail
-    );
+    claude_fails_upstream(&r, "malformed message").await;
 }
 
 // ---- OpenAI and the OpenAI-compatible family ----
