@@ -356,19 +356,10 @@ impl Server {
     /// User and kernel CPU time of the process, in clock ticks (from /proc/<pid>/stat): coarse,
     /// but enough to split a few seconds of load between the two.
     fn user_sys_ticks(&self) -> (u64, u64) {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
+        let f = stat_fields(self.pid());
+        let field = |i: usize| f.get(i).and_then(|x| x.parse().ok()).unwrap_or(0);
         // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
-        (
-            f.get(11).copied().unwrap_or(0),
-            f.get(12).copied().unwrap_or(0),
-        )
+        (field(11), field(12))
     }
 
     fn rss_kib(&self, field: &str) -> u64 {
@@ -424,17 +415,18 @@ impl Drop for Server {
     }
 }
 
+/// The fields of /proc/<pid>/stat after the command name (which is in parentheses and may hold
+/// spaces): state, parent, ...; empty when the process is gone.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
 /// Every process below `pid`, from /proc.
 fn descendants(pid: u32) -> Vec<u32> {
-    let parent_of = |p: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
+    let parent_of = |p: u32| -> Option<u32> { stat_fields(p).get(1)?.parse().ok() };
     let all: Vec<u32> = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()

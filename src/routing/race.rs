@@ -17,32 +17,29 @@ use std::{
 pub(super) struct Race<F> {
     /// Attempts by the order they started in; `None` once finished.
     running: Vec<Option<Pin<Box<F>>>>,
-    live: usize,
 }
 
 impl<F: Future> Race<F> {
     pub(super) fn new() -> Self {
         Race {
             running: Vec::with_capacity(1),
-            live: 0,
         }
     }
 
     pub(super) fn push(&mut self, fut: F) {
         self.running.push(Some(Box::pin(fut)));
-        self.live += 1;
     }
 
     /// No attempt is still running.
     pub(super) fn is_empty(&self) -> bool {
-        self.live == 0
+        self.running.iter().all(Option::is_none)
     }
 
     /// The output of the next attempt to finish; `None` when none is running. Attempts that
     /// finish at the same wake-up are returned in the order they started.
     pub(super) async fn next(&mut self) -> Option<F::Output> {
         poll_fn(|cx| {
-            if self.live == 0 {
+            if self.is_empty() {
                 return Poll::Ready(None);
             }
             for slot in self.running.iter_mut() {
@@ -50,7 +47,6 @@ impl<F: Future> Race<F> {
                     && let Poll::Ready(out) = fut.as_mut().poll(cx)
                 {
                     *slot = None;
-                    self.live -= 1;
                     return Poll::Ready(Some(out));
                 }
             }

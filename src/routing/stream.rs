@@ -64,6 +64,7 @@ pub fn forward(
         ..Default::default()
     };
     head.attempts = attempts.clone();
+    let now = Instant::now();
     let state = Forward {
         _open: metrics.stream_open(),
         rest,
@@ -75,10 +76,10 @@ pub fn forward(
         attempt_started,
         deadline,
         idle,
-        last_chunk: Instant::now(),
+        last_chunk: now,
         finish: first.finish_reason,
         usage: first.usage,
-        timer: Box::pin(sleep_until(deadline.min(Instant::now() + idle))),
+        timer: Box::pin(sleep_until(deadline.min(now + idle))),
         on_end: Some(on_end),
         done: false,
         tracker,
