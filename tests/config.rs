@@ -86,7 +86,7 @@ fn durations_accept_litellm_seconds_and_unit_strings() {
     assert_eq!(cfg.router.timeout, Duration::from_secs(30));
     assert_eq!(cfg.router.stream_timeout, Some(Duration::from_millis(2500)));
     assert_eq!(cfg.router.stream_idle_timeout, Duration::from_millis(250));
-    assert_eq!(cfg.router.retry_after, Duration::from_secs(60));
+    assert_eq!(cfg.router.min_retry_wait, Duration::from_secs(60));
 }
 
 #[test]

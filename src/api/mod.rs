@@ -3,6 +3,7 @@
 
 pub mod request;
 pub mod status;
+pub mod stream;
 
 use std::{
     sync::{
@@ -20,15 +21,14 @@ use crate::proto::{
     Role, StreamCompleteRequest, router_service_server::RouterService,
 };
 use crate::routing::{
-    self, CallError, CallFailure, Router, SharedRouter,
-    deadline::parse_grpc_timeout,
-    stream::{OnEnd, ResponseStream, StreamEnd},
+    self, CallError, CallFailure, Router, SharedRouter, deadline::parse_grpc_timeout,
 };
 use crate::telemetry::{
     metrics::{GaugeGuard, UNKNOWN_GROUP, code_name},
     traces::{self, TARGET},
 };
 use status::call_status;
+use stream::{OnEnd, ResponseStream, StreamEnd};
 use tracing::{Instrument as _, field::Empty};
 
 pub struct RouterApi {
@@ -314,7 +314,7 @@ impl RouterApi {
             };
             record.finish(Some((&group, &deployment)), attempts, code);
         });
-        Ok(Response::new(routing::stream::forward(
+        Ok(Response::new(stream::forward(
             answered,
             id,
             idle,

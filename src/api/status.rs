@@ -1,19 +1,132 @@
 //! From a call's failure to a gRPC status with rich details: google.rpc.ErrorInfo always,
-//! RetryInfo when rate-limited, BadRequest for a bad field, and the call's AttemptLog.
+//! RetryInfo when the caller should wait, BadRequest for a bad field, and the call's
+//! AttemptLog. [`GrpcError::grpc`] is the one place that chooses a failure's code, reason and
+//! retry delay: an exhaustive match, so a new routing error forces a decision here.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
 use prost_types::Any;
-use tonic::Status;
+use tonic::{Code, Status};
 use tonic_types::pb;
 
+use crate::config::FailKind;
 use crate::proto::{Attempt, AttemptLog};
-use crate::routing::{CallError, error::ERROR_DOMAIN, to_proto_duration};
+use crate::routing::{CallError, Failure, to_proto_duration};
 
 pub const ATTEMPT_LOG_TYPE_URL: &str = "type.googleapis.com/llmrouter.v1.AttemptLog";
 
+/// ErrorInfo domain of every error the service returns.
+pub const ERROR_DOMAIN: &str = "llmrouter.v1";
+
+/// The RetryInfo delay of a call shed at `max_concurrent_calls`: short, since calls finish
+/// all the time, and jittered by the client's own backoff.
+pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The RetryInfo delay after a chain that ended rate-limited, when the provider gave no hint.
+const RATE_LIMITED_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How a failure is answered over gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grpc {
+    pub code: Code,
+    /// The ErrorInfo reason: a stable UPPER_SNAKE name clients can switch on.
+    pub reason: &'static str,
+    /// The RetryInfo delay: how long the caller should wait before calling again.
+    pub retry_delay: Option<Duration>,
+}
+
+/// A routing failure as gRPC sees it.
+pub trait GrpcError {
+    fn grpc(&self) -> Grpc;
+
+    fn code(&self) -> Code {
+        self.grpc().code
+    }
+
+    fn reason(&self) -> &'static str {
+        self.grpc().reason
+    }
+
+    fn retry_delay(&self) -> Option<Duration> {
+        self.grpc().retry_delay
+    }
+}
+
+impl GrpcError for CallError {
+    fn grpc(&self) -> Grpc {
+        let (code, reason, retry_delay) = match self {
+            CallError::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT", None),
+            CallError::ModelNotFound { .. } => (Code::NotFound, "MODEL_NOT_FOUND", None),
+            CallError::MockTimeoutDisabled => {
+                (Code::FailedPrecondition, "MOCK_TIMEOUT_DISABLED", None)
+            }
+            CallError::DeadlineExceeded => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", None),
+            CallError::FallbacksExhausted(last) => {
+                let code = exhausted_code(last);
+                let delay = (code == Code::ResourceExhausted).then(|| {
+                    last.provider_wait_hint()
+                        .unwrap_or(RATE_LIMITED_RETRY_DELAY)
+                });
+                (code, "FALLBACKS_EXHAUSTED", delay)
+            }
+            CallError::UpstreamRejected(_) => (Code::InvalidArgument, "UPSTREAM_REJECTED", None),
+            CallError::ContextWindowExceeded(_) => {
+                (Code::InvalidArgument, "CONTEXT_WINDOW_EXCEEDED", None)
+            }
+            CallError::ContentPolicyViolation(_) => {
+                (Code::InvalidArgument, "CONTENT_POLICY_VIOLATION", None)
+            }
+            CallError::StreamIdleTimeout { .. } => {
+                (Code::DeadlineExceeded, "STREAM_IDLE_TIMEOUT", None)
+            }
+            CallError::StreamInterrupted { .. } => (Code::Unavailable, "STREAM_INTERRUPTED", None),
+            // Rounded up to the millisecond, so a client that waits it finds the deployment back.
+            CallError::NoDeploymentAvailable { back_in, cooling } => (
+                if *cooling {
+                    Code::Unavailable
+                } else {
+                    Code::ResourceExhausted
+                },
+                if *cooling {
+                    "ALL_DEPLOYMENTS_COOLING_DOWN"
+                } else {
+                    "ALL_DEPLOYMENTS_AT_CAPACITY"
+                },
+                Some(Duration::from_millis(back_in.as_millis() as u64 + 1)),
+            ),
+            CallError::Overloaded { .. } => (
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                Some(OVERLOADED_RETRY_DELAY),
+            ),
+        };
+        Grpc {
+            code,
+            reason,
+            retry_delay,
+        }
+    }
+}
+
+/// When the chain is exhausted, the last attempt's failure decides the code.
+fn exhausted_code(last: &Failure) -> Code {
+    match last.class().kind {
+        FailKind::Timeout => Code::DeadlineExceeded,
+        FailKind::RateLimit => Code::ResourceExhausted,
+        FailKind::InternalServer => Code::Unavailable,
+        FailKind::Authentication => Code::FailedPrecondition,
+        FailKind::BadRequest | FailKind::ContentPolicy => Code::InvalidArgument,
+    }
+}
+
 pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
-    let code = error.code();
+    let Grpc {
+        code,
+        reason,
+        retry_delay,
+    } = error.grpc();
     let message = error.message();
 
     let mut metadata = std::collections::HashMap::new();
@@ -35,12 +148,12 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
     let mut details = vec![any(
         "type.googleapis.com/google.rpc.ErrorInfo",
         &pb::ErrorInfo {
-            reason: error.reason().to_string(),
+            reason: reason.to_string(),
             domain: ERROR_DOMAIN.to_string(),
             metadata,
         },
     )];
-    if let Some(delay) = error.retry_after() {
+    if let Some(delay) = retry_delay {
         details.push(any(
             "type.googleapis.com/google.rpc.RetryInfo",
             &pb::RetryInfo {
@@ -90,4 +203,32 @@ pub fn attempt_log(status: &Status) -> Option<AttemptLog> {
         .iter()
         .find(|a| a.type_url == ATTEMPT_LOG_TYPE_URL)
         .and_then(|a| AttemptLog::decode(a.value.as_slice()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{ErrorKind, ProviderError};
+
+    #[test]
+    fn exhausted_code_follows_the_last_failure() {
+        let p = |k| CallError::FallbacksExhausted(Failure::Provider(ProviderError::new(k, 0, "")));
+        assert_eq!(p(ErrorKind::RateLimited).code(), Code::ResourceExhausted);
+        assert_eq!(
+            p(ErrorKind::RateLimited).retry_delay(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(p(ErrorKind::Upstream).code(), Code::Unavailable);
+        assert_eq!(p(ErrorKind::Connect).code(), Code::Unavailable);
+        assert_eq!(p(ErrorKind::Auth).code(), Code::FailedPrecondition);
+        assert_eq!(
+            CallError::FallbacksExhausted(Failure::Timeout { first_chunk: true }).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            CallError::FallbacksExhausted(Failure::MockTimeout).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(p(ErrorKind::Upstream).retry_delay(), None);
+    }
 }

@@ -211,8 +211,9 @@ pub struct RouterSettings {
     pub stream_idle_timeout: Duration,
     /// Retries per group after the first attempt, when neither request nor deployment set one.
     pub num_retries: u32,
-    /// Shortest wait before retrying a deployment that just failed. Default 0.
-    pub retry_after: Duration,
+    /// Shortest wait before retrying a deployment that just failed (the YAML key
+    /// `retry_after`). Default 0.
+    pub min_retry_wait: Duration,
     pub retry_backoff_initial: Duration,
     pub retry_backoff_max: Duration,
     pub allow_mock_timeout: bool,
@@ -579,7 +580,7 @@ impl Config {
             r.stream_timeout.map_or("none".into(), d),
             d(r.stream_idle_timeout),
             r.num_retries,
-            d(r.retry_after),
+            d(r.min_retry_wait),
             d(r.retry_backoff_initial),
             d(r.retry_backoff_max),
             r.allow_mock_timeout,

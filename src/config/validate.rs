@@ -349,7 +349,7 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         stream_timeout,
         stream_idle_timeout,
         num_retries,
-        retry_after: rs.retry_after.unwrap_or(Duration::ZERO),
+        min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
         retry_backoff_initial,
         retry_backoff_max,
         allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(true),

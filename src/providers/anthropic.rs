@@ -139,9 +139,9 @@ fn stop_reason(reason: Option<&str>) -> FinishReason {
 /// Anthropic's statuses: 529 (overloaded) and `overloaded_error` bodies are rate limits, waited
 /// out with `retry-after` or, failing that, the latest `anthropic-ratelimit-*-reset` time.
 fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
-    let retry_after =
+    let wait_hint =
         http::retry_after(headers).or_else(|| ratelimit_reset(headers, SystemTime::now()));
-    let mut err = ProviderError::from_status(status, retry_after, body);
+    let mut err = ProviderError::from_status(status, wait_hint, body);
     let error_type = serde_json::from_str::<ErrorBody>(body)
         .ok()
         .map(|b| b.error.kind);

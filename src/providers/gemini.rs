@@ -317,7 +317,7 @@ mod tests {
         let body = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#;
         let err = classify(429, &HeaderMap::new(), body);
         assert_eq!(
-            (err.kind, err.retry_after),
+            (err.kind, err.wait_hint),
             (ErrorKind::RateLimited, Some(Duration::from_secs(37)))
         );
     }

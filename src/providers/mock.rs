@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures_util::stream;
 use tokio::time::{Instant, sleep_until};
 
-use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, rough_tokens};
+use super::{
+    ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, estimate_tokens,
+};
 use crate::config::{MockFailure, MockSpec};
 use crate::proto::{FinishReason, Usage};
 
@@ -48,7 +50,7 @@ impl MockProvider {
         };
         let mut err = ProviderError::new(kind, status, detail);
         if kind == ErrorKind::RateLimited {
-            err.retry_after = Some(Duration::from_secs(1));
+            err.wait_hint = Some(Duration::from_secs(1));
         }
         Err(err)
     }
@@ -63,11 +65,8 @@ impl MockProvider {
     }
 
     fn usage(&self, req: &ChatRequest) -> Usage {
-        let prompt = req
-            .messages
-            .iter()
-            .map(|m| rough_tokens(&m.content))
-            .sum::<u32>();
+        let chars = req.messages.iter().map(|m| m.content.len()).sum();
+        let prompt = u32::try_from(estimate_tokens(chars)).unwrap_or(u32::MAX);
         let completion = self.completion_tokens();
         Usage {
             prompt_tokens: prompt,

@@ -68,7 +68,7 @@ pub enum ErrorKind {
     Connect,
     /// 5xx, 408, 409, a broken connection, or a malformed answer: retryable.
     Upstream,
-    /// 429 or the provider's overloaded signal: retryable, maybe after `retry_after`.
+    /// 429 or the provider's overloaded signal: retryable, maybe after `wait_hint`.
     RateLimited,
     /// 401 or 403: this deployment's credentials are wrong; other deployments may work.
     Auth,
@@ -87,8 +87,9 @@ pub struct ProviderError {
     pub kind: ErrorKind,
     /// The provider's HTTP status, 0 when there was none.
     pub status: u16,
-    /// The provider's `Retry-After`, when it sent one.
-    pub retry_after: Option<Duration>,
+    /// How long the provider asked us to wait before asking again (its `Retry-After`, a rate
+    /// limit reset, or Gemini's RetryInfo), when it said.
+    pub wait_hint: Option<Duration>,
     /// What happened, with the provider's own words. Never holds a key.
     pub detail: String,
 }
@@ -98,13 +99,13 @@ impl ProviderError {
         ProviderError {
             kind,
             status,
-            retry_after: None,
+            wait_hint: None,
             detail: detail.into(),
         }
     }
 
     /// Classifies an HTTP error status. `body` is the provider's error text.
-    pub fn from_status(status: u16, retry_after: Option<Duration>, body: &str) -> Self {
+    pub fn from_status(status: u16, wait_hint: Option<Duration>, body: &str) -> Self {
         let kind = match status {
             429 => ErrorKind::RateLimited,
             401 | 403 => ErrorKind::Auth,
@@ -119,7 +120,7 @@ impl ProviderError {
         ProviderError {
             kind,
             status,
-            retry_after,
+            wait_hint,
             detail: format!("HTTP {status}: {}", excerpt(body)),
         }
     }
@@ -211,12 +212,11 @@ impl Provider {
     }
 }
 
-/// Counts words as tokens, for the mock provider and for usage when a provider sends none.
-pub(crate) fn rough_tokens(text: &str) -> u32 {
-    text.split_whitespace()
-        .count()
-        .try_into()
-        .unwrap_or(u32::MAX)
+/// Tokens in `chars` bytes of text, at about four a token: the one estimate used wherever a
+/// count is needed and no provider gave one (per-minute `tpm` limits, latency per token, the
+/// mock provider's prompt usage). Close enough for limits; never billed.
+pub fn estimate_tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 /// The call's total deadline: the earliest of the client's gRPC deadline, the request's
 /// `timeout` and the router's `timeout`, less the margin that lets our DEADLINE_EXCEEDED reach
-/// the client before tonic's own timeout layer answers CANCELLED.
+/// the client before the gRPC server's own timeout layer answers CANCELLED.
 pub fn total_deadline(
     now: Instant,
     client: Option<Duration>,
@@ -46,6 +46,17 @@ pub fn total_deadline(
 pub fn after(now: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(d).unwrap_or_else(|| now + FAR)
+}
+
+/// A monotonic instant as wall-clock time, for what clients and dashboards read.
+pub fn wall_clock(at: Instant) -> std::time::SystemTime {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    if at >= now {
+        wall + (at - now)
+    } else {
+        wall - (now - at)
+    }
 }
 
 /// Deadlines of one attempt, fixed when it starts.
@@ -84,32 +95,41 @@ impl AttemptDeadlines {
     }
 }
 
-/// Settings that shape the wait before retrying a deployment.
-#[derive(Debug, Clone, Copy)]
+/// Settings that shape the wait before retrying a deployment that failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    /// First step; doubles per retry.
+    /// First step (`retry_backoff_initial`); doubles per retry.
     pub initial: Duration,
+    /// Largest step (`retry_backoff_max`).
     pub max: Duration,
-    /// The router's `retry_after`: no retry of the same deployment comes sooner.
-    pub min: Duration,
+    /// The router's `retry_after` setting: no retry of a failed deployment comes sooner.
+    pub floor: Duration,
 }
 
 impl Backoff {
     /// The wait before retry number `retry` (1 for the first retry). `jitter` in [0, 1) spreads
-    /// retries from many callers over the upper half of the step. An upstream `Retry-After`
-    /// replaces the computed step when longer.
-    pub fn wait(
-        &self,
-        retry: u32,
-        upstream_retry_after: Option<Duration>,
-        jitter: f64,
-    ) -> Duration {
+    /// retries from many callers over the upper half of the step. A provider's hint (its
+    /// `Retry-After`) replaces the computed step when longer.
+    pub fn wait(&self, retry: u32, provider_hint: Option<Duration>, jitter: f64) -> Duration {
         let exp = retry.saturating_sub(1).min(20);
         let step = self.initial.saturating_mul(1 << exp).min(self.max);
         let jittered = step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
         jittered
-            .max(self.min)
-            .max(upstream_retry_after.unwrap_or_default())
+            .max(self.floor)
+            .max(provider_hint.unwrap_or_default())
+    }
+
+    /// [`Backoff::wait`], when it ends before the call's deadline (`time_left` from now): a
+    /// wait that would eat the rest of the call's time is never slept, and the call moves on.
+    pub fn wait_within(
+        &self,
+        retry: u32,
+        provider_hint: Option<Duration>,
+        jitter: f64,
+        time_left: Duration,
+    ) -> Option<Duration> {
+        let wait = self.wait(retry, provider_hint, jitter);
+        (wait < time_left).then_some(wait)
     }
 }
 
@@ -197,7 +217,7 @@ mod tests {
         let b = Backoff {
             initial: ms(100),
             max: ms(1000),
-            min: ms(0),
+            floor: ms(0),
         };
         assert_eq!(b.wait(1, None, 1.0), ms(100));
         assert_eq!(b.wait(2, None, 1.0), ms(200));
@@ -208,7 +228,16 @@ mod tests {
             ms(700),
             "Retry-After wins when longer"
         );
-        let b = Backoff { min: ms(300), ..b };
+        let b = Backoff {
+            floor: ms(300),
+            ..b
+        };
         assert_eq!(b.wait(1, None, 0.0), ms(300), "retry_after is a floor");
+        assert_eq!(b.wait_within(1, None, 0.0, ms(301)), Some(ms(300)));
+        assert_eq!(
+            b.wait_within(1, None, 0.0, ms(300)),
+            None,
+            "a wait that ends at the deadline leaves no time to retry"
+        );
     }
 }

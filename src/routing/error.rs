@@ -1,19 +1,9 @@
-//! Why a call failed. Every variant chooses its gRPC code and ErrorInfo reason in one exhaustive
-//! match, so a new variant forces a decision.
+//! Why a call failed, in routing's terms. The gRPC status each variant gets (code, ErrorInfo
+//! reason, RetryInfo) is chosen in one exhaustive match in `api::status`.
 
 use std::time::Duration;
 
-use tonic::Code;
-
-use super::retry::Failure;
-use crate::providers::ErrorKind;
-
-/// ErrorInfo domain of every error the service returns.
-pub const ERROR_DOMAIN: &str = "llmrouter.v1";
-
-/// The RetryInfo delay of a call shed at `max_concurrent_calls`: short, since calls finish
-/// all the time, and jittered by the client's own backoff.
-pub const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(100);
+use super::failure::Failure;
 
 #[derive(Debug, Clone)]
 pub enum CallError {
@@ -38,57 +28,14 @@ pub enum CallError {
     /// A committed stream broke: the provider cut it, or sent garbage.
     StreamInterrupted { detail: String },
     /// No attempt could be made anywhere in the chain: every deployment was cooling down
-    /// (`cooling`) or at capacity. The first is back after `retry_after`.
-    NoDeploymentAvailable {
-        retry_after: Duration,
-        cooling: bool,
-    },
+    /// (`cooling`) or at capacity. The first is back in `back_in`.
+    NoDeploymentAvailable { back_in: Duration, cooling: bool },
     /// The server is at `server.max_concurrent_calls`: refused before any work.
     Overloaded { limit: u32 },
 }
 
 impl CallError {
-    pub fn code(&self) -> Code {
-        match self {
-            CallError::InvalidArgument { .. } => Code::InvalidArgument,
-            CallError::ModelNotFound { .. } => Code::NotFound,
-            CallError::MockTimeoutDisabled => Code::FailedPrecondition,
-            CallError::DeadlineExceeded => Code::DeadlineExceeded,
-            CallError::FallbacksExhausted(last) => exhausted_code(last),
-            CallError::UpstreamRejected(_) => Code::InvalidArgument,
-            CallError::ContextWindowExceeded(_) => Code::InvalidArgument,
-            CallError::ContentPolicyViolation(_) => Code::InvalidArgument,
-            CallError::StreamIdleTimeout { .. } => Code::DeadlineExceeded,
-            CallError::StreamInterrupted { .. } => Code::Unavailable,
-            CallError::NoDeploymentAvailable { cooling: true, .. } => Code::Unavailable,
-            CallError::NoDeploymentAvailable { cooling: false, .. } => Code::ResourceExhausted,
-            CallError::Overloaded { .. } => Code::ResourceExhausted,
-        }
-    }
-
-    /// The ErrorInfo reason: a stable UPPER_SNAKE name clients can switch on.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            CallError::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            CallError::ModelNotFound { .. } => "MODEL_NOT_FOUND",
-            CallError::MockTimeoutDisabled => "MOCK_TIMEOUT_DISABLED",
-            CallError::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            CallError::FallbacksExhausted(_) => "FALLBACKS_EXHAUSTED",
-            CallError::UpstreamRejected(_) => "UPSTREAM_REJECTED",
-            CallError::ContextWindowExceeded(_) => "CONTEXT_WINDOW_EXCEEDED",
-            CallError::ContentPolicyViolation(_) => "CONTENT_POLICY_VIOLATION",
-            CallError::StreamIdleTimeout { .. } => "STREAM_IDLE_TIMEOUT",
-            CallError::StreamInterrupted { .. } => "STREAM_INTERRUPTED",
-            CallError::NoDeploymentAvailable { cooling: true, .. } => {
-                "ALL_DEPLOYMENTS_COOLING_DOWN"
-            }
-            CallError::NoDeploymentAvailable { cooling: false, .. } => {
-                "ALL_DEPLOYMENTS_AT_CAPACITY"
-            }
-            CallError::Overloaded { .. } => "OVERLOADED",
-        }
-    }
-
+    /// What went wrong, for the status message: names the field, group or setting involved.
     pub fn message(&self) -> String {
         match self {
             CallError::InvalidArgument { field, message } => format!("`{field}` {message}"),
@@ -134,80 +81,22 @@ impl CallError {
                 format!("the provider's stream broke: {detail}")
             }
             CallError::NoDeploymentAvailable {
-                retry_after,
+                back_in,
                 cooling: true,
             } => format!(
                 "every deployment of the model group and its fallbacks is cooling down after repeated failures; the first is back in {:.1}s",
-                retry_after.as_secs_f64()
+                back_in.as_secs_f64()
             ),
             CallError::NoDeploymentAvailable {
-                retry_after,
+                back_in,
                 cooling: false,
             } => format!(
                 "every deployment of the model group and its fallbacks is at its max_parallel_requests or rpm/tpm limit; retry in {:.1}s",
-                retry_after.as_secs_f64()
+                back_in.as_secs_f64()
             ),
             CallError::Overloaded { limit } => format!(
                 "the router is at server.max_concurrent_calls ({limit} calls in flight); retry shortly or elsewhere"
             ),
         }
-    }
-
-    /// How long a rate-limited caller should wait, for RetryInfo.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            CallError::FallbacksExhausted(f) if exhausted_code(f) == Code::ResourceExhausted => {
-                Some(f.retry_after().unwrap_or(Duration::from_secs(1)))
-            }
-            // Rounded up to the millisecond, so a client that waits it finds the deployment back.
-            CallError::NoDeploymentAvailable { retry_after, .. } => {
-                Some(Duration::from_millis(retry_after.as_millis() as u64 + 1))
-            }
-            CallError::Overloaded { .. } => Some(OVERLOADED_RETRY_AFTER),
-            _ => None,
-        }
-    }
-}
-
-/// When the chain is exhausted, the last attempt's failure decides the code.
-fn exhausted_code(last: &Failure) -> Code {
-    match last {
-        Failure::Timeout { .. } | Failure::MockTimeout => Code::DeadlineExceeded,
-        Failure::Provider(e) => match e.kind {
-            ErrorKind::RateLimited => Code::ResourceExhausted,
-            ErrorKind::Upstream | ErrorKind::Connect => Code::Unavailable,
-            ErrorKind::Auth | ErrorKind::Refused => Code::FailedPrecondition,
-            ErrorKind::BadRequest | ErrorKind::ContextWindow | ErrorKind::ContentPolicy => {
-                Code::InvalidArgument
-            }
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::providers::ProviderError;
-
-    #[test]
-    fn exhausted_code_follows_the_last_failure() {
-        let p = |k| CallError::FallbacksExhausted(Failure::Provider(ProviderError::new(k, 0, "")));
-        assert_eq!(p(ErrorKind::RateLimited).code(), Code::ResourceExhausted);
-        assert_eq!(
-            p(ErrorKind::RateLimited).retry_after(),
-            Some(Duration::from_secs(1))
-        );
-        assert_eq!(p(ErrorKind::Upstream).code(), Code::Unavailable);
-        assert_eq!(p(ErrorKind::Connect).code(), Code::Unavailable);
-        assert_eq!(p(ErrorKind::Auth).code(), Code::FailedPrecondition);
-        assert_eq!(
-            CallError::FallbacksExhausted(Failure::Timeout { first_chunk: true }).code(),
-            Code::DeadlineExceeded
-        );
-        assert_eq!(
-            CallError::FallbacksExhausted(Failure::MockTimeout).code(),
-            Code::DeadlineExceeded
-        );
-        assert_eq!(p(ErrorKind::Upstream).retry_after(), None);
     }
 }

@@ -42,8 +42,6 @@ struct Inner {
     fails: [u32; FailKind::COUNT],
     fails_shared: u32,
     cooling_until: Option<Instant>,
-    /// Cooldowns entered, for ListModels and logs.
-    cooldowns: u64,
     /// Time to first chunk of streamed attempts, in seconds.
     first_chunk: VecDeque<(Instant, f64)>,
     /// Seconds per output token of unary attempts.
@@ -65,10 +63,9 @@ pub enum AttemptEnd {
     },
     Failed {
         kind: FailKind,
-        retry_after: Option<Duration>,
+        /// How long the provider asked us to wait: a cooldown lasts at least this long.
+        wait_hint: Option<Duration>,
     },
-    /// The attempt lost a hedge race or its caller went away: says nothing of the deployment.
-    Abandoned,
 }
 
 /// Why a deployment cannot take an attempt now.
@@ -92,7 +89,6 @@ impl DeploymentState {
                 fails: [0; FailKind::COUNT],
                 fails_shared: 0,
                 cooling_until: None,
-                cooldowns: 0,
                 first_chunk: VecDeque::with_capacity(LATENCY_SAMPLES),
                 per_token: VecDeque::with_capacity(LATENCY_SAMPLES),
                 usage_since: now,
@@ -115,10 +111,6 @@ impl DeploymentState {
     /// When the deployment's cooldown ends, if it is cooling at `now`.
     pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
         self.lock().cooling_until.filter(|&u| u > now)
-    }
-
-    pub fn cooldowns(&self) -> u64 {
-        self.lock().cooldowns
     }
 
     /// The retry budget's tokens, when there is a budget.
@@ -201,9 +193,9 @@ impl DeploymentState {
         s.tokens = s.tokens.saturating_add(tokens);
     }
 
-    /// Records how an attempt ended. Returns the end of the cooldown it started (or extended),
-    /// if it did.
-    pub fn record(
+    /// Takes in how an attempt ended. Returns the end of the cooldown it started (or
+    /// extended), if it did.
+    pub fn report(
         &self,
         now: Instant,
         end: AttemptEnd,
@@ -214,7 +206,6 @@ impl DeploymentState {
     ) -> Option<Instant> {
         let mut s = self.lock();
         match end {
-            AttemptEnd::Abandoned => None,
             AttemptEnd::Ok {
                 elapsed,
                 output_tokens,
@@ -234,7 +225,7 @@ impl DeploymentState {
                 }
                 None
             }
-            AttemptEnd::Failed { kind, retry_after } => {
+            AttemptEnd::Failed { kind, wait_hint } => {
                 if !kind.is_request_fault()
                     && let Some(tokens) = s.budget.as_mut()
                 {
@@ -264,10 +255,9 @@ impl DeploymentState {
                     return None;
                 }
                 // Cooled again while cooling: the later end wins, never the earlier.
-                let until = now + cooldown_time.max(retry_after.unwrap_or_default());
+                let until = now + cooldown_time.max(wait_hint.unwrap_or_default());
                 let until = s.cooling_until.map_or(until, |u| u.max(until));
                 s.cooling_until = Some(until);
-                s.cooldowns += 1;
                 // The count starts again once the deployment is back.
                 s.fails_since = now;
                 s.fails = [0; FailKind::COUNT];
@@ -327,11 +317,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Records how the attempt (or its committed stream) ended. A cooldown this starts (or
+    /// Reports how the attempt (or its committed stream) ended. A cooldown this starts (or
     /// extends) is counted, logged and given to the cooldown gauge here, whoever ended it.
-    pub fn record(&self, end: AttemptEnd) {
+    pub fn report(&self, end: AttemptEnd) {
         let d = &self.deployment;
-        let Some(until) = self.lease.0.record(
+        let Some(until) = self.lease.0.report(
             Instant::now(),
             end,
             &self.policy,
@@ -424,7 +414,7 @@ mod tests {
     fn fail(kind: FailKind) -> AttemptEnd {
         AttemptEnd::Failed {
             kind,
-            retry_after: None,
+            wait_hint: None,
         }
     }
 
@@ -437,14 +427,14 @@ mod tests {
         let p = policy(2);
         let t0 = Instant::now();
         assert_eq!(
-            s.record(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
             None
         );
         assert_eq!(
-            s.record(t0, fail(FailKind::InternalServer), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::InternalServer), &p, COOL, None, TTL),
             None
         );
-        let until = s.record(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL);
+        let until = s.report(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL);
         assert_eq!(until, Some(t0 + COOL));
         assert!(matches!(
             s.check(t0 + Duration::from_secs(4), &limits(), true),
@@ -457,7 +447,7 @@ mod tests {
         // The count started again: two more failures are allowed.
         let t1 = t0 + COOL;
         assert_eq!(
-            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
             None
         );
     }
@@ -468,41 +458,40 @@ mod tests {
         let p = policy(1);
         let t0 = Instant::now();
         assert_eq!(
-            s.record(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
             None
         );
         let t1 = t0 + MINUTE;
         assert_eq!(
-            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
             None
         );
         assert!(
-            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL)
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL)
                 .is_some()
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn cooled_again_keeps_the_later_end_and_retry_after_lengthens_it() {
+    async fn cooled_again_keeps_the_later_end_and_a_wait_hint_lengthens_it() {
         let s = DeploymentState::new(Instant::now(), None);
         let p = policy(0);
         let t0 = Instant::now();
         let long = AttemptEnd::Failed {
             kind: FailKind::RateLimit,
-            retry_after: Some(Duration::from_secs(30)),
+            wait_hint: Some(Duration::from_secs(30)),
         };
         assert_eq!(
-            s.record(t0, long, &p, COOL, None, TTL),
+            s.report(t0, long, &p, COOL, None, TTL),
             Some(t0 + Duration::from_secs(30))
         );
         // A later, shorter cooldown does not cut the longer one short.
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(
-            s.record(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
             Some(t0 + Duration::from_secs(30))
         );
         assert_eq!(s.cooling_until(t1), Some(t0 + Duration::from_secs(30)));
-        assert_eq!(s.cooldowns(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -511,22 +500,22 @@ mod tests {
         let mut p = policy(0);
         let t0 = Instant::now();
         assert_eq!(
-            s.record(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
             None
         );
         p.per_kind[FailKind::BadRequest.index()] = Some(1);
         assert_eq!(
-            s.record(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
             None
         );
         assert!(
-            s.record(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL)
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL)
                 .is_some()
         );
         p.enabled = false;
         let s = DeploymentState::new(t0, None);
         assert_eq!(
-            s.record(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
             None
         );
     }
@@ -548,7 +537,7 @@ mod tests {
             ..limits()
         };
         for _ in 0..2 {
-            s.record(
+            s.report(
                 now,
                 fail(FailKind::InternalServer),
                 &p,
@@ -568,16 +557,16 @@ mod tests {
             elapsed: Duration::from_millis(10),
             output_tokens: None,
         };
-        s.record(now, ok, &p, COOL, Some(budget), TTL);
+        s.report(now, ok, &p, COOL, Some(budget), TTL);
         assert!(matches!(s.check(now, &l, false), Check::Available(_)));
         assert_eq!(s.budget_tokens(), Some(2.5));
         // Never below zero, never above the maximum.
         for _ in 0..10 {
-            s.record(now, fail(FailKind::Timeout), &p, COOL, Some(budget), TTL);
+            s.report(now, fail(FailKind::Timeout), &p, COOL, Some(budget), TTL);
         }
         assert_eq!(s.budget_tokens(), Some(0.0));
         for _ in 0..20 {
-            s.record(now, ok, &p, COOL, Some(budget), TTL);
+            s.report(now, ok, &p, COOL, Some(budget), TTL);
         }
         assert_eq!(s.budget_tokens(), Some(4.0));
     }
@@ -650,11 +639,11 @@ mod tests {
                 elapsed: Duration::from_millis(ms),
                 output_tokens: None,
             };
-            s.record(t0, ok, &p, COOL, None, ttl);
+            s.report(t0, ok, &p, COOL, None, ttl);
         }
         assert!((load(t0).unwrap() - 0.2).abs() < 1e-9);
         let t1 = t0 + Duration::from_secs(30);
-        s.record(t1, fail(FailKind::Timeout), &p, COOL, None, ttl);
+        s.report(t1, fail(FailKind::Timeout), &p, COOL, None, ttl);
         assert!(load(t1).unwrap() > 300.0);
         // The two early samples expire first, then the penalty.
         assert!(load(t0 + ttl).unwrap() >= TIMEOUT_PENALTY_SECS);

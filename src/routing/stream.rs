@@ -1,99 +1,51 @@
-//! A committed stream: forwards chunks to the client while two timers run, the idle timer
+//! A committed stream: the answering attempt's chunks, under two timers, the idle timer
 //! (longest silence between chunks) and the call's total deadline. There is no fallback after
-//! commit; a failure ends the client's stream with a status.
+//! commit; a failure ends the stream with a routing error and the call's attempt log. The API
+//! layer turns what this yields into messages and statuses (`api::stream`).
 //!
-//! The forwarder is a stream that tonic polls itself: no task and no channel per call, so an
-//! open stream holds only its own state. When the client goes away, tonic drops it, which drops
-//! the provider stream and closes the upstream request. A client that stops reading stops the
-//! polling too: its deadline is then answered at its next read.
+//! It is a stream its consumer polls: no task and no channel per call, so an open stream holds
+//! only its own state. When the consumer drops it, the provider stream is dropped too, which
+//! closes the upstream request. A consumer that stops reading stops the polling too: its
+//! deadline is then noticed at its next read.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
-use tonic::Status;
 
 use super::{
-    Answered, CallError, Committed,
+    Answered, CallError, CallFailure, Committed,
     health::{AttemptEnd, Tracker},
-    to_proto_duration,
+    log::to_proto_duration,
 };
-use crate::api::status::call_status;
 use crate::config::FailKind;
-use crate::proto::{Attempt, AttemptOutcome, FinishReason, StreamCompleteResponse, Usage};
+use crate::proto::{Attempt, AttemptOutcome, FinishReason, Usage};
 use crate::providers::ChunkStream;
-use crate::telemetry::{Metrics, metrics::GaugeGuard};
 
-/// How a committed stream ended, for the call's log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    Finished,
-    ClientGone,
-    Failed(tonic::Code),
+/// What a committed stream yields: text, then once its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// The next piece of the answer. The first is the chunk that committed the call, and may
+    /// be empty when that chunk carried only a finish reason.
+    Delta(String),
+    /// The provider's stream ended: why generation stopped, and the usage it reported.
+    Finished {
+        finish_reason: Option<FinishReason>,
+        usage: Option<Usage>,
+    },
 }
 
-/// Called once when the stream ends, with how it ended and the usage the provider reported.
-pub type OnEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>) + Send>;
-
-pub type ResponseStream =
-    Pin<Box<dyn Stream<Item = Result<StreamCompleteResponse, Status>> + Send>>;
-
-/// The client's stream for a committed call: the first chunk (with the attempts made), then
-/// the rest as the provider sends it, then a last message with finish reason and usage.
-pub fn forward(
-    answered: Answered<Committed>,
-    id: String,
-    idle: Duration,
-    metrics: &Metrics,
-    on_end: OnEnd,
-) -> ResponseStream {
-    let Answered {
-        value: Committed { first, rest },
-        group,
-        deployment,
-        attempts,
-        deadline,
-        attempt_started,
-        tracker,
-    } = answered;
-    let mut head = StreamCompleteResponse {
-        id: id.clone(),
-        model: group.clone(),
-        deployment: deployment.clone(),
-        delta: first.delta,
-        ..Default::default()
-    };
-    head.attempts = attempts.clone();
-    let now = Instant::now();
-    let state = Forward {
-        _open: metrics.stream_open(),
-        rest,
-        head: Some(head),
-        id,
-        group,
-        deployment,
-        attempts,
-        attempt_started,
-        deadline,
-        idle,
-        last_chunk: now,
-        finish: first.finish_reason,
-        usage: first.usage,
-        timer: Box::pin(sleep_until(deadline.min(now + idle))),
-        on_end: Some(on_end),
-        done: false,
-        tracker,
-    };
-    Box::pin(stream::unfold(state, next))
-}
-
-struct Forward {
+/// The answering attempt's stream after commit. Yields [`StreamItem`]s, or one
+/// [`CallFailure`] carrying the call's attempts, then ends.
+pub struct CommittedStream {
     rest: ChunkStream,
-    /// The first message, until sent.
-    head: Option<StreamCompleteResponse>,
-    id: String,
-    group: String,
-    deployment: String,
+    /// The committing chunk's text, until yielded.
+    first: Option<String>,
+    /// The call's attempts, the committed one last: given to the failure if the stream fails.
     attempts: Vec<Attempt>,
     attempt_started: Instant,
     deadline: Instant,
@@ -105,25 +57,51 @@ struct Forward {
     /// it; when it fires early (chunks came meanwhile), it is set again to the new limit. A
     /// timer per chunk would cost two timer-wheel updates under the driver's lock every chunk.
     timer: Pin<Box<Sleep>>,
-    on_end: Option<OnEnd>,
     done: bool,
-    /// Keeps the deployment's attempt in flight until the stream ends, and records its end.
+    /// Keeps the deployment's attempt in flight until the stream ends, and reports its end.
     tracker: Option<Tracker>,
-    _open: GaugeGuard,
 }
 
-impl Forward {
-    fn message(&self, delta: String) -> StreamCompleteResponse {
-        StreamCompleteResponse {
-            id: self.id.clone(),
-            model: self.group.clone(),
-            deployment: self.deployment.clone(),
-            delta,
-            ..Default::default()
+impl CommittedStream {
+    /// Starts the idle and total timers on a committed call's stream.
+    pub fn new(answered: Answered<Committed>, idle: Duration) -> CommittedStream {
+        let Answered {
+            value: Committed { first, rest },
+            attempts,
+            deadline,
+            attempt_started,
+            tracker,
+            ..
+        } = answered;
+        let now = Instant::now();
+        CommittedStream {
+            rest,
+            first: Some(first.delta),
+            attempts,
+            attempt_started,
+            deadline,
+            idle,
+            last_chunk: now,
+            finish: first.finish_reason,
+            usage: first.usage,
+            timer: Box::pin(sleep_until(deadline.min(now + idle))),
+            done: false,
+            tracker,
         }
     }
 
-    fn end(&mut self, how: StreamEnd) {
+    /// The call's attempts so far, the committed one last.
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+
+    /// The usage the provider has reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Releases the deployment's attempt, adding the output tokens it reported to its usage.
+    fn release(&mut self) {
         self.done = true;
         // Dropping the tracker ends the deployment's in-flight count.
         if let Some(t) = self.tracker.take()
@@ -131,13 +109,10 @@ impl Forward {
         {
             t.add_tokens(u64::from(u.completion_tokens));
         }
-        if let Some(f) = self.on_end.take() {
-            f(how, self.usage);
-        }
     }
 
     /// Ends the stream with `error`; the committed attempt (the last) takes `outcome`.
-    fn fail(&mut self, error: CallError, outcome: AttemptOutcome) -> Status {
+    fn break_off(&mut self, error: CallError, outcome: AttemptOutcome) -> CallFailure {
         if let Some(last) = self.attempts.last_mut() {
             last.outcome = outcome as i32;
             last.elapsed = Some(to_proto_duration(self.attempt_started.elapsed()));
@@ -151,74 +126,80 @@ impl Forward {
             _ => None,
         };
         if let (Some(kind), Some(t)) = (kind, &self.tracker) {
-            t.record(AttemptEnd::Failed {
+            t.report(AttemptEnd::Failed {
                 kind,
-                retry_after: None,
+                wait_hint: None,
             });
         }
-        let status = call_status(&error, &self.attempts);
-        self.end(StreamEnd::Failed(error.code()));
-        status
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        // Dropped before its end: tonic let go of it because the client went away.
-        if !self.done {
-            tracing::debug!(id = %self.id, "client went away; closing the provider stream");
-            self.end(StreamEnd::ClientGone);
+        self.release();
+        CallFailure {
+            error,
+            attempts: std::mem::take(&mut self.attempts),
         }
     }
 }
 
-async fn next(mut st: Forward) -> Option<(Result<StreamCompleteResponse, Status>, Forward)> {
-    if st.done {
-        return None;
+impl Drop for CommittedStream {
+    fn drop(&mut self) {
+        // Dropped before its end: the consumer went away.
+        if !self.done {
+            self.release();
+        }
     }
-    if let Some(head) = st.head.take() {
-        return Some((Ok(head), st));
-    }
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut st.timer => {
+}
+
+impl Stream for CommittedStream {
+    type Item = Result<StreamItem, CallFailure>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
+        if st.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = st.first.take() {
+            return Poll::Ready(Some(Ok(StreamItem::Delta(first))));
+        }
+        loop {
+            // The timers first: a stream that keeps sending still ends at its deadline.
+            if st.timer.as_mut().poll(cx).is_ready() {
                 let now = Instant::now();
                 if now >= st.deadline {
-                    let status = st.fail(CallError::DeadlineExceeded, AttemptOutcome::Timeout);
-                    return Some((Err(status), st));
+                    let f = st.break_off(CallError::DeadlineExceeded, AttemptOutcome::Timeout);
+                    return Poll::Ready(Some(Err(f)));
                 }
                 let idle_at = st.last_chunk + st.idle;
                 if now >= idle_at {
-                    let idle = st.idle;
-                    let status = st.fail(CallError::StreamIdleTimeout { idle }, AttemptOutcome::IdleTimeout);
-                    return Some((Err(status), st));
+                    let error = CallError::StreamIdleTimeout { idle: st.idle };
+                    let f = st.break_off(error, AttemptOutcome::IdleTimeout);
+                    return Poll::Ready(Some(Err(f)));
                 }
                 // Chunks came since the timer was set: wait for the limit they moved.
                 st.timer.as_mut().reset(idle_at.min(st.deadline));
+                continue;
             }
-            item = st.rest.next() => match item {
-                Some(Ok(chunk)) => {
+            match st.rest.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
                     st.last_chunk = Instant::now();
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
                     if !chunk.delta.is_empty() {
-                        let msg = st.message(chunk.delta);
-                        return Some((Ok(msg), st));
+                        return Poll::Ready(Some(Ok(StreamItem::Delta(chunk.delta))));
                     }
                 }
-                Some(Err(e)) => {
-                    let status = st.fail(CallError::StreamInterrupted { detail: e.detail }, AttemptOutcome::UpstreamError);
-                    return Some((Err(status), st));
+                Poll::Ready(Some(Err(e))) => {
+                    let error = CallError::StreamInterrupted { detail: e.detail };
+                    let f = st.break_off(error, AttemptOutcome::UpstreamError);
+                    return Poll::Ready(Some(Err(f)));
                 }
-                None => {
-                    let mut tail = st.message(String::new());
-                    tail.finish_reason = st.finish.unwrap_or(FinishReason::Unspecified) as i32;
-                    tail.usage = st.usage;
-                    st.end(StreamEnd::Finished);
-                    return Some((Ok(tail), st));
+                Poll::Ready(None) => {
+                    st.release();
+                    return Poll::Ready(Some(Ok(StreamItem::Finished {
+                        finish_reason: st.finish,
+                        usage: st.usage,
+                    })));
                 }
-            },
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

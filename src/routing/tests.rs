@@ -1,106 +1,15 @@
 //! The chain walk under tokio's paused clock: the real router and the real mock provider, with
 //! time that only moves when every task waits, so deadline arithmetic is exact.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Code;
 
+use super::testkit::{CHAIN, call, ms, outcomes, router};
 use super::*;
-use crate::config::{Config, Source};
-use crate::proto::{ChatMessage, Role};
-
-fn router(yaml: &str) -> Router {
-    let config = Config::load_with_env(Source::Yaml(yaml), Vec::new(), |_| None)
-        .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-    Router::new(Arc::new(config), Arc::new(crate::telemetry::Metrics::new())).unwrap()
-}
-
-fn call(model: &str) -> CallRequest {
-    CallRequest {
-        model: model.into(),
-        chat: ChatRequest {
-            messages: vec![ChatMessage {
-                role: Role::User as i32,
-                content: "hello there".into(),
-                name: None,
-            }],
-            ..ChatRequest::default()
-        },
-        ..CallRequest::default()
-    }
-}
-
-fn outcomes(attempts: &[Attempt]) -> Vec<(String, AttemptOutcome)> {
-    attempts
-        .iter()
-        .map(|a| {
-            (
-                a.deployment.clone(),
-                AttemptOutcome::try_from(a.outcome).unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// `fast` answers after 100ms of time-to-first-chunk (one-word text, so no generation time).
-const CHAIN: &str = r#"
-model_list:
-  - model_name: primary
-    litellm_params: { model: mock/hangs, timeout: 1s, max_retries: 0, mock: { failure: hang } }
-    model_info: { id: primary-0 }
-  - model_name: second
-    litellm_params: { model: mock/hangs, timeout: 1s, max_retries: 0, mock: { failure: hang } }
-    model_info: { id: second-0 }
-  - model_name: fast
-    litellm_params: { model: mock/fast, timeout: 5s, mock: { time_to_first_chunk: 100ms, text: "ok" } }
-    model_info: { id: fast-0 }
-  - model_name: flaky
-    litellm_params: { model: mock/flaky, timeout: 5s, mock: { failure: server_error } }
-    model_info: { id: flaky-0 }
-  - model_name: limited
-    litellm_params: { model: mock/limited, timeout: 5s, mock: { failure: rate_limit } }
-    model_info: { id: limited-0 }
-  - model_name: badkey
-    litellm_params: { model: mock/badkey, mock: { failure: auth_error } }
-    model_info: { id: badkey-0 }
-  - model_name: badreq
-    litellm_params: { model: mock/badreq, mock: { failure: bad_request } }
-    model_info: { id: badreq-0 }
-  - model_name: small
-    litellm_params: { model: mock/small, mock: { failure: context_window } }
-    model_info: { id: small-0 }
-  - model_name: slowstart
-    litellm_params: { model: mock/slowstart, timeout: 10s, stream_timeout: 1s, max_retries: 0, mock: { time_to_first_chunk: 3s } }
-    model_info: { id: slowstart-0 }
-  - model_name: stall
-    litellm_params: { model: mock/stall, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c" } }
-    model_info: { id: stall-0 }
-  - model_name: steady
-    litellm_params: { model: mock/steady, mock: { time_to_first_chunk: 10ms, tokens_per_second: 5, text: "one two three four five six seven eight nine ten" } }
-    model_info: { id: steady-0 }
-router_settings:
-  timeout: 60s
-  num_retries: 2
-  retry_backoff_initial: 100ms
-  retry_backoff_max: 400ms
-  stream_idle_timeout: 500ms
-  fallbacks:
-    - primary: [fast]
-    - second: [fast]
-    - slowstart: [fast]
-    - badkey: [fast]
-    - badreq: [fast]
-    - stall: [fast]
-  context_window_fallbacks:
-    - small: [fast]
-server:
-  deadline_margin: 20ms
-"#;
+use crate::api::status::GrpcError as _;
+use crate::proto::AttemptOutcome;
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_primary_falls_back_after_its_own_timeout() {
@@ -204,7 +113,7 @@ async fn retry_after_is_honoured_and_rate_limits_answer_resource_exhausted() {
     assert_eq!(start.elapsed(), ms(1000));
     assert_eq!(f.attempts.len(), 2);
     assert_eq!(f.error.code(), Code::ResourceExhausted);
-    assert_eq!(f.error.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(f.error.retry_delay(), Some(Duration::from_secs(1)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -378,149 +287,6 @@ async fn mock_timeout_on_a_stream_waits_for_the_first_chunk_deadline() {
     );
 }
 
-/// Reads a committed stream to its end: every item, and how the stream said it ended.
-async fn drain(
-    a: Answered<Committed>,
-    idle: Duration,
-) -> (
-    Vec<Result<crate::proto::StreamCompleteResponse, tonic::Status>>,
-    Option<stream::StreamEnd>,
-) {
-    use futures_util::StreamExt as _;
-    let ended = Arc::new(std::sync::Mutex::new(None));
-    let e = ended.clone();
-    let on_end: stream::OnEnd = Box::new(move |end, _| *e.lock().unwrap() = Some(end));
-    let items = stream::forward(
-        a,
-        "id".into(),
-        idle,
-        &Arc::new(crate::telemetry::Metrics::new()),
-        on_end,
-    )
-    .collect()
-    .await;
-    let end = *ended.lock().unwrap();
-    (items, end)
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_committed_stream_that_goes_silent_ends_with_idle_timeout() {
-    let r = router(CHAIN);
-    let a = r.stream(&call("stall")).await.unwrap();
-    assert_eq!(
-        a.group, "stall",
-        "committed on its first chunk: no fallback after this"
-    );
-    let start = Instant::now();
-    let (items, end) = drain(a, ms(500)).await;
-    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
-    assert_eq!(start.elapsed(), ms(500));
-    assert_eq!(items.len(), 2);
-    let first = items[0].as_ref().unwrap();
-    assert_eq!(first.delta, "a ");
-    assert_eq!(first.attempts.len(), 1);
-    let status = items[1].as_ref().unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
-    let log = crate::api::status::attempt_log(status).unwrap();
-    assert_eq!(
-        AttemptOutcome::try_from(log.attempts[0].outcome).unwrap(),
-        AttemptOutcome::IdleTimeout
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn chunks_closer_than_the_idle_limit_keep_a_stream_alive_past_it() {
-    // A chunk every 200ms for about 2s against a 500ms idle limit: the idle timer is re-armed
-    // each time it fires early, and never ends the stream.
-    let r = router(CHAIN);
-    let a = r.stream(&call("steady")).await.unwrap();
-    let start = Instant::now();
-    let (items, end) = drain(a, ms(500)).await;
-    assert_eq!(end, Some(stream::StreamEnd::Finished));
-    assert!(start.elapsed() >= ms(1800), "{:?}", start.elapsed());
-    let text: String = items
-        .iter()
-        .map(|i| i.as_ref().unwrap().delta.clone())
-        .collect();
-    assert_eq!(text.split_whitespace().count(), 10, "{text}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_flowing_stream_ends_at_the_total_deadline_to_the_millisecond() {
-    // The shared timer has been re-armed by chunks several times when the deadline comes.
-    let r = router(CHAIN);
-    let mut req = call("steady");
-    req.timeout = Some(ms(1000));
-    let start = Instant::now();
-    let a = r.stream(&req).await.unwrap();
-    let (items, end) = drain(a, ms(500)).await;
-    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
-    assert_eq!(start.elapsed(), ms(980), "1s less the 20ms margin");
-    assert!(items.len() > 3, "chunks flowed first: {}", items.len());
-    assert_eq!(
-        items.last().unwrap().as_ref().unwrap_err().code(),
-        Code::DeadlineExceeded
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_committed_stream_still_ends_at_the_total_deadline() {
-    let r = router(CHAIN);
-    let mut req = call("stall");
-    req.timeout = Some(ms(300));
-    let a = r.stream(&req).await.unwrap();
-    let start = Instant::now();
-    // The idle timer (500ms) is longer than what is left of the 280ms total deadline.
-    let (items, end) = drain(a, ms(500)).await;
-    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
-    assert_eq!(
-        start.elapsed(),
-        ms(270),
-        "280ms less the 10ms to the first chunk"
-    );
-    let status = items.last().unwrap().as_ref().unwrap_err();
-    assert_eq!(
-        crate::api::status::attempt_log(status)
-            .unwrap()
-            .attempts
-            .len(),
-        1
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_whole_stream_arrives_with_finish_reason_and_usage_last() {
-    let r = router(CHAIN);
-    let a = r.stream(&call("fast")).await.unwrap();
-    let (items, end) = drain(a, ms(500)).await;
-    assert_eq!(end, Some(stream::StreamEnd::Finished));
-    assert_eq!(items.len(), 2);
-    assert_eq!(items[0].as_ref().unwrap().delta, "ok");
-    let last = items[1].as_ref().unwrap();
-    assert_eq!(last.finish_reason, FinishReason::Stop as i32);
-    assert_eq!(last.usage.unwrap().completion_tokens, 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_stream_dropped_before_its_end_reports_the_client_gone() {
-    use futures_util::StreamExt as _;
-    let r = router(CHAIN);
-    let a = r.stream(&call("stall")).await.unwrap();
-    let ended = Arc::new(std::sync::Mutex::new(None));
-    let e = ended.clone();
-    let on_end: stream::OnEnd = Box::new(move |end, _| *e.lock().unwrap() = Some(end));
-    let mut s = stream::forward(
-        a,
-        "id".into(),
-        ms(500),
-        &Arc::new(crate::telemetry::Metrics::new()),
-        on_end,
-    );
-    s.next().await.unwrap().unwrap();
-    drop(s);
-    assert_eq!(*ended.lock().unwrap(), Some(stream::StreamEnd::ClientGone));
-}
-
 #[tokio::test(start_paused = true)]
 async fn unknown_models_and_fallbacks_are_named() {
     let r = router(CHAIN);
@@ -668,7 +434,7 @@ async fn a_group_that_is_all_cooling_fails_at_once_and_says_when_it_returns() {
     let f = r.complete(&call("down")).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(f.error.reason(), "ALL_DEPLOYMENTS_COOLING_DOWN");
-    assert_eq!(f.error.retry_after(), Some(ms(1501)));
+    assert_eq!(f.error.retry_delay(), Some(ms(1501)));
     assert_eq!(
         outcomes(&f.attempts),
         [("down-0".into(), AttemptOutcome::CoolingDown)]

@@ -1,0 +1,284 @@
+//! The walk over a call's fallback chain: enter each model group in turn, ask the retry policy
+//! what to do at each step, and carry the decision out (attempt, wait, move on, switch to a
+//! special fallback list, or stop), until an attempt answers or the chain is exhausted.
+
+use std::{collections::VecDeque, future::Future, sync::Arc};
+
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::{
+    Answered, CallError, CallFailure, Router,
+    deadline::{AttemptDeadlines, Backoff},
+    failure::Failure,
+    log::CallLog,
+    pick::{Pick, Picker},
+    plan::Plan,
+    policy::{self, Decision, Leave, Position, Special},
+    round::{AttemptValue, Call, RoundAt},
+};
+use crate::config::ModelGroup;
+use crate::providers::Provider;
+use crate::telemetry::traces::TARGET;
+
+/// Where a call stands in its chain of model groups.
+struct Chain {
+    /// Groups still to enter, in order.
+    ahead: VecDeque<Arc<ModelGroup>>,
+    /// The group the call is in, once it has entered one.
+    current: Option<InGroup>,
+    /// Whether the current group is the requested one, not a fallback.
+    requested: bool,
+    /// 0 for the requested group, then 1, 2, ... along the chain (special fallbacks included).
+    fallback_index: usize,
+    /// Whether the call switched to a special fallback list: it does so once at most.
+    switched: bool,
+    /// The failure of the last group that made an attempt: the call's error if the chain runs
+    /// out.
+    last_failure: Option<Failure>,
+    /// The next group's picker, when the current group's hedges already ran attempts there.
+    carried: Option<Picker>,
+}
+
+/// The call's state within one group.
+struct InGroup {
+    pick: Picker,
+    /// Retries made in the group, not counting its first attempt.
+    retries_done: u32,
+    /// Fixed by the group's first attempt: the request's `num_retries`, else that deployment's
+    /// `max_retries`.
+    retries_allowed: Option<u32>,
+    /// The group's latest failure; `None` until one of its attempts fails.
+    failure: Option<Failure>,
+}
+
+impl Chain {
+    fn new(plan: &Plan) -> Self {
+        Chain {
+            ahead: plan.chain.iter().cloned().collect(),
+            current: None,
+            requested: true,
+            fallback_index: 0,
+            switched: false,
+            last_failure: None,
+            carried: None,
+        }
+    }
+
+    /// Leaves the current group, if any, and enters the next one. `None` when the chain is
+    /// exhausted.
+    fn enter_next(&mut self, router: &Router) -> Option<&mut InGroup> {
+        let group = self.ahead.pop_front()?;
+        if let Some(left) = self.current.take() {
+            self.requested = false;
+            self.fallback_index += 1;
+            router
+                .metrics()
+                .fallback(&left.pick.group.name, &group.name);
+            if left.failure.is_some() {
+                self.last_failure = left.failure;
+            }
+        }
+        let pick = match self.carried.take() {
+            Some(p) if Arc::ptr_eq(&p.group, &group) => p,
+            _ => router.picker(&group),
+        };
+        Some(self.current.insert(InGroup {
+            pick,
+            retries_done: 0,
+            retries_allowed: None,
+            failure: None,
+        }))
+    }
+
+    /// Replaces the rest of the chain with the current group's special fallback list.
+    fn switch_to(&mut self, special: Special, router: &Router) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let group = &current.pick.group;
+        let names = match special {
+            Special::ContextWindow => &group.context_window_fallbacks,
+            Special::ContentPolicy => &group.content_policy_fallbacks,
+        };
+        self.ahead = names
+            .iter()
+            .filter_map(|name| router.config().group(name).cloned())
+            .collect();
+        self.switched = true;
+        self.carried = None;
+    }
+
+    /// The failure that ended the chain, when it ran out without an answer.
+    fn exhausted(mut self, log: &CallLog, deadline: Instant) -> CallError {
+        if let Some(f) = self.current.take().and_then(|g| g.failure) {
+            self.last_failure = Some(f);
+        }
+        if Instant::now() >= deadline {
+            return CallError::DeadlineExceeded;
+        }
+        match (self.last_failure, log.unavailable) {
+            (Some(f), _) => CallError::FallbacksExhausted(f),
+            (None, Some((until, cooling))) => CallError::NoDeploymentAvailable {
+                back_in: until.saturating_duration_since(Instant::now()),
+                cooling,
+            },
+            (None, None) => CallError::DeadlineExceeded,
+        }
+    }
+}
+
+impl Router {
+    /// The chain walk shared by both RPCs. `attempt` runs one attempt on one provider and must
+    /// end by the given deadlines (the walk does not enforce them a second time).
+    pub(super) async fn walk<T, F, Fut>(
+        &self,
+        plan: &Plan,
+        attempt: F,
+    ) -> Result<Answered<T>, CallFailure>
+    where
+        T: AttemptValue,
+        F: FnMut(Arc<Provider>, AttemptDeadlines) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let settings = &self.config().router;
+        let backoff = Backoff {
+            initial: settings.retry_backoff_initial,
+            max: settings.retry_backoff_max,
+            floor: settings.min_retry_wait,
+        };
+        let mut call = Call {
+            router: self,
+            plan,
+            attempt,
+            log: CallLog::default(),
+        };
+        let mut chain = Chain::new(plan);
+        tracing::Span::current().record(
+            "llmrouter.deadline_ms",
+            plan.deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+        );
+
+        'groups: while chain.enter_next(self).is_some() {
+            loop {
+                let facts = call.facts(false);
+                let Some(group) = chain.current.as_mut() else {
+                    break 'groups;
+                };
+                let pick = group.pick.pick(&facts);
+                let first_deployment = match &pick {
+                    Pick::Go { idx, .. } => Some(&group.pick.group.deployments[*idx]),
+                    Pick::Nothing { .. } => None,
+                };
+                let retries_allowed = match (group.retries_allowed, first_deployment) {
+                    (Some(n), _) => n,
+                    (None, Some(d)) => *group
+                        .retries_allowed
+                        .insert(plan.num_retries.unwrap_or(d.max_retries)),
+                    (None, None) => 0,
+                };
+                let g = &group.pick.group;
+                let position = Position {
+                    retries_done: group.retries_done,
+                    retries_allowed,
+                    candidate: pick.candidate(),
+                    context_window_fallbacks: !chain.switched
+                        && !g.context_window_fallbacks.is_empty(),
+                    content_policy_fallbacks: !chain.switched
+                        && !g.content_policy_fallbacks.is_empty(),
+                    time_left: plan.deadline.saturating_duration_since(Instant::now()),
+                    backoff,
+                    provider_hint: group.failure.as_ref().and_then(Failure::provider_wait_hint),
+                    jitter: fastrand::f64(),
+                };
+                // Nothing has failed yet in a group just entered.
+                let failed = group.failure.as_ref().map(Failure::fault);
+                let decision = policy::decide(failed, &position);
+                let (wait, counted) = match decision {
+                    Decision::AttemptNow { counted } => (None, counted),
+                    Decision::WaitThenRetry { wait, counted } => (Some(wait), counted),
+                    Decision::NextGroup(why) => {
+                        if let (Leave::NoDeploymentLeft, Pick::Nothing { skipped }) = (why, &pick) {
+                            call.log.skipped(g, skipped);
+                        }
+                        continue 'groups;
+                    }
+                    Decision::SwitchTo(special) => {
+                        chain.switch_to(special, self);
+                        continue 'groups;
+                    }
+                    Decision::Stop(end) => {
+                        // Only a failure stops a call, so the group has one.
+                        let error = group
+                            .failure
+                            .take()
+                            .map_or(CallError::DeadlineExceeded, |f| end.error(f));
+                        return Err(CallFailure {
+                            error,
+                            attempts: call.log.attempts,
+                        });
+                    }
+                };
+                let Pick::Go { idx, .. } = pick else {
+                    break 'groups;
+                };
+                if counted {
+                    group.retries_done += 1;
+                }
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait)
+                        .instrument(tracing::info_span!(
+                            target: TARGET,
+                            "backoff",
+                            otel.name = "llmrouter.backoff",
+                            llmrouter.backoff_ms = wait.as_millis() as u64,
+                        ))
+                        .await;
+                }
+                if Instant::now() >= plan.deadline {
+                    break 'groups;
+                }
+                if group.pick.has_failures() {
+                    let d = &group.pick.group.deployments[idx];
+                    self.metrics().retry(&group.pick.group.name, &d.id);
+                }
+                let at = RoundAt {
+                    pick: &mut group.pick,
+                    carried: &mut chain.carried,
+                    next_group: chain.ahead.front(),
+                    fallback_index: chain.fallback_index,
+                    requested: chain.requested,
+                };
+                match call.round(at, idx).await {
+                    Ok(won) => {
+                        return Ok(Answered {
+                            value: won.value,
+                            group: won.group.name.clone(),
+                            deployment: won.group.deployments[won.idx].id.clone(),
+                            attempts: call.log.attempts,
+                            deadline: plan.deadline,
+                            attempt_started: won.start,
+                            tracker: Some(won.tracker),
+                        });
+                    }
+                    Err(failure) => {
+                        tracing::debug!(
+                            group = %group.pick.group.name,
+                            deployment = %group.pick.group.deployments[idx].id,
+                            outcome = ?failure.outcome(),
+                            "attempt failed"
+                        );
+                        group.failure = Some(failure);
+                    }
+                }
+            }
+        }
+        let error = chain.exhausted(&call.log, plan.deadline);
+        Err(CallFailure {
+            error,
+            attempts: call.log.attempts,
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! Why an attempt did not answer, and what that failure is, in the one table that classifies
+//! it: whose fault it is (which the retry policy decides on), the attempt log's outcome, and
+//! the kind a cooldown counts it as.
+
+use std::time::Duration;
+
+use crate::config::FailKind;
+use crate::proto::AttemptOutcome;
+use crate::providers::{ErrorKind, ProviderError};
+
+/// Why an attempt did not answer.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The attempt's deadline (or the first-chunk deadline, when `first_chunk`) passed.
+    Timeout { first_chunk: bool },
+    /// `mock_timeout` made the attempt wait out its deadline without calling a provider.
+    MockTimeout,
+    /// The provider answered with an error, or could not be reached.
+    Provider(ProviderError),
+}
+
+/// Who a failure says is at fault: what the chain may still try after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Nobody in particular: the same or another deployment may answer if asked again
+    /// (timeouts, 5xx, broken connections, rate limits).
+    Transient,
+    /// This deployment will not work for this call (bad credentials, a refusal); the group's
+    /// other deployments may.
+    Deployment,
+    /// The request itself: no deployment will take it.
+    Request,
+    /// The prompt is too long for the model.
+    ContextWindow,
+    /// The content was refused on policy grounds.
+    ContentPolicy,
+}
+
+impl Fault {
+    /// Whether another deployment of the group may still answer the call, so that attempts
+    /// racing this one are left to run.
+    pub fn another_deployment_may_answer(self) -> bool {
+        matches!(self, Fault::Transient | Fault::Deployment)
+    }
+}
+
+/// A failure's classification: one row of the table in [`Failure::class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    pub fault: Fault,
+    pub outcome: AttemptOutcome,
+    /// The kind a cooldown and the final status count it as.
+    pub kind: FailKind,
+}
+
+impl Failure {
+    /// The one place a failure is classified.
+    pub fn class(&self) -> Class {
+        let (fault, outcome, kind) = match self {
+            Failure::Timeout { first_chunk: true } => (
+                Fault::Transient,
+                AttemptOutcome::FirstChunkTimeout,
+                FailKind::Timeout,
+            ),
+            Failure::Timeout { first_chunk: false } => {
+                (Fault::Transient, AttemptOutcome::Timeout, FailKind::Timeout)
+            }
+            Failure::MockTimeout => (
+                Fault::Transient,
+                AttemptOutcome::MockTimeout,
+                FailKind::Timeout,
+            ),
+            Failure::Provider(e) => match e.kind {
+                ErrorKind::Connect => (
+                    Fault::Transient,
+                    AttemptOutcome::ConnectError,
+                    FailKind::InternalServer,
+                ),
+                ErrorKind::Upstream => (
+                    Fault::Transient,
+                    AttemptOutcome::UpstreamError,
+                    FailKind::InternalServer,
+                ),
+                ErrorKind::RateLimited => (
+                    Fault::Transient,
+                    AttemptOutcome::RateLimited,
+                    FailKind::RateLimit,
+                ),
+                ErrorKind::Auth | ErrorKind::Refused => (
+                    Fault::Deployment,
+                    AttemptOutcome::Rejected,
+                    FailKind::Authentication,
+                ),
+                ErrorKind::BadRequest => (
+                    Fault::Request,
+                    AttemptOutcome::Rejected,
+                    FailKind::BadRequest,
+                ),
+                ErrorKind::ContextWindow => (
+                    Fault::ContextWindow,
+                    AttemptOutcome::Rejected,
+                    FailKind::BadRequest,
+                ),
+                ErrorKind::ContentPolicy => (
+                    Fault::ContentPolicy,
+                    AttemptOutcome::Rejected,
+                    FailKind::ContentPolicy,
+                ),
+            },
+        };
+        Class {
+            fault,
+            outcome,
+            kind,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        self.class().fault
+    }
+
+    pub fn outcome(&self) -> AttemptOutcome {
+        self.class().outcome
+    }
+
+    /// Whether the failure says anything about the deployment: `mock_timeout` never reached it.
+    pub fn reached_deployment(&self) -> bool {
+        !matches!(self, Failure::MockTimeout)
+    }
+
+    /// How long the provider asked us to wait before asking again (its `Retry-After`, rate
+    /// limit reset or RetryInfo), when it said.
+    pub fn provider_wait_hint(&self) -> Option<Duration> {
+        match self {
+            Failure::Provider(e) => e.wait_hint,
+            Failure::Timeout { .. } | Failure::MockTimeout => None,
+        }
+    }
+
+    pub fn upstream_status(&self) -> u16 {
+        match self {
+            Failure::Provider(e) => e.status,
+            Failure::Timeout { .. } | Failure::MockTimeout => 0,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            Failure::Timeout { first_chunk: true } => {
+                "no first chunk before the first-chunk deadline".into()
+            }
+            Failure::Timeout { first_chunk: false } => {
+                "no answer before the attempt deadline".into()
+            }
+            Failure::MockTimeout => "mock_timeout: waited out the attempt deadline".into(),
+            Failure::Provider(e) => e.detail.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(kind: ErrorKind) -> Failure {
+        Failure::Provider(ProviderError::new(kind, 0, ""))
+    }
+
+    #[test]
+    fn every_failure_has_a_fault_and_an_outcome() {
+        assert_eq!(
+            Failure::Timeout { first_chunk: true }.fault(),
+            Fault::Transient
+        );
+        assert_eq!(Failure::MockTimeout.fault(), Fault::Transient);
+        assert_eq!(provider(ErrorKind::Connect).fault(), Fault::Transient);
+        assert_eq!(provider(ErrorKind::Upstream).fault(), Fault::Transient);
+        assert_eq!(provider(ErrorKind::RateLimited).fault(), Fault::Transient);
+        assert_eq!(provider(ErrorKind::Auth).fault(), Fault::Deployment);
+        assert_eq!(provider(ErrorKind::Refused).fault(), Fault::Deployment);
+        assert_eq!(provider(ErrorKind::BadRequest).fault(), Fault::Request);
+        assert_eq!(
+            provider(ErrorKind::ContextWindow).fault(),
+            Fault::ContextWindow
+        );
+        assert_eq!(
+            provider(ErrorKind::Auth).outcome(),
+            AttemptOutcome::Rejected
+        );
+        assert_eq!(
+            Failure::Timeout { first_chunk: true }.outcome(),
+            AttemptOutcome::FirstChunkTimeout
+        );
+        assert!(!Failure::MockTimeout.reached_deployment());
+        assert!(Failure::Timeout { first_chunk: false }.reached_deployment());
+    }
+}

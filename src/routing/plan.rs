@@ -1,0 +1,132 @@
+//! A call's plan, fixed before its first attempt: the chain of model groups, the total
+//! deadline, the request's overrides and the prompt's estimated size. Also the answers made up
+//! from a request's `mock_response`, which need a plan and nothing else.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{
+    Answered, CallError, CallRequest, Committed, Router, deadline, log::to_proto_duration,
+};
+use crate::config::ModelGroup;
+use crate::proto::{Attempt, AttemptOutcome, FinishReason};
+use crate::providers::{Chunk, Completion, estimate_tokens};
+
+/// What one call will do, fixed before its first attempt.
+pub struct Plan {
+    /// The requested group first, then its fallbacks.
+    pub chain: Vec<Arc<ModelGroup>>,
+    pub deadline: Instant,
+    pub num_retries: Option<u32>,
+    pub mock_timeout: bool,
+    /// First-chunk deadline override (streaming only).
+    pub stream_timeout: Option<Duration>,
+    pub streaming: bool,
+    /// The prompt's size in tokens, estimated, for `tpm` limits.
+    pub request_tokens: u64,
+}
+
+impl Router {
+    /// Resolves a call against the config: its groups must exist and its switches be allowed.
+    pub(super) fn plan(&self, req: &CallRequest, streaming: bool) -> Result<Plan, CallError> {
+        let cfg = self.config();
+        let known = || cfg.group_names().into_iter().map(String::from).collect();
+        let Some(requested) = cfg.group(&req.model) else {
+            return Err(CallError::ModelNotFound {
+                model: req.model.clone(),
+                known: known(),
+            });
+        };
+        if req.mock_timeout && !cfg.router.allow_mock_timeout {
+            return Err(CallError::MockTimeoutDisabled);
+        }
+        let fallback_names = if req.fallbacks.is_empty() {
+            &requested.fallbacks
+        } else {
+            &req.fallbacks
+        };
+        let mut chain = vec![requested.clone()];
+        for (i, name) in fallback_names.iter().enumerate() {
+            let group = cfg.group(name).ok_or_else(|| CallError::InvalidArgument {
+                field: format!("fallbacks[{i}]"),
+                message: format!(
+                    "names unknown model group `{name}`; known model groups: {}",
+                    cfg.group_names().join(", ")
+                ),
+            })?;
+            chain.push(group.clone());
+        }
+        let prompt_chars: usize = req.chat.messages.iter().map(|m| m.content.len()).sum();
+        Ok(Plan {
+            chain,
+            deadline: deadline::total_deadline(
+                Instant::now(),
+                req.client_timeout,
+                req.timeout,
+                cfg.router.timeout,
+                cfg.server.deadline_margin,
+            ),
+            num_retries: req.num_retries,
+            mock_timeout: req.mock_timeout,
+            stream_timeout: req.stream_timeout,
+            streaming,
+            request_tokens: estimate_tokens(prompt_chars),
+        })
+    }
+}
+
+/// The deployment id reported for answers made up from the request's `mock_response`.
+pub const MOCK_RESPONSE_DEPLOYMENT: &str = "mock_response";
+
+/// An answer made up from `mock_response`, as if the requested group had given it.
+pub fn mock_answer<T>(plan: &Plan, text: &str, value: T) -> Answered<T> {
+    let group = plan.chain[0].name.clone();
+    let now = Instant::now();
+    Answered {
+        value,
+        attempts: vec![Attempt {
+            model: group.clone(),
+            deployment: MOCK_RESPONSE_DEPLOYMENT.into(),
+            outcome: AttemptOutcome::Ok as i32,
+            elapsed: Some(to_proto_duration(Duration::ZERO)),
+            upstream_status: 0,
+            detail: format!("mock_response ({} bytes)", text.len()),
+            hedge: false,
+        }],
+        group,
+        deployment: MOCK_RESPONSE_DEPLOYMENT.into(),
+        deadline: plan.deadline,
+        attempt_started: now,
+        tracker: None,
+    }
+}
+
+pub fn mock_completion(text: &str) -> Completion {
+    Completion {
+        text: text.to_string(),
+        finish_reason: FinishReason::Stop,
+        usage: None,
+    }
+}
+
+/// `text` as a stream of word-sized chunks, then a last chunk with the finish reason.
+pub fn mock_committed(text: &str) -> Committed {
+    let mut pieces: Vec<Chunk> = text
+        .split_inclusive(' ')
+        .map(|p| Chunk {
+            delta: p.to_string(),
+            ..Chunk::default()
+        })
+        .collect();
+    pieces.push(Chunk {
+        finish_reason: Some(FinishReason::Stop),
+        ..Chunk::default()
+    });
+    let mut it = pieces.into_iter();
+    let first = it.next().unwrap_or_default();
+    Committed {
+        first,
+        rest: Box::pin(futures_util::stream::iter(it.map(Ok))),
+    }
+}
