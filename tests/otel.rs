@@ -3,6 +3,7 @@
 //! and the span tree and its attributes are checked. One test in this file: the tracing
 //! subscriber is global to the process.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::{

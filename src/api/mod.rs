@@ -6,6 +6,7 @@ pub mod status;
 pub mod stream;
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -113,6 +114,8 @@ struct CallRecord {
     span: tracing::Span,
     /// Calls in flight when this one arrived, itself included.
     in_flight_at_start: usize,
+    /// The request's `metadata`, bounded, for the log line; empty when it has none.
+    labels: String,
     _in_flight: GaugeGuard,
     _active: ActiveGuard,
 }
@@ -120,7 +123,13 @@ struct CallRecord {
 impl CallRecord {
     /// Starts accounting for a call on the current config snapshot, which the call keeps to
     /// its end even if a reload swaps in another.
-    fn start(api: &RouterApi, rpc: &'static str, model: &str, span: tracing::Span) -> Self {
+    fn start(
+        api: &RouterApi,
+        rpc: &'static str,
+        model: &str,
+        metadata: &HashMap<String, String>,
+        span: tracing::Span,
+    ) -> Self {
         let router = api.routers.current();
         let requested = if router.config().group(model).is_some() {
             model.to_string()
@@ -132,6 +141,7 @@ impl CallRecord {
             _in_flight: router.metrics().in_flight(rpc),
             _active: active,
             in_flight_at_start,
+            labels: labels(metadata),
             router,
             rpc,
             id: new_id(),
@@ -156,6 +166,7 @@ impl CallRecord {
             attempts,
             code = ?code,
             elapsed_ms = elapsed.as_millis() as u64,
+            metadata = self.labels.as_str(),
             "call finished"
         );
         self.router.metrics().call_finished(
@@ -183,14 +194,14 @@ impl CallRecord {
         match self.router.config().server.max_concurrent_calls {
             Some(limit) if self.in_flight_at_start > limit as usize => {
                 self.router.metrics().shed(self.rpc);
-                Err(self.fail(CallError::Overloaded { limit }.into()))
+                Err(self.answer_failure(CallError::Overloaded { limit }.into()))
             }
             _ => Ok(()),
         }
     }
 
     /// Reports a failure and turns it into the status to answer with.
-    fn fail(&mut self, f: CallFailure) -> Status {
+    fn answer_failure(&mut self, f: CallFailure) -> Status {
         let status = call_status(&f.error, &f.attempts);
         self.finish(None, f.attempts.len(), status.code());
         status
@@ -203,6 +214,49 @@ impl Drop for CallRecord {
             self.finish(None, 0, tonic::Code::Cancelled);
         }
     }
+}
+
+/// Bounds on the caller's `metadata` as logged: whatever a caller sends, its log line stays short.
+const LABEL_PART_MAX: usize = 128;
+const LABELS_MAX: usize = 1024;
+
+/// A request's `metadata` for the call's log line: `key=value` pairs sorted by key, each key and
+/// value cut at [`LABEL_PART_MAX`] bytes, the whole at [`LABELS_MAX`]. Empty (and free) when the
+/// request has none.
+fn labels(metadata: &HashMap<String, String>) -> String {
+    if metadata.is_empty() {
+        return String::new();
+    }
+    let mut pairs: Vec<_> = metadata.iter().collect();
+    pairs.sort();
+    let mut out = String::new();
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(cut(k, LABEL_PART_MAX));
+        out.push('=');
+        out.push_str(cut(v, LABEL_PART_MAX));
+        if out.len() >= LABELS_MAX {
+            let end = cut(&out, LABELS_MAX).len();
+            out.truncate(end);
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The span of one RPC, a child of the caller's `traceparent` when it sent one.
@@ -244,13 +298,17 @@ impl RouterApi {
         request: Request<CompleteRequest>,
         span: tracing::Span,
     ) -> Result<Response<CompleteResponse>, Status> {
-        let mut record = CallRecord::start(self, "Complete", &request.get_ref().model, span);
+        let r = request.get_ref();
+        let mut record = CallRecord::start(self, "Complete", &r.model, &r.metadata, span);
         record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let call = request::call_from_complete(request.into_inner(), client_timeout)
-            .map_err(|e| record.fail(e.into()))?;
+            .map_err(|e| record.answer_failure(e.into()))?;
         let router = record.router.clone();
-        let answered = router.complete(&call).await.map_err(|f| record.fail(f))?;
+        let answered = router
+            .complete(&call)
+            .await
+            .map_err(|f| record.answer_failure(f))?;
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
             router.metrics().tokens(&answered.deployment, usage);
@@ -281,15 +339,19 @@ impl RouterApi {
         request: Request<StreamCompleteRequest>,
         span: tracing::Span,
     ) -> Result<Response<ResponseStream>, Status> {
-        let mut record = CallRecord::start(self, "StreamComplete", &request.get_ref().model, span);
+        let r = request.get_ref();
+        let mut record = CallRecord::start(self, "StreamComplete", &r.model, &r.metadata, span);
         record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let call = request::call_from_stream(request.into_inner(), client_timeout)
-            .map_err(|e| record.fail(e.into()))?;
+            .map_err(|e| record.answer_failure(e.into()))?;
         let router = record.router.clone();
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.
-        let answered = router.stream(&call).await.map_err(|f| record.fail(f))?;
+        let answered = router
+            .stream(&call)
+            .await
+            .map_err(|f| record.answer_failure(f))?;
         let idle = router.config().router.stream_idle_timeout;
         let (group, deployment, attempts) = (
             answered.group.clone(),
@@ -394,5 +456,27 @@ impl RouterService for RouterApi {
             })
             .collect();
         Ok(Response::new(ListModelsResponse { groups }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_logged_sorted_and_bounded() {
+        assert_eq!(labels(&HashMap::new()), "");
+        let m: HashMap<String, String> = [("team", "search"), ("caller", "ranker")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(labels(&m), "caller=ranker team=search");
+        let big: HashMap<String, String> = (0..64)
+            .map(|i| (format!("k{i:02}{}", "é".repeat(100)), "v".repeat(1000)))
+            .collect();
+        let line = labels(&big);
+        assert!(line.len() <= LABELS_MAX + '…'.len_utf8(), "{}", line.len());
+        assert!(line.ends_with('…'));
+        assert!(line.starts_with("k00"));
     }
 }

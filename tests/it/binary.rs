@@ -1,17 +1,15 @@
 //! The real binary, as a user runs it: the built-in default config, `check-config`, SIGTERM.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use llm_router::proto::{AttemptOutcome, router_service_client::RouterServiceClient};
 
-use common::process::{BIN, sigterm, spawn, spawn_with_env, wait_exit};
+use crate::common::process::{BIN, sigterm, spawn, spawn_with_env, wait_exit};
 
 #[tokio::test]
 async fn the_default_config_serves_its_fallback_story_and_exits_cleanly_on_sigterm() {

@@ -4,16 +4,14 @@
 //! matches what happened; afterwards no upstream request may be left open and the server's
 //! memory must be back near where it started.
 
-mod common;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::process::{sigterm, spawn_with_env, wait_exit};
-use common::upstream::{Behaviour, Upstream};
-use common::*;
+use crate::common::process::{sigterm, spawn_with_env, wait_exit};
+use crate::common::upstream::{Behaviour, Upstream};
+use crate::common::*;
 use llm_router::proto::{AttemptOutcome, FinishReason, router_service_client::RouterServiceClient};
 use tokio::sync::Semaphore;
 use tonic::{Code, transport::Channel};

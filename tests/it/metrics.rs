@@ -1,13 +1,11 @@
 //! Metrics and the admin port: a scripted set of calls, then `/metrics` scraped, parsed and
 //! checked series by series.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::upstream::{Behaviour, Upstream};
-use common::*;
+use crate::common::upstream::{Behaviour, Upstream};
+use crate::common::*;
 
 fn config(up: &Upstream) -> String {
     format!(

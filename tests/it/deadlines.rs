@@ -2,12 +2,10 @@
 //! in-process that misbehaves on purpose, and the generated tonic client. Real timers, with
 //! tolerances that hold on a loaded 2-core machine.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::upstream::{Behaviour, Upstream};
-use common::*;
+use crate::common::upstream::{Behaviour, Upstream};
+use crate::common::*;
 use llm_router::proto::{AttemptOutcome, FinishReason};
 use tonic::Code;
 use tonic_types::StatusExt;

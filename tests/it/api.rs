@@ -1,11 +1,9 @@
 //! The gRPC surface: request validation over the wire, ListModels, health, reflection and
 //! graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use llm_router::proto::{ChatMessage, CompleteRequest, ListModelsRequest, Role};
 use tonic::Code;
 use tonic_health::pb::{

@@ -2,12 +2,10 @@
 //! vendor's documented bodies and SSE streams (tests/fixtures/) byte for byte, and misbehaves
 //! in each vendor's own ways.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::upstream::{Behaviour, Upstream, fixture};
-use common::*;
+use crate::common::upstream::{Behaviour, Upstream, fixture};
+use crate::common::*;
 use llm_router::config::{Config, Source};
 use llm_router::proto::{AttemptOutcome, ChatMessage, FinishReason, Role, StreamCompleteResponse};
 use tonic::Code;

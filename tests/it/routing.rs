@@ -2,12 +2,10 @@
 //! reload, end to end: the real server on port 0, the fault-injecting upstream, and the
 //! generated client. Loads are scripted so that each strategy's choice is determined.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::upstream::{Behaviour, Upstream};
-use common::*;
+use crate::common::upstream::{Behaviour, Upstream};
+use crate::common::*;
 use llm_router::proto::{AttemptOutcome, CompleteResponse};
 use tonic::Code;
 use tonic_types::StatusExt;
