@@ -23,7 +23,6 @@
 //! Under `cargo test` (no `--bench` flag) it runs a tiny configuration, to show it still works.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     process::{Child, Command, Stdio},
     sync::{
@@ -33,18 +32,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::{Request, Response, body::Frame, service::service_fn};
-use hyper_util::rt::TokioIo;
 use llm_router::proto::{
     ChatMessage, CompleteRequest, CompleteResponse, ListModelsRequest, ListModelsResponse, Role,
     StreamCompleteRequest, StreamCompleteResponse,
     router_service_client::RouterServiceClient,
     router_service_server::{RouterService, RouterServiceServer},
 };
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 const ROLE_ENV: &str = "LLMROUTER_BENCH_ROLE";
@@ -90,6 +84,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let upstream = Upstream::start().await;
+        set_upstream(&upstream, scale.latency, scale.chunks);
         println!(
             "# llm-router gateway benchmark ({})\n",
             if full { "full" } else { "tiny" }
@@ -184,125 +179,32 @@ fn machine() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The upstream: OpenAI-compatible, fixed latency, fixed tokens per second.
+// The upstream: the tests' fault-injecting OpenAI-compatible upstream, the project's one fake
+// upstream, here only ever well-behaved.
 
-/// Behaviour is chosen by the request's model: `fast` (no delay), `hang` (never answers),
-/// `slow-stream` (one token a second), anything else: the configured latency and speed.
-struct Upstream {
-    addr: SocketAddr,
-    latency: Arc<Mutex<Duration>>,
-    chunk_interval: Duration,
-}
+#[path = "../tests/it/common/upstream.rs"]
+mod upstream;
+use upstream::{Behaviour, Upstream};
 
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let latency = Arc::new(Mutex::new(Duration::from_millis(5)));
-        let chunk_interval = Duration::from_millis(1);
-        let l = latency.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let l = l.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        service_fn(move |req| respond(req, *l.lock().unwrap(), chunk_interval));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            addr,
-            latency,
-            chunk_interval,
-        }
-    }
+/// Time between a `bench-stream` answer's chunks.
+const CHUNK_INTERVAL: Duration = Duration::from_millis(1);
 
-    fn set_latency(&self, d: Duration) {
-        *self.latency.lock().unwrap() = d;
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-async fn respond(
-    req: Request<hyper::body::Incoming>,
-    latency: Duration,
-    interval: Duration,
-) -> Result<Response<Body>, Infallible> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let text = String::from_utf8_lossy(&body);
-    let stream = text.contains("\"stream\":true");
-    let chunks: usize = text
-        .split("\"max_tokens\":")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20);
-    let (latency, interval) = if text.contains("\"model\":\"fast\"") {
-        (Duration::ZERO, Duration::ZERO)
-    } else if text.contains("\"model\":\"hang\"") {
-        std::future::pending::<()>().await;
-        unreachable!()
-    } else if text.contains("\"model\":\"slow-stream\"") {
-        (latency, Duration::from_secs(1))
-    } else {
-        (latency, interval)
+/// What each model of the upstream does. `latency` is the wait before the answer's headers.
+/// `bench`: a whole unary answer of 20 words; `bench-stream`: `chunks` chunks `CHUNK_INTERVAL`
+/// apart; `fast`: one word at once; `hang`: never answers; `slow-stream`: three chunks, one a
+/// second.
+fn set_upstream(up: &Upstream, latency: Duration, chunks: usize) {
+    let answer = |latency, chunks, chunk_interval| Behaviour::Answer {
+        headers_after: latency,
+        first_chunk_after: Duration::ZERO,
+        chunks: vec!["word ".to_string(); chunks],
+        chunk_interval,
     };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if !stream {
-        let json = format!(
-            r#"{{"id":"b","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":5,"completion_tokens":{chunks},"total_tokens":{}}}}}"#,
-            "word ".repeat(chunks).trim_end(),
-            chunks + 5
-        );
-        return Ok(Response::builder()
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(json)).boxed())
-            .unwrap());
-    }
-    let events = stream::unfold(0usize, move |i| async move {
-        if i > chunks + 2 {
-            return None;
-        }
-        if i > 0 && i <= chunks && !interval.is_zero() {
-            tokio::time::sleep(interval).await;
-        }
-        let data = if i < chunks {
-            r#"data: {"choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}"#
-                .to_string()
-                + "\n\n"
-        } else if i == chunks {
-            format!(
-                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":{chunks},\"total_tokens\":{}}}}}\n\n",
-                chunks + 5
-            )
-        } else {
-            "data: [DONE]\n\n".to_string()
-        };
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(data))), i + 1))
-    });
-    Ok(Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(BodyExt::boxed(StreamBody::new(events)))
-        .unwrap())
+    up.set("bench", answer(latency, 20, Duration::ZERO));
+    up.set("bench-stream", answer(latency, chunks, CHUNK_INTERVAL));
+    up.set("fast", answer(Duration::ZERO, 1, Duration::ZERO));
+    up.set("hang", Behaviour::Hang);
+    up.set("slow-stream", answer(latency, 3, Duration::from_secs(1)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,6 +438,8 @@ fn router_config(upstream: &Upstream) -> String {
 model_list:
   - model_name: bench
     litellm_params: {{ model: openai/bench, api_base: "{base}", timeout: 30s, max_retries: 0 }}
+  - model_name: bench-stream
+    litellm_params: {{ model: openai/bench-stream, api_base: "{base}", timeout: 30s, max_retries: 0 }}
   - model_name: fast
     litellm_params: {{ model: openai/fast, api_base: "{base}", timeout: 30s, max_retries: 0 }}
   - model_name: hang
@@ -614,9 +518,9 @@ fn signed_us(a: Duration, b: Duration) -> String {
     format!("{:.0}", (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
 }
 
-fn direct_body(stream: bool, chunks: usize) -> String {
+fn direct_body(model: &str, stream: bool, chunks: usize) -> String {
     format!(
-        r#"{{"model":"bench","messages":[{{"role":"user","content":"Say hello."}}],"stream":{stream},"max_tokens":{chunks}}}"#
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello."}}],"stream":{stream},"max_tokens":{chunks}}}"#
     )
 }
 
@@ -624,7 +528,6 @@ fn direct_body(stream: bool, chunks: usize) -> String {
 // 1 and 2: overhead and cost.
 
 async fn overhead(upstream: &Upstream, scale: &Scale) {
-    upstream.set_latency(scale.latency);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()
@@ -694,7 +597,7 @@ async fn overhead(upstream: &Upstream, scale: &Scale) {
         scale.seconds,
         scale.chunks,
         scale.latency.as_millis(),
-        upstream.chunk_interval.as_millis()
+        CHUNK_INTERVAL.as_millis()
     );
     println!(
         "| path | TTFC p50 µs | TTFC p99 µs | TTFC p99.9 µs | added p50 µs | added p99 µs | CPU µs per 1,000 chunks | switches per chunk | failed |"
@@ -780,7 +683,7 @@ async fn unary_http(http: reqwest::Client, url: String) -> Option<Duration> {
     let resp = http
         .post(url)
         .header("content-type", "application/json")
-        .body(direct_body(false, 20))
+        .body(direct_body("bench", false, 20))
         .send()
         .await
         .ok()?;
@@ -809,7 +712,7 @@ async fn stream_http(http: reqwest::Client, url: String, chunks: usize) -> Optio
     let resp = http
         .post(url)
         .header("content-type", "application/json")
-        .body(direct_body(true, chunks))
+        .body(direct_body("bench-stream", true, chunks))
         .send()
         .await
         .ok()?;
@@ -833,7 +736,7 @@ async fn stream_grpc(
     let mut c = clients[i % clients.len()].clone();
     let start = Instant::now();
     let req = StreamCompleteRequest {
-        model: "bench".into(),
+        model: "bench-stream".into(),
         messages: messages(),
         max_tokens: Some(chunks as u32),
         ..Default::default()
@@ -897,14 +800,14 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
     let n = scale.concurrent_deadlines;
     deadline_burst(&clients, n, "new upstream connections").await;
     // n calls that overlap and then succeed leave n idle connections in llm-router's pool.
-    upstream.set_latency(Duration::from_millis(300));
+    set_upstream(upstream, Duration::from_millis(300), scale.chunks);
     let warm: Vec<_> = (0..n)
         .map(|i| tokio::spawn(unary_grpc(clients.clone(), i)))
         .collect();
     for w in warm {
         let _ = w.await;
     }
-    upstream.set_latency(scale.latency);
+    set_upstream(upstream, scale.latency, scale.chunks);
     deadline_burst(&clients, n, "pooled upstream connections").await;
     // What such a burst costs with no deadline in it: the same calls to a deployment that
     // answers at once. Their latency is the floor under the two rows above.
@@ -1032,7 +935,7 @@ fn print_lateness(what: &str, sorted: &[Duration], deadline: Duration, failed: u
 // 3: scale.
 
 async fn streams_held(upstream: &Upstream, scale: &Scale) {
-    upstream.set_latency(Duration::from_millis(50));
+    set_upstream(upstream, Duration::from_millis(50), scale.chunks);
     let n = scale.held_streams;
     println!("## Streams held\n");
     println!(
@@ -1063,7 +966,7 @@ async fn streams_held(upstream: &Upstream, scale: &Scale) {
         );
     }
     println!();
-    upstream.set_latency(scale.latency);
+    set_upstream(upstream, scale.latency, scale.chunks);
 }
 
 struct Held {

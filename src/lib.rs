@@ -5,11 +5,15 @@
 //!
 //! - [`server`]: the tonic server, health, reflection and graceful shutdown; [`server::run`] is
 //!   the entry point that `main` and the integration tests both call.
-//! - [`api`]: the `llmrouter.v1.RouterService` surface: request validation, responses, and the
-//!   mapping of failures to gRPC statuses with rich details.
-//! - [`routing`]: the call's plan and deadlines, the walk over deployments, retries and
-//!   fallbacks, and committed streams.
-//! - [`providers`]: one module per wire format (`mock`, OpenAI-compatible).
+//! - [`api`]: the `llmrouter.v1.RouterService` surface: request validation, responses, committed
+//!   streams as messages, and the one place that maps failures to gRPC statuses with rich
+//!   details. The only layer that knows gRPC.
+//! - [`routing`]: the call's plan and deadlines, the walk over its chain of model groups, and
+//!   the retry policy that decides each step (retry, wait, try another deployment, fall back,
+//!   switch to a special fallback list, stop); the routing strategies; per-deployment health;
+//!   committed streams' timers. Its module docs give the tour, file by file.
+//! - [`providers`]: one module per wire format: the mock, OpenAI-compatible (OpenAI, Azure and
+//!   the compatible hosts), Anthropic Messages and Gemini.
 //! - [`config`]: the LiteLLM-shaped YAML config, parsed then validated into an immutable
 //!   routing table; [`reload`] swaps in a new one when the file changes or on SIGHUP.
 //! - [`telemetry`]: Prometheus metrics recorded along the way, the admin HTTP port that serves

@@ -254,7 +254,7 @@ async fn next_chunk<P: EventParser>(
     loop {
         let event = match st.decoder.next_event() {
             Ok(e) => e,
-            Err(e) => return fail(st, ProviderError::new(ErrorKind::Upstream, 200, e)),
+            Err(e) => return end_with_error(st, ProviderError::new(ErrorKind::Upstream, 200, e)),
         };
         if let Some(data) = event {
             match st.parser.event(&data) {
@@ -264,13 +264,13 @@ async fn next_chunk<P: EventParser>(
                     release(st.bytes);
                     return None;
                 }
-                Err(e) => return fail(st, e),
+                Err(e) => return end_with_error(st, e),
             }
         }
         match st.bytes.next().await {
             Some(Ok(bytes)) => st.decoder.push(&bytes),
             Some(Err(e)) => {
-                return fail(
+                return end_with_error(
                     st,
                     ProviderError::new(ErrorKind::Upstream, 200, format!("stream broken: {e}")),
                 );
@@ -286,12 +286,12 @@ async fn next_chunk<P: EventParser>(
                         }
                         Ok(Step::Done) => return None,
                         Ok(Step::Skip) => {}
-                        Err(e) => return fail(st, e),
+                        Err(e) => return end_with_error(st, e),
                     }
                 }
                 return match st.parser.end() {
                     Ok(()) => None,
-                    Err(e) => fail(st, e),
+                    Err(e) => end_with_error(st, e),
                 };
             }
         }
@@ -325,7 +325,7 @@ fn release(mut bytes: BodyBytes) {
     });
 }
 
-fn fail<P>(
+fn end_with_error<P>(
     mut st: StreamState<P>,
     e: ProviderError,
 ) -> Option<(Result<Chunk, ProviderError>, StreamState<P>)> {

@@ -31,7 +31,7 @@ impl MockProvider {
         MockProvider { spec }
     }
 
-    fn fail(&self) -> Result<(), ProviderError> {
+    fn injected_failure(&self) -> Result<(), ProviderError> {
         let Some(failure) = self.spec.failure else {
             return Ok(());
         };
@@ -84,7 +84,7 @@ impl MockProvider {
     }
 
     pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
-        self.fail()?;
+        self.injected_failure()?;
         if matches!(
             self.spec.failure,
             Some(MockFailure::Hang | MockFailure::StallAfterFirstChunk)
@@ -102,7 +102,7 @@ impl MockProvider {
     }
 
     pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
-        self.fail()?;
+        self.injected_failure()?;
         if self.spec.failure == Some(MockFailure::Hang) {
             std::future::pending::<()>().await;
         }
