@@ -52,6 +52,30 @@ struct InGroup {
     failure: Option<Failure>,
 }
 
+impl InGroup {
+    /// Where the call stands in this group, for the retry policy; `pick` is what the group's
+    /// picker would run next. The group's first attempt fixes how many retries it may make.
+    fn position(&mut self, pick: &Pick, plan: &Plan, switched: bool, backoff: Backoff) -> Position {
+        let group = &self.pick.group;
+        if let (None, Pick::Go { idx, .. }) = (self.retries_allowed, pick) {
+            let first = &group.deployments[*idx];
+            self.retries_allowed = Some(plan.num_retries.unwrap_or(first.max_retries));
+        }
+        Position {
+            retries_done: self.retries_done,
+            // Unset only while no deployment of the group can be picked, when it does not matter.
+            retries_allowed: self.retries_allowed.unwrap_or(0),
+            candidate: pick.candidate(),
+            context_window_fallbacks: !switched && !group.context_window_fallbacks.is_empty(),
+            content_policy_fallbacks: !switched && !group.content_policy_fallbacks.is_empty(),
+            time_left: plan.deadline.saturating_duration_since(Instant::now()),
+            backoff,
+            provider_hint: self.failure.as_ref().and_then(Failure::provider_wait_hint),
+            jitter: fastrand::f64(),
+        }
+    }
+}
+
 impl Chain {
     fn new(plan: &Plan) -> Self {
         Chain {
@@ -168,31 +192,7 @@ impl Router {
                     break 'groups;
                 };
                 let pick = group.pick.pick(&facts);
-                let first_deployment = match &pick {
-                    Pick::Go { idx, .. } => Some(&group.pick.group.deployments[*idx]),
-                    Pick::Nothing { .. } => None,
-                };
-                let retries_allowed = match (group.retries_allowed, first_deployment) {
-                    (Some(n), _) => n,
-                    (None, Some(d)) => *group
-                        .retries_allowed
-                        .insert(plan.num_retries.unwrap_or(d.max_retries)),
-                    (None, None) => 0,
-                };
-                let g = &group.pick.group;
-                let position = Position {
-                    retries_done: group.retries_done,
-                    retries_allowed,
-                    candidate: pick.candidate(),
-                    context_window_fallbacks: !chain.switched
-                        && !g.context_window_fallbacks.is_empty(),
-                    content_policy_fallbacks: !chain.switched
-                        && !g.content_policy_fallbacks.is_empty(),
-                    time_left: plan.deadline.saturating_duration_since(Instant::now()),
-                    backoff,
-                    provider_hint: group.failure.as_ref().and_then(Failure::provider_wait_hint),
-                    jitter: fastrand::f64(),
-                };
+                let position = group.position(&pick, plan, chain.switched, backoff);
                 // Nothing has failed yet in a group just entered.
                 let failed = group.failure.as_ref().map(Failure::fault);
                 let decision = policy::decide(failed, &position);
@@ -201,7 +201,7 @@ impl Router {
                     Decision::WaitThenRetry { wait, counted } => (Some(wait), counted),
                     Decision::NextGroup(why) => {
                         if let (Leave::NoDeploymentLeft, Pick::Nothing { skipped }) = (why, &pick) {
-                            call.log.skipped(g, skipped);
+                            call.log.skipped(&group.pick.group, skipped);
                         }
                         continue 'groups;
                     }
