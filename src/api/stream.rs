@@ -120,10 +120,12 @@ impl Stream for Forward {
             Ok(StreamItem::Finished {
                 finish_reason,
                 usage,
+                attempts,
             }) => {
                 let mut tail = this.message(String::new());
                 tail.finish_reason = finish_reason.unwrap_or(FinishReason::Unspecified) as i32;
                 tail.usage = usage;
+                tail.attempts = attempts.unwrap_or_default();
                 this.end(StreamEnd::Finished);
                 Ok(tail)
             }

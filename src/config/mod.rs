@@ -209,6 +209,9 @@ pub struct RouterSettings {
     pub stream_timeout: Option<Duration>,
     /// Longest silence between chunks once a stream has committed. Default 30s.
     pub stream_idle_timeout: Duration,
+    /// Unreadable events a provider stream may send (each skipped and counted) before the
+    /// stream counts as broken. Default 3.
+    pub stream_max_malformed_events: u32,
     /// Retries per group after the first attempt, when neither request nor deployment set one.
     pub num_retries: u32,
     /// Shortest wait before retrying a deployment that just failed (the YAML key
@@ -575,10 +578,11 @@ impl Config {
         let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
         let _ = writeln!(
             out,
-            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}",
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}",
             d(r.timeout),
             r.stream_timeout.map_or("none".into(), d),
             d(r.stream_idle_timeout),
+            r.stream_max_malformed_events,
             r.num_retries,
             d(r.min_retry_wait),
             d(r.retry_backoff_initial),

@@ -96,6 +96,8 @@ pub struct RawRouterSettings {
     pub stream_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "dur")]
     pub stream_idle_timeout: Option<Duration>,
+    /// Unreadable stream events skipped before a stream counts as broken (llm-router's own).
+    pub stream_max_malformed_events: Option<u32>,
     pub num_retries: Option<u32>,
     /// `[{group: [fallback, ...]}, ...]`, LiteLLM's list-of-single-key-maps shape.
     pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,

@@ -20,6 +20,9 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// One or two unreadable events are a provider's hiccup; more are a broken stream.
+const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
+const MAX_MALFORMED_EVENTS_LIMIT: u32 = 1000;
 const DEFAULT_NUM_RETRIES: u32 = 2;
 const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -298,6 +301,15 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
             rs.stream_idle_timeout,
         )
         .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let stream_max_malformed_events = rs
+        .stream_max_malformed_events
+        .unwrap_or(DEFAULT_MAX_MALFORMED_EVENTS);
+    if stream_max_malformed_events > MAX_MALFORMED_EVENTS_LIMIT {
+        errs.add(
+            "router_settings.stream_max_malformed_events",
+            format!("must be at most {MAX_MALFORMED_EVENTS_LIMIT}"),
+        );
+    }
     let num_retries = rs.num_retries.unwrap_or(DEFAULT_NUM_RETRIES);
     if num_retries > MAX_RETRIES_LIMIT {
         errs.add(
@@ -348,6 +360,7 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         timeout,
         stream_timeout,
         stream_idle_timeout,
+        stream_max_malformed_events,
         num_retries,
         min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
         retry_backoff_initial,

@@ -9,7 +9,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, Endpoint, EventParser, Step, Target, malformed};
+use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
 use crate::proto::{FinishReason, Role, Usage};
@@ -23,15 +23,23 @@ pub struct AnthropicProvider {
     url: Target,
     model: String,
     max_tokens: u32,
+    /// Unreadable stream events skipped before a stream counts as broken.
+    max_malformed_events: u32,
 }
 
 impl AnthropicProvider {
-    pub fn new(http: reqwest::Client, cfg: &HttpProvider, model: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        cfg: &HttpProvider,
+        model: &str,
+        max_malformed_events: u32,
+    ) -> Self {
         let mut auth = vec![("anthropic-version", Secret::new(ANTHROPIC_VERSION.into()))];
         if let Some(key) = &cfg.api_key {
             auth.push(("x-api-key", key.clone()));
         }
         AnthropicProvider {
+            max_malformed_events,
             endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
             url: Target::new(format!("{}/v1/messages", cfg.api_base)),
             model: model.to_string(),
@@ -114,7 +122,11 @@ impl AnthropicProvider {
             .endpoint
             .post(&self.url, &self.body(req, true), classify)
             .await?;
-        Ok(http::sse_stream(response, AnthropicEvents::default()))
+        Ok(http::sse_stream(
+            response,
+            AnthropicEvents::default(),
+            self.max_malformed_events,
+        ))
     }
 }
 
@@ -227,8 +239,10 @@ struct AnthropicEvents {
 
 impl EventParser for AnthropicEvents {
     fn event(&mut self, data: &str) -> Result<Step, ProviderError> {
-        let ev: Event =
-            serde_json::from_str(data).map_err(|e| malformed("stream event", e, data))?;
+        let ev: Event = match serde_json::from_str(data) {
+            Ok(ev) => ev,
+            Err(e) => return Ok(malformed_event(e, data)),
+        };
         match ev.kind.as_str() {
             "message_start" => {
                 if let Some(u) = ev.message.and_then(|m| m.usage) {
@@ -254,6 +268,7 @@ impl EventParser for AnthropicEvents {
                     delta: String::new(),
                     finish_reason: reason.as_deref().map(|r| stop_reason(Some(r))),
                     usage: ev.usage.map(|u| usage(self.input_tokens, u.output_tokens)),
+                    ..Chunk::default()
                 }))
             }
             "message_stop" => Ok(Step::Done),
@@ -273,12 +288,12 @@ impl EventParser for AnthropicEvents {
         }
     }
 
-    fn end(&mut self) -> Result<(), ProviderError> {
-        Err(ProviderError::new(
+    fn cut_short(&self) -> ProviderError {
+        ProviderError::new(
             ErrorKind::Upstream,
             200,
-            "stream ended before message_stop",
-        ))
+            "stream ended before a stop_reason or message_stop",
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, Endpoint, EventParser, Step, Target, malformed};
+use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::HttpProvider;
 use crate::proto::{FinishReason, Role, Usage};
@@ -21,10 +21,17 @@ pub struct GeminiProvider {
     unary_url: Target,
     stream_url: Target,
     default_max_tokens: Option<u32>,
+    /// Unreadable stream events skipped before a stream counts as broken.
+    max_malformed_events: u32,
 }
 
 impl GeminiProvider {
-    pub fn new(http: reqwest::Client, cfg: &HttpProvider, model: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        cfg: &HttpProvider,
+        model: &str,
+        max_malformed_events: u32,
+    ) -> Self {
         let auth = cfg
             .api_key
             .iter()
@@ -32,6 +39,7 @@ impl GeminiProvider {
             .collect();
         let model_url = format!("{}/models/{model}", cfg.api_base);
         GeminiProvider {
+            max_malformed_events,
             endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
             unary_url: Target::new(format!("{model_url}:generateContent")),
             stream_url: Target::new(format!("{model_url}:streamGenerateContent?alt=sse")),
@@ -112,7 +120,11 @@ impl GeminiProvider {
             .endpoint
             .post(&self.stream_url, &self.body(req), classify)
             .await?;
-        Ok(http::sse_stream(response, GeminiEvents::default()))
+        Ok(http::sse_stream(
+            response,
+            GeminiEvents,
+            self.max_malformed_events,
+        ))
     }
 }
 
@@ -194,14 +206,14 @@ fn finish_reason(reason: &str) -> FinishReason {
 }
 
 #[derive(Default)]
-struct GeminiEvents {
-    finished: bool,
-}
+struct GeminiEvents;
 
 impl EventParser for GeminiEvents {
     fn event(&mut self, data: &str) -> Result<Step, ProviderError> {
-        let v: Value =
-            serde_json::from_str(data).map_err(|e| malformed("stream event", e, data))?;
+        let v: Value = match serde_json::from_str(data) {
+            Ok(v) => v,
+            Err(e) => return Ok(malformed_event(e, data)),
+        };
         if let Some(err) = v.get("error") {
             let status = err.get("code").and_then(Value::as_u64).unwrap_or(0);
             let kind = if status == 429 {
@@ -215,10 +227,11 @@ impl EventParser for GeminiEvents {
                 format!("error event: {}", excerpt(data)),
             ));
         }
-        let r: Response =
-            serde_json::from_value(v).map_err(|e| malformed("stream event", e, data))?;
+        let r: Response = match serde_json::from_value(v) {
+            Ok(r) => r,
+            Err(e) => return Ok(malformed_event(e, data)),
+        };
         let piece = r.into_piece()?;
-        self.finished |= piece.finish_reason.is_some();
         if piece.text.is_empty() && piece.finish_reason.is_none() && piece.usage.is_none() {
             return Ok(Step::Skip);
         }
@@ -226,20 +239,17 @@ impl EventParser for GeminiEvents {
             delta: piece.text,
             finish_reason: piece.finish_reason,
             usage: piece.usage,
+            ..Chunk::default()
         }))
     }
 
     /// Gemini streams have no end marker: the end is clean only after a finish reason.
-    fn end(&mut self) -> Result<(), ProviderError> {
-        if self.finished {
-            Ok(())
-        } else {
-            Err(ProviderError::new(
-                ErrorKind::Upstream,
-                200,
-                "stream ended before a finishReason",
-            ))
-        }
+    fn cut_short(&self) -> ProviderError {
+        ProviderError::new(
+            ErrorKind::Upstream,
+            200,
+            "stream ended before a finishReason",
+        )
     }
 }
 
@@ -323,19 +333,20 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_without_a_finish_reason_is_cut_short() {
-        let mut p = GeminiEvents::default();
+    fn only_the_last_event_carries_a_finish_reason_and_garbage_is_malformed() {
+        // The stream (http.rs) ends cleanly only after a chunk with a finish reason.
+        let mut p = GeminiEvents;
         let ev = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"}}]}"#;
-        assert!(matches!(p.event(ev), Ok(Step::Chunk(_))));
-        assert!(p.end().is_err());
+        assert!(matches!(p.event(ev), Ok(Step::Chunk(c)) if c.finish_reason.is_none()));
         let last = r#"{"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"finishReason":"STOP"}]}"#;
-        assert!(matches!(p.event(last), Ok(Step::Chunk(_))));
-        assert!(p.end().is_ok());
+        assert!(matches!(p.event(last), Ok(Step::Chunk(c)) if c.finish_reason.is_some()));
+        assert!(matches!(p.event("{not json"), Ok(Step::Malformed(_))));
+        assert!(p.cut_short().detail.contains("finishReason"));
     }
 
     #[test]
     fn blocked_prompts_are_content_policy_failures() {
-        let mut p = GeminiEvents::default();
+        let mut p = GeminiEvents;
         let e = p
             .event(r#"{"promptFeedback":{"blockReason":"SAFETY"}}"#)
             .err()

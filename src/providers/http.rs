@@ -208,6 +208,9 @@ pub enum Step {
     Chunk(Chunk),
     /// Nothing to pass on (role-only deltas, pings, block starts).
     Skip,
+    /// An event the format cannot read: skipped and counted; the stream breaks only after more
+    /// than its limit of them.
+    Malformed(String),
     /// The provider's own end-of-stream marker.
     Done,
 }
@@ -215,9 +218,15 @@ pub enum Step {
 /// A wire format's reading of its SSE events.
 pub trait EventParser: Send + 'static {
     fn event(&mut self, data: &str) -> Result<Step, ProviderError>;
-    /// Called when the byte stream ends without a `Done`: a stream cut short is an error unless
-    /// the format has no end marker and the answer is complete.
-    fn end(&mut self) -> Result<(), ProviderError>;
+    /// Called when the byte stream ends without a `Done` and before any finish reason: the
+    /// stream was cut short, and this says how in the format's terms. (A body that ends cleanly
+    /// after a finish reason is a complete answer, marker or not: several servers end so.)
+    fn cut_short(&self) -> ProviderError;
+}
+
+/// An event that does not parse, as a [`Step`].
+pub fn malformed_event(e: impl std::fmt::Display, data: &str) -> Step {
+    Step::Malformed(format!("malformed stream event ({e}): {}", excerpt(data)))
 }
 
 type BodyBytes = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -230,25 +239,69 @@ struct StreamState<P> {
     bytes: BodyBytes,
     decoder: SseDecoder,
     parser: P,
+    /// The stream has yielded its last item.
+    over: bool,
+    /// A chunk with a finish reason has been yielded: the answer is complete.
     finished: bool,
+    /// Malformed events skipped, in all and since the last chunk yielded.
+    malformed: u32,
+    malformed_unreported: u32,
+    /// More malformed events than this break the stream.
+    max_malformed: u32,
 }
 
-/// The response body as a chunk stream. It ends only at the format's end (marker or a complete
-/// answer); a cut, malformed or error event yields one `Err` and ends.
-pub fn sse_stream<P: EventParser>(response: reqwest::Response, parser: P) -> ChunkStream {
+/// The response body as a chunk stream. It ends at the format's end marker, or when the body
+/// ends cleanly after a finish reason; a cut, an error event, or more than `max_malformed`
+/// unreadable events yields one `Err` and ends. Unreadable events up to that limit are skipped,
+/// and counted on the next chunk ([`Chunk::skipped_events`]).
+pub fn sse_stream<P: EventParser>(
+    response: reqwest::Response,
+    parser: P,
+    max_malformed: u32,
+) -> ChunkStream {
     let state = StreamState {
         bytes: Box::pin(response.bytes_stream()),
         decoder: SseDecoder::default(),
         parser,
+        over: false,
         finished: false,
+        malformed: 0,
+        malformed_unreported: 0,
+        max_malformed,
     };
     Box::pin(stream::unfold(state, next_chunk))
+}
+
+impl<P> StreamState<P> {
+    /// Yields `chunk`, with the malformed events skipped since the last one.
+    fn chunk(mut self, mut chunk: Chunk) -> Option<(Result<Chunk, ProviderError>, Self)> {
+        self.finished |= chunk.finish_reason.is_some();
+        chunk.skipped_events = std::mem::take(&mut self.malformed_unreported);
+        Some((Ok(chunk), self))
+    }
+
+    /// Counts a malformed event; `Err` once there are more than the limit.
+    fn malformed(&mut self, detail: String) -> Result<(), ProviderError> {
+        self.malformed += 1;
+        self.malformed_unreported += 1;
+        if self.malformed > self.max_malformed {
+            return Err(ProviderError::new(
+                ErrorKind::Upstream,
+                200,
+                format!(
+                    "{} malformed stream events, more than stream_max_malformed_events ({}); the last: {detail}",
+                    self.malformed, self.max_malformed
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 async fn next_chunk<P: EventParser>(
     mut st: StreamState<P>,
 ) -> Option<(Result<Chunk, ProviderError>, StreamState<P>)> {
-    if st.finished {
+    if st.over {
         return None;
     }
     loop {
@@ -258,8 +311,12 @@ async fn next_chunk<P: EventParser>(
         };
         if let Some(data) = event {
             match st.parser.event(&data) {
-                Ok(Step::Chunk(chunk)) => return Some((Ok(chunk), st)),
+                Ok(Step::Chunk(chunk)) => return st.chunk(chunk),
                 Ok(Step::Skip) => continue,
+                Ok(Step::Malformed(detail)) => match st.malformed(detail) {
+                    Ok(()) => continue,
+                    Err(e) => return end_with_error(st, e),
+                },
                 Ok(Step::Done) => {
                     release(st.bytes);
                     return None;
@@ -282,17 +339,25 @@ async fn next_chunk<P: EventParser>(
                     match st.parser.event(&data) {
                         Ok(Step::Chunk(chunk)) => {
                             st.bytes = Box::pin(stream::empty());
-                            return Some((Ok(chunk), st));
+                            return st.chunk(chunk);
                         }
                         Ok(Step::Done) => return None,
                         Ok(Step::Skip) => {}
+                        Ok(Step::Malformed(detail)) => {
+                            if let Err(e) = st.malformed(detail) {
+                                return end_with_error(st, e);
+                            }
+                        }
                         Err(e) => return end_with_error(st, e),
                     }
                 }
-                return match st.parser.end() {
-                    Ok(()) => None,
-                    Err(e) => end_with_error(st, e),
-                };
+                // The body ended without the format's end marker: a complete answer if a finish
+                // reason came, else a stream cut short.
+                if st.finished {
+                    return None;
+                }
+                let e = st.parser.cut_short();
+                return end_with_error(st, e);
             }
         }
     }
@@ -329,7 +394,7 @@ fn end_with_error<P>(
     mut st: StreamState<P>,
     e: ProviderError,
 ) -> Option<(Result<Chunk, ProviderError>, StreamState<P>)> {
-    st.finished = true;
+    st.over = true;
     Some((Err(e), st))
 }
 

@@ -121,6 +121,7 @@ impl MockProvider {
             delta: String::new(),
             finish_reason: Some(FinishReason::Stop),
             usage: Some(usage),
+            ..Chunk::default()
         });
         // Each chunk is due at a fixed instant, so a slow consumer does not slow the schedule.
         let first_due = Instant::now() + self.spec.time_to_first_chunk;

@@ -48,6 +48,8 @@ pub struct Chunk {
     pub delta: String,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
+    /// Unreadable events the provider sent since the previous chunk, skipped.
+    pub skipped_events: u32,
 }
 
 impl Chunk {
@@ -57,8 +59,8 @@ impl Chunk {
     }
 }
 
-/// A provider's stream. It ends (`None`) only after the provider's own end-of-stream marker;
-/// a stream cut short yields an `Err` first.
+/// A provider's stream. It ends (`None`) after the provider's own end-of-stream marker, or when
+/// the body ends cleanly after a finish reason; a stream cut short yields an `Err` first.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
 
 /// How a provider call failed, in the terms the routing layer decides on.
@@ -173,19 +175,26 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub fn new(deployment: &Deployment, http: &reqwest::Client) -> Arc<Provider> {
+    /// `max_malformed_events`: unreadable stream events skipped before a stream counts as
+    /// broken (`router_settings.stream_max_malformed_events`).
+    pub fn new(
+        deployment: &Deployment,
+        http: &reqwest::Client,
+        max_malformed_events: u32,
+    ) -> Arc<Provider> {
         let model = deployment.upstream_model.as_str();
+        let max = max_malformed_events;
         Arc::new(match &deployment.provider {
             ProviderConfig::Mock(spec) => Provider::Mock(MockProvider::new(spec.clone())),
             ProviderConfig::Http(cfg) => match cfg.wire {
                 WireFormat::OpenAi | WireFormat::Azure => {
-                    Provider::OpenAi(OpenAiProvider::new(http.clone(), cfg, model))
+                    Provider::OpenAi(OpenAiProvider::new(http.clone(), cfg, model, max))
                 }
                 WireFormat::Anthropic => {
-                    Provider::Anthropic(AnthropicProvider::new(http.clone(), cfg, model))
+                    Provider::Anthropic(AnthropicProvider::new(http.clone(), cfg, model, max))
                 }
                 WireFormat::Gemini => {
-                    Provider::Gemini(GeminiProvider::new(http.clone(), cfg, model))
+                    Provider::Gemini(GeminiProvider::new(http.clone(), cfg, model, max))
                 }
             },
         })

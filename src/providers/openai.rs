@@ -6,7 +6,7 @@ use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::http::{self, Endpoint, EventParser, Step, Target, malformed};
+use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::WireFormat};
 use crate::proto::{FinishReason, Role, Usage};
@@ -18,10 +18,17 @@ pub struct OpenAiProvider {
     /// Sent as `model`; for Azure, the deployment name, which is also in the URL.
     model: String,
     default_max_tokens: Option<u32>,
+    /// Unreadable stream events skipped before a stream counts as broken.
+    max_malformed_events: u32,
 }
 
 impl OpenAiProvider {
-    pub fn new(http: reqwest::Client, cfg: &HttpProvider, model: &str) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        cfg: &HttpProvider,
+        model: &str,
+        max_malformed_events: u32,
+    ) -> Self {
         let mut auth = Vec::new();
         let url = match cfg.wire {
             WireFormat::Azure => {
@@ -48,6 +55,7 @@ impl OpenAiProvider {
             }
         };
         OpenAiProvider {
+            max_malformed_events,
             endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
             url: Target::new(url),
             model: model.to_string(),
@@ -94,7 +102,11 @@ impl OpenAiProvider {
             .endpoint
             .post(&self.url, &self.body(req, true), classify)
             .await?;
-        Ok(http::sse_stream(response, OpenAiEvents))
+        Ok(http::sse_stream(
+            response,
+            OpenAiEvents,
+            self.max_malformed_events,
+        ))
     }
 }
 
@@ -168,8 +180,10 @@ impl EventParser for OpenAiEvents {
         if data.trim() == "[DONE]" {
             return Ok(Step::Done);
         }
-        let v: StreamEvent =
-            serde_json::from_str(data).map_err(|e| malformed("stream event", e, data))?;
+        let v: StreamEvent = match serde_json::from_str(data) {
+            Ok(v) => v,
+            Err(e) => return Ok(malformed_event(e, data)),
+        };
         if let Some(err) = v.error {
             return Err(ProviderError::new(
                 ErrorKind::Upstream,
@@ -195,12 +209,12 @@ impl EventParser for OpenAiEvents {
         Ok(Step::Chunk(chunk))
     }
 
-    fn end(&mut self) -> Result<(), ProviderError> {
-        Err(ProviderError::new(
+    fn cut_short(&self) -> ProviderError {
+        ProviderError::new(
             ErrorKind::Upstream,
             200,
-            "stream ended before [DONE]",
-        ))
+            "stream ended before a finish_reason or [DONE]",
+        )
     }
 }
 
@@ -290,6 +304,7 @@ mod tests {
                 default_max_tokens,
             },
             "gpt-4o",
+            3,
         )
     }
 
@@ -362,6 +377,7 @@ mod tests {
             Step::Chunk(c) => Some(c),
             Step::Skip => None,
             Step::Done => panic!("unexpected Done"),
+            Step::Malformed(m) => panic!("unexpected malformed event: {m}"),
         }
     }
 
@@ -381,14 +397,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.usage.unwrap().total_tokens, 7);
-        assert!(OpenAiEvents.event("{not json").is_err());
+        assert!(matches!(
+            OpenAiEvents.event("{not json"),
+            Ok(Step::Malformed(_))
+        ));
         assert!(
             OpenAiEvents
                 .event(r#"{"error":{"message":"overloaded"}}"#)
                 .is_err()
         );
         assert!(matches!(OpenAiEvents.event("[DONE]"), Ok(Step::Done)));
-        assert!(OpenAiEvents.end().is_err());
+        assert!(OpenAiEvents.cut_short().detail.contains("[DONE]"));
     }
 
     #[test]

@@ -137,13 +137,15 @@ impl Router {
         self.walk(&plan, |provider, d| async move {
             let first = async {
                 let mut rest = provider.stream(chat).await?;
+                let mut skipped = 0;
                 loop {
                     match rest.next().await {
-                        Some(Ok(chunk)) if chunk.commits() => {
+                        Some(Ok(mut chunk)) if chunk.commits() => {
+                            chunk.skipped_events += skipped;
                             return Ok(Committed { first: chunk, rest });
                         }
                         // Usage-only or empty chunks before any content commit nothing.
-                        Some(Ok(_)) => continue,
+                        Some(Ok(chunk)) => skipped += chunk.skipped_events,
                         Some(Err(e)) => return Err(e),
                         None => {
                             return Err(ProviderError::new(

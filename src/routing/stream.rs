@@ -36,6 +36,9 @@ pub enum StreamItem {
     Finished {
         finish_reason: Option<FinishReason>,
         usage: Option<Usage>,
+        /// The call's attempts again, when the log changed after the stream committed (the
+        /// answering attempt skipped unreadable events); `None` when it did not.
+        attempts: Option<Vec<Attempt>>,
     },
 }
 
@@ -53,6 +56,8 @@ pub struct CommittedStream {
     last_chunk: Instant,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
+    /// Unreadable events the provider sent, skipped.
+    skipped_events: u32,
     /// One timer for both the idle limit and the deadline, set lazily: a chunk does not move
     /// it; when it fires early (chunks came meanwhile), it is set again to the new limit. A
     /// timer per chunk would cost two timer-wheel updates under the driver's lock every chunk.
@@ -84,6 +89,7 @@ impl CommittedStream {
             last_chunk: now,
             finish: first.finish_reason,
             usage: first.usage,
+            skipped_events: first.skipped_events,
             timer: Box::pin(sleep_until(deadline.min(now + idle))),
             done: false,
             tracker,
@@ -100,15 +106,29 @@ impl CommittedStream {
         self.usage
     }
 
-    /// Releases the deployment's attempt, adding the output tokens it reported to its usage.
-    fn release(&mut self) {
+    /// Releases the deployment's attempt: adds the output tokens it reported to its usage, and
+    /// notes the unreadable events it skipped in its log entry and metrics. Returns whether the
+    /// log changed.
+    fn release(&mut self) -> bool {
         self.done = true;
+        let skipped = std::mem::take(&mut self.skipped_events);
         // Dropping the tracker ends the deployment's in-flight count.
-        if let Some(t) = self.tracker.take()
-            && let Some(u) = &self.usage
-        {
+        let tracker = self.tracker.take();
+        if let (Some(t), Some(u)) = (&tracker, &self.usage) {
             t.add_tokens(u64::from(u.completion_tokens));
         }
+        let (Some(t), Some(last), true) = (&tracker, self.attempts.last_mut(), skipped > 0) else {
+            return false;
+        };
+        t.metrics
+            .stream_events_skipped(&t.deployment.group, &t.deployment.id, skipped);
+        let note = format!("skipped {skipped} malformed stream events");
+        last.detail = if last.detail.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", last.detail)
+        };
+        true
     }
 
     /// Ends the stream with `error`; the committed attempt (the last) takes `outcome`.
@@ -182,6 +202,7 @@ impl Stream for CommittedStream {
                     st.last_chunk = Instant::now();
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
+                    st.skipped_events += chunk.skipped_events;
                     if !chunk.delta.is_empty() {
                         return Poll::Ready(Some(Ok(StreamItem::Delta(chunk.delta))));
                     }
@@ -192,10 +213,11 @@ impl Stream for CommittedStream {
                     return Poll::Ready(Some(Err(f)));
                 }
                 Poll::Ready(None) => {
-                    st.release();
+                    let changed = st.release();
                     return Poll::Ready(Some(Ok(StreamItem::Finished {
                         finish_reason: st.finish,
                         usage: st.usage,
+                        attempts: changed.then(|| st.attempts.clone()),
                     })));
                 }
                 Poll::Pending => return Poll::Pending,

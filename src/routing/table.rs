@@ -107,7 +107,11 @@ impl Router {
                     };
                     states.insert(d.id.clone(), state.clone());
                     Slot {
-                        provider: Provider::new(d, &http),
+                        provider: Provider::new(
+                            d,
+                            &http,
+                            config.router.stream_max_malformed_events,
+                        ),
                         state,
                     }
                 })

@@ -83,6 +83,7 @@ pub struct Metrics {
     in_flight: Family<RpcLabels, Gauge>,
     streams_open: Gauge,
     hedges: Family<DeploymentLabels, Counter>,
+    stream_events_skipped: Family<DeploymentLabels, Counter>,
     cooldowns: Family<DeploymentLabels, Counter>,
     cooldown_until: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shed: Family<RpcLabels, Counter>,
@@ -171,6 +172,12 @@ impl Metrics {
             "Hedged attempts started, by the deployment they went to",
             hedges.clone(),
         );
+        let stream_events_skipped = Family::default();
+        registry.register(
+            "stream_events_skipped",
+            "Unreadable events in providers' streams, skipped (up to router_settings.stream_max_malformed_events per attempt)",
+            stream_events_skipped.clone(),
+        );
         let cooldowns = Family::default();
         registry.register(
             "cooldowns",
@@ -197,6 +204,7 @@ impl Metrics {
         );
         Metrics {
             hedges,
+            stream_events_skipped,
             cooldowns,
             cooldown_until,
             shed,
@@ -300,6 +308,13 @@ impl Metrics {
         self.hedges
             .get_or_create(&deployment_labels(group, deployment))
             .inc();
+    }
+
+    /// Counts unreadable stream events a deployment sent, skipped.
+    pub fn stream_events_skipped(&self, group: &str, deployment: &str, n: u32) {
+        self.stream_events_skipped
+            .get_or_create(&deployment_labels(group, deployment))
+            .inc_by(u64::from(n));
     }
 
     /// Counts a cooldown and records when it ends.

@@ -31,7 +31,7 @@ fn misbehaviours() -> Behaviour {
         Behaviour::ResetAfter { after: 0 },
         Behaviour::ResetAfter { after: 2 },
         Behaviour::StallAfter { after: 1 },
-        Behaviour::MalformedSse,
+        Behaviour::MalformedSse { count: 4 },
         Behaviour::EndWithoutDone { after: 1 },
         Behaviour::Status {
             code: 429,

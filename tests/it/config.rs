@@ -432,3 +432,12 @@ server: { max_concurrent_calls: 0, max_concurrent_streams: 0, max_request_bytes:
         );
     }
 }
+
+#[test]
+fn stream_max_malformed_events_defaults_to_three_and_is_bounded() {
+    assert_eq!(load(MINIMAL).unwrap().router.stream_max_malformed_events, 3);
+    let cfg = load(&format!("{MINIMAL}  stream_max_malformed_events: 0\n")).unwrap();
+    assert_eq!(cfg.router.stream_max_malformed_events, 0);
+    let keys = error_keys(&format!("{MINIMAL}  stream_max_malformed_events: 100000\n"));
+    assert_eq!(keys, ["router_settings.stream_max_malformed_events"]);
+}

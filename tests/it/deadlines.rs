@@ -392,7 +392,8 @@ async fn a_late_first_chunk_times_out_and_the_stream_falls_back() {
 #[tokio::test]
 async fn malformed_sse_and_streams_cut_before_content_fall_back() {
     let (up, r) = setup().await;
-    up.set("streamy", Behaviour::MalformedSse);
+    // More malformed events than stream_max_malformed_events (3 by default).
+    up.set("streamy", Behaviour::MalformedSse { count: 4 });
     let first = r
         .client()
         .stream_complete(stream_req("streamy"))

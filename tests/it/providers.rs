@@ -573,9 +573,11 @@ async fn anthropic_streams_cut_before_and_after_the_first_chunk() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(reason(&status), "STREAM_INTERRUPTED");
 
-    // Ending cleanly without message_stop is a cut too.
+    // Ending cleanly before any stop_reason is a cut too. (After message_delta's stop_reason,
+    // the answer is complete even without message_stop: see
+    // a_stream_that_ends_cleanly_after_its_finish_reason_is_complete_without_its_marker.)
     let whole = fixture("anthropic/stream.sse");
-    let without_stop = whole[..whole.find("event: message_stop").unwrap()].to_string();
+    let without_stop = whole[..whole.find("event: message_delta").unwrap()].to_string();
     up.set(
         "claude-sonnet-4-5",
         Behaviour::Sse {
@@ -585,7 +587,7 @@ async fn anthropic_streams_cut_before_and_after_the_first_chunk() {
     );
     let status = collect(&r, "claude")
         .await
-        .expect_err("a stream without message_stop must not end cleanly");
+        .expect_err("a stream without a stop_reason must not end cleanly");
     assert_eq!(status.code(), Code::Unavailable);
 }
 
@@ -1002,3 +1004,116 @@ model_list:
 }
 
 use llm_router::proto::CompleteRequest;
+
+// ---- Stream parsing: unreadable events, and streams that end without their marker ----
+
+/// Puts an unreadable event before the events at `at` (indices into the fixture's events).
+fn with_garbage(path: &str, at: &'static [usize]) -> Behaviour {
+    Behaviour::sse_fixture_edited(path, |events| {
+        let mut out = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            if at.contains(&i) {
+                out.push("data: {\"choices\":[{\"delta\":{\"content\":\"broken\n\n".to_string());
+            }
+            out.push(e);
+        }
+        out
+    })
+}
+
+#[tokio::test]
+async fn unreadable_events_are_skipped_counted_and_the_whole_answer_delivered() {
+    let (up, r) = setup().await;
+    up.set("gpt-4o-mini", with_garbage("openai/stream.sse", &[1, 2]));
+    up.set(
+        "claude-sonnet-4-5",
+        with_garbage("anthropic/stream.sse", &[3, 4]),
+    );
+    up.set(
+        "gemini-2.0-flash",
+        with_garbage("gemini/stream.sse", &[1, 2]),
+    );
+    for (model, deployment, answer) in [
+        ("gpt", "openai-1", "Hello there!"),
+        ("claude", "anthropic-1", "Hello!"),
+        ("gemini", "gemini-1", "The quick brown fox jumps."),
+    ] {
+        let messages = collect(&r, model).await.unwrap();
+        assert_eq!(text(&messages), answer, "{model}");
+        let last = messages.last().unwrap();
+        assert_eq!(last.finish_reason, FinishReason::Stop as i32, "{model}");
+        assert!(last.usage.is_some(), "{model}");
+        // The last message carries the log again, now that it changed.
+        assert_eq!(last.attempts.len(), 1, "{model}");
+        assert_eq!(first_outcome(&last.attempts), AttemptOutcome::Ok);
+        assert_eq!(
+            last.attempts[0].detail, "skipped 2 malformed stream events",
+            "{model}"
+        );
+        assert_eq!(last.attempts[0].deployment, deployment);
+    }
+    let (_, metrics) = r.admin_get("/metrics").await;
+    for d in ["openai-1", "anthropic-1", "gemini-1"] {
+        let line = format!("llmrouter_stream_events_skipped_total{{model_group=");
+        let found = metrics
+            .lines()
+            .find(|l| l.starts_with(&line) && l.contains(&format!("deployment=\"{d}\"")))
+            .unwrap_or_else(|| panic!("no skipped-events series for {d}:\n{metrics}"));
+        assert!(found.ends_with(" 2"), "{found}");
+    }
+}
+
+#[tokio::test]
+async fn more_unreadable_events_than_the_limit_break_the_stream() {
+    let (up, r) = setup().await;
+    up.set(
+        "gpt-4o-mini",
+        with_garbage("openai/stream.sse", &[1, 2, 3, 4]),
+    );
+    let status = collect(&r, "gpt").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let log = attempt_log(&status);
+    assert!(
+        log.attempts[0]
+            .detail
+            .contains("more than stream_max_malformed_events (3)"),
+        "{}",
+        log.attempts[0].detail
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_cleanly_after_its_finish_reason_is_complete_without_its_marker() {
+    let (up, r) = setup().await;
+    // OpenAI without `data: [DONE]`; Anthropic without `message_stop`.
+    let without_last = |events: Vec<String>| events[..events.len() - 1].to_vec();
+    up.set(
+        "gpt-4o-mini",
+        Behaviour::sse_fixture_edited("openai/stream.sse", without_last),
+    );
+    up.set(
+        "claude-sonnet-4-5",
+        Behaviour::sse_fixture_edited("anthropic/stream.sse", without_last),
+    );
+    for (model, answer, usage) in [
+        ("gpt", "Hello there!", (9, 3)),
+        ("claude", "Hello!", (25, 15)),
+    ] {
+        let messages = collect(&r, model).await.unwrap();
+        assert_eq!(text(&messages), answer, "{model}");
+        let last = messages.last().unwrap();
+        assert_eq!(last.finish_reason, FinishReason::Stop as i32, "{model}");
+        let u = last.usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), usage, "{model}");
+    }
+
+    // Ending before any finish reason is a break.
+    let before_finish = |events: Vec<String>| events[..3].to_vec();
+    up.set(
+        "gpt-4o-mini",
+        Behaviour::sse_fixture_edited("openai/stream.sse", before_finish),
+    );
+    let status = collect(&r, "gpt").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason(&status), "STREAM_INTERRUPTED");
+}

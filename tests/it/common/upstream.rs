@@ -48,8 +48,8 @@ pub enum Behaviour {
     StallAfter { after: usize },
     /// Send `after` chunks (0: before any headers), then reset the connection.
     ResetAfter { after: usize },
-    /// Streaming: headers, then a malformed event.
-    MalformedSse,
+    /// Streaming: headers, then `count` malformed events, then silence.
+    MalformedSse { count: usize },
     /// Streaming: headers and `after` chunks, then close cleanly without `[DONE]`.
     EndWithoutDone { after: usize },
     /// Streaming: headers, `after` chunks and `[DONE]`, then never end the body.
@@ -118,6 +118,17 @@ impl Behaviour {
     pub fn sse_fixture(path: &str) -> Self {
         Behaviour::Sse {
             body: fixture(path),
+            cut_after: None,
+        }
+    }
+
+    /// An SSE fixture with its events edited: `edit` gets them in order (each with its
+    /// trailing blank line) and returns the events to send.
+    pub fn sse_fixture_edited(path: &str, edit: impl FnOnce(Vec<String>) -> Vec<String>) -> Self {
+        let body = fixture(path);
+        let events = split_events(&body).into_iter().map(String::from).collect();
+        Behaviour::Sse {
+            body: edit(events).concat(),
             cut_after: None,
         }
     }
@@ -545,9 +556,11 @@ async fn respond(
             }
             Outcome::Reset
         }
-        Behaviour::MalformedSse => {
+        Behaviour::MalformedSse { count } => {
             write_or_abandon!(STREAM_HEAD);
-            write_or_abandon!(sse("{this is not json"));
+            for _ in 0..count {
+                write_or_abandon!(sse("{this is not json"));
+            }
             forever_or_abandoned(rd).await
         }
         Behaviour::Raw {
