@@ -1054,10 +1054,10 @@ async fn unreadable_events_are_skipped_counted_and_the_whole_answer_delivered() 
     }
     let (_, metrics) = r.admin_get("/metrics").await;
     for d in ["openai-1", "anthropic-1", "gemini-1"] {
-        let line = format!("llmrouter_stream_events_skipped_total{{model_group=");
+        let series = "llmrouter_stream_events_skipped_total{model_group=";
         let found = metrics
             .lines()
-            .find(|l| l.starts_with(&line) && l.contains(&format!("deployment=\"{d}\"")))
+            .find(|l| l.starts_with(series) && l.contains(&format!("deployment=\"{d}\"")))
             .unwrap_or_else(|| panic!("no skipped-events series for {d}:\n{metrics}"));
         assert!(found.ends_with(" 2"), "{found}");
     }
