@@ -23,6 +23,7 @@ use crate::proto::{
 };
 use crate::routing::{
     self, CallError, CallFailure, Router, SharedRouter, deadline::parse_grpc_timeout,
+    recovery::Recovery,
 };
 use crate::telemetry::{
     metrics::{GaugeGuard, UNKNOWN_GROUP, code_name},
@@ -348,36 +349,34 @@ impl RouterApi {
         let router = record.router.clone();
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.
-        let answered = router
+        let mut answered = router
             .stream(&call)
             .await
             .map_err(|f| record.answer_failure(f))?;
         let idle = router.config().router.stream_idle_timeout;
-        let (group, deployment, attempts) = (
-            answered.group.clone(),
-            answered.deployment.clone(),
-            answered.attempts.len(),
-        );
         let id = record.id.clone();
         let metrics = router.metrics().clone();
         // The record (and with it the RPC's span) lives until the stream ends.
-        let on_end: OnEnd = Box::new(move |end, usage| {
-            if let Some(u) = &usage {
+        let on_end: OnEnd = Box::new(move |end| {
+            if let Some(u) = &end.usage {
                 // Token counts of answers that finished, as for unary calls.
-                if end == StreamEnd::Finished {
-                    metrics.tokens(&deployment, u);
+                if end.how == StreamEnd::Finished {
+                    metrics.tokens(end.deployment, u);
                 }
                 record_usage(&record.span, u);
             }
-            let code = match end {
+            let code = match end.how {
                 StreamEnd::Finished => tonic::Code::Ok,
                 StreamEnd::ClientGone => tonic::Code::Cancelled,
                 StreamEnd::Failed(code) => code,
             };
-            record.finish(Some((&group, &deployment)), attempts, code);
+            record.finish(Some((end.group, end.deployment)), end.attempts, code);
         });
+        // The call's request is kept only by a stream that may recover.
+        let recovery = Recovery::arm(router.clone(), call, &mut answered);
         Ok(Response::new(stream::forward(
             answered,
+            recovery,
             id,
             idle,
             router.metrics(),

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::proto::{ChatMessage, CompleteRequest, Role, StreamCompleteRequest};
+use crate::config::StreamRecovery;
+use crate::proto::{self, ChatMessage, CompleteRequest, Role, StreamCompleteRequest};
 use crate::providers::ChatRequest;
 use crate::routing::{CallError, CallRequest};
 
@@ -118,6 +119,18 @@ pub fn call_from_complete(
     if let Some(i) = r.fallbacks.iter().position(|f| f.trim().is_empty()) {
         return Err(invalid(format!("fallbacks[{i}]"), "must not be empty"));
     }
+    let stream_recovery = match proto::StreamRecovery::try_from(r.stream_recovery) {
+        Ok(proto::StreamRecovery::Unspecified) => None,
+        Ok(proto::StreamRecovery::None) => Some(StreamRecovery::None),
+        Ok(proto::StreamRecovery::Continue) => Some(StreamRecovery::Continue),
+        Ok(proto::StreamRecovery::Restart) => Some(StreamRecovery::Restart),
+        Err(_) => {
+            return Err(invalid(
+                "stream_recovery",
+                format!("{} is not a known StreamRecovery", r.stream_recovery),
+            ));
+        }
+    };
     Ok(CallRequest {
         model: r.model,
         chat: ChatRequest {
@@ -135,6 +148,7 @@ pub fn call_from_complete(
         mock_response: (!r.mock_response.is_empty()).then_some(r.mock_response),
         fallbacks: r.fallbacks,
         num_retries: r.num_retries,
+        stream_recovery,
     })
 }
 
@@ -158,6 +172,7 @@ pub fn call_from_stream(
         fallbacks,
         num_retries,
         metadata,
+        stream_recovery,
     } = r;
     call_from_complete(
         CompleteRequest {
@@ -175,6 +190,7 @@ pub fn call_from_stream(
             fallbacks,
             num_retries,
             metadata,
+            stream_recovery,
         },
         client_timeout,
     )

@@ -82,6 +82,11 @@ impl GrpcError for CallError {
                 (Code::DeadlineExceeded, "STREAM_IDLE_TIMEOUT", None)
             }
             CallError::StreamInterrupted { .. } => (Code::Unavailable, "STREAM_INTERRUPTED", None),
+            // The break decides: what the recovery ran into is in the message and the log.
+            CallError::RecoveryFailed { broke, .. } => {
+                let g = broke.grpc();
+                (g.code, g.reason, g.retry_delay)
+            }
             // Rounded up to the millisecond, so a client that waits it finds the deployment back.
             CallError::NoDeploymentAvailable { back_in, cooling } => (
                 if *cooling {
@@ -141,6 +146,9 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
         }
         CallError::InvalidArgument { field, .. } => {
             metadata.insert("field".to_string(), field.clone());
+        }
+        CallError::RecoveryFailed { mode, .. } => {
+            metadata.insert("recovery".to_string(), mode.name().to_string());
         }
         _ => {}
     }

@@ -18,6 +18,7 @@ use super::status::{GrpcError as _, call_status};
 use crate::proto::{Attempt, FinishReason, StreamCompleteResponse, Usage};
 use crate::routing::{
     Answered, Committed,
+    recovery::Recovery,
     stream::{CommittedStream, StreamItem},
 };
 use crate::telemetry::{Metrics, metrics::GaugeGuard};
@@ -30,15 +31,29 @@ pub enum StreamEnd {
     Failed(tonic::Code),
 }
 
-/// Called once when the stream ends, with how it ended and the usage the provider reported.
-pub type OnEnd = Box<dyn FnOnce(StreamEnd, Option<Usage>) + Send>;
+/// How a committed stream ended, for the call's record.
+pub struct Ended<'a> {
+    pub how: StreamEnd,
+    /// The usage the answering provider reported.
+    pub usage: Option<Usage>,
+    /// The group and deployment that answered last (another than at commit, after a recovery).
+    pub group: &'a str,
+    pub deployment: &'a str,
+    /// Entries in the call's attempt log.
+    pub attempts: usize,
+}
+
+/// Called once when the stream ends.
+pub type OnEnd = Box<dyn FnOnce(Ended<'_>) + Send>;
 
 pub type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<StreamCompleteResponse, Status>> + Send>>;
 
-/// The client's stream for a committed call.
+/// The client's stream for a committed call. `recovery`: what the stream needs to recover if
+/// it breaks, when the call may.
 pub fn forward(
     answered: Answered<Committed>,
+    recovery: Option<Box<Recovery>>,
     id: String,
     idle: Duration,
     metrics: &Metrics,
@@ -46,10 +61,11 @@ pub fn forward(
 ) -> ResponseStream {
     let group = answered.group.clone();
     let deployment = answered.deployment.clone();
-    let inner = CommittedStream::new(answered, idle);
+    let inner = CommittedStream::new(answered, idle, recovery);
     let head_attempts = Some(inner.attempts().to_vec());
     Box::pin(Forward {
         _open: metrics.stream_open(),
+        attempts: inner.attempts().len(),
         inner,
         head_attempts,
         id,
@@ -64,8 +80,11 @@ struct Forward {
     /// The attempts made, for the first message, until it is sent.
     head_attempts: Option<Vec<Attempt>>,
     id: String,
+    /// Who answers: the committed deployment, then the one that recovered the stream.
     group: String,
     deployment: String,
+    /// Entries in the attempt log as last sent.
+    attempts: usize,
     /// Taken when the stream ends.
     on_end: Option<OnEnd>,
     _open: GaugeGuard,
@@ -84,7 +103,13 @@ impl Forward {
 
     fn end(&mut self, how: StreamEnd) {
         if let Some(f) = self.on_end.take() {
-            f(how, self.inner.usage());
+            f(Ended {
+                how,
+                usage: self.inner.usage(),
+                group: &self.group,
+                deployment: &self.deployment,
+                attempts: self.attempts,
+            });
         }
     }
 }
@@ -117,6 +142,25 @@ impl Stream for Forward {
                 }
                 Ok(msg)
             }
+            Ok(StreamItem::Resumed {
+                group,
+                deployment,
+                restart,
+                delta,
+                attempts,
+            }) => {
+                this.group = group;
+                this.deployment = deployment;
+                this.attempts = attempts.len();
+                // Nothing sent yet (a break before the first message was read): the head's
+                // attempts are superseded.
+                this.head_attempts = None;
+                let mut msg = this.message(delta);
+                msg.resumed = true;
+                msg.restart = restart;
+                msg.attempts = attempts;
+                Ok(msg)
+            }
             Ok(StreamItem::Finished {
                 finish_reason,
                 usage,
@@ -125,11 +169,15 @@ impl Stream for Forward {
                 let mut tail = this.message(String::new());
                 tail.finish_reason = finish_reason.unwrap_or(FinishReason::Unspecified) as i32;
                 tail.usage = usage;
-                tail.attempts = attempts.unwrap_or_default();
+                if let Some(attempts) = attempts {
+                    this.attempts = attempts.len();
+                    tail.attempts = attempts;
+                }
                 this.end(StreamEnd::Finished);
                 Ok(tail)
             }
             Err(failure) => {
+                this.attempts = failure.attempts.len();
                 let status = call_status(&failure.error, &failure.attempts);
                 this.end(StreamEnd::Failed(failure.error.code()));
                 Err(status)
@@ -151,6 +199,7 @@ mod tests {
     use super::*;
     use crate::api::stream;
     use crate::proto::AttemptOutcome;
+    use crate::routing::CallError;
     use crate::routing::testkit::{CHAIN, call, ms, router};
 
     /// Reads a committed stream to its end: every item, and how the stream said it ended.
@@ -164,9 +213,10 @@ mod tests {
         use futures_util::StreamExt as _;
         let ended = Arc::new(std::sync::Mutex::new(None));
         let e = ended.clone();
-        let on_end: stream::OnEnd = Box::new(move |end, _| *e.lock().unwrap() = Some(end));
+        let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
         let items = stream::forward(
             a,
+            None,
             "id".into(),
             idle,
             &Arc::new(crate::telemetry::Metrics::new()),
@@ -283,9 +333,10 @@ mod tests {
         let a = r.stream(&call("stall")).await.unwrap();
         let ended = Arc::new(std::sync::Mutex::new(None));
         let e = ended.clone();
-        let on_end: stream::OnEnd = Box::new(move |end, _| *e.lock().unwrap() = Some(end));
+        let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
         let mut s = stream::forward(
             a,
+            None,
             "id".into(),
             ms(500),
             &Arc::new(crate::telemetry::Metrics::new()),
@@ -294,5 +345,229 @@ mod tests {
         s.next().await.unwrap().unwrap();
         drop(s);
         assert_eq!(*ended.lock().unwrap(), Some(stream::StreamEnd::ClientGone));
+    }
+
+    /// Mid-stream recovery under the paused clock. `stall` sends "a " then falls silent;
+    /// `whole` gives the whole answer, continuing from any prefix of it; `silent` stalls too;
+    /// `nocontinue` cannot take a prefill.
+    const RECOVER: &str = r#"
+model_list:
+  - model_name: stall
+    litellm_params: { model: mock/stall, max_retries: 0, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: stall-0 }
+  - model_name: whole
+    litellm_params: { model: mock/whole, mock: { time_to_first_chunk: 100ms, tokens_per_second: 100, text: "a b c d" } }
+    model_info: { id: whole-0 }
+  - model_name: silent
+    litellm_params: { model: mock/silent, max_retries: 0, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: silent-0 }
+  - model_name: nocontinue
+    litellm_params: { model: mock/nocontinue, mock: { time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: nocontinue-0, supports_assistant_prefill: false }
+router_settings:
+  stream_idle_timeout: 500ms
+  stream_recovery: continue
+  fallbacks:
+    - stall: [whole]
+    - silent: [nocontinue]
+server:
+  deadline_margin: 20ms
+"#;
+
+    /// Commits a stream on `model` and drains it through the API's forwarder, with recovery.
+    async fn drain_recovering(
+        req: crate::routing::CallRequest,
+    ) -> (
+        Vec<Result<crate::proto::StreamCompleteResponse, tonic::Status>>,
+        Option<stream::StreamEnd>,
+        Arc<crate::routing::Router>,
+    ) {
+        use futures_util::StreamExt as _;
+        let r = Arc::new(router(RECOVER));
+        let mut a = r.stream(&req).await.unwrap();
+        let recovery = Recovery::arm(r.clone(), req, &mut a);
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let e = ended.clone();
+        let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
+        let items = stream::forward(
+            a,
+            recovery,
+            "id".into(),
+            ms(500),
+            &Arc::new(crate::telemetry::Metrics::new()),
+            on_end,
+        )
+        .collect()
+        .await;
+        let end = *ended.lock().unwrap();
+        (items, end, r)
+    }
+
+    fn text(items: &[Result<crate::proto::StreamCompleteResponse, tonic::Status>]) -> String {
+        items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|m| m.delta.as_str())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_continues_on_the_fallback_where_it_stopped() {
+        let start = Instant::now();
+        let (items, end, r) = drain_recovering(call("stall")).await;
+        assert_eq!(end, Some(stream::StreamEnd::Finished));
+        assert_eq!(
+            text(&items),
+            "a b c d",
+            "seamless: no word twice, no double space"
+        );
+        // Committed at 10ms; silent until the 500ms idle limit; the fallback's first chunk
+        // 100ms later (" ", the continuation of "a"); three more words and the finish at 100
+        // tokens/s.
+        assert_eq!(start.elapsed(), ms(10 + 500 + 100 + 40));
+        let resumed = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .find(|m| m.resumed)
+            .expect("a resumed message");
+        assert!(!resumed.restart, "continue never sends a restart marker");
+        assert_eq!(resumed.deployment, "whole-0");
+        assert_eq!(resumed.model, "whole");
+        let log: Vec<_> = resumed
+            .attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.deployment.as_str(),
+                    AttemptOutcome::try_from(a.outcome).unwrap(),
+                    a.recovery,
+                )
+            })
+            .collect();
+        assert_eq!(
+            log,
+            [
+                ("stall-0", AttemptOutcome::IdleTimeout, false),
+                ("whole-0", AttemptOutcome::Ok, true)
+            ]
+        );
+        assert!(
+            resumed.attempts[0].detail.starts_with("after 1 chunks: "),
+            "{}",
+            resumed.attempts[0].detail
+        );
+        let last = items.last().unwrap().as_ref().unwrap();
+        assert_eq!(last.finish_reason, crate::proto::FinishReason::Stop as i32);
+        assert_eq!(last.deployment, "whole-0");
+        // Both deployments are released; the broken one's silence counted against it.
+        for d in ["stall-0", "whole-0"] {
+            assert_eq!(r.deployment_state(d).unwrap().in_flight(), 0, "{d}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_asks_for_restarts_gets_a_marker_then_the_whole_answer() {
+        let mut req = call("stall");
+        req.stream_recovery = Some(crate::config::StreamRecovery::Restart);
+        let (items, end, _) = drain_recovering(req).await;
+        assert_eq!(end, Some(stream::StreamEnd::Finished));
+        let msgs: Vec<_> = items.iter().map(|i| i.as_ref().unwrap()).collect();
+        assert_eq!(msgs[0].delta, "a ");
+        assert!(msgs[1].restart && msgs[1].resumed);
+        assert_eq!(msgs[1].delta, "a ", "the answer starts again");
+        let after: String = msgs[1..].iter().map(|m| m.delta.as_str()).collect();
+        assert_eq!(after, "a b c d");
+        assert_eq!(
+            msgs.iter().filter(|m| m.restart).count(),
+            1,
+            "one marker, on the first message of the new answer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_recovery_a_silent_stream_ends_as_before() {
+        let mut req = call("stall");
+        req.stream_recovery = Some(crate::config::StreamRecovery::None);
+        let (items, end, _) = drain_recovering(req).await;
+        assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
+        assert_eq!(items.len(), 2);
+        let status = items[1].as_ref().unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            !status.message().contains("recovery"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_deployment_able_to_continue_the_break_is_answered_and_says_recovery_was_tried()
+    {
+        let start = Instant::now();
+        let (items, end, _) = drain_recovering(call("silent")).await;
+        // No wait: `nocontinue` takes no prefill, so the recovery finds nothing to try.
+        assert_eq!(start.elapsed(), ms(10 + 500));
+        assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
+        let status = items.last().unwrap().as_ref().unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "the break's own code"
+        );
+        assert_eq!(
+            crate::api::status::GrpcError::reason(&CallError::StreamIdleTimeout { idle: ms(500) }),
+            "STREAM_IDLE_TIMEOUT"
+        );
+        assert!(
+            status
+                .message()
+                .contains("recovery by continue was tried and failed"),
+            "{}",
+            status.message()
+        );
+        let log = crate::api::status::attempt_log(status).unwrap();
+        assert_eq!(log.attempts[0].deployment, "silent-0");
+        assert_eq!(
+            AttemptOutcome::try_from(log.attempts[0].outcome).unwrap(),
+            AttemptOutcome::IdleTimeout
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovery_never_runs_past_the_total_deadline() {
+        let mut req = call("stall");
+        // Committed at 10ms, silent at 510ms; the fallback's first chunk would come at 610ms,
+        // after the 600ms total deadline (less the 20ms margin).
+        req.timeout = Some(ms(600));
+        let start = Instant::now();
+        let (items, end, _) = drain_recovering(req).await;
+        assert_eq!(start.elapsed(), ms(580));
+        assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
+        let status = items.last().unwrap().as_ref().unwrap_err();
+        assert!(
+            status.message().contains("recovery by continue"),
+            "{}",
+            status.message()
+        );
+        let log = crate::api::status::attempt_log(status).unwrap();
+        let outcomes: Vec<_> = log
+            .attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.deployment.as_str(),
+                    AttemptOutcome::try_from(a.outcome).unwrap(),
+                    a.recovery,
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("stall-0", AttemptOutcome::IdleTimeout, false),
+                // Cut by the call's deadline, not a first-chunk limit of its own.
+                ("whole-0", AttemptOutcome::Timeout, true)
+            ]
+        );
     }
 }

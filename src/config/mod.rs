@@ -185,6 +185,38 @@ impl CooldownPolicy {
     }
 }
 
+/// How a committed stream that breaks recovers through the rest of its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRecovery {
+    /// It does not: the stream ends with a status, as before commit it never would.
+    None,
+    /// The next deployment that can take an assistant prefill receives the conversation plus
+    /// the text already delivered, and its deltas follow on.
+    Continue,
+    /// For callers that ask for it: a restart marker, then another deployment's whole answer;
+    /// for the others, as `Continue`.
+    Restart,
+}
+
+impl StreamRecovery {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => StreamRecovery::None,
+            "continue" => StreamRecovery::Continue,
+            "restart" => StreamRecovery::Restart,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamRecovery::None => "none",
+            StreamRecovery::Continue => "continue",
+            StreamRecovery::Restart => "restart",
+        }
+    }
+}
+
 /// Hedged attempts: a race against the tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hedge {
@@ -212,6 +244,8 @@ pub struct RouterSettings {
     /// Unreadable events a provider stream may send (each skipped and counted) before the
     /// stream counts as broken. Default 3.
     pub stream_max_malformed_events: u32,
+    /// How committed streams recover when they break; groups may override it. Default none.
+    pub stream_recovery: StreamRecovery,
     /// Retries per group after the first attempt, when neither request nor deployment set one.
     pub num_retries: u32,
     /// Shortest wait before retrying a deployment that just failed (the YAML key
@@ -247,6 +281,9 @@ pub struct ModelGroup {
     pub content_policy_fallbacks: Vec<String>,
     pub strategy: Strategy,
     pub hedge: Option<Hedge>,
+    /// How a committed stream of this group recovers when it breaks
+    /// (`model_group_settings.<group>.stream_recovery`, else `router_settings.stream_recovery`).
+    pub stream_recovery: StreamRecovery,
 }
 
 /// One provider endpoint of a model group.
@@ -274,6 +311,9 @@ pub struct Deployment {
     pub max_parallel_requests: Option<u32>,
     /// How long the deployment is skipped once it has failed too often.
     pub cooldown_time: Duration,
+    /// Whether it continues an answer from a final assistant message
+    /// (`model_info.supports_assistant_prefill`, else its provider family's default).
+    pub supports_assistant_prefill: bool,
 }
 
 #[derive(Debug, Clone)]

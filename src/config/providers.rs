@@ -32,6 +32,10 @@ pub struct ProviderSpec {
     /// Whether the provider's own host requires a key. A custom `api_base` (a proxy, a local
     /// server) never requires one.
     pub key_required: bool,
+    /// Whether the family's models continue an answer from a final assistant message by
+    /// default (LiteLLM's `supports_assistant_prefill`): Anthropic, Mistral and DeepSeek do;
+    /// OpenAI answers such a message with a new one.
+    pub assistant_prefill: bool,
 }
 
 pub const PROVIDERS: &[ProviderSpec] = &[
@@ -41,6 +45,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.openai.com/v1"),
         base_env: None,
         key_env: Some("OPENAI_API_KEY"),
+        assistant_prefill: false,
         key_required: true,
     },
     ProviderSpec {
@@ -49,6 +54,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: None,
         base_env: Some("AZURE_API_BASE"),
         key_env: Some("AZURE_API_KEY"),
+        assistant_prefill: false,
         key_required: true,
     },
     ProviderSpec {
@@ -57,6 +63,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.anthropic.com"),
         base_env: None,
         key_env: Some("ANTHROPIC_API_KEY"),
+        assistant_prefill: true,
         key_required: true,
     },
     ProviderSpec {
@@ -65,6 +72,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://generativelanguage.googleapis.com/v1beta"),
         base_env: None,
         key_env: Some("GEMINI_API_KEY"),
+        assistant_prefill: false,
         key_required: true,
     },
     ProviderSpec {
@@ -73,6 +81,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.groq.com/openai/v1"),
         base_env: None,
         key_env: Some("GROQ_API_KEY"),
+        assistant_prefill: false,
         key_required: true,
     },
     ProviderSpec {
@@ -81,6 +90,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.mistral.ai/v1"),
         base_env: None,
         key_env: Some("MISTRAL_API_KEY"),
+        assistant_prefill: true,
         key_required: true,
     },
     ProviderSpec {
@@ -89,6 +99,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.deepseek.com/v1"),
         base_env: None,
         key_env: Some("DEEPSEEK_API_KEY"),
+        assistant_prefill: true,
         key_required: true,
     },
     ProviderSpec {
@@ -97,6 +108,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("https://api.together.xyz/v1"),
         base_env: None,
         key_env: Some("TOGETHERAI_API_KEY"),
+        assistant_prefill: false,
         key_required: true,
     },
     ProviderSpec {
@@ -105,6 +117,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: Some("http://localhost:11434/v1"),
         base_env: None,
         key_env: None,
+        assistant_prefill: false,
         key_required: false,
     },
     ProviderSpec {
@@ -113,6 +126,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: None,
         base_env: None,
         key_env: Some("HOSTED_VLLM_API_KEY"),
+        assistant_prefill: false,
         key_required: false,
     },
     ProviderSpec {
@@ -121,6 +135,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         default_base: None,
         base_env: None,
         key_env: Some("HOSTED_VLLM_API_KEY"),
+        assistant_prefill: false,
         key_required: false,
     },
 ];

@@ -73,6 +73,9 @@ pub struct RawLitellmParams {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawModelInfo {
     pub id: Option<String>,
+    /// LiteLLM's flag: the model continues an answer from a final assistant message (a
+    /// prefill). Decides which deployments may continue a broken stream.
+    pub supports_assistant_prefill: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +101,9 @@ pub struct RawRouterSettings {
     pub stream_idle_timeout: Option<Duration>,
     /// Unreadable stream events skipped before a stream counts as broken (llm-router's own).
     pub stream_max_malformed_events: Option<u32>,
+    /// How a committed stream that breaks recovers: `none`, `continue` or `restart`
+    /// (llm-router's own).
+    pub stream_recovery: Option<String>,
     pub num_retries: Option<u32>,
     /// `[{group: [fallback, ...]}, ...]`, LiteLLM's list-of-single-key-maps shape.
     pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
@@ -165,6 +171,7 @@ pub struct RawRetryBudget {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawGroupSettings {
     pub routing_strategy: Option<String>,
+    pub stream_recovery: Option<String>,
     #[serde(default, deserialize_with = "dur")]
     pub hedge_after: Option<Duration>,
     pub max_hedges: Option<u32>,

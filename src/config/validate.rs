@@ -11,7 +11,7 @@ use std::{
 use super::{
     Config, ConfigError, CooldownPolicy, Deployment, FailKind, Hedge, HttpProvider, KeyError,
     MockFailure, MockSpec, ModelGroup, ProviderConfig, RetryBudget, RouterSettings, Secret,
-    ServerSettings, Strategy, is_ignored_litellm_key,
+    ServerSettings, Strategy, StreamRecovery, is_ignored_litellm_key,
     providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
     raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock},
 };
@@ -175,10 +175,15 @@ pub(super) fn validate(
         .into_iter()
         .map(|(name, mut deps)| {
             shuffle_weights(&mut deps);
-            let (strategy, hedge) = group_settings
-                .get(&name)
-                .copied()
-                .unwrap_or((router.routing_strategy, router.hedge));
+            let GroupSettings {
+                strategy,
+                hedge,
+                stream_recovery,
+            } = group_settings.get(&name).copied().unwrap_or(GroupSettings {
+                strategy: router.routing_strategy,
+                hedge: router.hedge,
+                stream_recovery: router.stream_recovery,
+            });
             if strategy == Strategy::UsageBased
                 && deps.iter().all(|d| d.rpm.is_none() && d.tpm.is_none())
             {
@@ -201,6 +206,7 @@ pub(super) fn validate(
                 name: name.clone(),
                 strategy,
                 hedge,
+                stream_recovery,
             };
             (name, Arc::new(group))
         })
@@ -310,6 +316,12 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
             format!("must be at most {MAX_MALFORMED_EVENTS_LIMIT}"),
         );
     }
+    let stream_recovery = stream_recovery(
+        "router_settings.stream_recovery",
+        rs.stream_recovery.as_deref(),
+        errs,
+    )
+    .unwrap_or(StreamRecovery::None);
     let num_retries = rs.num_retries.unwrap_or(DEFAULT_NUM_RETRIES);
     if num_retries > MAX_RETRIES_LIMIT {
         errs.add(
@@ -361,6 +373,7 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         stream_timeout,
         stream_idle_timeout,
         stream_max_malformed_events,
+        stream_recovery,
         num_retries,
         min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
         retry_backoff_initial,
@@ -374,6 +387,18 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         hedge,
         retry_budget: retry_budget(raw, errs),
     }
+}
+
+fn stream_recovery(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<StreamRecovery> {
+    let value = value?;
+    let parsed = StreamRecovery::parse(value);
+    if parsed.is_none() {
+        errs.add(
+            key,
+            format!("`{value}` is not a stream recovery; use none, continue or restart"),
+        );
+    }
+    parsed
 }
 
 fn strategy(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<Strategy> {
@@ -466,13 +491,22 @@ fn retry_budget(raw: &RawConfig, errs: &mut Errors) -> Option<RetryBudget> {
     })
 }
 
-/// `router_settings.model_group_settings`: each group's strategy and hedging, over the router's.
+/// A group's own settings, over the router's.
+#[derive(Clone, Copy)]
+struct GroupSettings {
+    strategy: Strategy,
+    hedge: Option<Hedge>,
+    stream_recovery: StreamRecovery,
+}
+
+/// `router_settings.model_group_settings`: each group's strategy, hedging and stream recovery,
+/// over the router's.
 fn group_settings(
     raw: &RawConfig,
     router: &RouterSettings,
     groups: &BTreeMap<String, Vec<Deployment>>,
     errs: &mut Errors,
-) -> BTreeMap<String, (Strategy, Option<Hedge>)> {
+) -> BTreeMap<String, GroupSettings> {
     let mut out = BTreeMap::new();
     let Some(map) = &raw.router_settings.model_group_settings else {
         return out;
@@ -496,7 +530,20 @@ fn group_settings(
             router.hedge,
             errs,
         );
-        out.insert(name.clone(), (strategy, hedge));
+        let stream_recovery = stream_recovery(
+            &format!("{prefix}.stream_recovery"),
+            settings.stream_recovery.as_deref(),
+            errs,
+        )
+        .unwrap_or(router.stream_recovery);
+        out.insert(
+            name.clone(),
+            GroupSettings {
+                strategy,
+                hedge,
+                stream_recovery,
+            },
+        );
     }
     out
 }
@@ -597,6 +644,8 @@ fn deployment(
         }
     }
 
+    // The mock continues any prefix of its own answer (see MockProvider).
+    let mut prefill_by_default = true;
     let provider_config = if provider == "mock" {
         for (set, name) in [
             (params.api_base.is_some(), "api_base"),
@@ -634,6 +683,7 @@ fn deployment(
                 "only mock/ deployments take a mock block",
             );
         }
+        prefill_by_default = spec.assistant_prefill;
         ProviderConfig::Http(http_provider(spec, params, &key, lookup_env, errs))
     };
 
@@ -661,6 +711,10 @@ fn deployment(
         cooldown_time: params
             .cooldown_time
             .unwrap_or(router.cooldowns.cooldown_time),
+        supports_assistant_prefill: d
+            .model_info
+            .supports_assistant_prefill
+            .unwrap_or(prefill_by_default),
     })
 }
 

@@ -11,7 +11,7 @@ use super::{
     ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, estimate_tokens,
 };
 use crate::config::{MockFailure, MockSpec};
-use crate::proto::{FinishReason, Usage};
+use crate::proto::{FinishReason, Role, Usage};
 
 /// Sleeps until `due`, but not at all when it has passed: tokio's timer rounds every sleep up
 /// to its next millisecond tick, which would make a zero-delay mock take a millisecond.
@@ -55,19 +55,28 @@ impl MockProvider {
         Err(err)
     }
 
+    /// The answer to `req`: the configured text or, when the conversation ends with an
+    /// assistant message that the text begins with (a prefill), the rest of it. So the mock
+    /// continues an answer another deployment started, as a model that takes prefills does.
+    fn answer<'a>(&'a self, req: &ChatRequest) -> &'a str {
+        let text = self.spec.text.as_str();
+        match req.messages.last() {
+            Some(m) if m.role == Role::Assistant as i32 => {
+                text.strip_prefix(m.content.as_str()).unwrap_or(text)
+            }
+            _ => text,
+        }
+    }
+
     /// The answer split into word-sized chunks, each keeping its trailing space.
-    fn pieces(&self) -> Vec<String> {
-        self.spec
-            .text
-            .split_inclusive(' ')
-            .map(str::to_string)
-            .collect()
+    fn pieces(answer: &str) -> Vec<String> {
+        answer.split_inclusive(' ').map(str::to_string).collect()
     }
 
     fn usage(&self, req: &ChatRequest) -> Usage {
         let chars = req.messages.iter().map(|m| m.content.len()).sum();
         let prompt = u32::try_from(estimate_tokens(chars)).unwrap_or(u32::MAX);
-        let completion = self.completion_tokens();
+        let completion = Self::tokens(self.answer(req));
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
@@ -75,8 +84,8 @@ impl MockProvider {
         }
     }
 
-    fn completion_tokens(&self) -> u32 {
-        self.pieces().len().try_into().unwrap_or(u32::MAX)
+    fn tokens(answer: &str) -> u32 {
+        Self::pieces(answer).len().try_into().unwrap_or(u32::MAX)
     }
 
     fn token_interval(&self) -> Duration {
@@ -92,10 +101,11 @@ impl MockProvider {
             std::future::pending::<()>().await;
         }
         let start = Instant::now();
-        let generation = self.token_interval() * self.completion_tokens().saturating_sub(1);
+        let answer = self.answer(req);
+        let generation = self.token_interval() * Self::tokens(answer).saturating_sub(1);
         wait_until(start + self.spec.time_to_first_chunk + generation).await;
         Ok(Completion {
-            text: self.spec.text.clone(),
+            text: answer.to_string(),
             finish_reason: FinishReason::Stop,
             usage: Some(self.usage(req)),
         })
@@ -109,8 +119,7 @@ impl MockProvider {
         let stall = self.spec.failure == Some(MockFailure::StallAfterFirstChunk);
         let interval = self.token_interval();
         let usage = self.usage(req);
-        let mut chunks: Vec<Chunk> = self
-            .pieces()
+        let mut chunks: Vec<Chunk> = Self::pieces(self.answer(req))
             .into_iter()
             .map(|delta| Chunk {
                 delta,

@@ -15,11 +15,30 @@ use super::{
     pick::{Pick, Picker},
     plan::Plan,
     policy::{self, Decision, Leave, Position, Special},
-    round::{AttemptValue, Call, RoundAt},
+    round::{AttemptValue, Call, RoundAt, Won},
 };
 use crate::config::ModelGroup;
 use crate::providers::Provider;
 use crate::telemetry::traces::TARGET;
+
+/// Where a recovery's walk starts: in the first group of its chain, the deployment whose
+/// committed stream broke, counted as that group's first failure.
+pub struct Seed {
+    pub deployment: usize,
+    pub failure: Failure,
+    /// Whether the call had already switched to a special fallback list (once per call).
+    pub switched: bool,
+}
+
+/// What a committed stream keeps so that it can recover if it breaks: the rest of its chain.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The answering group first, then the groups after it.
+    pub chain: Vec<Arc<ModelGroup>>,
+    /// The answering deployment, in the first group.
+    pub deployment: usize,
+    pub switched: bool,
+}
 
 /// Where a call stands in its chain of model groups.
 struct Chain {
@@ -38,6 +57,8 @@ struct Chain {
     last_failure: Option<Failure>,
     /// The next group's picker, when the current group's hedges already ran attempts there.
     carried: Option<Picker>,
+    /// For a recovery: the broken deployment, marked failed when the first group is entered.
+    seed: Option<Seed>,
 }
 
 /// The call's state within one group.
@@ -72,20 +93,41 @@ impl InGroup {
             backoff,
             provider_hint: self.failure.as_ref().and_then(Failure::provider_wait_hint),
             jitter: fastrand::f64(),
+            continuation: plan.continuation,
         }
     }
 }
 
 impl Chain {
-    fn new(plan: &Plan) -> Self {
+    fn new(plan: &Plan, seed: Option<Seed>) -> Self {
         Chain {
             ahead: plan.chain.iter().cloned().collect(),
             current: None,
-            requested: true,
+            // A recovery's first group is where the stream broke, not the caller's request.
+            requested: !plan.recovery,
             fallback_index: 0,
-            switched: false,
+            switched: seed.as_ref().is_some_and(|s| s.switched),
             last_failure: None,
             carried: None,
+            seed,
+        }
+    }
+
+    /// What the answer's stream needs to recover: the chain from the answering group on.
+    fn resume(&self, won: &Won<impl Sized>) -> Resume {
+        let mut chain: Vec<_> = self.ahead.iter().cloned().collect();
+        let in_current = self
+            .current
+            .as_ref()
+            .filter(|c| Arc::ptr_eq(&c.pick.group, &won.group));
+        if let Some(current) = in_current {
+            chain.insert(0, current.pick.group.clone());
+        }
+        // Else a hedge won in the next group, which heads `ahead`.
+        Resume {
+            chain,
+            deployment: won.idx,
+            switched: self.switched,
         }
     }
 
@@ -107,12 +149,22 @@ impl Chain {
             Some(p) if Arc::ptr_eq(&p.group, &group) => p,
             _ => router.picker(&group),
         };
-        Some(self.current.insert(InGroup {
+        let mut entered = InGroup {
             pick,
             retries_done: 0,
             retries_allowed: None,
             failure: None,
-        }))
+        };
+        if let Some(seed) = self.seed.take()
+            && seed.deployment < group.deployments.len()
+        {
+            entered.pick.started(seed.deployment);
+            entered
+                .pick
+                .ended(seed.deployment, Some(seed.failure.fault()));
+            entered.failure = Some(seed.failure);
+        }
+        Some(self.current.insert(entered))
     }
 
     /// Replaces the rest of the chain with the current group's special fallback list.
@@ -158,6 +210,7 @@ impl Router {
     pub(super) async fn walk<T, F, Fut>(
         &self,
         plan: &Plan,
+        seed: Option<Seed>,
         attempt: F,
     ) -> Result<Answered<T>, CallFailure>
     where
@@ -175,9 +228,12 @@ impl Router {
             router: self,
             plan,
             attempt,
-            log: CallLog::default(),
+            log: CallLog {
+                recovery: plan.recovery,
+                ..CallLog::default()
+            },
         };
-        let mut chain = Chain::new(plan);
+        let mut chain = Chain::new(plan, seed);
         tracing::Span::current().record(
             "llmrouter.deadline_ms",
             plan.deadline
@@ -253,6 +309,7 @@ impl Router {
                 };
                 match call.round(at, idx).await {
                     Ok(won) => {
+                        let resume = plan.resumable.then(|| chain.resume(&won));
                         return Ok(Answered {
                             value: won.value,
                             group: won.group.name.clone(),
@@ -261,6 +318,7 @@ impl Router {
                             deadline: plan.deadline,
                             attempt_started: won.start,
                             tracker: Some(won.tracker),
+                            resume,
                         });
                     }
                     Err(failure) => {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::failure::Failure;
+use crate::config::StreamRecovery;
 
 #[derive(Debug, Clone)]
 pub enum CallError {
@@ -27,6 +28,13 @@ pub enum CallError {
     StreamIdleTimeout { idle: Duration },
     /// A committed stream broke: the provider cut it, or sent garbage.
     StreamInterrupted { detail: String },
+    /// A committed stream broke (`broke`), and recovering it in `mode` through the rest of the
+    /// chain failed too (`why`). Answered as the break itself: a recovery never hides it.
+    RecoveryFailed {
+        broke: Box<CallError>,
+        mode: StreamRecovery,
+        why: String,
+    },
     /// No attempt could be made anywhere in the chain: every deployment was cooling down
     /// (`cooling`) or at capacity. The first is back in `back_in`.
     NoDeploymentAvailable { back_in: Duration, cooling: bool },
@@ -80,6 +88,11 @@ impl CallError {
             CallError::StreamInterrupted { detail } => {
                 format!("the provider's stream broke: {detail}")
             }
+            CallError::RecoveryFailed { broke, mode, why } => format!(
+                "{}; recovery by {} was tried and failed: {why}",
+                broke.message(),
+                mode.name()
+            ),
             CallError::NoDeploymentAvailable {
                 back_in,
                 cooling: true,

@@ -15,6 +15,8 @@ pub enum Failure {
     Timeout { first_chunk: bool },
     /// `mock_timeout` made the attempt wait out its deadline without calling a provider.
     MockTimeout,
+    /// A committed stream was silent for longer than `stream_idle_timeout`.
+    IdleTimeout { idle: Duration },
     /// The provider answered with an error, or could not be reached.
     Provider(ProviderError),
 }
@@ -68,6 +70,11 @@ impl Failure {
             Failure::MockTimeout => (
                 Fault::Transient,
                 AttemptOutcome::MockTimeout,
+                FailKind::Timeout,
+            ),
+            Failure::IdleTimeout { .. } => (
+                Fault::Transient,
+                AttemptOutcome::IdleTimeout,
                 FailKind::Timeout,
             ),
             Failure::Provider(e) => match e.kind {
@@ -133,14 +140,14 @@ impl Failure {
     pub fn provider_wait_hint(&self) -> Option<Duration> {
         match self {
             Failure::Provider(e) => e.wait_hint,
-            Failure::Timeout { .. } | Failure::MockTimeout => None,
+            Failure::Timeout { .. } | Failure::MockTimeout | Failure::IdleTimeout { .. } => None,
         }
     }
 
     pub fn upstream_status(&self) -> u16 {
         match self {
             Failure::Provider(e) => e.status,
-            Failure::Timeout { .. } | Failure::MockTimeout => 0,
+            Failure::Timeout { .. } | Failure::MockTimeout | Failure::IdleTimeout { .. } => 0,
         }
     }
 
@@ -153,6 +160,9 @@ impl Failure {
                 "no answer before the attempt deadline".into()
             }
             Failure::MockTimeout => "mock_timeout: waited out the attempt deadline".into(),
+            Failure::IdleTimeout { idle } => {
+                format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
+            }
             Failure::Provider(e) => e.detail.clone(),
         }
     }

@@ -18,9 +18,16 @@ pub struct CallLog {
     /// When the first skipped deployment is back, and whether any was skipped for cooling
     /// (else for capacity): the answer when no attempt could be made at all.
     pub unavailable: Option<(Instant, bool)>,
+    /// The call recovers a broken stream: each entry is marked.
+    pub recovery: bool,
 }
 
 impl CallLog {
+    pub fn push(&mut self, mut attempt: Attempt) {
+        attempt.recovery = self.recovery;
+        self.attempts.push(attempt);
+    }
+
     /// Logs the deployments a group could not use, each as a not-an-attempt entry.
     pub fn skipped(&mut self, group: &ModelGroup, skipped: &[(usize, Unavailable)]) {
         let now = Instant::now();
@@ -47,8 +54,7 @@ impl CallLog {
                     None,
                 ),
             };
-            self.attempts
-                .push(entry(d, outcome, Duration::ZERO, 0, detail, false));
+            self.push(entry(d, outcome, Duration::ZERO, 0, detail, false));
             if let Some((until, cooling)) = back {
                 self.unavailable = Some(match self.unavailable {
                     Some((u, c)) if u <= until => (u, c || cooling),
@@ -77,6 +83,7 @@ pub fn entry(
         upstream_status: i32::from(status),
         detail,
         hedge,
+        recovery: false,
     }
 }
 

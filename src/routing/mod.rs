@@ -26,6 +26,7 @@ mod pick;
 mod plan;
 pub mod policy;
 mod race;
+pub mod recovery;
 mod round;
 pub mod stream;
 mod table;
@@ -35,15 +36,17 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
+use crate::config::StreamRecovery;
 use crate::proto::Attempt;
 use crate::providers::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError};
+use chain::{Resume, Seed};
 pub use deadline::wall_clock;
 pub use error::CallError;
 pub use failure::Failure;
 use health::Tracker;
 pub use log::to_proto_duration;
 pub use plan::MOCK_RESPONSE_DEPLOYMENT;
-use plan::{mock_answer, mock_committed, mock_completion};
+use plan::{Plan, mock_answer, mock_committed, mock_completion};
 pub use table::{Router, SharedRouter};
 
 /// A call as the API layer hands it over: shape-validated, not yet resolved against the config.
@@ -61,6 +64,9 @@ pub struct CallRequest {
     /// Replaces the configured fallback chain when non-empty.
     pub fallbacks: Vec<String>,
     pub num_retries: Option<u32>,
+    /// How a committed stream recovers, when the caller said; else the group's setting.
+    /// `Restart` says the caller handles restart markers.
+    pub stream_recovery: Option<StreamRecovery>,
 }
 
 /// A failed call: the error and every attempt made before it.
@@ -95,6 +101,8 @@ pub struct Answered<T> {
     /// The answering deployment's lease (it stays in flight while a stream runs), through
     /// which a committed stream reports how it ended. `None` for `mock_response`.
     pub tracker: Option<Tracker>,
+    /// What a committed stream needs to recover if it breaks; `None` when it will not try.
+    pub resume: Option<Resume>,
 }
 
 /// A committed stream as the walk hands it over: its first chunk and the rest. Watch it with
@@ -118,7 +126,7 @@ impl Router {
             return Ok(mock_answer(&plan, text, mock_completion(text)));
         }
         let chat = &req.chat;
-        self.walk(&plan, |provider, d| async move {
+        self.walk(&plan, None, |provider, d| async move {
             match timeout_at(d.attempt, provider.complete(chat)).await {
                 Ok(result) => result.map_err(Failure::Provider),
                 Err(_) => Err(Failure::Timeout { first_chunk: false }),
@@ -133,8 +141,17 @@ impl Router {
         if let Some(text) = &req.mock_response {
             return Ok(mock_answer(&plan, text, mock_committed(text)));
         }
-        let chat = &req.chat;
-        self.walk(&plan, |provider, d| async move {
+        self.walk_to_commit(&plan, None, &req.chat).await
+    }
+
+    /// The chain walk of a stream, to its first chunk; `seed` starts a recovery.
+    async fn walk_to_commit(
+        &self,
+        plan: &Plan,
+        seed: Option<Seed>,
+        chat: &ChatRequest,
+    ) -> Result<Answered<Committed>, CallFailure> {
+        self.walk(plan, seed, |provider, d| async move {
             let first = async {
                 let mut rest = provider.stream(chat).await?;
                 let mut skipped = 0;
@@ -169,6 +186,6 @@ impl Router {
 }
 
 #[cfg(test)]
-pub(crate) mod testkit;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -27,6 +27,9 @@ pub struct Facts {
     pub first_attempt: bool,
     /// Only deployments not yet tried in this call (for hedges).
     pub fresh_only: bool,
+    /// Only deployments that continue an answer from an assistant prefill (a stream's
+    /// continuation).
+    pub needs_prefill: bool,
     pub budget: Option<RetryBudget>,
     pub latency_ttl: Duration,
     pub latency_buffer: f64,
@@ -150,6 +153,9 @@ impl Picker {
                 Tried::No => false,
             };
             let d = &self.group.deployments[i];
+            if facts.needs_prefill && !d.supports_assistant_prefill {
+                continue;
+            }
             let limits = Limits {
                 max_parallel: d.max_parallel_requests,
                 rpm: d.rpm,
@@ -278,6 +284,7 @@ router_settings:
             request_tokens: 10,
             first_attempt: true,
             fresh_only: false,
+            needs_prefill: false,
             budget: None,
             latency_ttl: Duration::from_secs(300),
             latency_buffer: 0.5,

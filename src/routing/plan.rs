@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::{
     Answered, CallError, CallRequest, Committed, Router, deadline, log::to_proto_duration,
 };
-use crate::config::ModelGroup;
+use crate::config::{ModelGroup, StreamRecovery};
 use crate::proto::{Attempt, AttemptOutcome, FinishReason};
 use crate::providers::{Chunk, Completion, estimate_tokens};
 
@@ -25,6 +25,13 @@ pub struct Plan {
     pub streaming: bool,
     /// The prompt's size in tokens, estimated, for `tpm` limits.
     pub request_tokens: u64,
+    /// Whether an answer keeps what a recovery of its stream needs (the rest of its chain).
+    pub resumable: bool,
+    /// The call recovers a broken stream: its attempts are marked as such.
+    pub recovery: bool,
+    /// The call continues a broken stream from an assistant prefill: only deployments that
+    /// take one are picked.
+    pub continuation: bool,
 }
 
 impl Router {
@@ -58,6 +65,14 @@ impl Router {
             chain.push(group.clone());
         }
         let prompt_chars: usize = req.chat.messages.iter().map(|m| m.content.len()).sum();
+        // Streams only, and only when the caller or a group of the chain wants recovery.
+        let resumable = streaming
+            && match req.stream_recovery {
+                Some(mode) => mode != StreamRecovery::None,
+                None => chain
+                    .iter()
+                    .any(|g| g.stream_recovery != StreamRecovery::None),
+            };
         Ok(Plan {
             chain,
             deadline: deadline::total_deadline(
@@ -72,6 +87,9 @@ impl Router {
             stream_timeout: req.stream_timeout,
             streaming,
             request_tokens: estimate_tokens(prompt_chars),
+            resumable,
+            recovery: false,
+            continuation: false,
         })
     }
 }
@@ -93,12 +111,14 @@ pub fn mock_answer<T>(plan: &Plan, text: &str, value: T) -> Answered<T> {
             upstream_status: 0,
             detail: format!("mock_response ({} bytes)", text.len()),
             hedge: false,
+            recovery: false,
         }],
         group,
         deployment: MOCK_RESPONSE_DEPLOYMENT.into(),
         deadline: plan.deadline,
         attempt_started: now,
         tracker: None,
+        resume: None,
     }
 }
 

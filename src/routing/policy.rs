@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::deadline::Backoff;
 use super::error::CallError;
 use super::failure::{Failure, Fault};
+use crate::config::StreamRecovery;
 
 /// What the group's picker would run next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct Position {
     pub provider_hint: Option<Duration>,
     /// In [0, 1): spreads the retries of many calls (see [`Backoff::wait`]).
     pub jitter: f64,
+    /// The call continues a broken stream from an assistant prefill: a deployment that rejects
+    /// the request rejects the prefill, which another deployment may take.
+    pub continuation: bool,
 }
 
 /// A special fallback list, which replaces the rest of the chain.
@@ -100,6 +104,10 @@ pub enum Decision {
 /// What the call does next: on entering a group (`failed` is `None`), or after an attempt of
 /// the group failed.
 pub fn decide(failed: Option<Fault>, at: &Position) -> Decision {
+    let failed = match failed {
+        Some(Fault::Request) if at.continuation => Some(Fault::Deployment),
+        other => other,
+    };
     let counted = match failed {
         // Entering a group: its first attempt, which no retry limit applies to.
         None => false,
@@ -132,6 +140,17 @@ pub fn decide(failed: Option<Fault>, at: &Position) -> Decision {
             }
         }
         Candidate::Nothing => Decision::NextGroup(Leave::NoDeploymentLeft),
+    }
+}
+
+/// How a committed stream that broke recovers: the caller's choice when it made one, else the
+/// answering group's setting, where `restart` means continue for a caller that did not ask for
+/// restarts (only such a caller may be sent a restart marker).
+pub fn recovery_mode(requested: Option<StreamRecovery>, group: StreamRecovery) -> StreamRecovery {
+    match (requested, group) {
+        (Some(mode), _) => mode,
+        (None, StreamRecovery::Restart) => StreamRecovery::Continue,
+        (None, mode) => mode,
     }
 }
 
@@ -182,6 +201,7 @@ mod tests {
             },
             provider_hint: None,
             jitter: 1.0,
+            continuation: false,
         };
         vec![
             ("retries left, untried deployment", base),
@@ -344,5 +364,40 @@ mod tests {
             NextGroup(Leave::NoTimeToWait),
             "a wait that ends at the deadline leaves no time for the retry"
         );
+    }
+
+    #[test]
+    fn a_continuation_rejected_as_a_bad_request_moves_on_to_another_deployment() {
+        let (_, base) = positions()[0];
+        let at = Position {
+            continuation: true,
+            ..base
+        };
+        assert_eq!(
+            decide(Some(Fault::Request), &at),
+            AttemptNow { counted: false }
+        );
+        let none_left = Position {
+            candidate: Candidate::Nothing,
+            ..at
+        };
+        assert_eq!(
+            decide(Some(Fault::Request), &none_left),
+            NextGroup(Leave::NoDeploymentLeft),
+            "never a stop that would mask the break the recovery is for"
+        );
+    }
+
+    #[test]
+    fn the_callers_recovery_choice_wins_and_restart_needs_its_consent() {
+        use StreamRecovery as M;
+        for group in [M::None, M::Continue, M::Restart] {
+            for asked in [M::None, M::Continue, M::Restart] {
+                assert_eq!(recovery_mode(Some(asked), group), asked);
+            }
+        }
+        assert_eq!(recovery_mode(None, M::None), M::None);
+        assert_eq!(recovery_mode(None, M::Continue), M::Continue);
+        assert_eq!(recovery_mode(None, M::Restart), M::Continue);
     }
 }

@@ -105,8 +105,10 @@ where
         Facts {
             streaming: self.plan.streaming,
             request_tokens: self.plan.request_tokens,
-            first_attempt: self.log.started == 0,
+            // A recovery's attempts are retries of the stream's, never a call's first.
+            first_attempt: self.log.started == 0 && !self.plan.recovery,
             fresh_only,
+            needs_prefill: self.plan.continuation,
             budget: r.retry_budget,
             latency_ttl: r.latency_ttl,
             latency_buffer: r.lowest_latency_buffer,
@@ -346,7 +348,7 @@ where
                     );
                     metrics.first_chunk(&r.group.name, &deployment.id, elapsed.as_secs_f64());
                 }
-                self.log.attempts.push(entry(
+                self.log.push(entry(
                     deployment,
                     outcome,
                     elapsed,
@@ -365,7 +367,7 @@ where
                 if f.upstream_status() != 0 {
                     span.record("http.response.status_code", f.upstream_status());
                 }
-                self.log.attempts.push(entry(
+                self.log.push(entry(
                     deployment,
                     outcome,
                     elapsed,
@@ -393,7 +395,7 @@ where
             .attempt(&r.group.name, &deployment.id, outcome);
         r.span
             .record("llmrouter.attempt.outcome", outcome_name(outcome));
-        self.log.attempts.push(entry(
+        self.log.push(entry(
             deployment,
             outcome,
             r.start.elapsed(),

@@ -1,7 +1,10 @@
 //! A committed stream: the answering attempt's chunks, under two timers, the idle timer
-//! (longest silence between chunks) and the call's total deadline. There is no fallback after
-//! commit; a failure ends the stream with a routing error and the call's attempt log. The API
-//! layer turns what this yields into messages and statuses (`api::stream`).
+//! (longest silence between chunks) and the call's total deadline. When the attempt breaks
+//! (the provider cuts the stream, sends an error event or too many unreadable ones, or falls
+//! silent), a stream whose call may recover does so through the rest of its chain
+//! ([`super::recovery`]); otherwise, or when the recovery fails too, the stream ends with the
+//! break as a routing error and the call's attempt log. The API layer turns what this yields
+//! into messages and statuses (`api::stream`).
 //!
 //! It is a stream its consumer polls: no task and no channel per call, so an open stream holds
 //! only its own state. When the consumer drops it, the provider stream is dropped too, which
@@ -19,10 +22,12 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::{
     Answered, CallError, CallFailure, Committed,
+    failure::Failure,
     health::{AttemptEnd, Tracker},
     log::to_proto_duration,
+    recovery::{Recovering, Recovery},
 };
-use crate::config::FailKind;
+use crate::config::StreamRecovery;
 use crate::proto::{Attempt, AttemptOutcome, FinishReason, Usage};
 use crate::providers::ChunkStream;
 
@@ -32,6 +37,16 @@ pub enum StreamItem {
     /// The next piece of the answer. The first is the chunk that committed the call, and may
     /// be empty when that chunk carried only a finish reason.
     Delta(String),
+    /// The stream broke and recovered: the answer now comes from `deployment` of `group`, and
+    /// goes on with `delta`. `restart`: the answer starts again with `delta` (the caller
+    /// discards what it received). `attempts`: the whole log, the recovery's attempts included.
+    Resumed {
+        group: String,
+        deployment: String,
+        restart: bool,
+        delta: String,
+        attempts: Vec<Attempt>,
+    },
     /// The provider's stream ended: why generation stopped, and the usage it reported.
     Finished {
         finish_reason: Option<FinishReason>,
@@ -48,7 +63,7 @@ pub struct CommittedStream {
     rest: ChunkStream,
     /// The committing chunk's text, until yielded.
     first: Option<String>,
-    /// The call's attempts, the committed one last: given to the failure if the stream fails.
+    /// The call's attempts, the answering one last: given to the failure if the stream fails.
     attempts: Vec<Attempt>,
     attempt_started: Instant,
     deadline: Instant,
@@ -56,8 +71,10 @@ pub struct CommittedStream {
     last_chunk: Instant,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
-    /// Unreadable events the provider sent, skipped.
+    /// Unreadable events the answering attempt's provider sent, skipped.
     skipped_events: u32,
+    /// Chunks with text the answering attempt delivered, for its log entry if it breaks.
+    chunks: u32,
     /// One timer for both the idle limit and the deadline, set lazily: a chunk does not move
     /// it; when it fires early (chunks came meanwhile), it is set again to the new limit. A
     /// timer per chunk would cost two timer-wheel updates under the driver's lock every chunk.
@@ -65,11 +82,20 @@ pub struct CommittedStream {
     done: bool,
     /// Keeps the deployment's attempt in flight until the stream ends, and reports its end.
     tracker: Option<Tracker>,
+    /// Set when the call may recover from a break. Boxed: most streams carry none.
+    recovery: Option<Box<Recovery>>,
+    /// A recovery under way, and the break it is for (the stream's error if it fails).
+    recovering: Option<(Recovering, CallError)>,
 }
 
 impl CommittedStream {
-    /// Starts the idle and total timers on a committed call's stream.
-    pub fn new(answered: Answered<Committed>, idle: Duration) -> CommittedStream {
+    /// Starts the idle and total timers on a committed call's stream. `recovery`: what the
+    /// stream needs to recover if it breaks (see [`Recovery::arm`]).
+    pub fn new(
+        answered: Answered<Committed>,
+        idle: Duration,
+        recovery: Option<Box<Recovery>>,
+    ) -> CommittedStream {
         let Answered {
             value: Committed { first, rest },
             attempts,
@@ -81,6 +107,7 @@ impl CommittedStream {
         let now = Instant::now();
         CommittedStream {
             rest,
+            chunks: u32::from(!first.delta.is_empty()),
             first: Some(first.delta),
             attempts,
             attempt_started,
@@ -93,10 +120,12 @@ impl CommittedStream {
             timer: Box::pin(sleep_until(deadline.min(now + idle))),
             done: false,
             tracker,
+            recovery,
+            recovering: None,
         }
     }
 
-    /// The call's attempts so far, the committed one last.
+    /// The call's attempts so far, the answering one last.
     pub fn attempts(&self) -> &[Attempt] {
         &self.attempts
     }
@@ -106,11 +135,10 @@ impl CommittedStream {
         self.usage
     }
 
-    /// Releases the deployment's attempt: adds the output tokens it reported to its usage, and
-    /// notes the unreadable events it skipped in its log entry and metrics. Returns whether the
-    /// log changed.
+    /// Releases the answering attempt: adds the output tokens it reported to its deployment's
+    /// usage, and notes the unreadable events it skipped in its log entry and metrics. Returns
+    /// whether the log changed.
     fn release(&mut self) -> bool {
-        self.done = true;
         let skipped = std::mem::take(&mut self.skipped_events);
         // Dropping the tracker ends the deployment's in-flight count.
         let tracker = self.tracker.take();
@@ -131,30 +159,110 @@ impl CommittedStream {
         true
     }
 
-    /// Ends the stream with `error`; the committed attempt (the last) takes `outcome`.
-    fn break_off(&mut self, error: CallError, outcome: AttemptOutcome) -> CallFailure {
+    /// The answering attempt broke with `error`: `failure` when the break is the deployment's
+    /// (then it counts against it, and the call may recover), `None` when the call's own
+    /// deadline ran out. Returns the stream's end, or `None` when a recovery has started.
+    fn broke(&mut self, error: CallError, failure: Option<Failure>) -> Option<CallFailure> {
+        let outcome = failure
+            .as_ref()
+            .map_or(AttemptOutcome::Timeout, Failure::outcome);
+        let chunks = self.chunks;
         if let Some(last) = self.attempts.last_mut() {
             last.outcome = outcome as i32;
             last.elapsed = Some(to_proto_duration(self.attempt_started.elapsed()));
-            last.detail = error.message();
+            last.detail = format!("after {chunks} chunks: {}", error.message());
         }
-        // A stream that went silent or broke counts against its deployment, as a failed attempt
-        // would; the call's own deadline running out does not.
-        let kind = match outcome {
-            AttemptOutcome::IdleTimeout => Some(FailKind::Timeout),
-            AttemptOutcome::UpstreamError => Some(FailKind::InternalServer),
-            _ => None,
-        };
-        if let (Some(kind), Some(t)) = (kind, &self.tracker) {
+        if let (Some(f), Some(t)) = (&failure, &self.tracker)
+            && f.reached_deployment()
+        {
             t.report(AttemptEnd::Failed {
-                kind,
-                wait_hint: None,
+                kind: f.class().kind,
+                wait_hint: f.provider_wait_hint(),
             });
         }
         self.release();
+        let recoverable = failure
+            .as_ref()
+            .is_some_and(|f| f.fault().another_deployment_may_answer());
+        match (failure, self.recovery.take()) {
+            (Some(f), Some(recovery)) if recoverable && recovery.in_time() => {
+                self.recovering = Some((recovery.start(f), error));
+                None
+            }
+            _ => Some(self.end_with(error)),
+        }
+    }
+
+    fn end_with(&mut self, error: CallError) -> CallFailure {
+        self.done = true;
         CallFailure {
             error,
             attempts: std::mem::take(&mut self.attempts),
+        }
+    }
+
+    /// Takes over a recovery's answer: its stream, its deployment's lease and its attempts.
+    fn resume(&mut self, answered: Answered<Committed>, mode: StreamRecovery) -> StreamItem {
+        let Answered {
+            value: Committed { first, rest },
+            group,
+            deployment,
+            attempts,
+            attempt_started,
+            tracker,
+            ..
+        } = answered;
+        let now = Instant::now();
+        self.attempts.extend(attempts);
+        self.rest = rest;
+        self.tracker = tracker;
+        self.attempt_started = attempt_started;
+        self.last_chunk = now;
+        self.finish = first.finish_reason;
+        self.usage = first.usage;
+        self.skipped_events = first.skipped_events;
+        self.chunks = u32::from(!first.delta.is_empty());
+        self.timer
+            .as_mut()
+            .reset(self.deadline.min(now + self.idle));
+        StreamItem::Resumed {
+            group,
+            deployment,
+            restart: mode == StreamRecovery::Restart,
+            delta: first.delta,
+            attempts: self.attempts.clone(),
+        }
+    }
+
+    /// Polls a recovery under way: `Ready` with what to yield once it is done.
+    fn poll_recovering(&mut self, cx: &mut Context<'_>) -> Poll<Result<StreamItem, CallFailure>> {
+        let Some((fut, _)) = &mut self.recovering else {
+            return Poll::Pending;
+        };
+        let (recovery, result) = match fut.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(out) => out,
+        };
+        let Some((_, broke)) = self.recovering.take() else {
+            return Poll::Pending;
+        };
+        let mode = recovery.mode;
+        match result {
+            Ok(answered) => {
+                recovery.counted("recovered");
+                self.recovery = Some(recovery);
+                Poll::Ready(Ok(self.resume(answered, mode)))
+            }
+            Err(failure) => {
+                recovery.counted("failed");
+                self.attempts.extend(failure.attempts);
+                let error = CallError::RecoveryFailed {
+                    broke: Box::new(broke),
+                    mode,
+                    why: failure.error.message(),
+                };
+                Poll::Ready(Err(self.end_with(error)))
+            }
         }
     }
 }
@@ -180,18 +288,27 @@ impl Stream for CommittedStream {
             return Poll::Ready(Some(Ok(StreamItem::Delta(first))));
         }
         loop {
+            if st.recovering.is_some() {
+                // The recovery's walk keeps the call's deadline itself.
+                return st.poll_recovering(cx).map(Some);
+            }
             // The timers first: a stream that keeps sending still ends at its deadline.
             if st.timer.as_mut().poll(cx).is_ready() {
                 let now = Instant::now();
                 if now >= st.deadline {
-                    let f = st.break_off(CallError::DeadlineExceeded, AttemptOutcome::Timeout);
-                    return Poll::Ready(Some(Err(f)));
+                    if let Some(f) = st.broke(CallError::DeadlineExceeded, None) {
+                        return Poll::Ready(Some(Err(f)));
+                    }
+                    continue;
                 }
                 let idle_at = st.last_chunk + st.idle;
                 if now >= idle_at {
                     let error = CallError::StreamIdleTimeout { idle: st.idle };
-                    let f = st.break_off(error, AttemptOutcome::IdleTimeout);
-                    return Poll::Ready(Some(Err(f)));
+                    let failure = Failure::IdleTimeout { idle: st.idle };
+                    if let Some(f) = st.broke(error, Some(failure)) {
+                        return Poll::Ready(Some(Err(f)));
+                    }
+                    continue;
                 }
                 // Chunks came since the timer was set: wait for the limit they moved.
                 st.timer.as_mut().reset(idle_at.min(st.deadline));
@@ -204,15 +321,23 @@ impl Stream for CommittedStream {
                     st.usage = chunk.usage.or(st.usage);
                     st.skipped_events += chunk.skipped_events;
                     if !chunk.delta.is_empty() {
+                        st.chunks += 1;
+                        if let Some(r) = &mut st.recovery {
+                            r.delivered(&chunk.delta);
+                        }
                         return Poll::Ready(Some(Ok(StreamItem::Delta(chunk.delta))));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let error = CallError::StreamInterrupted { detail: e.detail };
-                    let f = st.break_off(error, AttemptOutcome::UpstreamError);
-                    return Poll::Ready(Some(Err(f)));
+                    let error = CallError::StreamInterrupted {
+                        detail: e.detail.clone(),
+                    };
+                    if let Some(f) = st.broke(error, Some(Failure::Provider(e))) {
+                        return Poll::Ready(Some(Err(f)));
+                    }
                 }
                 Poll::Ready(None) => {
+                    st.done = true;
                     let changed = st.release();
                     return Poll::Ready(Some(Ok(StreamItem::Finished {
                         finish_reason: st.finish,

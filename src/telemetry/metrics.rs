@@ -59,6 +59,13 @@ struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecoveryLabels {
+    model_group: String,
+    mode: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,
 }
@@ -84,6 +91,7 @@ pub struct Metrics {
     streams_open: Gauge,
     hedges: Family<DeploymentLabels, Counter>,
     stream_events_skipped: Family<DeploymentLabels, Counter>,
+    stream_recoveries: Family<RecoveryLabels, Counter>,
     cooldowns: Family<DeploymentLabels, Counter>,
     cooldown_until: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shed: Family<RpcLabels, Counter>,
@@ -178,6 +186,12 @@ impl Metrics {
             "Unreadable events in providers' streams, skipped (up to router_settings.stream_max_malformed_events per attempt)",
             stream_events_skipped.clone(),
         );
+        let stream_recoveries = Family::default();
+        registry.register(
+            "stream_recoveries",
+            "Committed streams that broke and were recovered through their chain, by the group whose stream broke, mode (continue, restart) and result (recovered, failed)",
+            stream_recoveries.clone(),
+        );
         let cooldowns = Family::default();
         registry.register(
             "cooldowns",
@@ -205,6 +219,7 @@ impl Metrics {
         Metrics {
             hedges,
             stream_events_skipped,
+            stream_recoveries,
             cooldowns,
             cooldown_until,
             shed,
@@ -315,6 +330,17 @@ impl Metrics {
         self.stream_events_skipped
             .get_or_create(&deployment_labels(group, deployment))
             .inc_by(u64::from(n));
+    }
+
+    /// Counts a committed stream's recovery by its result.
+    pub fn stream_recovery(&self, group: &str, mode: &'static str, result: &'static str) {
+        self.stream_recoveries
+            .get_or_create(&RecoveryLabels {
+                model_group: group.to_string(),
+                mode,
+                result,
+            })
+            .inc();
     }
 
     /// Counts a cooldown and records when it ends.

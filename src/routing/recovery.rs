@@ -1,0 +1,157 @@
+//! Recovery of a committed stream that broke: another walk, through the rest of the stream's
+//! chain and within the call's total deadline, starting with the broken deployment counted as
+//! its group's first failure, so that the retry policy, cooldowns and retry budgets apply to
+//! recovery attempts as to any other. Two forms (see `StreamRecovery`): `continue` sends the
+//! conversation plus the text already delivered, as an assistant prefill, to a deployment that
+//! takes one; `restart` sends the original request, and the caller is told to start again.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::{
+    Answered, CallFailure, CallRequest, Committed, Router,
+    chain::{Resume, Seed},
+    failure::Failure,
+    plan::Plan,
+    policy,
+};
+use crate::config::StreamRecovery;
+use crate::proto::{ChatMessage, Role};
+use crate::providers::estimate_tokens;
+
+/// A recovery under way: resolves to the recovery (to arm again) and its outcome.
+pub type Recovering =
+    Pin<Box<dyn Future<Output = (Box<Recovery>, Result<Answered<Committed>, CallFailure>)> + Send>>;
+
+/// What a committed stream keeps to recover from a break. Only streams whose call may recover
+/// carry one: the others keep nothing.
+pub struct Recovery {
+    router: Arc<Router>,
+    /// The call as the caller sent it.
+    request: CallRequest,
+    resume: Resume,
+    deadline: Instant,
+    /// `Continue` or `Restart`, never `None`.
+    pub mode: StreamRecovery,
+    /// The answer's text so far (`Continue` only: what the prefill repeats).
+    delivered: String,
+    /// Whitespace the prefill left off the end of the delivered text (providers reject a
+    /// prefill that ends with it), which the continuation's first delta may bring back.
+    trimmed: String,
+    /// The call's span, which recovery attempts' spans belong to.
+    span: tracing::Span,
+}
+
+impl Recovery {
+    /// The recovery a committed stream gets, if its call may recover. Takes the stream's
+    /// `resume` out of `answered`.
+    pub fn arm(
+        router: Arc<Router>,
+        request: CallRequest,
+        answered: &mut Answered<Committed>,
+    ) -> Option<Box<Recovery>> {
+        let resume = answered.resume.take()?;
+        let group = resume.chain.first()?;
+        let mode = policy::recovery_mode(request.stream_recovery, group.stream_recovery);
+        if mode == StreamRecovery::None {
+            return None;
+        }
+        let mut delivered = String::new();
+        if mode == StreamRecovery::Continue {
+            delivered.push_str(&answered.value.first.delta);
+        }
+        Some(Box::new(Recovery {
+            router,
+            request,
+            resume,
+            deadline: answered.deadline,
+            mode,
+            delivered,
+            trimmed: String::new(),
+            span: tracing::Span::current(),
+        }))
+    }
+
+    /// Notes text delivered to the caller.
+    pub fn delivered(&mut self, delta: &str) {
+        if self.mode == StreamRecovery::Continue {
+            self.delivered.push_str(delta);
+        }
+    }
+
+    /// Counts a recovery's `result` (`recovered` or `failed`), by the group whose stream broke.
+    pub fn counted(&self, result: &'static str) {
+        let group = self.resume.chain.first().map_or("", |g| g.name.as_str());
+        self.router
+            .metrics()
+            .stream_recovery(group, self.mode.name(), result);
+    }
+
+    /// Whether there is time left to try.
+    pub fn in_time(&self) -> bool {
+        Instant::now() < self.deadline
+    }
+
+    /// Starts recovering from `broke`, the failure of the stream's answering attempt.
+    pub fn start(mut self: Box<Self>, broke: Failure) -> Recovering {
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                let result = self.walk(broke).await;
+                (self, result)
+            }
+            .instrument(span),
+        )
+    }
+
+    async fn walk(&mut self, broke: Failure) -> Result<Answered<Committed>, CallFailure> {
+        let continuation = self.mode == StreamRecovery::Continue;
+        let mut chat = self.request.chat.clone();
+        if continuation {
+            let prefill = self.delivered.trim_end();
+            self.trimmed = self.delivered[prefill.len()..].to_string();
+            if !prefill.is_empty() {
+                chat.messages.push(ChatMessage {
+                    role: Role::Assistant as i32,
+                    content: prefill.to_string(),
+                    name: None,
+                });
+            }
+        }
+        let prompt_chars = chat.messages.iter().map(|m| m.content.len()).sum();
+        let plan = Plan {
+            chain: self.resume.chain.clone(),
+            deadline: self.deadline,
+            num_retries: self.request.num_retries,
+            mock_timeout: false,
+            stream_timeout: self.request.stream_timeout,
+            streaming: true,
+            request_tokens: estimate_tokens(prompt_chars),
+            // A recovered stream may break and recover again.
+            resumable: true,
+            recovery: true,
+            continuation,
+        };
+        let seed = Seed {
+            deployment: self.resume.deployment,
+            failure: broke,
+            switched: self.resume.switched,
+        };
+        let router = self.router.clone();
+        let mut answered = router.walk_to_commit(&plan, Some(seed), &chat).await?;
+        if let Some(resume) = answered.resume.take() {
+            self.resume = resume;
+        }
+        if continuation {
+            // The continuation's first delta may bring back the whitespace the prefill left off.
+            let first = &mut answered.value.first.delta;
+            if !self.trimmed.is_empty() && first.starts_with(char::is_whitespace) {
+                *first = first.trim_start().to_string();
+            }
+            self.delivered.push_str(first);
+        }
+        Ok(answered)
+    }
+}
