@@ -93,7 +93,6 @@ impl InGroup {
             backoff,
             provider_hint: self.failure.as_ref().and_then(Failure::provider_wait_hint),
             jitter: fastrand::f64(),
-            continuation: plan.continuation,
         }
     }
 }
@@ -250,7 +249,10 @@ impl Router {
                 let pick = group.pick.pick(&facts);
                 let position = group.position(&pick, plan, chain.switched, backoff);
                 // Nothing has failed yet in a group just entered.
-                let failed = group.failure.as_ref().map(Failure::fault);
+                let failed = group
+                    .failure
+                    .as_ref()
+                    .map(|f| policy::fault(f, plan.continuation));
                 let decision = policy::decide(failed, &position);
                 let (wait, counted) = match decision {
                     Decision::AttemptNow { counted } => (None, counted),

@@ -186,6 +186,6 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 pub(crate) mod testkit;
+#[cfg(test)]
+mod tests;

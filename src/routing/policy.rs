@@ -41,9 +41,6 @@ pub struct Position {
     pub provider_hint: Option<Duration>,
     /// In [0, 1): spreads the retries of many calls (see [`Backoff::wait`]).
     pub jitter: f64,
-    /// The call continues a broken stream from an assistant prefill: a deployment that rejects
-    /// the request rejects the prefill, which another deployment may take.
-    pub continuation: bool,
 }
 
 /// A special fallback list, which replaces the rest of the chain.
@@ -101,13 +98,20 @@ pub enum Decision {
     Stop(Final),
 }
 
-/// What the call does next: on entering a group (`failed` is `None`), or after an attempt of
-/// the group failed.
-pub fn decide(failed: Option<Fault>, at: &Position) -> Decision {
-    let failed = match failed {
-        Some(Fault::Request) if at.continuation => Some(Fault::Deployment),
+/// A failure's fault as this call sees it: what [`decide`] and the group's picker go by. In a
+/// continuation of a broken stream, a deployment that rejects the request rejects the
+/// assistant prefill, which another deployment may take: the deployment's fault, not the
+/// request's (and never a stop that would hide the break the recovery is for).
+pub fn fault(failure: &Failure, continuation: bool) -> Fault {
+    match failure.fault() {
+        Fault::Request if continuation => Fault::Deployment,
         other => other,
-    };
+    }
+}
+
+/// What the call does next: on entering a group (`failed` is `None`), or after an attempt of
+/// the group failed, with its fault as [`fault`] gives it.
+pub fn decide(failed: Option<Fault>, at: &Position) -> Decision {
     let counted = match failed {
         // Entering a group: its first attempt, which no retry limit applies to.
         None => false,
@@ -201,7 +205,6 @@ mod tests {
             },
             provider_hint: None,
             jitter: 1.0,
-            continuation: false,
         };
         vec![
             ("retries left, untried deployment", base),
@@ -368,13 +371,20 @@ mod tests {
 
     #[test]
     fn a_continuation_rejected_as_a_bad_request_moves_on_to_another_deployment() {
-        let (_, base) = positions()[0];
-        let at = Position {
-            continuation: true,
-            ..base
-        };
+        for (name, failure) in failures() {
+            let plain = failure.fault();
+            let expected = if plain == Fault::Request {
+                Fault::Deployment
+            } else {
+                plain
+            };
+            assert_eq!(fault(&failure, true), expected, "{name}");
+            assert_eq!(fault(&failure, false), plain, "{name}");
+        }
+        let (_, at) = positions()[0];
+        let rejected = Failure::Provider(ProviderError::new(ErrorKind::BadRequest, 400, ""));
         assert_eq!(
-            decide(Some(Fault::Request), &at),
+            decide(Some(fault(&rejected, true)), &at),
             AttemptNow { counted: false }
         );
         let none_left = Position {
@@ -382,7 +392,7 @@ mod tests {
             ..at
         };
         assert_eq!(
-            decide(Some(Fault::Request), &none_left),
+            decide(Some(fault(&rejected, true)), &none_left),
             NextGroup(Leave::NoDeploymentLeft),
             "never a stop that would mask the break the recovery is for"
         );

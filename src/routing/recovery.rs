@@ -81,13 +81,7 @@ impl Recovery {
         }
     }
 
-    /// Counts a recovery's `result` (`recovered` or `failed`), by the group whose stream broke.
-    pub fn counted(&self, result: &'static str) {
-        let group = self.resume.chain.first().map_or("", |g| g.name.as_str());
-        self.router
-            .metrics()
-            .stream_recovery(group, self.mode.name(), result);
-    }
+
 
     /// Whether there is time left to try.
     pub fn in_time(&self) -> bool {
@@ -97,9 +91,19 @@ impl Recovery {
     /// Starts recovering from `broke`, the failure of the stream's answering attempt.
     pub fn start(mut self: Box<Self>, broke: Failure) -> Recovering {
         let span = self.span.clone();
+        // Counted by the group whose stream broke (the walk moves `resume` on).
+        let group = self
+            .resume
+            .chain
+            .first()
+            .map_or_else(String::new, |g| g.name.clone());
         Box::pin(
             async move {
                 let result = self.walk(broke).await;
+                let outcome = if result.is_ok() { "recovered" } else { "failed" };
+                self.router
+                    .metrics()
+                    .stream_recovery(&group, self.mode.name(), outcome);
                 (self, result)
             }
             .instrument(span),

@@ -15,6 +15,7 @@ use super::{
     log::{CallLog, entry},
     pick::{Facts, Pick, Picker},
     plan::Plan,
+    policy,
     race::Race,
 };
 use crate::config::ModelGroup;
@@ -159,7 +160,8 @@ where
                     let Some(mut r) = running.get_mut(no).and_then(Option::take) else {
                         continue;
                     };
-                    let fault = result.as_ref().err().map(Failure::fault);
+                    let continuation = self.plan.continuation;
+                    let fault = result.as_ref().err().map(|f| policy::fault(f, continuation));
                     let owner = if r.in_next_group { carried.as_mut() } else { Some(&mut *pick) };
                     if let Some(p) = owner {
                         p.ended(r.idx, fault);

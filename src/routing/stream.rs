@@ -249,12 +249,10 @@ impl CommittedStream {
         let mode = recovery.mode;
         match result {
             Ok(answered) => {
-                recovery.counted("recovered");
                 self.recovery = Some(recovery);
                 Poll::Ready(Ok(self.resume(answered, mode)))
             }
             Err(failure) => {
-                recovery.counted("failed");
                 self.attempts.extend(failure.attempts);
                 let error = CallError::RecoveryFailed {
                     broke: Box::new(broke),

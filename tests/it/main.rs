@@ -14,4 +14,5 @@ mod config;
 mod deadlines;
 mod metrics;
 mod providers;
+mod recovery;
 mod routing;

@@ -1,0 +1,330 @@
+//! Streams that break after their first chunk, recovered through the fallback chain: the real
+//! server, and upstreams that cut, stall or reject on purpose and record what reached them.
+
+use std::time::Duration;
+
+use llm_router::proto::{
+    AttemptOutcome, FinishReason, StreamCompleteRequest, StreamCompleteResponse, StreamRecovery,
+};
+use tonic::Code;
+
+use crate::common::upstream::{Behaviour, Upstream, fixture};
+use crate::common::*;
+
+/// `breaks` sends three chunks and resets the connection; `stalls` sends two and falls silent;
+/// `rest` answers (and takes prefills); `rejects` refuses a prefill with a 400; `claude` is an
+/// Anthropic deployment (which takes prefills by default).
+fn config(base: &str, recovery: &str) -> String {
+    let root = base.trim_end_matches("/v1");
+    format!(
+        r#"
+model_list:
+  - model_name: breaks
+    litellm_params: {{ model: openai/breaks, api_base: "{base}" }}
+  - model_name: stalls
+    litellm_params: {{ model: openai/stalls, api_base: "{base}" }}
+  - model_name: picky
+    litellm_params: {{ model: openai/breaks, api_base: "{base}" }}
+  - model_name: to-claude
+    litellm_params: {{ model: openai/breaks, api_base: "{base}" }}
+  - model_name: rest
+    litellm_params: {{ model: openai/rest, api_base: "{base}" }}
+    model_info: {{ supports_assistant_prefill: true }}
+  - model_name: rejects
+    litellm_params: {{ model: openai/rejects, api_base: "{base}" }}
+    model_info: {{ supports_assistant_prefill: true }}
+  - model_name: plain
+    litellm_params: {{ model: openai/plain, api_base: "{base}" }}
+  - model_name: claude
+    litellm_params: {{ model: anthropic/claude-x, api_base: "{root}", api_key: sk-ant-test }}
+router_settings:
+  num_retries: 0
+  stream_idle_timeout: 300ms
+  stream_recovery: {recovery}
+  fallbacks:
+    - breaks: [rest]
+    - stalls: [rest]
+    - picky: [rejects, rest]
+    - to-claude: [plain, claude]
+"#
+    )
+}
+
+async fn setup(recovery: &str) -> (Upstream, TestRouter) {
+    let up = Upstream::start().await;
+    up.set("breaks", Behaviour::ResetAfter { after: 3 });
+    up.set("stalls", Behaviour::StallAfter { after: 2 });
+    up.set("rest", Behaviour::ok("and the rest."));
+    up.set("plain", Behaviour::ok("never asked."));
+    up.set(
+        "rejects",
+        Behaviour::status(
+            400,
+            r#"{"error":{"message":"a final assistant message (prefill) is not supported","type":"invalid_request_error"}}"#,
+        ),
+    );
+    up.set("claude-x", Behaviour::sse_fixture("anthropic/stream.sse"));
+    let r = TestRouter::start(&config(&up.base(), recovery)).await;
+    (up, r)
+}
+
+/// Every message of a stream, or the status that ended it with the messages before it.
+async fn run(
+    r: &TestRouter,
+    req: StreamCompleteRequest,
+) -> (Vec<StreamCompleteResponse>, Option<tonic::Status>) {
+    let mut s = r.client().stream_complete(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    loop {
+        match s.message().await {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => return (out, None),
+            Err(status) => return (out, Some(status)),
+        }
+    }
+}
+
+fn text(messages: &[StreamCompleteResponse]) -> String {
+    messages.iter().map(|m| m.delta.as_str()).collect()
+}
+
+/// The messages' text as a client that honours restart markers assembles it.
+fn assembled(messages: &[StreamCompleteResponse]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        if m.restart {
+            out.clear();
+        }
+        out.push_str(&m.delta);
+    }
+    out
+}
+
+fn log(m: &StreamCompleteResponse) -> Vec<(String, AttemptOutcome, bool)> {
+    m.attempts
+        .iter()
+        .map(|a| {
+            (
+                a.deployment.clone(),
+                AttemptOutcome::try_from(a.outcome).unwrap(),
+                a.recovery,
+            )
+        })
+        .collect()
+}
+
+fn with(model: &str, recovery: StreamRecovery) -> StreamCompleteRequest {
+    StreamCompleteRequest {
+        stream_recovery: recovery as i32,
+        ..stream_req(model)
+    }
+}
+
+/// The last message a deployment was sent, as (role, content).
+fn last_message(up: &Upstream, model: &str) -> (String, String) {
+    let body = up.counts(model).last_body.unwrap();
+    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+    (
+        last["role"].as_str().unwrap().to_string(),
+        last["content"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_three_chunks_continues_on_the_fallback() {
+    let (up, r) = setup("continue").await;
+    let (messages, status) = run(&r, stream_req("breaks")).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(text(&messages), "part0 part1 part2 and the rest.");
+    assert!(messages.iter().all(|m| !m.restart));
+    let resumed = messages
+        .iter()
+        .find(|m| m.resumed)
+        .expect("a resumed message");
+    assert_eq!(
+        (resumed.model.as_str(), resumed.deployment.as_str()),
+        ("rest", "rest/0")
+    );
+    assert_eq!(
+        log(resumed),
+        [
+            ("breaks/0".into(), AttemptOutcome::UpstreamError, false),
+            ("rest/0".into(), AttemptOutcome::Ok, true)
+        ]
+    );
+    assert!(
+        resumed.attempts[0].detail.starts_with("after 3 chunks: "),
+        "{}",
+        resumed.attempts[0].detail
+    );
+    let last = messages.last().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::Stop as i32);
+    assert_eq!(last.deployment, "rest/0");
+    // The fallback got the conversation and the text delivered, as a prefill without its
+    // trailing space.
+    assert_eq!(
+        last_message(&up, "rest"),
+        ("assistant".into(), "part0 part1 part2".into())
+    );
+    let (_, metrics) = r.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"llmrouter_stream_recoveries_total{model_group="breaks",mode="continue",result="recovered"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_falls_silent_continues_on_the_fallback_after_the_idle_limit() {
+    let (up, r) = setup("continue").await;
+    let start = std::time::Instant::now();
+    let (messages, status) = run(&r, stream_req("stalls")).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(text(&messages), "part0 part1 and the rest.");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    let resumed = messages.iter().find(|m| m.resumed).unwrap();
+    assert_eq!(log(resumed)[0].1, AttemptOutcome::IdleTimeout);
+    assert_eq!(
+        up.wait_abandoned("stalls", 1).await.abandoned,
+        1,
+        "the silent request is closed"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_asks_for_restarts_gets_one_marker_then_the_fallbacks_whole_answer() {
+    let (up, r) = setup("none").await;
+    let (messages, status) = run(&r, with("breaks", StreamRecovery::Restart)).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(messages.iter().filter(|m| m.restart).count(), 1);
+    assert_eq!(assembled(&messages), "and the rest.");
+    // Restart sends the original conversation: no prefill.
+    assert_eq!(last_message(&up, "rest").0, "user");
+}
+
+#[tokio::test]
+async fn a_caller_that_did_not_ask_for_restarts_never_sees_a_marker() {
+    // The group restarts for callers that accept it; this one did not say, so it continues.
+    let (_, r) = setup("restart").await;
+    let (messages, status) = run(&r, stream_req("breaks")).await;
+    assert!(status.is_none(), "{status:?}");
+    assert!(messages.iter().all(|m| !m.restart));
+    assert_eq!(text(&messages), "part0 part1 part2 and the rest.");
+}
+
+#[tokio::test]
+async fn without_recovery_the_break_is_answered_and_the_fallback_never_called() {
+    for (config, request) in [
+        ("none", StreamRecovery::Unspecified),
+        ("continue", StreamRecovery::None),
+    ] {
+        let (up, r) = setup(config).await;
+        let (messages, status) = run(&r, with("breaks", request)).await;
+        assert_eq!(text(&messages), "part0 part1 part2 ", "{config}");
+        let status = status.expect("the stream ends with a status");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason(&status), "STREAM_INTERRUPTED");
+        assert!(
+            !status.message().contains("recovery"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(up.counts("rest").requests, 0, "{config}");
+    }
+}
+
+#[tokio::test]
+async fn a_fallback_that_rejects_the_prefill_is_passed_over_and_never_masks_the_break() {
+    let (up, r) = setup("continue").await;
+    let (messages, status) = run(&r, stream_req("picky")).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(text(&messages), "part0 part1 part2 and the rest.");
+    let resumed = messages.iter().find(|m| m.resumed).unwrap();
+    assert_eq!(
+        log(resumed),
+        [
+            ("picky/0".into(), AttemptOutcome::UpstreamError, false),
+            ("rejects/0".into(), AttemptOutcome::Rejected, true),
+            ("rest/0".into(), AttemptOutcome::Ok, true)
+        ]
+    );
+    assert_eq!(up.counts("rejects").requests, 1);
+
+    // With nothing after the rejecting fallback, the caller gets the break, not the 400.
+    up.set(
+        "rest",
+        Behaviour::status(400, r#"{"error":{"message":"no prefill here either"}}"#),
+    );
+    let (_, status) = run(&r, stream_req("picky")).await;
+    let status = status.unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert_eq!(reason(&status), "STREAM_INTERRUPTED");
+    assert!(
+        status
+            .message()
+            .contains("recovery by continue was tried and failed"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_continuation_skips_deployments_that_take_no_prefill_and_speaks_anthropic() {
+    let (up, r) = setup("continue").await;
+    let (messages, status) = run(&r, stream_req("to-claude")).await;
+    assert!(status.is_none(), "{status:?}");
+    // `plain` (OpenAI) takes no prefill: never asked. Anthropic continues from the prefill.
+    assert_eq!(up.counts("plain").requests, 0);
+    assert_eq!(text(&messages), "part0 part1 part2 Hello!");
+    let body = up.counts("claude-x").last_body.unwrap();
+    let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "assistant");
+    assert_eq!(
+        serde_json::to_string(&last["content"]).unwrap(),
+        serde_json::to_string("part0 part1 part2").unwrap()
+    );
+    let last = messages.last().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::Stop as i32);
+    assert_eq!(last.usage.unwrap().completion_tokens, 15);
+    // The fixture is the Anthropic reference stream.
+    assert!(fixture("anthropic/stream.sse").contains("Hello"));
+}
+
+#[tokio::test]
+async fn a_recovery_racing_the_total_deadline_ends_at_the_deadline_with_the_break() {
+    let (up, r) = setup("continue").await;
+    up.set("rest", Behaviour::Hang);
+    let req = StreamCompleteRequest {
+        timeout: Some(dur(Duration::from_millis(800))),
+        ..stream_req("breaks")
+    };
+    let start = std::time::Instant::now();
+    let (_, status) = run(&r, req).await;
+    let status = status.unwrap();
+    assert_between(
+        start.elapsed(),
+        Duration::from_millis(780) - ms(30),
+        ms(780) + SLACK,
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    let log = attempt_log(&status);
+    let outcomes: Vec<_> = log
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.deployment.as_str(),
+                AttemptOutcome::try_from(a.outcome).unwrap(),
+                a.recovery,
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("breaks/0", AttemptOutcome::UpstreamError, false),
+            ("rest/0", AttemptOutcome::Timeout, true)
+        ]
+    );
+}
