@@ -618,11 +618,12 @@ impl Config {
         let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
         let _ = writeln!(
             out,
-            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}",
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}",
             d(r.timeout),
             r.stream_timeout.map_or("none".into(), d),
             d(r.stream_idle_timeout),
             r.stream_max_malformed_events,
+            r.stream_recovery.name(),
             r.num_retries,
             d(r.min_retry_wait),
             d(r.retry_backoff_initial),
@@ -665,7 +666,7 @@ impl Config {
         for g in self.groups.values() {
             let _ = writeln!(
                 out,
-                "\ngroup {} ({}{})",
+                "\ngroup {} ({}{}, stream_recovery {})",
                 g.name,
                 g.strategy.name(),
                 g.hedge.map_or(String::new(), |h| format!(
@@ -673,12 +674,13 @@ impl Config {
                     d(h.after),
                     h.max
                 )),
+                g.stream_recovery.name(),
             );
             for dep in &g.deployments {
                 let base = dep.provider.api_base();
                 let _ = writeln!(
                     out,
-                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}",
+                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}{}",
                     dep.id,
                     dep.provider.name(),
                     dep.upstream_model,
@@ -695,6 +697,11 @@ impl Config {
                     match &dep.provider {
                         ProviderConfig::Http(h) => http_summary(h),
                         ProviderConfig::Mock(_) => String::new(),
+                    },
+                    if dep.supports_assistant_prefill {
+                        " supports_assistant_prefill"
+                    } else {
+                        ""
                     },
                 );
             }

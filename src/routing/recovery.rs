@@ -81,8 +81,6 @@ impl Recovery {
         }
     }
 
-
-
     /// Whether there is time left to try.
     pub fn in_time(&self) -> bool {
         Instant::now() < self.deadline
@@ -100,7 +98,11 @@ impl Recovery {
         Box::pin(
             async move {
                 let result = self.walk(broke).await;
-                let outcome = if result.is_ok() { "recovered" } else { "failed" };
+                let outcome = if result.is_ok() {
+                    "recovered"
+                } else {
+                    "failed"
+                };
                 self.router
                     .metrics()
                     .stream_recovery(&group, self.mode.name(), outcome);

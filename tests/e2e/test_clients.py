@@ -172,3 +172,48 @@ def test_python_bad_input_and_mock_timeout(client):
     resp = stub.Complete(pb2.CompleteRequest(model="chat", mock_timeout=True, num_retries=0, messages=user(pb2)), timeout=10)
     assert resp.model == "chat-backup"
     assert [a.outcome for a in resp.attempts] == [pb2.ATTEMPT_OUTCOME_MOCK_TIMEOUT, pb2.ATTEMPT_OUTCOME_OK]
+
+
+# ---- a stream that breaks after its first chunk (the default config's `stalling` group) ----
+
+STORY = (
+    "Once upon a time a request crossed a router. Its deadline was short, its fallbacks were "
+    "ready, and every chunk arrived on time."
+)
+
+
+def assemble(chunks):
+    """What a client that honours restart markers shows: a marker discards what came before."""
+    text = ""
+    for c in chunks:
+        if c.restart:
+            text = ""
+        text += c.delta
+    return text
+
+
+def test_python_a_stream_that_falls_silent_continues_on_its_fallback(client):
+    pb2, stub = client
+    chunks = list(stub.StreamComplete(pb2.StreamCompleteRequest(model="stalling", messages=user(pb2)), timeout=20))
+    assert "".join(c.delta for c in chunks) == STORY
+    resumed = [c for c in chunks if c.resumed]
+    assert len(resumed) == 1 and not resumed[0].restart
+    assert (resumed[0].model, resumed[0].deployment) == ("story", "story-teller")
+    log = [(a.deployment, a.outcome, a.recovery) for a in resumed[0].attempts]
+    assert log == [
+        ("stalling-teller", pb2.ATTEMPT_OUTCOME_IDLE_TIMEOUT, False),
+        ("story-teller", pb2.ATTEMPT_OUTCOME_OK, True),
+    ]
+    assert chunks[-1].finish_reason == pb2.FINISH_REASON_STOP
+
+
+def test_python_client_assembles_a_restarted_stream(client):
+    pb2, stub = client
+    req = pb2.StreamCompleteRequest(
+        model="stalling", stream_recovery=pb2.STREAM_RECOVERY_RESTART, messages=user(pb2)
+    )
+    chunks = list(stub.StreamComplete(req, timeout=20))
+    assert sum(c.restart for c in chunks) == 1
+    assert assemble(chunks) == STORY
+    # A client that ignored the marker would show the first word twice.
+    assert "".join(c.delta for c in chunks) == "Once " + STORY
