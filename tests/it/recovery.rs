@@ -328,3 +328,199 @@ async fn a_recovery_racing_the_total_deadline_ends_at_the_deadline_with_the_brea
         ]
     );
 }
+
+// ---- Each wire format, each kind of break, and recovery meeting the router's other rules ----
+
+/// Groups whose first deployment breaks in one way or another, each falling back to a group
+/// that answers in the same wire format.
+fn formats_config(base: &str) -> String {
+    let root = base.trim_end_matches("/v1");
+    format!(
+        r#"
+model_list:
+  - model_name: claude-cut
+    litellm_params: {{ model: anthropic/claude-cut, api_base: "{root}", api_key: k }}
+  - model_name: claude-error-event
+    litellm_params: {{ model: anthropic/claude-error, api_base: "{root}", api_key: k }}
+  - model_name: claude
+    litellm_params: {{ model: anthropic/claude-x, api_base: "{root}", api_key: k }}
+  - model_name: gemini-cut
+    litellm_params: {{ model: gemini/gemini-cut, api_base: "{root}/v1beta", api_key: k }}
+  - model_name: gemini
+    litellm_params: {{ model: gemini/gemini-ok, api_base: "{root}/v1beta", api_key: k }}
+  - model_name: garbled
+    litellm_params: {{ model: openai/garbled, api_base: "{base}" }}
+  - model_name: cooling
+    litellm_params: {{ model: openai/cooling, api_base: "{base}" }}
+    model_info: {{ supports_assistant_prefill: true }}
+  - model_name: rest
+    litellm_params: {{ model: openai/rest, api_base: "{base}" }}
+    model_info: {{ supports_assistant_prefill: true }}
+  - model_name: slow
+    litellm_params: {{ model: openai/slow, api_base: "{base}" }}
+  - model_name: breaks
+    litellm_params: {{ model: openai/breaks, api_base: "{base}" }}
+    model_info: {{ supports_assistant_prefill: true }}
+router_settings:
+  num_retries: 0
+  stream_idle_timeout: 300ms
+  stream_recovery: continue
+  allowed_fails: 0
+  cooldown_time: 30s
+  model_group_settings:
+    gemini-cut: {{ stream_recovery: restart }}
+    slow: {{ hedge_after: 100ms }}
+  fallbacks:
+    - claude-cut: [claude]
+    - claude-error-event: [claude]
+    - gemini-cut: [gemini]
+    - garbled: [cooling, rest]
+    - slow: [breaks, rest]
+"#
+    )
+}
+
+async fn formats() -> (Upstream, TestRouter) {
+    let up = Upstream::start().await;
+    let anthropic = fixture("anthropic/stream.sse");
+    // Cut after its first text delta ("Hello"): message_start, content_block_start, ping, delta.
+    up.set(
+        "claude-cut",
+        Behaviour::Sse {
+            body: anthropic.clone(),
+            cut_after: Some(4),
+        },
+    );
+    // An overloaded error event after the first text delta.
+    up.set(
+        "claude-error",
+        Behaviour::sse_fixture_edited("anthropic/stream.sse", |events| {
+            let mut out = events[..4].to_vec();
+            out.push(
+                "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n"
+                    .into(),
+            );
+            out
+        }),
+    );
+    up.set("claude-x", Behaviour::sse_fixture("anthropic/stream.sse"));
+    up.set(
+        "gemini-cut",
+        Behaviour::Sse {
+            body: fixture("gemini/stream.sse"),
+            cut_after: Some(1),
+        },
+    );
+    up.set("gemini-ok", Behaviour::sse_fixture("gemini/stream.sse"));
+    // Two content chunks, then more unreadable events than the limit of 3.
+    up.set(
+        "garbled",
+        Behaviour::sse_fixture_edited("openai/stream.sse", |events| {
+            let mut out = events[..3].to_vec();
+            out.extend(std::iter::repeat_n("data: {not json\n\n".to_string(), 4));
+            out
+        }),
+    );
+    up.set("cooling", Behaviour::status(503, "down"));
+    up.set("rest", Behaviour::ok("and the rest."));
+    up.set("slow", Behaviour::slow_first_chunk("too slow", ms(2000)));
+    up.set("breaks", Behaviour::ResetAfter { after: 3 });
+    let r = TestRouter::start(&formats_config(&up.base())).await;
+    (up, r)
+}
+
+#[tokio::test]
+async fn anthropic_streams_cut_or_ended_by_an_error_event_continue_on_anthropic() {
+    let (up, r) = formats().await;
+    for group in ["claude-cut", "claude-error-event"] {
+        let (messages, status) = run(&r, stream_req(group)).await;
+        assert!(status.is_none(), "{group}: {status:?}");
+        // "Hello" delivered, then the fallback's whole answer after the prefill "Hello".
+        assert_eq!(text(&messages), "HelloHello!", "{group}");
+        let resumed = messages.iter().find(|m| m.resumed).unwrap();
+        let broken = AttemptOutcome::try_from(resumed.attempts[0].outcome).unwrap();
+        let expected = if group == "claude-cut" {
+            AttemptOutcome::UpstreamError
+        } else {
+            AttemptOutcome::RateLimited
+        };
+        assert_eq!(broken, expected, "{group}");
+        let body = up.counts("claude-x").last_body.unwrap();
+        let last = body["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["role"], "assistant", "{group}");
+    }
+}
+
+#[tokio::test]
+async fn a_gemini_stream_cut_midway_restarts_on_gemini_for_a_caller_that_accepts_it() {
+    let (_, r) = formats().await;
+    let (messages, status) = run(&r, with("gemini-cut", StreamRecovery::Restart)).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(messages[0].delta, "The");
+    assert_eq!(messages.iter().filter(|m| m.restart).count(), 1);
+    assert_eq!(assembled(&messages), "The quick brown fox jumps.");
+
+    // The group restarts only for callers that accept it; Gemini takes no prefill by default,
+    // so a caller that did not ask has no deployment to continue on. (A new router: with
+    // allowed_fails 0, the first break cooled `gemini-cut` down.)
+    let (_, r) = formats().await;
+    let (messages, status) = run(&r, stream_req("gemini-cut")).await;
+    let status = status.unwrap_or_else(|| panic!("{messages:#?}"));
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("recovery by continue was tried and failed"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn too_many_unreadable_events_midway_break_the_stream_and_a_cooling_fallback_is_skipped() {
+    let (up, r) = formats().await;
+    // Cool `cooling` down first: with allowed_fails 0, one failure is enough.
+    let _ = r.client().complete(complete("cooling")).await.unwrap_err();
+    let (messages, status) = run(&r, stream_req("garbled")).await;
+    assert!(status.is_none(), "{status:?}");
+    // The fake fallback does not really continue: its answer follows the prefill as it is.
+    assert_eq!(text(&messages), "Hello there!and the rest.");
+    let resumed = messages.iter().find(|m| m.resumed).unwrap();
+    assert_eq!(
+        log(resumed),
+        [
+            ("garbled/0".into(), AttemptOutcome::UpstreamError, false),
+            ("cooling/0".into(), AttemptOutcome::CoolingDown, true),
+            ("rest/0".into(), AttemptOutcome::Ok, true)
+        ]
+    );
+    assert!(
+        resumed.attempts[0]
+            .detail
+            .contains("malformed stream events"),
+        "{}",
+        resumed.attempts[0].detail
+    );
+    assert_eq!(up.counts("cooling").requests, 1, "skipped, never sent");
+}
+
+#[tokio::test]
+async fn a_hedge_that_won_and_then_broke_recovers_from_its_own_group_on() {
+    let (up, r) = formats().await;
+    let (messages, status) = run(&r, stream_req("slow")).await;
+    assert!(status.is_none(), "{status:?}");
+    // The hedge into `breaks` (the next group) answered first and broke after three chunks;
+    // the recovery went on from there, to `rest`, and never back to `slow`.
+    assert_eq!(text(&messages), "part0 part1 part2 and the rest.");
+    let resumed = messages.iter().find(|m| m.resumed).unwrap();
+    assert_eq!(
+        log(resumed),
+        [
+            ("slow/0".into(), AttemptOutcome::Cancelled, false),
+            ("breaks/0".into(), AttemptOutcome::UpstreamError, false),
+            ("rest/0".into(), AttemptOutcome::Ok, true)
+        ]
+    );
+    assert!(resumed.attempts[1].hedge);
+    assert_eq!(up.counts("slow").requests, 1);
+}
