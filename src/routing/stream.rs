@@ -84,8 +84,9 @@ pub struct CommittedStream {
     tracker: Option<Tracker>,
     /// Set when the call may recover from a break. Boxed: most streams carry none.
     recovery: Option<Box<Recovery>>,
-    /// A recovery under way, and the break it is for (the stream's error if it fails).
-    recovering: Option<(Recovering, CallError)>,
+    /// A recovery under way, and the break it is for (the stream's error if it fails). Boxed,
+    /// as `recovery` is, so that a stream that never recovers pays a pointer for each.
+    recovering: Option<Box<(Recovering, CallError)>>,
 }
 
 impl CommittedStream {
@@ -186,7 +187,7 @@ impl CommittedStream {
             .is_some_and(|f| f.fault().another_deployment_may_answer());
         match (failure, self.recovery.take()) {
             (Some(f), Some(recovery)) if recoverable && recovery.in_time() => {
-                self.recovering = Some((recovery.start(f), error));
+                self.recovering = Some(Box::new((recovery.start(f), error)));
                 None
             }
             _ => Some(self.end_with(error)),
@@ -236,16 +237,17 @@ impl CommittedStream {
 
     /// Polls a recovery under way: `Ready` with what to yield once it is done.
     fn poll_recovering(&mut self, cx: &mut Context<'_>) -> Poll<Result<StreamItem, CallFailure>> {
-        let Some((fut, _)) = &mut self.recovering else {
+        let Some(under_way) = &mut self.recovering else {
             return Poll::Pending;
         };
-        let (recovery, result) = match fut.as_mut().poll(cx) {
+        let (recovery, result) = match under_way.0.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(out) => out,
         };
-        let Some((_, broke)) = self.recovering.take() else {
+        let Some(under_way) = self.recovering.take() else {
             return Poll::Pending;
         };
+        let (_, broke) = *under_way;
         let mode = recovery.mode;
         match result {
             Ok(answered) => {
