@@ -87,6 +87,7 @@ async fn a_fallback_call_exports_its_span_tree() {
     let up = Upstream::start().await;
     up.set("primary", Behaviour::Hang);
     up.set("backup", Behaviour::ok("from the fallback"));
+    up.set("cuts", Behaviour::ResetAfter { after: 2 });
     let yaml = format!(
         r#"
 model_list:
@@ -95,10 +96,15 @@ model_list:
     model_info: {{ id: primary-1 }}
   - model_name: backup
     litellm_params: {{ model: openai/backup, api_base: "{base}" }}
-    model_info: {{ id: backup-1 }}
+    model_info: {{ id: backup-1, supports_assistant_prefill: true }}
+  - model_name: cuts
+    litellm_params: {{ model: openai/cuts, api_base: "{base}", max_retries: 0 }}
+    model_info: {{ id: cuts-1 }}
 router_settings:
+  stream_recovery: continue
   fallbacks:
     - primary: [backup]
+    - cuts: [backup]
 "#,
         base = up.base()
     );
@@ -189,6 +195,52 @@ router_settings:
         traceparent,
         format!("00-{trace_id}-{}-01", hex(&attempts[1].span_id))
     );
+
+    // A stream that broke after commit and recovered: both attempts are spans of its RPC.
+    let mut s = r
+        .client()
+        .stream_complete(stream_req("cuts"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut resumed = false;
+    while let Some(m) = s.message().await.unwrap() {
+        resumed |= m.resumed;
+    }
+    assert!(resumed, "the stream recovered");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        provider.force_flush().unwrap();
+        let spans = collector.spans.lock().unwrap().clone();
+        let rpc = spans
+            .iter()
+            .find(|s| attrs(s).get("rpc.method").map(String::as_str) == Some("StreamComplete"));
+        if let Some(rpc) = rpc {
+            let children = spans.iter().filter(|s| s.parent_span_id == rpc.span_id).count();
+            if children >= 2 {
+                break spans;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovered stream's spans arrived; got {spans:?}"
+        );
+        tokio::time::sleep(ms(50)).await;
+    };
+    let rpc = spans
+        .iter()
+        .find(|s| attrs(s).get("rpc.method").map(String::as_str) == Some("StreamComplete"))
+        .unwrap();
+    let mut attempts: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == rpc.span_id)
+        .collect();
+    attempts.sort_by_key(|s| s.start_time_unix_nano);
+    let deployments: Vec<_> = attempts
+        .iter()
+        .map(|s| attrs(s)["llmrouter.deployment"].clone())
+        .collect();
+    assert_eq!(deployments, ["cuts-1", "backup-1"]);
 
     // No prompt text anywhere.
     assert!(
