@@ -216,7 +216,10 @@ router_settings:
             .iter()
             .find(|s| attrs(s).get("rpc.method").map(String::as_str) == Some("StreamComplete"));
         if let Some(rpc) = rpc {
-            let children = spans.iter().filter(|s| s.parent_span_id == rpc.span_id).count();
+            let children = spans
+                .iter()
+                .filter(|s| s.parent_span_id == rpc.span_id)
+                .count();
             if children >= 2 {
                 break spans;
             }

@@ -364,6 +364,9 @@ model_list:
   - model_name: nocontinue
     litellm_params: { model: mock/nocontinue, mock: { time_to_first_chunk: 10ms, text: "a b c d" } }
     model_info: { id: nocontinue-0, supports_assistant_prefill: false }
+  - model_name: relapses
+    litellm_params: { model: mock/relapses, max_retries: 10, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: relapses-0 }
 router_settings:
   stream_idle_timeout: 500ms
   stream_recovery: continue
@@ -569,5 +572,27 @@ server:
                 ("whole-0", AttemptOutcome::Timeout, true)
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_keeps_breaking_is_recovered_a_bounded_number_of_times() {
+        // `relapses` commits and falls silent every time, and may be retried ten times: each
+        // recovery retries it after a backoff, and it breaks again.
+        let (items, end, _) = drain_recovering(call("relapses")).await;
+        assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
+        let status = items.last().unwrap().as_ref().unwrap_err();
+        assert!(
+            status.message().contains("recovered 3 times already"),
+            "{}",
+            status.message()
+        );
+        let log = crate::api::status::attempt_log(status).unwrap();
+        let idle = log
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::IdleTimeout as i32)
+            .count();
+        assert_eq!(idle, 1 + crate::routing::recovery::MAX_RECOVERIES as usize);
+        assert_eq!(log.attempts.len(), idle, "{:?}", log.attempts);
     }
 }

@@ -21,6 +21,11 @@ use crate::config::StreamRecovery;
 use crate::proto::{ChatMessage, Role};
 use crate::providers::estimate_tokens;
 
+/// Recoveries one stream may make. Each recovery walk starts its group's retries afresh, so a
+/// deployment that commits and breaks again and again could otherwise be recovered from until
+/// the deadline, growing the attempt log with every round.
+pub const MAX_RECOVERIES: u32 = 3;
+
 /// A recovery under way: resolves to the recovery (to arm again) and its outcome.
 pub type Recovering =
     Pin<Box<dyn Future<Output = (Box<Recovery>, Result<Answered<Committed>, CallFailure>)> + Send>>;
@@ -42,6 +47,8 @@ pub struct Recovery {
     trimmed: String,
     /// The call's span, which recovery attempts' spans belong to.
     span: tracing::Span,
+    /// Recoveries started so far.
+    started: u32,
 }
 
 impl Recovery {
@@ -71,6 +78,7 @@ impl Recovery {
             delivered,
             trimmed: String::new(),
             span: tracing::Span::current(),
+            started: 0,
         }))
     }
 
@@ -81,13 +89,19 @@ impl Recovery {
         }
     }
 
-    /// Whether there is time left to try.
-    pub fn in_time(&self) -> bool {
-        Instant::now() < self.deadline
+    /// Why another recovery may not start, if it may not.
+    pub fn refused(&self) -> Option<String> {
+        if self.started >= MAX_RECOVERIES {
+            return Some(format!(
+                "the stream was recovered {MAX_RECOVERIES} times already, the most one stream may be"
+            ));
+        }
+        (Instant::now() >= self.deadline).then(|| "the call's deadline has passed".to_string())
     }
 
     /// Starts recovering from `broke`, the failure of the stream's answering attempt.
     pub fn start(mut self: Box<Self>, broke: Failure) -> Recovering {
+        self.started += 1;
         let span = self.span.clone();
         // Counted by the group whose stream broke (the walk moves `resume` on).
         let group = self

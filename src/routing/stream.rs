@@ -186,10 +186,20 @@ impl CommittedStream {
             .as_ref()
             .is_some_and(|f| f.fault().another_deployment_may_answer());
         match (failure, self.recovery.take()) {
-            (Some(f), Some(recovery)) if recoverable && recovery.in_time() => {
-                self.recovering = Some(Box::new((recovery.start(f), error)));
-                None
-            }
+            (Some(f), Some(recovery)) if recoverable => match recovery.refused() {
+                None => {
+                    self.recovering = Some(Box::new((recovery.start(f), error)));
+                    None
+                }
+                Some(why) => {
+                    let error = CallError::RecoveryFailed {
+                        broke: Box::new(error),
+                        mode: recovery.mode,
+                        why,
+                    };
+                    Some(self.end_with(error))
+                }
+            },
             _ => Some(self.end_with(error)),
         }
     }
