@@ -595,4 +595,18 @@ server:
         assert_eq!(idle, 1 + crate::routing::recovery::MAX_RECOVERIES as usize);
         assert_eq!(log.attempts.len(), idle, "{:?}", log.attempts);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_continuation_extends_the_callers_own_prefill() {
+        // The caller prefilled "a"; the answer goes on from it, and so does its continuation.
+        let mut req = call("stall");
+        req.chat.messages.push(crate::proto::ChatMessage {
+            role: crate::proto::Role::Assistant as i32,
+            content: "a".into(),
+            name: None,
+        });
+        let (items, end, _) = drain_recovering(req).await;
+        assert_eq!(end, Some(stream::StreamEnd::Finished));
+        assert_eq!(text(&items), " b c d");
+    }
 }

@@ -132,12 +132,19 @@ impl Recovery {
         if continuation {
             let prefill = self.delivered.trim_end();
             self.trimmed = self.delivered[prefill.len()..].to_string();
-            if !prefill.is_empty() {
-                chat.messages.push(ChatMessage {
+            match chat.messages.last_mut() {
+                // The caller's own prefill, which the answer went on from: the answer extends it.
+                Some(last) if last.role == Role::Assistant as i32 => {
+                    last.content.push_str(prefill);
+                    let kept = last.content.trim_end().len();
+                    last.content.truncate(kept);
+                }
+                _ if prefill.is_empty() => {}
+                _ => chat.messages.push(ChatMessage {
                     role: Role::Assistant as i32,
                     content: prefill.to_string(),
                     name: None,
-                });
+                }),
             }
         }
         let prompt_chars = chat.messages.iter().map(|m| m.content.len()).sum();
