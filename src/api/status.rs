@@ -230,7 +230,11 @@ mod tests {
         assert_eq!(p(ErrorKind::Connect).code(), Code::Unavailable);
         assert_eq!(p(ErrorKind::Auth).code(), Code::FailedPrecondition);
         assert_eq!(
-            CallError::FallbacksExhausted(Failure::Timeout { first_chunk: true }).code(),
+            CallError::FallbacksExhausted(Failure::Timeout {
+                first_chunk: true,
+                by_caller: false
+            })
+            .code(),
             Code::DeadlineExceeded
         );
         assert_eq!(

@@ -568,8 +568,9 @@ server:
             outcomes,
             [
                 ("stall-0", AttemptOutcome::IdleTimeout, false),
-                // Cut by the call's deadline, not a first-chunk limit of its own.
-                ("whole-0", AttemptOutcome::Timeout, true)
+                // Cut by the caller's own deadline (the request's timeout): not the
+                // deployment's failure.
+                ("whole-0", AttemptOutcome::CallerTimeout, true)
             ]
         );
     }

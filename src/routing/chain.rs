@@ -66,8 +66,8 @@ struct InGroup {
     pick: Picker,
     /// Retries made in the group, not counting its first attempt.
     retries_done: u32,
-    /// Fixed by the group's first attempt: the request's `num_retries`, else that deployment's
-    /// `max_retries`.
+    /// Fixed by the group's first attempt: that deployment's `max_retries`, or the request's
+    /// `num_retries` when lower (a caller may ask for fewer retries, never more).
     retries_allowed: Option<u32>,
     /// The group's latest failure; `None` until one of its attempts fails.
     failure: Option<Failure>,
@@ -80,7 +80,8 @@ impl InGroup {
         let group = &self.pick.group;
         if let (None, Pick::Go { idx, .. }) = (self.retries_allowed, pick) {
             let first = &group.deployments[*idx];
-            self.retries_allowed = Some(plan.num_retries.unwrap_or(first.max_retries));
+            let configured = first.max_retries;
+            self.retries_allowed = Some(plan.num_retries.map_or(configured, |n| n.min(configured)));
         }
         Position {
             retries_done: self.retries_done,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::failure::Failure;
+
 /// Parses a gRPC `grpc-timeout` header value: up to 8 digits and a unit (`H M S m u n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -59,6 +61,17 @@ pub fn wall_clock(at: Instant) -> std::time::SystemTime {
     }
 }
 
+/// Which of a call's limits the caller set (a client `grpc-timeout`, the request's `timeout`
+/// or `stream_timeout`), rather than the config. An attempt cut by one of them says nothing
+/// about its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallersLimits {
+    /// The total deadline is the caller's (shorter than `router_settings.timeout`).
+    pub total: bool,
+    /// The first-chunk limit is the request's `stream_timeout`.
+    pub stream_timeout: bool,
+}
+
 /// Deadlines of one attempt, fixed when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptDeadlines {
@@ -67,6 +80,10 @@ pub struct AttemptDeadlines {
     /// For streamed attempts with a `stream_timeout`: when the first chunk must have arrived.
     /// Never later than `attempt`.
     pub first_chunk: Option<Instant>,
+    /// Whether `attempt` is the caller's total deadline, not a configured limit.
+    attempt_is_callers: bool,
+    /// Whether `first_chunk` is the request's `stream_timeout`.
+    first_chunk_is_callers: bool,
 }
 
 impl AttemptDeadlines {
@@ -75,11 +92,32 @@ impl AttemptDeadlines {
         total: Instant,
         deployment_timeout: Duration,
         stream_timeout: Option<Duration>,
+        callers: CallersLimits,
     ) -> Self {
-        let attempt = total.min(after(start, deployment_timeout));
+        let own = after(start, deployment_timeout);
+        let attempt = total.min(own);
         AttemptDeadlines {
             attempt,
             first_chunk: stream_timeout.map(|t| after(start, t).min(attempt)),
+            attempt_is_callers: callers.total && total < own,
+            first_chunk_is_callers: callers.stream_timeout,
+        }
+    }
+
+    /// The failure of an attempt that ran out of time: waiting for its first chunk
+    /// (`streaming`) or its whole answer. Cut by the caller's own limit when that limit is the
+    /// one that passed.
+    pub fn expired(&self, streaming: bool) -> Failure {
+        if streaming && self.first_chunk_is_binding() {
+            Failure::Timeout {
+                first_chunk: true,
+                by_caller: self.first_chunk_is_callers,
+            }
+        } else {
+            Failure::Timeout {
+                first_chunk: false,
+                by_caller: self.attempt_is_callers,
+            }
         }
     }
 
@@ -182,24 +220,42 @@ mod tests {
     async fn attempt_deadline_never_passes_the_total() {
         let start = Instant::now();
         let s = Duration::from_secs;
-        let d = AttemptDeadlines::new(start, start + s(10), s(3), None);
+        let d = AttemptDeadlines::new(start, start + s(10), s(3), None, CallersLimits::default());
         assert_eq!(d.attempt, start + s(3));
         assert_eq!(d.until_first_chunk(), start + s(3));
         assert!(!d.first_chunk_is_binding());
 
-        let d = AttemptDeadlines::new(start, start + s(2), s(3), Some(s(1)));
+        let d = AttemptDeadlines::new(
+            start,
+            start + s(2),
+            s(3),
+            Some(s(1)),
+            CallersLimits::default(),
+        );
         assert_eq!(d.attempt, start + s(2), "total caps the deployment timeout");
         assert_eq!(d.first_chunk, Some(start + s(1)));
         assert!(d.first_chunk_is_binding());
 
-        let d = AttemptDeadlines::new(start, start + s(2), s(3), Some(Duration::MAX));
+        let d = AttemptDeadlines::new(
+            start,
+            start + s(2),
+            s(3),
+            Some(Duration::MAX),
+            CallersLimits::default(),
+        );
         assert_eq!(
             d.first_chunk,
             Some(start + s(2)),
             "a huge stream_timeout cannot overflow"
         );
 
-        let d = AttemptDeadlines::new(start, start + s(2), s(3), Some(s(5)));
+        let d = AttemptDeadlines::new(
+            start,
+            start + s(2),
+            s(3),
+            Some(s(5)),
+            CallersLimits::default(),
+        );
         assert_eq!(
             d.first_chunk,
             Some(start + s(2)),

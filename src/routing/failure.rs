@@ -11,8 +11,9 @@ use crate::providers::{ErrorKind, ProviderError};
 /// Why an attempt did not answer.
 #[derive(Debug, Clone)]
 pub enum Failure {
-    /// The attempt's deadline (or the first-chunk deadline, when `first_chunk`) passed.
-    Timeout { first_chunk: bool },
+    /// The attempt's deadline (or the first-chunk deadline, when `first_chunk`) passed;
+    /// `by_caller` when that deadline was the caller's own limit, not the config's.
+    Timeout { first_chunk: bool, by_caller: bool },
     /// `mock_timeout` made the attempt wait out its deadline without calling a provider.
     MockTimeout,
     /// A committed stream was silent for longer than `stream_idle_timeout`.
@@ -59,14 +60,23 @@ impl Failure {
     /// The one place a failure is classified.
     pub fn class(&self) -> Class {
         let (fault, outcome, kind) = match self {
-            Failure::Timeout { first_chunk: true } => (
+            Failure::Timeout {
+                by_caller: true, ..
+            } => (
+                Fault::Transient,
+                AttemptOutcome::CallerTimeout,
+                FailKind::Timeout,
+            ),
+            Failure::Timeout {
+                first_chunk: true, ..
+            } => (
                 Fault::Transient,
                 AttemptOutcome::FirstChunkTimeout,
                 FailKind::Timeout,
             ),
-            Failure::Timeout { first_chunk: false } => {
-                (Fault::Transient, AttemptOutcome::Timeout, FailKind::Timeout)
-            }
+            Failure::Timeout {
+                first_chunk: false, ..
+            } => (Fault::Transient, AttemptOutcome::Timeout, FailKind::Timeout),
             Failure::MockTimeout => (
                 Fault::Transient,
                 AttemptOutcome::MockTimeout,
@@ -130,9 +140,18 @@ impl Failure {
         self.class().outcome
     }
 
-    /// Whether the failure says anything about the deployment: `mock_timeout` never reached it.
-    pub fn reached_deployment(&self) -> bool {
-        !matches!(self, Failure::MockTimeout)
+    /// Whether the failure counts against the deployment (its cooldown count, retry budget and
+    /// latency): not when `mock_timeout` never reached it, nor when the caller's own limit cut
+    /// it short. Only the deployment's configured limits and the provider's errors count.
+    pub fn counts_against_deployment(&self) -> bool {
+        !matches!(
+            self,
+            Failure::MockTimeout
+                | Failure::Timeout {
+                    by_caller: true,
+                    ..
+                }
+        )
     }
 
     /// How long the provider asked us to wait before asking again (its `Retry-After`, rate
@@ -153,12 +172,21 @@ impl Failure {
 
     pub fn detail(&self) -> String {
         match self {
-            Failure::Timeout { first_chunk: true } => {
-                "no first chunk before the first-chunk deadline".into()
-            }
-            Failure::Timeout { first_chunk: false } => {
-                "no answer before the attempt deadline".into()
-            }
+            Failure::Timeout {
+                first_chunk: true,
+                by_caller: true,
+            } => "no first chunk before the request's stream_timeout".into(),
+            Failure::Timeout {
+                first_chunk: false,
+                by_caller: true,
+            } => "no answer before the caller's deadline (grpc-timeout or the request's timeout)"
+                .into(),
+            Failure::Timeout {
+                first_chunk: true, ..
+            } => "no first chunk before the first-chunk deadline".into(),
+            Failure::Timeout {
+                first_chunk: false, ..
+            } => "no answer before the attempt deadline".into(),
             Failure::MockTimeout => "mock_timeout: waited out the attempt deadline".into(),
             Failure::IdleTimeout { idle } => {
                 format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
@@ -178,10 +206,11 @@ mod tests {
 
     #[test]
     fn every_failure_has_a_fault_and_an_outcome() {
-        assert_eq!(
-            Failure::Timeout { first_chunk: true }.fault(),
-            Fault::Transient
-        );
+        let timeout = |first_chunk, by_caller| Failure::Timeout {
+            first_chunk,
+            by_caller,
+        };
+        assert_eq!(timeout(true, false).fault(), Fault::Transient);
         assert_eq!(Failure::MockTimeout.fault(), Fault::Transient);
         assert_eq!(provider(ErrorKind::Connect).fault(), Fault::Transient);
         assert_eq!(provider(ErrorKind::Upstream).fault(), Fault::Transient);
@@ -198,10 +227,18 @@ mod tests {
             AttemptOutcome::Rejected
         );
         assert_eq!(
-            Failure::Timeout { first_chunk: true }.outcome(),
+            timeout(true, false).outcome(),
             AttemptOutcome::FirstChunkTimeout
         );
-        assert!(!Failure::MockTimeout.reached_deployment());
-        assert!(Failure::Timeout { first_chunk: false }.reached_deployment());
+        assert_eq!(timeout(true, true).outcome(), AttemptOutcome::CallerTimeout);
+        assert_eq!(
+            timeout(false, true).outcome(),
+            AttemptOutcome::CallerTimeout
+        );
+        assert!(!Failure::MockTimeout.counts_against_deployment());
+        assert!(!timeout(false, true).counts_against_deployment());
+        assert!(!timeout(true, true).counts_against_deployment());
+        assert!(timeout(false, false).counts_against_deployment());
+        assert!(timeout(true, false).counts_against_deployment());
     }
 }

@@ -129,7 +129,7 @@ impl Router {
         self.walk(&plan, None, |provider, d| async move {
             match timeout_at(d.attempt, provider.complete(chat)).await {
                 Ok(result) => result.map_err(Failure::Provider),
-                Err(_) => Err(Failure::Timeout { first_chunk: false }),
+                Err(_) => Err(d.expired(false)),
             }
         })
         .await
@@ -176,9 +176,7 @@ impl Router {
             };
             match timeout_at(d.until_first_chunk(), first).await {
                 Ok(result) => result.map_err(Failure::Provider),
-                Err(_) => Err(Failure::Timeout {
-                    first_chunk: d.first_chunk_is_binding(),
-                }),
+                Err(_) => Err(d.expired(true)),
             }
         })
         .await

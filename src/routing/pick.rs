@@ -23,7 +23,8 @@ pub struct Slot {
 pub struct Facts {
     pub streaming: bool,
     pub request_tokens: u64,
-    /// The call's first attempt is never throttled by a retry budget.
+    /// A group's first attempt in the call is never throttled by a retry budget (false for
+    /// hedges and for a recovery's attempts, which are retries).
     pub first_attempt: bool,
     /// Only deployments not yet tried in this call (for hedges).
     pub fresh_only: bool,
@@ -166,7 +167,9 @@ impl Picker {
                 streaming: facts.streaming,
                 latency_ttl: facts.latency_ttl,
             };
-            // A group's own retries are never a call's first attempt.
+            // The group's first attempt is an original request, never a retry: a deployment
+            // reached only through fallbacks must get one, or a budget drained there would
+            // never refill (successes refill it).
             let first = facts.first_attempt && !self.attempted;
             match slot.state.check(now, &limits, first) {
                 Check::Available(load) if failed => again.push((i, load)),

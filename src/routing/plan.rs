@@ -25,6 +25,9 @@ pub struct Plan {
     pub streaming: bool,
     /// The prompt's size in tokens, estimated, for `tpm` limits.
     pub request_tokens: u64,
+    /// Whether `deadline` is the caller's own (its grpc-timeout or the request's timeout),
+    /// shorter than the router's: an attempt it cuts does not count against its deployment.
+    pub callers_deadline: bool,
     /// Whether an answer keeps what a recovery of its stream needs (the rest of its chain).
     pub resumable: bool,
     /// The call recovers a broken stream: its attempts are marked as such.
@@ -65,6 +68,7 @@ impl Router {
             chain.push(group.clone());
         }
         let prompt_chars: usize = req.chat.messages.iter().map(|m| m.content.len()).sum();
+        let callers_deadline = callers_deadline(req, cfg.router.timeout);
         // Streams only, and only when the caller or a group of the chain wants recovery.
         let resumable = streaming
             && match req.stream_recovery {
@@ -87,11 +91,21 @@ impl Router {
             stream_timeout: req.stream_timeout,
             streaming,
             request_tokens: estimate_tokens(prompt_chars),
+            callers_deadline,
             resumable,
             recovery: false,
             continuation: false,
         })
     }
+}
+
+/// Whether the call's total deadline is the caller's own: its grpc-timeout or the request's
+/// `timeout`, shorter than the router's.
+pub fn callers_deadline(req: &CallRequest, router_timeout: Duration) -> bool {
+    [req.client_timeout, req.timeout]
+        .into_iter()
+        .flatten()
+        .any(|t| t < router_timeout)
 }
 
 /// The deployment id reported for answers made up from the request's `mock_response`.

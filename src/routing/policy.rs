@@ -26,8 +26,8 @@ pub enum Candidate {
 pub struct Position {
     /// Retries of the current group so far (not counting its first attempt).
     pub retries_done: u32,
-    /// Retries the group may make: the request's `num_retries`, else the first attempt's
-    /// deployment's `max_retries`.
+    /// Retries the group may make: the first attempt's deployment's `max_retries`, or the
+    /// request's `num_retries` when lower.
     pub retries_allowed: u32,
     pub candidate: Candidate,
     /// Special fallback lists the call may still switch to: configured on the group, and the
@@ -171,10 +171,26 @@ mod tests {
     fn failures() -> Vec<(&'static str, Failure)> {
         let p = |kind| Failure::Provider(ProviderError::new(kind, 0, ""));
         vec![
-            ("timeout", Failure::Timeout { first_chunk: false }),
+            (
+                "timeout",
+                Failure::Timeout {
+                    first_chunk: false,
+                    by_caller: false,
+                },
+            ),
+            (
+                "caller's timeout",
+                Failure::Timeout {
+                    first_chunk: false,
+                    by_caller: true,
+                },
+            ),
             (
                 "first-chunk timeout",
-                Failure::Timeout { first_chunk: true },
+                Failure::Timeout {
+                    first_chunk: true,
+                    by_caller: false,
+                },
             ),
             ("mock timeout", Failure::MockTimeout),
             ("connect", p(ErrorKind::Connect)),
@@ -296,6 +312,7 @@ mod tests {
         };
         match failure {
             "timeout"
+            | "caller's timeout"
             | "first-chunk timeout"
             | "mock timeout"
             | "connect"

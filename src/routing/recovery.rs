@@ -14,7 +14,7 @@ use super::{
     Answered, CallFailure, CallRequest, Committed, Router,
     chain::{Resume, Seed},
     failure::Failure,
-    plan::Plan,
+    plan::{self, Plan},
     policy,
 };
 use crate::config::StreamRecovery;
@@ -156,6 +156,10 @@ impl Recovery {
             stream_timeout: self.request.stream_timeout,
             streaming: true,
             request_tokens: estimate_tokens(prompt_chars),
+            callers_deadline: plan::callers_deadline(
+                &self.request,
+                self.router.config().router.timeout,
+            ),
             // A recovered stream may break and recover again.
             resumable: true,
             recovery: true,

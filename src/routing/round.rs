@@ -9,7 +9,7 @@ use tracing::{Instrument as _, field::Empty};
 
 use super::{
     Router,
-    deadline::AttemptDeadlines,
+    deadline::{AttemptDeadlines, CallersLimits},
     failure::Failure,
     health::{AttemptEnd, Tracker},
     log::{CallLog, entry},
@@ -106,8 +106,8 @@ where
         Facts {
             streaming: self.plan.streaming,
             request_tokens: self.plan.request_tokens,
-            // A recovery's attempts are retries of the stream's, never a call's first.
-            first_attempt: self.log.started == 0 && !self.plan.recovery,
+            // A recovery's attempts are retries of the stream's.
+            first_attempt: !self.plan.recovery,
             fresh_only,
             needs_prefill: self.plan.continuation,
             budget: r.retry_budget,
@@ -155,7 +155,10 @@ where
                 ended = pending.next() => {
                     // The round returns once its last attempt ends, so one is always pending.
                     let Some((no, result)) = ended else {
-                        return Err(Failure::Timeout { first_chunk: self.plan.streaming });
+                        return Err(Failure::Timeout {
+                            first_chunk: self.plan.streaming,
+                            by_caller: false,
+                        });
                     };
                     let Some(mut r) = running.get_mut(no).and_then(Option::take) else {
                         continue;
@@ -274,8 +277,17 @@ where
             .streaming
             .then(|| plan.stream_timeout.or(deployment.stream_timeout))
             .flatten();
-        let deadlines =
-            AttemptDeadlines::new(start, plan.deadline, deployment.timeout, stream_timeout);
+        let callers = CallersLimits {
+            total: plan.callers_deadline,
+            stream_timeout: plan.stream_timeout.is_some(),
+        };
+        let deadlines = AttemptDeadlines::new(
+            start,
+            plan.deadline,
+            deployment.timeout,
+            stream_timeout,
+            callers,
+        );
         let span = tracing::info_span!(
             target: TARGET,
             "attempt",
@@ -377,7 +389,7 @@ where
                     f.detail(),
                     r.hedge,
                 ));
-                if f.reached_deployment() {
+                if f.counts_against_deployment() {
                     r.tracker.report(AttemptEnd::Failed {
                         kind: f.class().kind,
                         wait_hint: f.provider_wait_hint(),

@@ -174,7 +174,7 @@ impl CommittedStream {
             last.detail = format!("after {chunks} chunks: {}", error.message());
         }
         if let (Some(f), Some(t)) = (&failure, &self.tracker)
-            && f.reached_deployment()
+            && f.counts_against_deployment()
         {
             t.report(AttemptEnd::Failed {
                 kind: f.class().kind,

@@ -408,6 +408,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::CoolingDown => "cooling_down",
         AttemptOutcome::AtCapacity => "at_capacity",
         AttemptOutcome::RetryThrottled => "retry_throttled",
+        AttemptOutcome::CallerTimeout => "caller_timeout",
     }
 }
 

@@ -152,7 +152,8 @@ def test_python_deadline_gives_deadline_exceeded_with_the_attempt_log(client):
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     info, log = details(e.value, pb2)
     assert (info.domain, info.reason) == ("llmrouter.v1", "DEADLINE_EXCEEDED")
-    assert [(a.deployment, a.outcome) for a in log.attempts] == [("hanging-primary", pb2.ATTEMPT_OUTCOME_TIMEOUT)]
+    # The client's own deadline cut the attempt: CALLER_TIMEOUT, not held against the deployment.
+    assert [(a.deployment, a.outcome) for a in log.attempts] == [("hanging-primary", pb2.ATTEMPT_OUTCOME_CALLER_TIMEOUT)]
 
 
 def test_python_bad_input_and_mock_timeout(client):

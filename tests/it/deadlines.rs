@@ -148,8 +148,10 @@ async fn a_client_deadline_shorter_than_the_chain_gives_deadline_exceeded_not_ca
     assert_eq!(
         outcomes(&log.attempts),
         [
+            // The primary's own 300ms timeout; then the client's deadline cut the fallback,
+            // which is not the fallback's failure.
             ("primary".into(), AttemptOutcome::Timeout),
-            ("backup".into(), AttemptOutcome::Timeout)
+            ("backup".into(), AttemptOutcome::CallerTimeout)
         ]
     );
     assert_eq!(

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod abuse;
 mod api;
 mod binary;
 mod chaos;

@@ -324,7 +324,8 @@ async fn a_recovery_racing_the_total_deadline_ends_at_the_deadline_with_the_brea
         outcomes,
         [
             ("breaks/0", AttemptOutcome::UpstreamError, false),
-            ("rest/0", AttemptOutcome::Timeout, true)
+            // The request's own timeout cut it: the caller's limit, not the deployment's.
+            ("rest/0", AttemptOutcome::CallerTimeout, true)
         ]
     );
 }

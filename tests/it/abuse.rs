@@ -1,0 +1,143 @@
+//! One caller must not degrade routing for the others: what a caller sets (tight deadlines,
+//! many retries) never counts against a deployment, and no deployment is locked out for good.
+
+use llm_router::proto::{AttemptOutcome, StreamCompleteRequest};
+
+use crate::common::upstream::{Behaviour, Upstream};
+use crate::common::*;
+
+fn config(base: &str) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: slow
+    litellm_params: {{ model: openai/slow, api_base: "{base}", max_retries: 1 }}
+    model_info: {{ id: slow-1 }}
+  - model_name: backup
+    litellm_params: {{ model: openai/backup, api_base: "{base}", max_retries: 0 }}
+    model_info: {{ id: backup-1 }}
+  - model_name: down
+    litellm_params: {{ model: openai/down, api_base: "{base}", max_retries: 0 }}
+    model_info: {{ id: down-1 }}
+  - model_name: recovering
+    litellm_params: {{ model: openai/recovering, api_base: "{base}", max_retries: 0 }}
+    model_info: {{ id: recovering-1 }}
+router_settings:
+  routing_strategy: latency-based-routing
+  allowed_fails: 1
+  cooldown_time: 60s
+  retry_budget: {{ max_tokens: 4, token_ratio: 0.5 }}
+  retry_backoff_initial: 5ms
+  retry_backoff_max: 10ms
+  fallbacks:
+    - slow: [backup]
+    - down: [recovering]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_callers_own_tight_limits_never_count_against_the_deployment() {
+    let up = Upstream::start().await;
+    up.set("slow", Behaviour::slow_first_chunk("fine", ms(150)));
+    up.set(
+        "backup",
+        Behaviour::slow_first_chunk("from backup", ms(150)),
+    );
+    let r = TestRouter::start(&config(&up.base())).await;
+
+    // A careless caller: a first-chunk limit neither deployment can meet (both take 150ms),
+    // and many retries asked for.
+    for _ in 0..10 {
+        let req = StreamCompleteRequest {
+            stream_timeout: Some(dur(ms(20))),
+            num_retries: Some(10),
+            ..stream_req("slow")
+        };
+        // Before commit, the failure is the call's status (tonic hands it over either as the
+        // call's error or as the stream's first item, depending on timing).
+        let status = match r.client().stream_complete(req).await {
+            Err(status) => status,
+            Ok(resp) => resp.into_inner().message().await.unwrap_err(),
+        };
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            outcomes(&attempt_log(&status).attempts),
+            [
+                // The request may lower retries, never raise them: max_retries 1.
+                ("slow-1".into(), AttemptOutcome::CallerTimeout),
+                ("slow-1".into(), AttemptOutcome::CallerTimeout),
+                ("backup-1".into(), AttemptOutcome::CallerTimeout),
+            ]
+        );
+    }
+    assert_eq!(
+        up.counts("slow").requests,
+        20,
+        "two attempts a call, not eleven"
+    );
+
+    // With allowed_fails 1, two real failures would have cooled `slow` down for a minute, and
+    // ten would have drained its retry budget and its latency record. None of that happened.
+    for d in ["slow-1", "backup-1"] {
+        let d = r.deployment(d).await;
+        assert_eq!(d.cooldown_until, None, "{}", d.id);
+        assert_eq!(d.retry_budget_tokens, Some(4.0), "{}", d.id);
+    }
+    let resp = r
+        .client()
+        .complete(complete("slow"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deployment, "slow-1");
+    assert_eq!(
+        outcomes(&resp.attempts),
+        [("slow-1".into(), AttemptOutcome::Ok)]
+    );
+
+    // The same with a short client deadline: the caller's, so not the deployment's either.
+    let mut req = tonic::Request::new(complete("slow"));
+    req.set_timeout(ms(100));
+    let status = r.client().complete(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert_eq!(
+        outcomes(&attempt_log(&status).attempts)[0],
+        ("slow-1".into(), AttemptOutcome::CallerTimeout)
+    );
+    assert_eq!(r.deployment("slow-1").await.cooldown_until, None);
+}
+
+#[tokio::test]
+async fn a_deployment_reached_only_through_fallbacks_is_never_locked_out_by_its_budget() {
+    let up = Upstream::start().await;
+    up.set("down", Behaviour::status(503, "{}"));
+    // The fallback fails four times (its bucket of 4 runs dry), then works again.
+    up.set("recovering", Behaviour::ok("back"));
+    up.fail_first("recovering", 4, Behaviour::status(503, "{}"));
+    let config = config(&up.base()).replace("allowed_fails: 1", "disable_cooldowns: true");
+    let r = TestRouter::start(&config).await;
+    for _ in 0..4 {
+        let status = r.client().complete(complete("down")).await.unwrap_err();
+        let log = outcomes(&attempt_log(&status).attempts);
+        assert_eq!(
+            log[1],
+            ("recovering-1".into(), AttemptOutcome::UpstreamError),
+            "each call's first attempt on the fallback goes out: {log:?}"
+        );
+    }
+    assert_eq!(
+        r.deployment("recovering-1").await.retry_budget_tokens,
+        Some(0.0)
+    );
+    // Its bucket is empty, but a call's first attempt on a group is no retry: it goes out, and
+    // the call is answered.
+    let resp = r
+        .client()
+        .complete(complete("down"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deployment, "recovering-1");
+    assert_eq!(up.counts("recovering").requests, 5);
+}
