@@ -262,6 +262,8 @@ fn cut(s: &str, max: usize) -> &str {
 
 /// The span of one RPC, a child of the caller's `traceparent` when it sent one.
 fn rpc_span<T>(rpc: &'static str, request: &Request<T>, model: &str) -> tracing::Span {
+    // The caller's text, bounded before it reaches a trace.
+    let model = cut(model, LABEL_PART_MAX);
     let span = tracing::info_span!(
         target: TARGET,
         "rpc",

@@ -42,7 +42,6 @@ pub const IGNORED_LITELLM_KEYS: &[&str] = &[
     "router_settings.retry_policy",
     "router_settings.model_group_alias",
     "router_settings.cache_responses",
-    "router_settings.max_fallbacks",
 ];
 
 /// A validated configuration. Immutable: the server holds it behind an `Arc` and never locks it.
@@ -246,6 +245,9 @@ pub struct RouterSettings {
     pub stream_max_malformed_events: u32,
     /// How committed streams recover when they break; groups may override it. Default none.
     pub stream_recovery: StreamRecovery,
+    /// Fallback groups one call may try after the requested one (LiteLLM's `max_fallbacks`,
+    /// default 5): a request's `fallbacks` may name no more, a configured chain is cut there.
+    pub max_fallbacks: u32,
     /// Retries per group after the first attempt, when neither request nor deployment set one.
     pub num_retries: u32,
     /// Shortest wait before retrying a deployment that just failed (the YAML key

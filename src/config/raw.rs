@@ -104,6 +104,8 @@ pub struct RawRouterSettings {
     /// How a committed stream that breaks recovers: `none`, `continue` or `restart`
     /// (llm-router's own).
     pub stream_recovery: Option<String>,
+    /// Fallback groups one call may try (LiteLLM's key and default, 5).
+    pub max_fallbacks: Option<u32>,
     pub num_retries: Option<u32>,
     /// `[{group: [fallback, ...]}, ...]`, LiteLLM's list-of-single-key-maps shape.
     pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,

@@ -22,6 +22,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// One or two unreadable events are a provider's hiccup; more are a broken stream.
 const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
+/// LiteLLM's default.
+const DEFAULT_MAX_FALLBACKS: u32 = 5;
+const MAX_FALLBACKS_LIMIT: u32 = 100;
 const MAX_MALFORMED_EVENTS_LIMIT: u32 = 1000;
 const DEFAULT_NUM_RETRIES: u32 = 2;
 const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
@@ -191,13 +194,23 @@ pub(super) fn validate(
                     "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
                 ));
             }
-            let fallbacks = fallbacks.get(&name).cloned().unwrap_or_else(|| {
+            let fallbacks: Vec<String> = fallbacks.get(&name).cloned().unwrap_or_else(|| {
                 default_fallbacks
                     .iter()
                     .filter(|g| **g != name)
                     .cloned()
                     .collect()
             });
+            let max = router.max_fallbacks as usize;
+            if fallbacks.len() > max {
+                let last_kept = max
+                    .checked_sub(1)
+                    .map_or(name.as_str(), |i| fallbacks[i].as_str());
+                errs.warn(format!(
+                    "model group `{name}` has {} fallbacks; router_settings.max_fallbacks ({max}) cuts its chain after `{last_kept}`",
+                    fallbacks.len(),
+                ));
+            }
             let group = ModelGroup {
                 context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
                 content_policy_fallbacks: cp_fallbacks.get(&name).cloned().unwrap_or_default(),
@@ -322,6 +335,13 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         errs,
     )
     .unwrap_or(StreamRecovery::None);
+    let max_fallbacks = rs.max_fallbacks.unwrap_or(DEFAULT_MAX_FALLBACKS);
+    if max_fallbacks > MAX_FALLBACKS_LIMIT {
+        errs.add(
+            "router_settings.max_fallbacks",
+            format!("must be at most {MAX_FALLBACKS_LIMIT}"),
+        );
+    }
     let num_retries = rs.num_retries.unwrap_or(DEFAULT_NUM_RETRIES);
     if num_retries > MAX_RETRIES_LIMIT {
         errs.add(
@@ -374,6 +394,7 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         stream_idle_timeout,
         stream_max_malformed_events,
         stream_recovery,
+        max_fallbacks,
         num_retries,
         min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
         retry_backoff_initial,

@@ -44,28 +44,43 @@ impl Router {
         let known = || cfg.group_names().into_iter().map(String::from).collect();
         let Some(requested) = cfg.group(&req.model) else {
             return Err(CallError::ModelNotFound {
-                model: req.model.clone(),
+                model: echo(&req.model),
                 known: known(),
             });
         };
         if req.mock_timeout && !cfg.router.allow_mock_timeout {
             return Err(CallError::MockTimeoutDisabled);
         }
-        let fallback_names = if req.fallbacks.is_empty() {
-            &requested.fallbacks
-        } else {
-            &req.fallbacks
-        };
+        let max = cfg.router.max_fallbacks as usize;
         let mut chain = vec![requested.clone()];
-        for (i, name) in fallback_names.iter().enumerate() {
-            let group = cfg.group(name).ok_or_else(|| CallError::InvalidArgument {
-                field: format!("fallbacks[{i}]"),
-                message: format!(
-                    "names unknown model group `{name}`; known model groups: {}",
-                    cfg.group_names().join(", ")
-                ),
-            })?;
-            chain.push(group.clone());
+        if req.fallbacks.is_empty() {
+            // A configured chain longer than max_fallbacks is cut (check-config warns of it).
+            let configured = requested.fallbacks.iter().take(max);
+            chain.extend(configured.filter_map(|name| cfg.group(name).cloned()));
+        } else {
+            for (i, name) in req.fallbacks.iter().enumerate() {
+                let group = cfg.group(name).ok_or_else(|| CallError::InvalidArgument {
+                    field: format!("fallbacks[{i}]"),
+                    message: format!(
+                        "names unknown model group `{}`; known model groups: {}",
+                        echo(name),
+                        cfg.group_names().join(", ")
+                    ),
+                })?;
+                // A group named twice would only be tried twice: once is enough.
+                if !chain.iter().skip(1).any(|g| Arc::ptr_eq(g, group)) {
+                    chain.push(group.clone());
+                }
+            }
+            if chain.len() - 1 > max {
+                return Err(CallError::InvalidArgument {
+                    field: "fallbacks".into(),
+                    message: format!(
+                        "names {} model groups; router_settings.max_fallbacks allows at most {max}",
+                        chain.len() - 1
+                    ),
+                });
+            }
         }
         let prompt_chars: usize = req.chat.messages.iter().map(|m| m.content.len()).sum();
         let callers_deadline = callers_deadline(req, cfg.router.timeout);
@@ -97,6 +112,20 @@ impl Router {
             continuation: false,
         })
     }
+}
+
+/// A name from a request, as errors echo it: cut to 128 bytes, so that a caller cannot make
+/// the router send back (or log) whatever it sent.
+pub fn echo(name: &str) -> String {
+    const MAX: usize = 128;
+    if name.len() <= MAX {
+        return name.to_string();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
 }
 
 /// Whether the call's total deadline is the caller's own: its grpc-timeout or the request's

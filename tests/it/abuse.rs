@@ -141,3 +141,92 @@ async fn a_deployment_reached_only_through_fallbacks_is_never_locked_out_by_its_
     assert_eq!(resp.deployment, "recovering-1");
     assert_eq!(up.counts("recovering").requests, 5);
 }
+
+#[tokio::test]
+async fn request_fallbacks_are_bounded_deduplicated_and_echoed_names_cut() {
+    let up = Upstream::start().await;
+    for failing in ["down", "recovering", "slow"] {
+        up.set(failing, Behaviour::status(503, "{}"));
+    }
+    up.set("backup", Behaviour::ok("from backup"));
+    let config = config(&up.base()).replace("allowed_fails: 1", "disable_cooldowns: true");
+    let r = TestRouter::start(&config).await;
+
+    // Named more than once, a group is tried once, and duplicates do not count against
+    // max_fallbacks (5 by default, LiteLLM's): eight names, three groups.
+    let mut req = complete("down");
+    req.fallbacks = [
+        "recovering",
+        "recovering",
+        "slow",
+        "recovering",
+        "slow",
+        "backup",
+        "slow",
+        "backup",
+    ]
+    .map(String::from)
+    .to_vec();
+    let resp = r.client().complete(req).await.unwrap().into_inner();
+    assert_eq!(resp.deployment, "backup-1");
+    assert_eq!(
+        outcomes(&resp.attempts),
+        [
+            ("down-1".into(), AttemptOutcome::UpstreamError),
+            ("recovering-1".into(), AttemptOutcome::UpstreamError),
+            ("slow-1".into(), AttemptOutcome::UpstreamError),
+            ("slow-1".into(), AttemptOutcome::UpstreamError),
+            ("backup-1".into(), AttemptOutcome::Ok),
+        ]
+    );
+
+    // An unknown name is refused by its index.
+    let mut req = complete("down");
+    req.fallbacks = vec!["backup".into(), "nope".into()];
+    let status = r.client().complete(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("`fallbacks[1]`"),
+        "{}",
+        status.message()
+    );
+
+    // More distinct groups than max_fallbacks: refused, naming the field and the key.
+    let tight = config.replace(
+        "disable_cooldowns: true",
+        "disable_cooldowns: true\n  max_fallbacks: 1",
+    );
+    let r2 = TestRouter::start(&tight).await;
+    let mut req = complete("down");
+    req.fallbacks = vec!["recovering".into(), "backup".into()];
+    let status = r2.client().complete(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("names 2 model groups; router_settings.max_fallbacks allows at most 1"),
+        "{}",
+        status.message()
+    );
+    // A configured chain is cut at max_fallbacks: with 0, `down` has no fallback left.
+    let none = config.replace(
+        "disable_cooldowns: true",
+        "disable_cooldowns: true\n  max_fallbacks: 0",
+    );
+    let r3 = TestRouter::start(&none).await;
+    let status = r3.client().complete(complete("down")).await.unwrap_err();
+    assert_eq!(
+        outcomes(&attempt_log(&status).attempts),
+        [("down-1".into(), AttemptOutcome::UpstreamError)]
+    );
+
+    // An unknown model name of 100 KB is echoed cut, not whole.
+    let status = r
+        .client()
+        .complete(complete(&"m".repeat(100_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().len() < 1_000, "{}", status.message().len());
+    assert!(status.details().len() < 2_000, "{}", status.details().len());
+}
