@@ -62,6 +62,9 @@ impl GrpcError for CallError {
             CallError::MockTimeoutDisabled => {
                 (Code::FailedPrecondition, "MOCK_TIMEOUT_DISABLED", None)
             }
+            CallError::MockResponseDisabled => {
+                (Code::FailedPrecondition, "MOCK_RESPONSE_DISABLED", None)
+            }
             CallError::DeadlineExceeded => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", None),
             CallError::FallbacksExhausted(last) => {
                 let code = exhausted_code(last);

@@ -255,7 +255,10 @@ pub struct RouterSettings {
     pub min_retry_wait: Duration,
     pub retry_backoff_initial: Duration,
     pub retry_backoff_max: Duration,
+    /// Honour a request's `mock_timeout` (default false: a test switch, off in production).
     pub allow_mock_timeout: bool,
+    /// Honour a request's `mock_response` (default false, likewise).
+    pub allow_mock_response: bool,
     pub connect_timeout: Duration,
     /// The default strategy; `model_group_settings` may override it per group.
     pub routing_strategy: Strategy,
@@ -620,7 +623,7 @@ impl Config {
         let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
         let _ = writeln!(
             out,
-            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}",
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}, allow_mock_response {}",
             d(r.timeout),
             r.stream_timeout.map_or("none".into(), d),
             d(r.stream_idle_timeout),
@@ -631,6 +634,7 @@ impl Config {
             d(r.retry_backoff_initial),
             d(r.retry_backoff_max),
             r.allow_mock_timeout,
+            r.allow_mock_response,
         );
         let c = &r.cooldowns;
         let _ = writeln!(

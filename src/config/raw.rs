@@ -121,6 +121,8 @@ pub struct RawRouterSettings {
     #[serde(default, deserialize_with = "dur")]
     pub retry_backoff_max: Option<Duration>,
     pub allow_mock_timeout: Option<bool>,
+    /// Honour a request's `mock_response` (llm-router's own gate; default false).
+    pub allow_mock_response: Option<bool>,
     pub routing_strategy: Option<String>,
     pub routing_strategy_args: Option<RawStrategyArgs>,
     /// Failures a deployment may have within a minute before it cools down.

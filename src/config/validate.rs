@@ -399,7 +399,10 @@ fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
         min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
         retry_backoff_initial,
         retry_backoff_max,
-        allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(true),
+        // Test switches: a caller must not be able to make the router wait or answer for
+        // nothing unless the config says so (the built-in demo config does).
+        allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(false),
+        allow_mock_response: rs.allow_mock_response.unwrap_or(false),
         connect_timeout,
         routing_strategy,
         lowest_latency_buffer,

@@ -14,6 +14,8 @@ pub enum CallError {
     ModelNotFound { model: String, known: Vec<String> },
     /// `mock_timeout` was asked for while `router_settings.allow_mock_timeout` is false.
     MockTimeoutDisabled,
+    /// `mock_response` was asked for while `router_settings.allow_mock_response` is false.
+    MockResponseDisabled,
     /// The call's total deadline ran out before the chain was done.
     DeadlineExceeded,
     /// Every group of the chain was tried and the last attempt failed like this.
@@ -61,6 +63,9 @@ impl CallError {
             }
             CallError::MockTimeoutDisabled => {
                 "`mock_timeout` is disabled by router_settings.allow_mock_timeout".into()
+            }
+            CallError::MockResponseDisabled => {
+                "`mock_response` is disabled by router_settings.allow_mock_response".into()
             }
             CallError::DeadlineExceeded => {
                 "the call's deadline passed before any deployment answered".into()

@@ -307,7 +307,10 @@ pub struct Lease(Arc<DeploymentState>);
 /// can report how it ended long after the walk is done.
 #[derive(Debug)]
 pub struct Tracker {
-    pub lease: Lease,
+    pub state: Arc<DeploymentState>,
+    /// The attempt's place in the deployment's in-flight count and usage; `None` for a
+    /// `mock_timeout` attempt, which never reaches the deployment and so holds no capacity.
+    pub lease: Option<Lease>,
     /// The attempt's deployment: its `cooldown_time`, and the labels a cooldown is reported by.
     pub deployment: Arc<Deployment>,
     pub policy: CooldownPolicy,
@@ -321,7 +324,7 @@ impl Tracker {
     /// extends) is counted, logged and given to the cooldown gauge here, whoever ended it.
     pub fn report(&self, end: AttemptEnd) {
         let d = &self.deployment;
-        let Some(until) = self.lease.0.report(
+        let Some(until) = self.state.report(
             Instant::now(),
             end,
             &self.policy,
@@ -342,7 +345,7 @@ impl Tracker {
     }
 
     pub fn add_tokens(&self, tokens: u64) {
-        self.lease.0.add_tokens(Instant::now(), tokens);
+        self.state.add_tokens(Instant::now(), tokens);
     }
 }
 

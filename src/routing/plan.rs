@@ -51,6 +51,9 @@ impl Router {
         if req.mock_timeout && !cfg.router.allow_mock_timeout {
             return Err(CallError::MockTimeoutDisabled);
         }
+        if req.mock_response.is_some() && !cfg.router.allow_mock_response {
+            return Err(CallError::MockResponseDisabled);
+        }
         let max = cfg.router.max_fallbacks as usize;
         let mut chain = vec![requested.clone()];
         if req.fallbacks.is_empty() {
@@ -173,23 +176,50 @@ pub fn mock_completion(text: &str) -> Completion {
     }
 }
 
-/// `text` as a stream of word-sized chunks, then a last chunk with the finish reason.
+/// `text` as a stream of word-sized chunks, then a last chunk with the finish reason. The
+/// chunks are cut from the text as the stream is read, not all at once: a long text (the request
+/// may carry megabytes of it) is not copied into a chunk per word up front.
 pub fn mock_committed(text: &str) -> Committed {
-    let mut pieces: Vec<Chunk> = text
-        .split_inclusive(' ')
-        .map(|p| Chunk {
-            delta: p.to_string(),
+    fn next_piece(text: &str, at: usize) -> (String, usize) {
+        let rest = &text[at..];
+        let end = rest.find(' ').map_or(rest.len(), |i| i + 1);
+        (rest[..end].to_string(), at + end)
+    }
+    let text = text.to_string();
+    let (first, at) = next_piece(&text, 0);
+    let first = if first.is_empty() {
+        Chunk {
+            finish_reason: Some(FinishReason::Stop),
             ..Chunk::default()
-        })
-        .collect();
-    pieces.push(Chunk {
-        finish_reason: Some(FinishReason::Stop),
-        ..Chunk::default()
-    });
-    let mut it = pieces.into_iter();
-    let first = it.next().unwrap_or_default();
+        }
+    } else {
+        Chunk {
+            delta: first,
+            ..Chunk::default()
+        }
+    };
+    let finished = first.finish_reason.is_some();
+    let rest =
+        futures_util::stream::unfold((text, at, finished), |(text, at, finished)| async move {
+            if finished {
+                return None;
+            }
+            if at >= text.len() {
+                let last = Chunk {
+                    finish_reason: Some(FinishReason::Stop),
+                    ..Chunk::default()
+                };
+                return Some((Ok(last), (text, at, true)));
+            }
+            let (delta, at) = next_piece(&text, at);
+            let chunk = Chunk {
+                delta,
+                ..Chunk::default()
+            };
+            Some((Ok(chunk), (text, at, false)))
+        });
     Committed {
         first,
-        rest: Box::pin(futures_util::stream::iter(it.map(Ok))),
+        rest: Box::pin(rest),
     }
 }

@@ -308,7 +308,8 @@ where
         );
         let r = &self.router.config().router;
         let tracker = Tracker {
-            lease: slot.state.begin(start, plan.request_tokens),
+            state: slot.state.clone(),
+            lease: (!how.mock).then(|| slot.state.begin(start, plan.request_tokens)),
             deployment: deployment.clone(),
             policy: r.cooldowns,
             budget: r.retry_budget,

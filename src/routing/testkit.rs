@@ -83,6 +83,8 @@ model_list:
     model_info: { id: steady-0 }
 router_settings:
   timeout: 60s
+  allow_mock_timeout: true
+  allow_mock_response: true
   num_retries: 2
   retry_backoff_initial: 100ms
   retry_backoff_max: 400ms

@@ -1,7 +1,7 @@
 //! The chain walk under tokio's paused clock: the real router and the real mock provider, with
 //! time that only moves when every task waits, so deadline arithmetic is exact.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::Code;
@@ -221,14 +221,20 @@ async fn mock_timeout_without_fallbacks_ends_deadline_exceeded() {
 #[tokio::test(start_paused = true)]
 async fn mock_timeout_is_refused_when_disabled() {
     let r = router(&CHAIN.replace(
-        "  timeout: 60s",
-        "  timeout: 60s\n  allow_mock_timeout: false",
+        "  allow_mock_timeout: true\n  allow_mock_response: true\n",
+        "",
     ));
     let mut req = call("fast");
     req.mock_timeout = true;
     let f = r.complete(&req).await.unwrap_err();
     assert_eq!(f.error.code(), Code::FailedPrecondition);
     assert!(f.attempts.is_empty());
+    // Both test switches are off unless the config turns them on.
+    let mut req = call("fast");
+    req.mock_response = Some("canned".into());
+    let f = r.complete(&req).await.unwrap_err();
+    assert_eq!(f.error.code(), Code::FailedPrecondition);
+    assert_eq!(f.error.reason(), "MOCK_RESPONSE_DISABLED");
 }
 
 #[tokio::test(start_paused = true)]
@@ -445,5 +451,33 @@ async fn a_group_that_is_all_cooling_fails_at_once_and_says_when_it_returns() {
     assert_eq!(
         outcomes(&again.attempts),
         [("down-0".into(), AttemptOutcome::UpstreamError)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mock_timeout_attempt_holds_no_capacity() {
+    let r = Arc::new(router(&CHAIN.replace(
+        "model: mock/fast, timeout: 5s,",
+        "model: mock/fast, timeout: 5s, max_parallel_requests: 1,",
+    )));
+    let waiting = r.clone();
+    let mock = tokio::spawn(async move {
+        let mut req = call("fast");
+        req.mock_timeout = true;
+        req.num_retries = Some(0);
+        waiting.complete(&req).await
+    });
+    tokio::time::sleep(ms(10)).await;
+    // The mock attempt waits out its 5s deadline without taking the deployment's only slot.
+    assert_eq!(r.deployment_state("fast-0").unwrap().in_flight(), 0);
+    let a = r.complete(&call("fast")).await.unwrap();
+    assert_eq!(
+        outcomes(&a.attempts),
+        [("fast-0".into(), AttemptOutcome::Ok)]
+    );
+    let f = mock.await.unwrap().unwrap_err();
+    assert_eq!(
+        outcomes(&f.attempts),
+        [("fast-0".into(), AttemptOutcome::MockTimeout)]
     );
 }

@@ -22,6 +22,7 @@ model_list:
     litellm_params: { model: mock/slow, mock: { time_to_first_chunk: 10ms, tokens_per_second: 10, text: "a b c d e f" } }
 router_settings:
   timeout: 30s
+  allow_mock_response: true
   fallbacks:
     - keyed: [fast]
 "#;

@@ -66,7 +66,9 @@ fn group_names_keep_their_case_and_dots() {
     assert_eq!(cfg.router.timeout, Duration::from_secs(600));
     assert_eq!(cfg.router.stream_idle_timeout, Duration::from_secs(30));
     assert_eq!(cfg.router.num_retries, 2);
-    assert!(cfg.router.allow_mock_timeout);
+    // The request's test switches are off unless the config turns them on.
+    assert!(!cfg.router.allow_mock_timeout);
+    assert!(!cfg.router.allow_mock_response);
     assert_eq!(cfg.server.deadline_margin, Duration::from_millis(20));
     let d = &cfg.group("gpt-3.5-turbo").unwrap().deployments[0];
     assert_eq!(d.id, "gpt-3.5-turbo/0");

@@ -53,8 +53,11 @@ router_settings:
 async fn setup() -> (Upstream, TestRouter) {
     let up = Upstream::start().await;
     up.set("backup", Behaviour::ok("backup answered"));
-    let r =
-        TestRouter::start_with_env(&config(&up, ""), &[("TEST_KEY", "sk-test-secret-123")]).await;
+    let r = TestRouter::start_with_env(
+        &config(&up, "  allow_mock_timeout: true"),
+        &[("TEST_KEY", "sk-test-secret-123")],
+    )
+    .await;
     (up, r)
 }
 
@@ -541,7 +544,8 @@ async fn mock_timeout_runs_the_fallbacks_for_real() {
 async fn mock_timeout_is_refused_when_the_config_disallows_it() {
     let up = Upstream::start().await;
     let r = TestRouter::start_with_env(
-        &config(&up, "  allow_mock_timeout: false"),
+        // Off by default.
+        &config(&up, ""),
         &[("TEST_KEY", "k")],
     )
     .await;
