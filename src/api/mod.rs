@@ -432,7 +432,9 @@ impl RouterService for RouterApi {
                             id: d.id.clone(),
                             provider: d.provider.name().to_string(),
                             upstream_model: d.upstream_model.clone(),
-                            api_base: d.provider.api_base().to_string(),
+                            // Upstream topology stays inside: callers see groups and
+                            // limits; check-config on the host shows the bases.
+                            api_base: String::new(),
                             timeout: Some(routing::to_proto_duration(d.timeout)),
                             stream_timeout: d.stream_timeout.map(routing::to_proto_duration),
                             max_retries: d.max_retries,

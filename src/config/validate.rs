@@ -779,10 +779,20 @@ fn http_provider(
     };
     if !api_base.is_empty() {
         match reqwest::Url::parse(&api_base) {
+            // A password in the URL would be shown wherever the base is (check-config, logs,
+            // attempt details), and sent to whatever host the URL names.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => errs.add(
+                &base_key,
+                "must not carry credentials (`user:password@host`): give the key as api_key (or os.environ/NAME), or in extra_headers",
+            ),
             Ok(url)
                 if matches!(url.scheme(), "http" | "https")
                     && url.host().is_some()
                     && url.query().is_none() => {}
+            // Not echoed when it may hold credentials.
+            _ if api_base.contains('@') => {
+                errs.add(&base_key, "is not an http(s) base URL")
+            }
             _ => errs.add(
                 &base_key,
                 format!("`{api_base}` is not an http(s) base URL"),

@@ -187,7 +187,7 @@ async fn list_models_shows_the_routing_table_and_never_a_key() {
         (d.provider.as_str(), d.upstream_model.as_str()),
         ("openai", "gpt-4o-mini")
     );
-    assert_eq!(d.api_base, "http://127.0.0.1:9/v1");
+    assert_eq!(d.api_base, "", "upstream URLs are not shown to callers");
     assert_eq!(
         d.timeout.unwrap().seconds,
         30,

@@ -443,3 +443,23 @@ fn stream_max_malformed_events_defaults_to_three_and_is_bounded() {
     let keys = error_keys(&format!("{MINIMAL}  stream_max_malformed_events: 100000\n"));
     assert_eq!(keys, ["router_settings.stream_max_malformed_events"]);
 }
+
+#[test]
+fn credentials_in_api_base_are_refused_and_never_echoed() {
+    let yaml = r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: openai/a, api_base: "https://user:hunter2@llm.internal/v1" }
+"#;
+    let err = load(yaml).unwrap_err().to_string();
+    assert!(err.contains("model_list[0].litellm_params.api_base"), "{err}");
+    assert!(err.contains("must not carry credentials"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let yaml = r#"
+model_list:
+  - model_name: a
+    litellm_params: { model: openai/a, api_base: "not a url with secret@host" }
+"#;
+    let err = load(yaml).unwrap_err().to_string();
+    assert!(!err.contains("secret"), "{err}");
+}
