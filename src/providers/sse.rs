@@ -6,27 +6,37 @@ use bytes::{Buf, BytesMut};
 #[derive(Default)]
 pub struct SseDecoder {
     buf: BytesMut,
+    /// How far into `buf` is known to hold no newline: a line arriving in many small pieces
+    /// is scanned once, not again from its start at every piece.
+    scanned: usize,
     data: Vec<String>,
+    /// Bytes of `data` so far.
+    data_len: usize,
 }
 
-/// Upper bound on one buffered line: a stream that never sends a newline is malformed, and must
-/// not grow memory without bound.
+/// Upper bound on one buffered line, and on one event's data: a stream that never sends a
+/// newline (or a blank line) is malformed, and must not grow memory without bound.
 const MAX_LINE: usize = 1 << 20;
+const MAX_EVENT: usize = 1 << 20;
 
 impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete event's data, if one is buffered. `Err` when a line is too long.
+    /// The next complete event's data, if one is buffered. `Err` when a line or an event is
+    /// too long.
     pub fn next_event(&mut self) -> Result<Option<String>, String> {
         loop {
-            let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
+            let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+                self.scanned = self.buf.len();
                 if self.buf.len() > MAX_LINE {
                     return Err("SSE line longer than 1 MiB".into());
                 }
                 return Ok(None);
             };
+            let nl = self.scanned + at;
+            self.scanned = 0;
             let mut line = self.buf.split_to(nl + 1);
             line.truncate(nl);
             if line.last() == Some(&b'\r') {
@@ -38,12 +48,17 @@ impl SseDecoder {
                 }
                 let event = self.data.join("\n");
                 self.data.clear();
+                self.data_len = 0;
                 return Ok(Some(event));
             }
             let line = String::from_utf8_lossy(line.chunk()).into_owned();
             if let Some(value) = line.strip_prefix("data:") {
-                self.data
-                    .push(value.strip_prefix(' ').unwrap_or(value).to_string());
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                self.data_len += value.len() + 1;
+                if self.data_len > MAX_EVENT {
+                    return Err("SSE event larger than 1 MiB".into());
+                }
+                self.data.push(value.to_string());
             }
             // `event:`, `id:`, `retry:` and `:` comments carry nothing OpenAI streams need.
         }
@@ -79,5 +94,42 @@ mod tests {
         let mut d = SseDecoder::default();
         d.push(&vec![b'x'; MAX_LINE + 1]);
         assert!(d.next_event().is_err());
+    }
+
+    #[test]
+    fn an_endless_event_is_an_error_though_each_line_is_short() {
+        let mut d = SseDecoder::default();
+        let line = format!("data: {}\n", "x".repeat(1000));
+        let mut result = Ok(None);
+        for _ in 0..2000 {
+            d.push(line.as_bytes());
+            result = d.next_event();
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err("SSE event larger than 1 MiB".to_string()));
+    }
+
+    #[test]
+    fn a_long_line_in_small_pieces_is_scanned_once() {
+        // 1 MiB arriving 16 bytes at a time: rescanning the partial line at every piece would
+        // be 64k scans of up to 1 MiB each. The decoder remembers how far it has looked.
+        let mut d = SseDecoder::default();
+        d.push(b"data: ");
+        let piece = [b'y'; 16];
+        for _ in 0..(MAX_LINE / 16 - 1) {
+            d.push(&piece);
+            assert_eq!(d.next_event(), Ok(None));
+            assert_eq!(
+                d.scanned,
+                d.buf.len(),
+                "the next look starts after what was seen"
+            );
+        }
+        d.push(b"\n\n");
+        let event = d.next_event().unwrap().unwrap();
+        assert_eq!(event.len(), MAX_LINE - 16);
+        assert_eq!(d.scanned, 0);
     }
 }

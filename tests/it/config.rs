@@ -452,7 +452,10 @@ model_list:
     litellm_params: { model: openai/a, api_base: "https://user:hunter2@llm.internal/v1" }
 "#;
     let err = load(yaml).unwrap_err().to_string();
-    assert!(err.contains("model_list[0].litellm_params.api_base"), "{err}");
+    assert!(
+        err.contains("model_list[0].litellm_params.api_base"),
+        "{err}"
+    );
     assert!(err.contains("must not carry credentials"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
     let yaml = r#"
