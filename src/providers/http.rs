@@ -114,9 +114,7 @@ impl Endpoint {
             return Ok(response);
         }
         let headers = response.headers().clone();
-        let body = read_limited(response, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
+        let body = read_prefix(response, MAX_ERROR_BODY).await;
         let mut err = classify(status.as_u16(), &headers, &body);
         err.detail = self.redact(&err.detail);
         Err(err)
@@ -184,6 +182,23 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<S
             Err(e) => return Err(format!("response body broken: {e}")),
         }
     }
+}
+
+/// The first `limit` bytes of a body (all of it when shorter): enough of an error body to
+/// classify it. A long one (a context-window error quoting the prompt) must not lose its words
+/// to the limit, or a retryable or fallback-worthy error would read as a bare bad request.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < limit {
+        match response.chunk().await {
+            Ok(Some(bytes)) => {
+                let room = limit - buf.len();
+                buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Seconds as a decimal, capped; `None` for garbage, negatives and NaN.

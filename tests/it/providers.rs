@@ -1117,3 +1117,28 @@ async fn a_stream_that_ends_cleanly_after_its_finish_reason_is_complete_without_
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(reason(&status), "STREAM_INTERRUPTED");
 }
+
+#[tokio::test]
+async fn a_long_error_body_is_still_classified_by_its_beginning() {
+    // A context-window error that quotes 40 KB of the prompt: past the 16 KiB read, but its
+    // code comes first, so it still goes to the context-window fallback.
+    let (up, r) = setup().await;
+    let body = format!(
+        r#"{{"error":{{"code":"context_length_exceeded","message":"This model's maximum context length is 128000 tokens. Your prompt: {}"}}}}"#,
+        "lorem ipsum ".repeat(3_500)
+    );
+    assert!(body.len() > 40_000);
+    up.set("gpt-4o-mini", Behaviour::status(400, &body));
+    up.set("big-context", Behaviour::ok("fits here"));
+    let resp = r
+        .client()
+        .complete(complete("gpt"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model, "big-context");
+    assert!(
+        resp.attempts[0].detail.len() < 1_000,
+        "the detail is an excerpt"
+    );
+}
