@@ -170,6 +170,9 @@ pub struct CooldownPolicy {
     pub per_kind: [Option<u32>; FailKind::COUNT],
     /// Default 5s; a deployment's `cooldown_time` overrides it.
     pub cooldown_time: Duration,
+    /// The longest a provider's wait hint may stretch a cooldown (`max_cooldown_from_hint`,
+    /// default 5m): a `Retry-After` of a day must not take a deployment away for a day.
+    pub max_hint: Duration,
 }
 
 impl CooldownPolicy {

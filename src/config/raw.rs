@@ -130,6 +130,10 @@ pub struct RawRouterSettings {
     pub allowed_fails_policy: Option<RawAllowedFailsPolicy>,
     #[serde(default, deserialize_with = "dur")]
     pub cooldown_time: Option<Duration>,
+    /// The longest a provider's wait hint (Retry-After, a rate limit reset) may cool a
+    /// deployment (llm-router's own; default 5m).
+    #[serde(default, deserialize_with = "dur")]
+    pub max_cooldown_from_hint: Option<Duration>,
     pub disable_cooldowns: Option<bool>,
     /// Start a hedge when an attempt has no first chunk after this long. Off when unset.
     #[serde(default, deserialize_with = "dur")]

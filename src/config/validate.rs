@@ -24,6 +24,7 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
 /// LiteLLM's default.
 const DEFAULT_MAX_FALLBACKS: u32 = 5;
+const DEFAULT_MAX_COOLDOWN_FROM_HINT: Duration = Duration::from_secs(300);
 const MAX_FALLBACKS_LIMIT: u32 = 100;
 const MAX_MALFORMED_EVENTS_LIMIT: u32 = 1000;
 const DEFAULT_NUM_RETRIES: u32 = 2;
@@ -486,6 +487,9 @@ fn cooldown_policy(raw: &RawConfig) -> CooldownPolicy {
         allowed_fails: rs.allowed_fails.unwrap_or(DEFAULT_ALLOWED_FAILS),
         per_kind,
         cooldown_time: rs.cooldown_time.unwrap_or(DEFAULT_COOLDOWN_TIME),
+        max_hint: rs
+            .max_cooldown_from_hint
+            .unwrap_or(DEFAULT_MAX_COOLDOWN_FROM_HINT),
     }
 }
 

@@ -255,7 +255,8 @@ impl DeploymentState {
                     return None;
                 }
                 // Cooled again while cooling: the later end wins, never the earlier.
-                let until = now + cooldown_time.max(wait_hint.unwrap_or_default());
+                let hint = wait_hint.unwrap_or_default().min(policy.max_hint);
+                let until = now + cooldown_time.max(hint);
                 let until = s.cooling_until.map_or(until, |u| u.max(until));
                 s.cooling_until = Some(until);
                 // The count starts again once the deployment is back.
@@ -398,6 +399,7 @@ mod tests {
             allowed_fails,
             per_kind: [None; FailKind::COUNT],
             cooldown_time: Duration::from_secs(5),
+            max_hint: Duration::from_secs(300),
         }
     }
 
@@ -495,6 +497,17 @@ mod tests {
             Some(t0 + Duration::from_secs(30))
         );
         assert_eq!(s.cooling_until(t1), Some(t0 + Duration::from_secs(30)));
+
+        // A provider's hint of a day cools for max_cooldown_from_hint (5m here), no longer.
+        let s = DeploymentState::new(t0, None);
+        let day = AttemptEnd::Failed {
+            kind: FailKind::RateLimit,
+            wait_hint: Some(Duration::from_secs(24 * 3600)),
+        };
+        assert_eq!(
+            s.report(t0, day, &p, COOL, None, TTL),
+            Some(t0 + Duration::from_secs(300))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -321,6 +321,7 @@ router_settings:
                 allowed_fails: 0,
                 per_kind: Default::default(),
                 cooldown_time: Duration::ZERO,
+                max_hint: Duration::ZERO,
             },
             Duration::ZERO,
             None,
