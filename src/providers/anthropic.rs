@@ -126,6 +126,7 @@ impl AnthropicProvider {
             response,
             AnthropicEvents::default(),
             self.max_malformed_events,
+            self.endpoint.secrets(),
         ))
     }
 }

@@ -124,6 +124,7 @@ impl GeminiProvider {
             response,
             GeminiEvents,
             self.max_malformed_events,
+            self.endpoint.secrets(),
         ))
     }
 }

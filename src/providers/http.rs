@@ -2,7 +2,7 @@
 //! classification, bounded body reads, key redaction, and an SSE stream driven by a per-vendor
 //! event parser.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{FutureExt, Stream, StreamExt, stream};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -43,7 +43,8 @@ impl Target {
 pub struct Endpoint {
     http: reqwest::Client,
     headers: HeaderMap,
-    secrets: Vec<Secret>,
+    /// Shared with the deployment's streams, which redact their error events too.
+    secrets: Arc<[Secret]>,
 }
 
 impl Endpoint {
@@ -77,7 +78,7 @@ impl Endpoint {
         Endpoint {
             http,
             headers,
-            secrets,
+            secrets: secrets.into(),
         }
     }
 
@@ -157,12 +158,21 @@ impl Endpoint {
 
     /// Providers sometimes echo a key in an error; it must never reach our caller.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            out = out.replace(s.expose(), "<redacted>");
-        }
-        out
+        redact(&self.secrets, text)
     }
+
+    /// The deployment's secrets, for a stream to redact its error events with.
+    pub fn secrets(&self) -> Arc<[Secret]> {
+        self.secrets.clone()
+    }
+}
+
+fn redact(secrets: &[Secret], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        out = out.replace(s.expose(), "<redacted>");
+    }
+    out
 }
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<String, String> {
@@ -263,6 +273,8 @@ struct StreamState<P> {
     malformed_unreported: u32,
     /// More malformed events than this break the stream.
     max_malformed: u32,
+    /// Kept out of the errors the stream yields (error events may quote them).
+    secrets: Arc<[Secret]>,
 }
 
 /// The response body as a chunk stream. It ends at the format's end marker, or when the body
@@ -273,6 +285,7 @@ pub fn sse_stream<P: EventParser>(
     response: reqwest::Response,
     parser: P,
     max_malformed: u32,
+    secrets: Arc<[Secret]>,
 ) -> ChunkStream {
     let state = StreamState {
         bytes: Box::pin(response.bytes_stream()),
@@ -283,6 +296,7 @@ pub fn sse_stream<P: EventParser>(
         malformed: 0,
         malformed_unreported: 0,
         max_malformed,
+        secrets,
     };
     Box::pin(stream::unfold(state, next_chunk))
 }
@@ -407,9 +421,10 @@ fn release(mut bytes: BodyBytes) {
 
 fn end_with_error<P>(
     mut st: StreamState<P>,
-    e: ProviderError,
+    mut e: ProviderError,
 ) -> Option<(Result<Chunk, ProviderError>, StreamState<P>)> {
     st.over = true;
+    e.detail = redact(&st.secrets, &e.detail);
     Some((Err(e), st))
 }
 

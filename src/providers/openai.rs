@@ -106,6 +106,7 @@ impl OpenAiProvider {
             response,
             OpenAiEvents,
             self.max_malformed_events,
+            self.endpoint.secrets(),
         ))
     }
 }

@@ -1142,3 +1142,24 @@ async fn a_long_error_body_is_still_classified_by_its_beginning() {
         "the detail is an excerpt"
     );
 }
+
+#[tokio::test]
+async fn an_error_event_quoting_the_key_reaches_the_caller_redacted() {
+    let (up, r) = setup().await;
+    let key = KEYS.iter().find(|(k, _)| *k == "OPENAI_KEY").unwrap().1;
+    up.set(
+        "gpt-4o-mini",
+        Behaviour::sse_fixture_edited("openai/stream.sse", move |events| {
+            let mut out = events[..2].to_vec();
+            out.push(format!(
+                "data: {{\"error\":{{\"message\":\"key {key} was revoked mid-stream\"}}}}\n\n"
+            ));
+            out
+        }),
+    );
+    let status = collect(&r, "gpt").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let everything = format!("{} {:?}", status.message(), attempt_log(&status));
+    assert!(!everything.contains(key), "{everything}");
+    assert!(everything.contains("<redacted>"), "{everything}");
+}
