@@ -150,13 +150,20 @@ pub(super) fn validate(
         .otlp_endpoint
         .clone()
         .filter(|e| !e.trim().is_empty());
-    if let Some(e) = &otlp_endpoint
-        && !(e.starts_with("http://") || e.starts_with("https://"))
-    {
-        errs.add(
-            "telemetry.otlp_endpoint",
-            format!("`{e}` is not an http(s) URL such as http://otel-collector:4317"),
-        );
+    if let Some(e) = &otlp_endpoint {
+        if e.starts_with("https://") {
+            // The exporter is built without TLS (no second TLS stack for one connection):
+            // refused here, rather than failing when the server starts.
+            errs.add(
+                "telemetry.otlp_endpoint",
+                "https:// is not supported: send traces over http:// to a collector beside the pod (or through a mesh that adds TLS)",
+            );
+        } else if !e.starts_with("http://") {
+            errs.add(
+                "telemetry.otlp_endpoint",
+                format!("`{e}` is not an http URL such as http://otel-collector:4317"),
+            );
+        }
     }
 
     let log_level = raw

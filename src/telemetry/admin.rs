@@ -2,15 +2,18 @@
 //! `/readyz` for tools that do not speak gRPC health. Plain HTTP/1.1 on hyper, which tonic
 //! already brings.
 
-use std::{convert::Infallible, future::Future, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
 use super::Metrics;
+
+/// How long a client of the admin port may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -39,8 +42,12 @@ pub async fn serve(
                 let response = respond(&req, &metrics, *ready.borrow());
                 async move { Ok::<_, Infallible>(response) }
             });
-            // Errors here are a scraper hanging up; nothing to do about them.
+            // Errors here are a scraper hanging up; nothing to do about them. A client that
+            // opens a connection and sends its request's headers slowly, or never, is cut off
+            // after HEADER_READ_TIMEOUT instead of holding a task and a socket for good.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

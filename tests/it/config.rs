@@ -466,3 +466,11 @@ model_list:
     let err = load(yaml).unwrap_err().to_string();
     assert!(!err.contains("secret"), "{err}");
 }
+
+#[test]
+fn an_https_otlp_endpoint_is_refused_at_check_time_not_at_start() {
+    let keys = error_keys(&format!(
+        "{MINIMAL}telemetry:\n  otlp_endpoint: https://collector:4317\n"
+    ));
+    assert_eq!(keys, ["telemetry.otlp_endpoint"]);
+}
