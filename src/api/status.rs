@@ -129,6 +129,28 @@ fn exhausted_code(last: &Failure) -> Code {
     }
 }
 
+/// The most AttemptLog entries a status carries: its details travel in a header
+/// (`grpc-status-details-bin`), which must stay far below what clients and proxies accept.
+const MAX_LOGGED_ATTEMPTS: usize = 64;
+
+/// The log as a status carries it: whole when short, else its first and last halves and how
+/// many entries were left out between them.
+fn bounded(attempts: &[Attempt]) -> AttemptLog {
+    if attempts.len() <= MAX_LOGGED_ATTEMPTS {
+        return AttemptLog {
+            attempts: attempts.to_vec(),
+            omitted: 0,
+        };
+    }
+    let half = MAX_LOGGED_ATTEMPTS / 2;
+    let mut kept = attempts[..half].to_vec();
+    kept.extend_from_slice(&attempts[attempts.len() - half..]);
+    AttemptLog {
+        attempts: kept,
+        omitted: u32::try_from(attempts.len() - MAX_LOGGED_ATTEMPTS).unwrap_or(u32::MAX),
+    }
+}
+
 pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
     let Grpc {
         code,
@@ -184,12 +206,7 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
             },
         ));
     }
-    details.push(any(
-        ATTEMPT_LOG_TYPE_URL,
-        &AttemptLog {
-            attempts: attempts.to_vec(),
-        },
-    ));
+    details.push(any(ATTEMPT_LOG_TYPE_URL, &bounded(attempts)));
 
     let status = pb::Status {
         code: code as i32,
@@ -245,5 +262,33 @@ mod tests {
             Code::DeadlineExceeded
         );
         assert_eq!(p(ErrorKind::Upstream).retry_delay(), None);
+    }
+
+    #[test]
+    fn a_long_attempt_log_keeps_its_ends_and_counts_what_it_left_out() {
+        let attempt = |i: usize| Attempt {
+            deployment: format!("d{i}"),
+            ..Attempt::default()
+        };
+        let short: Vec<_> = (0..64).map(attempt).collect();
+        assert_eq!(bounded(&short).attempts.len(), 64);
+        assert_eq!(bounded(&short).omitted, 0);
+        let long: Vec<_> = (0..1000).map(attempt).collect();
+        let status = call_status(&CallError::DeadlineExceeded, &long);
+        let log = attempt_log(&status).unwrap();
+        assert_eq!(log.attempts.len(), 64);
+        assert_eq!(log.omitted, 936);
+        assert_eq!(log.attempts[0].deployment, "d0");
+        assert_eq!(log.attempts[31].deployment, "d31");
+        assert_eq!(log.attempts[32].deployment, "d968");
+        assert_eq!(
+            log.attempts[63].deployment, "d999",
+            "the deciding attempt stays last"
+        );
+        assert!(
+            status.details().len() < 8 * 1024,
+            "{}",
+            status.details().len()
+        );
     }
 }
