@@ -446,6 +446,9 @@ model_list:
     litellm_params: {{ model: openai/hang, api_base: "{base}", timeout: 30s, stream_timeout: 100ms, max_retries: 0 }}
   - model_name: slow-stream
     litellm_params: {{ model: openai/slow-stream, api_base: "{base}", timeout: 60s, max_retries: 0 }}
+server:
+  # The scale part holds 10,000 streams: above the default bound of 4096 calls.
+  max_concurrent_calls: 20000
 router_settings:
   timeout: 60s
   stream_idle_timeout: 30s

@@ -79,7 +79,7 @@ pub struct ServerSettings {
     /// Default 30s.
     pub shutdown_grace: Duration,
     /// Calls in flight (committed streams included) beyond which a new call is refused at once
-    /// with RESOURCE_EXHAUSTED, never queued. Default: no limit.
+    /// with RESOURCE_EXHAUSTED, never queued. Default 4096; validation always sets it.
     pub max_concurrent_calls: Option<u32>,
     /// HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
     /// a client over it queues on its side. Default 1000.

@@ -24,6 +24,7 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
 /// LiteLLM's default.
 const DEFAULT_MAX_FALLBACKS: u32 = 5;
+const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 4096;
 const DEFAULT_MAX_COOLDOWN_FROM_HINT: Duration = Duration::from_secs(300);
 const MAX_FALLBACKS_LIMIT: u32 = 100;
 const MAX_MALFORMED_EVENTS_LIMIT: u32 = 1000;
@@ -305,7 +306,10 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
         deadline_margin,
         drain_period: s.drain_period.unwrap_or(Duration::ZERO),
         shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-        max_concurrent_calls: s.max_concurrent_calls,
+        // A bound by default: each open call holds memory (a held stream about 28 KiB, most of
+        // it its upstream connection), and a pod must refuse work before its memory limit
+        // kills it. 4096 held streams fit well within the chart's default 256Mi.
+        max_concurrent_calls: Some(s.max_concurrent_calls.unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS)),
         max_concurrent_streams: s
             .max_concurrent_streams
             .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
