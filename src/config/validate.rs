@@ -309,7 +309,10 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
         // A bound by default: each open call holds memory (a held stream about 28 KiB, most of
         // it its upstream connection), and a pod must refuse work before its memory limit
         // kills it. 4096 held streams fit well within the chart's default 256Mi.
-        max_concurrent_calls: Some(s.max_concurrent_calls.unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS)),
+        max_concurrent_calls: Some(
+            s.max_concurrent_calls
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
+        ),
         max_concurrent_streams: s
             .max_concurrent_streams
             .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),

@@ -152,18 +152,24 @@ fn stop_reason(reason: Option<&str>) -> FinishReason {
 /// Anthropic's statuses: 529 (overloaded) and `overloaded_error` bodies are rate limits, waited
 /// out with `retry-after` or, failing that, the latest `anthropic-ratelimit-*-reset` time.
 fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
-    let wait_hint =
-        http::retry_after(headers).or_else(|| ratelimit_reset(headers, SystemTime::now()));
-    let mut err = ProviderError::from_status(status, wait_hint, body);
     let error_type = serde_json::from_str::<ErrorBody>(body)
         .ok()
         .map(|b| b.error.kind);
-    if status == 529
+    let rate_limited = status == 429
+        || status == 529
         || matches!(
             error_type.as_deref(),
             Some("overloaded_error" | "rate_limit_error")
-        )
-    {
+        );
+    // The reset headers come with every response; they say when a limit resets, which is a
+    // wait only for an answer that hit one.
+    let wait_hint = http::retry_after(headers).or_else(|| {
+        rate_limited
+            .then(|| ratelimit_reset(headers, SystemTime::now()))
+            .flatten()
+    });
+    let mut err = ProviderError::from_status(status, wait_hint, body);
+    if rate_limited {
         err.kind = ErrorKind::RateLimited;
     }
     err
@@ -194,6 +200,11 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
     let (date, rest) = s.split_once(['T', 't'])?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    // Bounded before any arithmetic: a header is the provider's text, and a year of 2^62
+    // would overflow the day count.
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
     let (time, offset) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
         (t, 0i64)
     } else {
@@ -201,10 +212,11 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
         let (t, off) = rest.split_at(pos);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (oh, om) = off[1..].split_once(':')?;
-        (
-            t,
-            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
-        )
+        let (oh, om) = (oh.parse::<i64>().ok()?, om.parse::<i64>().ok()?);
+        if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
+            return None;
+        }
+        (t, sign * (oh * 3600 + om * 60))
     };
     let mut t = time.splitn(3, ':');
     let (hh, mm) = (
@@ -214,8 +226,8 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
     let ss: f64 = t.next()?.parse().ok()?;
     if !(1..=12).contains(&m)
         || !(1..=31).contains(&day)
-        || hh > 23
-        || mm > 59
+        || !(0..=23).contains(&hh)
+        || !(0..=59).contains(&mm)
         || !(0.0..61.0).contains(&ss)
     {
         return None;
@@ -369,6 +381,15 @@ mod tests {
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800.0));
         assert_eq!(parse_rfc3339("not a time"), None);
         assert_eq!(parse_rfc3339("2024-13-01T00:00:00Z"), None);
+        // The provider's text: absurd values are refused, never overflowed on.
+        assert_eq!(parse_rfc3339("9223372036854775807-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("-9223372036854775807-01-01T00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2024-06-01T12:00:30+9223372036854775807:00"),
+            None
+        );
+        assert_eq!(parse_rfc3339("2024-06-01T-5:00:30Z"), None);
+        assert_eq!(parse_rfc3339("2024-06-01T12:00:1e308Z"), None);
     }
 
     #[test]
@@ -392,6 +413,22 @@ mod tests {
             Some(Duration::from_secs(40)),
             "the latest reset"
         );
+        // The same headers on a 500 say nothing about waiting: no hint, so no long cooldown.
+        // (A reset far in the future, which only a rate limit makes a wait.)
+        let mut h = HeaderMap::new();
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "2999-01-01T00:00:00Z".parse().unwrap(),
+        );
+        let err = classify(500, &h, r#"{"type":"error","error":{"type":"api_error"}}"#);
+        assert_eq!((err.kind, err.wait_hint), (ErrorKind::Upstream, None));
+        let err = classify(
+            429,
+            &h,
+            r#"{"type":"error","error":{"type":"rate_limit_error"}}"#,
+        );
+        assert_eq!(err.kind, ErrorKind::RateLimited);
+        assert!(err.wait_hint.is_some());
     }
 
     #[test]
