@@ -181,8 +181,11 @@ async fn serve(
     let result = tokio::select! {
         result = &mut serve => result.map_err(ServeError::Transport),
         () = active.wait_idle() => {
-            // Clients were told GOAWAY; what is left are idle connections.
+            // Clients were told GOAWAY; what is left are idle connections, and the frames the
+            // last calls' answers may still have on their way out. A moment for those, bounded:
+            // an idle client connection must not hold the pod.
             tracing::info!("no calls in flight: closing idle connections");
+            let _ = tokio::time::timeout(FLUSH_ON_SHUTDOWN, &mut serve).await;
             Ok(())
         }
         () = tokio::time::sleep(grace) => {
@@ -199,6 +202,9 @@ async fn serve(
     }
     result
 }
+
+/// How long shutdown waits, once no call is in flight, for the last answers' frames to leave.
+const FLUSH_ON_SHUTDOWN: Duration = Duration::from_millis(250);
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

@@ -79,7 +79,8 @@ impl ActiveCalls {
     }
 }
 
-struct ActiveGuard(Arc<ActiveCalls>);
+/// A call counted in flight, until dropped.
+pub struct ActiveGuard(Arc<ActiveCalls>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -118,7 +119,9 @@ struct CallRecord {
     /// The request's `metadata`, bounded, for the log line; empty when it has none.
     labels: String,
     _in_flight: GaugeGuard,
-    _active: ActiveGuard,
+    /// Taken by a committed stream, which holds it until tonic lets go of the stream: that is
+    /// after its last message and trailers, so that shutdown never cuts them off.
+    active: Option<ActiveGuard>,
 }
 
 impl CallRecord {
@@ -140,7 +143,7 @@ impl CallRecord {
         let (active, in_flight_at_start) = api.active.enter();
         CallRecord {
             _in_flight: router.metrics().in_flight(rpc),
-            _active: active,
+            active: Some(active),
             in_flight_at_start,
             labels: labels(metadata),
             router,
@@ -357,6 +360,7 @@ impl RouterApi {
             .map_err(|f| record.answer_failure(f))?;
         let idle = router.config().router.stream_idle_timeout;
         let id = record.id.clone();
+        let active = record.active.take();
         let metrics = router.metrics().clone();
         // The record (and with it the RPC's span) lives until the stream ends.
         let on_end: OnEnd = Box::new(move |end| {
@@ -383,6 +387,7 @@ impl RouterApi {
             idle,
             router.metrics(),
             on_end,
+            active,
         )))
     }
 }

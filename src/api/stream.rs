@@ -14,6 +14,7 @@ use std::{
 use futures_util::{Stream, StreamExt};
 use tonic::Status;
 
+use super::ActiveGuard;
 use super::status::{GrpcError as _, call_status};
 use crate::proto::{Attempt, FinishReason, StreamCompleteResponse, Usage};
 use crate::routing::{
@@ -58,16 +59,18 @@ pub fn forward(
     idle: Duration,
     metrics: &Metrics,
     on_end: OnEnd,
+    active: Option<ActiveGuard>,
 ) -> ResponseStream {
     let group = answered.group.clone();
     let deployment = answered.deployment.clone();
     let inner = CommittedStream::new(answered, idle, recovery);
-    let head_attempts = Some(inner.attempts().to_vec());
+    let head_attempts = inner.attempts();
     Box::pin(Forward {
         _open: metrics.stream_open(),
-        attempts: inner.attempts().len(),
+        attempts: head_attempts.len(),
+        head_attempts: Some(head_attempts),
+        _active: active,
         inner,
-        head_attempts,
         id,
         group,
         deployment,
@@ -88,6 +91,8 @@ struct Forward {
     /// Taken when the stream ends.
     on_end: Option<OnEnd>,
     _open: GaugeGuard,
+    /// Counts the call in flight until tonic drops the stream, after its trailers.
+    _active: Option<ActiveGuard>,
 }
 
 impl Forward {
@@ -221,6 +226,7 @@ mod tests {
             idle,
             &Arc::new(crate::telemetry::Metrics::new()),
             on_end,
+            None,
         )
         .collect()
         .await;
@@ -341,6 +347,7 @@ mod tests {
             ms(500),
             &Arc::new(crate::telemetry::Metrics::new()),
             on_end,
+            None,
         );
         s.next().await.unwrap().unwrap();
         drop(s);
@@ -399,6 +406,7 @@ server:
             ms(500),
             &Arc::new(crate::telemetry::Metrics::new()),
             on_end,
+            None,
         )
         .collect()
         .await;

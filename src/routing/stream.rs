@@ -13,11 +13,13 @@
 
 use std::{
     pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
     time::Duration,
 };
 
 use futures_util::{Stream, StreamExt};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::{
@@ -59,8 +61,21 @@ pub enum StreamItem {
 
 /// The answering attempt's stream after commit. Yields [`StreamItem`]s, or one
 /// [`CallFailure`] carrying the call's attempts, then ends.
+///
+/// Its state is shared with a watchdog task that ends it at the call's deadline even when
+/// nobody polls it: a client that stops reading stops the polling (HTTP/2 flow control), and
+/// its upstream request, deployment lease and call slot would otherwise be held until the
+/// client went away, and shutdown would wait for it. The lock is uncontended but for that one
+/// moment.
 pub struct CommittedStream {
+    inner: Arc<Mutex<Inner>>,
+    watchdog: AbortHandle,
+}
+
+struct Inner {
     rest: ChunkStream,
+    /// The end the watchdog gave the stream, until it is yielded.
+    expired: Option<CallFailure>,
     /// The committing chunk's text, until yielded.
     first: Option<String>,
     /// The call's attempts, the answering one last: given to the failure if the stream fails.
@@ -86,17 +101,72 @@ pub struct CommittedStream {
     recovery: Option<Box<Recovery>>,
     /// A recovery under way, and the break it is for (the stream's error if it fails). Boxed,
     /// as `recovery` is, so that a stream that never recovers pays a pointer for each.
-    recovering: Option<Box<(Recovering, CallError)>>,
+    recovering: Option<Box<(Recovering, CallError, StreamRecovery)>>,
 }
 
 impl CommittedStream {
-    /// Starts the idle and total timers on a committed call's stream. `recovery`: what the
-    /// stream needs to recover if it breaks (see [`Recovery::arm`]).
+    /// Starts the idle and total timers on a committed call's stream, and its watchdog.
+    /// `recovery`: what the stream needs to recover if it breaks (see [`Recovery::arm`]).
     pub fn new(
         answered: Answered<Committed>,
         idle: Duration,
         recovery: Option<Box<Recovery>>,
     ) -> CommittedStream {
+        let deadline = answered.deadline;
+        let inner = Arc::new(Mutex::new(Inner::new(answered, idle, recovery)));
+        let weak = Arc::downgrade(&inner);
+        let watchdog = tokio::spawn(async move {
+            // A moment after the deadline: a stream that is being read ends by its own timers
+            // (and a recovery under way by its walk's), with the attempt log they keep; the
+            // watchdog is for the stream nobody reads.
+            sleep_until(deadline + WATCHDOG_GRACE).await;
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner).expire();
+            }
+        })
+        .abort_handle();
+        CommittedStream { inner, watchdog }
+    }
+
+    /// The call's attempts so far, the answering one last.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        lock(&self.inner).attempts.clone()
+    }
+
+    /// The usage the provider has reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        lock(&self.inner).usage
+    }
+}
+
+/// How long after the call's deadline the watchdog ends a stream nobody has read.
+const WATCHDOG_GRACE: Duration = Duration::from_millis(100);
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Plain fields: a stream a panicking thread left half-updated still ends cleanly.
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for CommittedStream {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
+}
+
+impl Stream for CommittedStream {
+    type Item = Result<StreamItem, CallFailure>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        lock(&self.inner).poll_next(cx)
+    }
+}
+
+impl Inner {
+    fn new(
+        answered: Answered<Committed>,
+        idle: Duration,
+        recovery: Option<Box<Recovery>>,
+    ) -> Inner {
         let Answered {
             value: Committed { first, rest },
             attempts,
@@ -106,8 +176,9 @@ impl CommittedStream {
             ..
         } = answered;
         let now = Instant::now();
-        CommittedStream {
+        Inner {
             rest,
+            expired: None,
             chunks: u32::from(!first.delta.is_empty()),
             first: Some(first.delta),
             attempts,
@@ -126,14 +197,26 @@ impl CommittedStream {
         }
     }
 
-    /// The call's attempts so far, the answering one last.
-    pub fn attempts(&self) -> &[Attempt] {
-        &self.attempts
-    }
-
-    /// The usage the provider has reported so far.
-    pub fn usage(&self) -> Option<Usage> {
-        self.usage
+    /// The call's deadline passed while nobody polled the stream: ends it now, as its own
+    /// timer would have, dropping the upstream request (and a recovery under way with its own),
+    /// and releasing the deployment. The end waits in `expired` for the next poll.
+    fn expire(&mut self) {
+        if self.done {
+            return;
+        }
+        self.rest = Box::pin(futures_util::stream::empty());
+        if let Some(under_way) = self.recovering.take() {
+            // A recovery was under way: the stream ends with the break it was for.
+            let (_, broke, mode) = *under_way;
+            let error = CallError::RecoveryFailed {
+                broke: Box::new(broke),
+                mode,
+                why: "the call's deadline passed".into(),
+            };
+            self.expired = Some(self.end_with(error));
+            return;
+        }
+        self.expired = self.broke(CallError::DeadlineExceeded, None);
     }
 
     /// Releases the answering attempt: adds the output tokens it reported to its deployment's
@@ -188,7 +271,8 @@ impl CommittedStream {
         match (failure, self.recovery.take()) {
             (Some(f), Some(recovery)) if recoverable => match recovery.refused() {
                 None => {
-                    self.recovering = Some(Box::new((recovery.start(f), error)));
+                    let mode = recovery.mode;
+                    self.recovering = Some(Box::new((recovery.start(f), error, mode)));
                     None
                 }
                 Some(why) => {
@@ -257,7 +341,7 @@ impl CommittedStream {
         let Some(under_way) = self.recovering.take() else {
             return Poll::Pending;
         };
-        let (_, broke) = *under_way;
+        let (_, broke, _) = *under_way;
         let mode = recovery.mode;
         match result {
             Ok(answered) => {
@@ -277,7 +361,7 @@ impl CommittedStream {
     }
 }
 
-impl Drop for CommittedStream {
+impl Drop for Inner {
     fn drop(&mut self) {
         // Dropped before its end: the consumer went away.
         if !self.done {
@@ -286,11 +370,12 @@ impl Drop for CommittedStream {
     }
 }
 
-impl Stream for CommittedStream {
-    type Item = Result<StreamItem, CallFailure>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let st = self.get_mut();
+impl Inner {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<StreamItem, CallFailure>>> {
+        let st = self;
+        if let Some(end) = st.expired.take() {
+            return Poll::Ready(Some(Err(end)));
+        }
         if st.done {
             return Poll::Ready(None);
         }

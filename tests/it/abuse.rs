@@ -1,6 +1,8 @@
 //! One caller must not degrade routing for the others: what a caller sets (tight deadlines,
 //! many retries) never counts against a deployment, and no deployment is locked out for good.
 
+use std::time::Duration;
+
 use llm_router::proto::{AttemptOutcome, StreamCompleteRequest};
 
 use crate::common::upstream::{Behaviour, Upstream};
@@ -229,4 +231,47 @@ async fn request_fallbacks_are_bounded_deduplicated_and_echoed_names_cut() {
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(status.message().len() < 1_000, "{}", status.message().len());
     assert!(status.details().len() < 2_000, "{}", status.details().len());
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_stops_reading_still_ends_at_its_deadline_and_lets_go() {
+    let up = Upstream::start().await;
+    // 20 MB of answer, as fast as it goes: far more than HTTP/2 lets the server send to a
+    // client that does not read, so the router stops being asked for more.
+    up.set(
+        "slow",
+        Behaviour::Answer {
+            headers_after: Duration::ZERO,
+            first_chunk_after: Duration::ZERO,
+            chunks: vec!["x".repeat(10_000); 2_000],
+            chunk_interval: Duration::ZERO,
+        },
+    );
+    let r = TestRouter::start(&config(&up.base())).await;
+    let req = StreamCompleteRequest {
+        timeout: Some(dur(ms(1000))),
+        ..stream_req("slow")
+    };
+    let start = std::time::Instant::now();
+    let mut s = r.client().stream_complete(req).await.unwrap().into_inner();
+    s.message().await.unwrap().unwrap();
+    // The client reads nothing more. At the call's deadline the router drops the upstream
+    // request and releases the deployment anyway.
+    let seen = up.wait_abandoned("slow", 1).await;
+    assert_eq!(seen.abandoned, 1, "the upstream request was closed");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "closed at the deadline: {took:?}"
+    );
+    assert_eq!(r.deployment("slow-1").await.in_flight, 0);
+    // Whenever the client reads on, the stream ends with DEADLINE_EXCEEDED.
+    let status = loop {
+        match s.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream cannot have finished: it was cut"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 }
