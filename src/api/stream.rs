@@ -414,6 +414,20 @@ server:
         (items, end, r)
     }
 
+    /// Each attempt as (deployment, outcome, whether it recovered the stream).
+    fn log_of(attempts: &[crate::proto::Attempt]) -> Vec<(&str, AttemptOutcome, bool)> {
+        attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.deployment.as_str(),
+                    AttemptOutcome::try_from(a.outcome).unwrap(),
+                    a.recovery,
+                )
+            })
+            .collect()
+    }
+
     fn text(items: &[Result<crate::proto::StreamCompleteResponse, tonic::Status>]) -> String {
         items
             .iter()
@@ -444,19 +458,8 @@ server:
         assert!(!resumed.restart, "continue never sends a restart marker");
         assert_eq!(resumed.deployment, "whole-0");
         assert_eq!(resumed.model, "whole");
-        let log: Vec<_> = resumed
-            .attempts
-            .iter()
-            .map(|a| {
-                (
-                    a.deployment.as_str(),
-                    AttemptOutcome::try_from(a.outcome).unwrap(),
-                    a.recovery,
-                )
-            })
-            .collect();
         assert_eq!(
-            log,
+            log_of(&resumed.attempts),
             [
                 ("stall-0", AttemptOutcome::IdleTimeout, false),
                 ("whole-0", AttemptOutcome::Ok, true)
@@ -561,19 +564,8 @@ server:
             status.message()
         );
         let log = crate::api::status::attempt_log(status).unwrap();
-        let outcomes: Vec<_> = log
-            .attempts
-            .iter()
-            .map(|a| {
-                (
-                    a.deployment.as_str(),
-                    AttemptOutcome::try_from(a.outcome).unwrap(),
-                    a.recovery,
-                )
-            })
-            .collect();
         assert_eq!(
-            outcomes,
+            log_of(&log.attempts),
             [
                 ("stall-0", AttemptOutcome::IdleTimeout, false),
                 // Cut by the caller's own deadline (the request's timeout): not the

@@ -100,8 +100,13 @@ fn assembled(messages: &[StreamCompleteResponse]) -> String {
     out
 }
 
+/// The log a message carries, as (deployment, outcome, whether it recovered the stream).
 fn log(m: &StreamCompleteResponse) -> Vec<(String, AttemptOutcome, bool)> {
-    m.attempts
+    log_of(&m.attempts)
+}
+
+fn log_of(attempts: &[llm_router::proto::Attempt]) -> Vec<(String, AttemptOutcome, bool)> {
+    attempts
         .iter()
         .map(|a| {
             (
@@ -308,24 +313,12 @@ async fn a_recovery_racing_the_total_deadline_ends_at_the_deadline_with_the_brea
         ms(780) + SLACK,
     );
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
-    let log = attempt_log(&status);
-    let outcomes: Vec<_> = log
-        .attempts
-        .iter()
-        .map(|a| {
-            (
-                a.deployment.as_str(),
-                AttemptOutcome::try_from(a.outcome).unwrap(),
-                a.recovery,
-            )
-        })
-        .collect();
     assert_eq!(
-        outcomes,
+        log_of(&attempt_log(&status).attempts),
         [
-            ("breaks/0", AttemptOutcome::UpstreamError, false),
+            ("breaks/0".into(), AttemptOutcome::UpstreamError, false),
             // The request's own timeout cut it: the caller's limit, not the deployment's.
-            ("rest/0", AttemptOutcome::CallerTimeout, true)
+            ("rest/0".into(), AttemptOutcome::CallerTimeout, true)
         ]
     );
 }
