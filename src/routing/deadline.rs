@@ -50,7 +50,7 @@ pub fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d).unwrap_or_else(|| now + FAR)
 }
 
-/// A monotonic instant as wall-clock time, for what clients and dashboards read.
+/// A steady-clock instant as wall-clock time, for what clients and dashboards read.
 pub fn wall_clock(at: Instant) -> std::time::SystemTime {
     let now = Instant::now();
     let wall = std::time::SystemTime::now();
