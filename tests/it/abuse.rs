@@ -275,3 +275,167 @@ async fn a_stream_whose_client_stops_reading_still_ends_at_its_deadline_and_lets
     };
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 }
+
+/// A well-behaved caller runs steady traffic through the real binary while another sends
+/// tight deadlines, huge mock answers, long fallback lists and streams it never reads. The
+/// first caller's calls all succeed, no deployment cools down or loses retry budget, and the
+/// server's memory stays bounded and comes back near its level once the abuse stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_careless_caller_does_not_degrade_a_well_behaved_one() {
+    use crate::chaos::{metric, rss_kib};
+    use crate::common::process::{sigterm, spawn_with_env, wait_exit};
+    use llm_router::proto::router_service_client::RouterServiceClient;
+
+    let up = Upstream::start().await;
+    up.set(
+        "steady",
+        Behaviour::slow_first_chunk("a steady answer", ms(5)),
+    );
+    up.set("backup", Behaviour::ok("from backup"));
+    up.set(
+        "firehose",
+        Behaviour::Answer {
+            headers_after: Duration::ZERO,
+            first_chunk_after: Duration::ZERO,
+            chunks: vec!["y".repeat(10_000); 1_000],
+            chunk_interval: Duration::ZERO,
+        },
+    );
+    let base = up.base();
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: steady
+    litellm_params: {{ model: openai/steady, api_base: "{base}", timeout: 2s, max_retries: 1 }}
+    model_info: {{ id: steady-1 }}
+  - model_name: backup
+    litellm_params: {{ model: openai/backup, api_base: "{base}", max_retries: 0 }}
+    model_info: {{ id: backup-1 }}
+  - model_name: firehose
+    litellm_params: {{ model: openai/firehose, api_base: "{base}", max_retries: 0 }}
+    model_info: {{ id: firehose-1 }}
+router_settings:
+  allowed_fails: 3
+  cooldown_time: 60s
+  allow_mock_response: true
+  fallbacks:
+    - steady: [backup]
+"#
+    );
+    let dir = std::env::temp_dir().join(format!("llm-router-abuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("abuse.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let (mut child, addr, admin) = spawn_with_env(
+        &["serve", "--config", path.to_str().unwrap()],
+        &[("RUST_LOG", "warn")],
+    );
+    let client = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let well_behaved = |n: usize| {
+        let client = client.clone();
+        async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                let mut c = client.clone();
+                if let Ok(resp) = c.complete(complete("steady")).await {
+                    ok += usize::from(resp.into_inner().deployment == "steady-1");
+                }
+            }
+            ok
+        }
+    };
+    // Warm-up, then the memory it settles at.
+    assert_eq!(well_behaved(100).await, 100);
+    let rss_before = rss_kib(child.id());
+
+    // The careless caller, all at once.
+    let mut abuse = Vec::new();
+    for i in 0..40 {
+        let mut c = client.clone();
+        abuse.push(tokio::spawn(async move {
+            match i % 4 {
+                // A first-chunk limit no provider meets, and many retries asked for.
+                0 => {
+                    let req = StreamCompleteRequest {
+                        stream_timeout: Some(dur(Duration::from_micros(1))),
+                        num_retries: Some(10),
+                        ..stream_req("steady")
+                    };
+                    let _ = c.stream_complete(req).await;
+                }
+                // A client deadline shorter than any answer.
+                1 => {
+                    let mut req = tonic::Request::new(complete("steady"));
+                    req.set_timeout(Duration::from_millis(2));
+                    let _ = c.complete(req).await;
+                }
+                // A 3 MB mock answer of spaces, and a fallback list of 200 names.
+                2 => {
+                    let mut req = complete("steady");
+                    req.mock_response = " ".repeat(3_000_000);
+                    let _ = c.complete(req).await;
+                    let mut req = complete("steady");
+                    req.fallbacks = vec!["backup".to_string(); 200];
+                    let _ = c.complete(req).await;
+                }
+                // A stream it never reads, of an answer far larger than flow control lets out.
+                _ => {
+                    let req = StreamCompleteRequest {
+                        timeout: Some(dur(ms(1500))),
+                        ..stream_req("firehose")
+                    };
+                    if let Ok(resp) = c.stream_complete(req).await {
+                        let mut s = resp.into_inner();
+                        let _ = s.message().await;
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        drop(s);
+                    }
+                }
+            }
+        }));
+    }
+    // Meanwhile the well-behaved caller goes on, and every one of its calls is answered by
+    // the deployment it asked for.
+    assert_eq!(well_behaved(200).await, 200);
+    let rss_peak = rss_kib(child.id());
+    for a in abuse {
+        a.await.unwrap();
+    }
+
+    // Nothing cooled down, nothing lost its retry budget, nothing is left open.
+    let models = RouterServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .list_models(llm_router::proto::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for d in models.groups.iter().flat_map(|g| &g.deployments) {
+        assert_eq!(d.cooldown_until, None, "{} cooled down", d.id);
+        assert_eq!(d.retry_budget_tokens, Some(10.0), "{} lost budget", d.id);
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&admin, "llmrouter_calls_in_flight").await > 0.0 {
+        assert!(std::time::Instant::now() < until, "calls still in flight");
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(well_behaved(100).await, 100);
+    let rss_after = rss_kib(child.id());
+    println!(
+        "server RSS: {rss_before} KiB after warm-up, {rss_peak} KiB during the abuse, {rss_after} KiB after it"
+    );
+    assert!(
+        rss_peak <= rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_peak} KiB under abuse"
+    );
+    assert!(
+        rss_after <= rss_before + rss_before / 2 + 16 * 1024,
+        "RSS did not come back: {rss_before} KiB before, {rss_after} KiB after"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -192,7 +192,7 @@ async fn run_calls(client: &RouterServiceClient<Channel>, n: usize) -> Vec<Ended
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -202,7 +202,7 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-async fn metric(admin: &str, name: &str) -> f64 {
+pub(crate) async fn metric(admin: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
