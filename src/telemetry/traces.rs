@@ -41,6 +41,13 @@ pub fn endpoint_from_env(config: Option<&str>) -> Option<String> {
 /// timeout, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) are read by the SDK.
 pub fn provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig;
+    // The exporter is built without TLS; an https endpoint (from an OTEL_* variable, which
+    // check-config cannot see) is refused with the reason rather than failing obscurely.
+    if endpoint.starts_with("https://") {
+        return Err(format!(
+            "OTLP endpoint {endpoint}: https:// is not supported (the exporter has no TLS); send traces over http:// to a collector beside the pod"
+        ));
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)

@@ -334,3 +334,24 @@ async fn huge_durations_in_a_request_are_capped_not_panicked_on() {
     let mut stream = r.client().stream_complete(s).await.unwrap().into_inner();
     assert!(stream.message().await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn the_admin_port_cuts_off_a_client_that_never_finishes_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = TestRouter::start(YAML).await;
+    let mut conn = tokio::net::TcpStream::connect(r.admin_addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The headers never end. The server closes the connection after its 10s header limit.
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await;
+    let closed = matches!(read, Ok(Ok(_)) | Ok(Err(_)));
+    assert!(closed, "the connection was still open after 20s");
+    assert!(
+        start.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+}
