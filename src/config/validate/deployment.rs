@@ -1,0 +1,334 @@
+//! `model_list` entries: each deployment, its provider's settings and its secrets.
+
+use super::*;
+
+pub(super) fn deployment(
+    i: usize,
+    d: &RawDeployment,
+    position: usize,
+    router: &RouterSettings,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<Deployment> {
+    let key = |k: &str| format!("model_list[{i}].{k}");
+    let group = match d.model_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => {
+            errs.add(
+                key("model_name"),
+                "is required: the group name clients send as `model`",
+            );
+            return None;
+        }
+    };
+    let Some(params) = &d.litellm_params else {
+        errs.add(key("litellm_params"), "is required");
+        return None;
+    };
+    let Some((provider, upstream_model)) = params
+        .model
+        .as_deref()
+        .and_then(|m| m.split_once('/'))
+        .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+    else {
+        errs.add(
+            key("litellm_params.model"),
+            "is required as `provider/model`, e.g. `openai/gpt-4o-mini` or `mock/fast`",
+        );
+        return None;
+    };
+
+    let timeout = errs
+        .positive(&key("litellm_params.timeout"), params.timeout)
+        .unwrap_or(router.timeout);
+    if timeout > router.timeout {
+        // Not an error: the call's total deadline caps it anyway. Worth saying, though.
+        errs.warn(format!(
+            "`{}` ({}) is longer than router_settings.timeout ({}), which caps it",
+            key("litellm_params.timeout"),
+            crate::config::duration::display(timeout),
+            crate::config::duration::display(router.timeout)
+        ));
+    }
+    let stream_timeout = errs
+        .positive(&key("litellm_params.stream_timeout"), params.stream_timeout)
+        .or(router.stream_timeout);
+    let max_retries = params.max_retries.unwrap_or(router.num_retries);
+    if max_retries > MAX_RETRIES_LIMIT {
+        errs.add(
+            key("litellm_params.max_retries"),
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        );
+    }
+    // 0 stands for "not set" until the group's weights are settled (see shuffle_weights).
+    let weight = params.weight.unwrap_or(0);
+    if params.weight == Some(0) {
+        errs.add(key("litellm_params.weight"), "must be at least 1");
+    }
+    for (value, name) in [
+        (params.rpm.map(u64::from), "rpm"),
+        (params.tpm, "tpm"),
+        (
+            params.max_parallel_requests.map(u64::from),
+            "max_parallel_requests",
+        ),
+    ] {
+        if value == Some(0) {
+            errs.add(key(&format!("litellm_params.{name}")), "must be at least 1");
+        }
+    }
+
+    // The mock continues any prefix of its own answer (see MockProvider).
+    let mut prefill_by_default = true;
+    let provider_config = if provider == "mock" {
+        for (set, name) in [
+            (params.api_base.is_some(), "api_base"),
+            (params.api_key.is_some(), "api_key"),
+            (params.api_version.is_some(), "api_version"),
+            (params.organization.is_some(), "organization"),
+            (params.extra_headers.is_some(), "extra_headers"),
+        ] {
+            if set {
+                errs.add(
+                    key(&format!("litellm_params.{name}")),
+                    "mock deployments take no {name}".replace("{name}", name),
+                );
+            }
+        }
+        ProviderConfig::Mock(mock_spec(
+            &key("litellm_params.mock"),
+            params.mock.as_ref(),
+            errs,
+        ))
+    } else {
+        let Some(spec) = providers::lookup(provider) else {
+            errs.add(
+                key("litellm_params.model"),
+                format!(
+                    "unknown provider `{provider}`; supported: {}",
+                    providers::prefixes()
+                ),
+            );
+            return None;
+        };
+        if params.mock.is_some() {
+            errs.add(
+                key("litellm_params.mock"),
+                "only mock/ deployments take a mock block",
+            );
+        }
+        prefill_by_default = spec.assistant_prefill;
+        ProviderConfig::Http(http_provider(spec, params, &key, lookup_env, errs))
+    };
+
+    let id = match d.model_info.id.as_deref().map(str::trim) {
+        Some("") => {
+            errs.add(key("model_info.id"), "must not be empty");
+            return None;
+        }
+        Some(id) => id.to_string(),
+        None => format!("{group}/{position}"),
+    };
+
+    Some(Deployment {
+        id,
+        group,
+        provider: provider_config,
+        upstream_model: upstream_model.to_string(),
+        timeout,
+        stream_timeout,
+        max_retries,
+        weight,
+        rpm: params.rpm,
+        tpm: params.tpm,
+        max_parallel_requests: params.max_parallel_requests,
+        cooldown_time: params
+            .cooldown_time
+            .unwrap_or(router.cooldowns.cooldown_time),
+        supports_assistant_prefill: d
+            .model_info
+            .supports_assistant_prefill
+            .unwrap_or(prefill_by_default),
+    })
+}
+
+/// Resolves an HTTP provider's base URL, key, headers and provider-specific settings.
+fn http_provider(
+    spec: &'static ProviderSpec,
+    params: &RawLitellmParams,
+    key: &dyn Fn(&str) -> String,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> HttpProvider {
+    let base_key = key("litellm_params.api_base");
+    let from_env = || {
+        spec.base_env
+            .and_then(|var| lookup_env(var).filter(|v| !v.is_empty()))
+    };
+    let api_base = match params
+        .api_base
+        .as_deref()
+        .map(str::to_string)
+        .or_else(from_env)
+    {
+        Some(base) => base.trim_end_matches('/').to_string(),
+        None => match spec.default_base {
+            Some(base) => base.to_string(),
+            None => {
+                let hint = spec
+                    .base_env
+                    .map(|v| format!(" (or set {v})"))
+                    .unwrap_or_default();
+                errs.add(
+                    &base_key,
+                    format!("is required for {}/ deployments{hint}", spec.prefix),
+                );
+                String::new()
+            }
+        },
+    };
+    if !api_base.is_empty() {
+        match reqwest::Url::parse(&api_base) {
+            // A password in the URL would be shown wherever the base is (check-config, logs,
+            // attempt details), and sent to whatever host the URL names.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => errs.add(
+                &base_key,
+                "must not carry credentials (`user:password@host`): give the key as api_key (or os.environ/NAME), or in extra_headers",
+            ),
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none() => {}
+            // Not echoed when it may hold credentials.
+            _ if api_base.contains('@') => {
+                errs.add(&base_key, "is not an http(s) base URL")
+            }
+            _ => errs.add(
+                &base_key,
+                format!("`{api_base}` is not an http(s) base URL"),
+            ),
+        }
+    }
+
+    let key_key = key("litellm_params.api_key");
+    let own_host = spec.default_base.is_none_or(|default| api_base == default);
+    let api_key = match params.api_key.as_deref() {
+        Some(value) => resolve_secret(value, &key_key, lookup_env, errs),
+        None if own_host => spec
+            .key_env
+            .and_then(|var| lookup_env(var).filter(|v| !v.is_empty()))
+            .map(Secret::new),
+        None => None,
+    };
+    if api_key.is_none() && params.api_key.is_none() && own_host && spec.key_required {
+        let hint = spec
+            .key_env
+            .map(|v| format!(", and {v} is not set in the environment"))
+            .unwrap_or_default();
+        errs.add(
+            &key_key,
+            format!("is required for {}/ deployments{hint}", spec.prefix),
+        );
+    }
+
+    if params.api_version.is_some() && spec.wire != WireFormat::Azure {
+        errs.add(
+            key("litellm_params.api_version"),
+            "only azure/ deployments take api_version",
+        );
+    }
+    let api_version = (spec.wire == WireFormat::Azure).then(|| {
+        params
+            .api_version
+            .clone()
+            .or_else(|| lookup_env("AZURE_API_VERSION").filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string())
+    });
+    if params.organization.is_some() && spec.wire != WireFormat::OpenAi {
+        errs.add(
+            key("litellm_params.organization"),
+            "only OpenAI-compatible deployments take organization",
+        );
+    }
+    if params.max_tokens == Some(0) {
+        errs.add(key("litellm_params.max_tokens"), "must be at least 1");
+    }
+
+    let mut extra_headers = Vec::new();
+    for (name, value) in params.extra_headers.iter().flatten() {
+        let here = key(&format!("litellm_params.extra_headers.{name}"));
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.add(&here, "is not a valid HTTP header name");
+            continue;
+        }
+        if let Some(v) = resolve_secret(value, &here, lookup_env, errs) {
+            if reqwest::header::HeaderValue::from_str(v.expose()).is_err() {
+                errs.add(&here, "is not a valid HTTP header value");
+            } else {
+                extra_headers.push((name.to_ascii_lowercase(), v));
+            }
+        }
+    }
+
+    HttpProvider {
+        prefix: spec.prefix,
+        wire: spec.wire,
+        api_base,
+        api_key,
+        organization: params.organization.clone(),
+        api_version,
+        extra_headers,
+        default_max_tokens: params.max_tokens,
+    }
+}
+
+/// A literal value, or `os.environ/NAME` read from the environment.
+fn resolve_secret(
+    value: &str,
+    key: &str,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<Secret> {
+    match value.strip_prefix(ENV_SECRET_PREFIX) {
+        Some(var) => match lookup_env(var) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                errs.add(key, format!("environment variable `{var}` is not set"));
+                None
+            }
+        },
+        None => Some(Secret::new(value.to_string())),
+    }
+}
+
+fn mock_spec(key: &str, raw: Option<&RawMock>, errs: &mut Errors) -> MockSpec {
+    let empty = RawMock::default();
+    let m = raw.unwrap_or(&empty);
+    let tokens_per_second = m.tokens_per_second.unwrap_or(200.0);
+    // Bounded so that the per-token interval is a sane Duration.
+    if !(tokens_per_second.is_finite() && (0.01..=1_000_000.0).contains(&tokens_per_second)) {
+        errs.add(
+            format!("{key}.tokens_per_second"),
+            "must be a number from 0.01 to 1000000",
+        );
+    }
+    let failure = m.failure.as_deref().and_then(|f| {
+        let parsed = MockFailure::parse(f);
+        if parsed.is_none() {
+            errs.add(
+                format!("{key}.failure"),
+                format!("`{f}` is not one of: {}", MockFailure::NAMES.join(", ")),
+            );
+        }
+        parsed
+    });
+    MockSpec {
+        time_to_first_chunk: m.time_to_first_chunk.unwrap_or(Duration::from_millis(20)),
+        tokens_per_second,
+        text: m
+            .text
+            .clone()
+            .unwrap_or_else(|| "This is a mock response from llm-router.".to_string()),
+        failure,
+    }
+}

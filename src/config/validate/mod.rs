@@ -1,0 +1,392 @@
+//! Turns the raw config into a [`Config`]: fills defaults, resolves `os.environ/` secrets and
+//! checks every reference. All problems are collected, so one run reports them all.
+//!
+//! This file holds the defaults, the error collector, the whole config's assembly, server
+//! settings and fallback lists; [`router`] the router's and groups' settings; [`deployment`]
+//! each `model_list` entry and its provider.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{
+    Config, ConfigError, CooldownPolicy, Deployment, FailKind, Hedge, HttpProvider, KeyError,
+    MockFailure, MockSpec, ModelGroup, ProviderConfig, RetryBudget, RouterSettings, Secret,
+    ServerSettings, Strategy, StreamRecovery, is_ignored_litellm_key,
+    providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
+    raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock},
+};
+
+mod deployment;
+mod router;
+
+use deployment::deployment;
+use router::{GroupSettings, group_settings, router_settings};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// One or two unreadable events are a provider's hiccup; more are a broken stream.
+const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
+/// LiteLLM's default.
+const DEFAULT_MAX_FALLBACKS: u32 = 5;
+const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 4096;
+const DEFAULT_MAX_COOLDOWN_FROM_HINT: Duration = Duration::from_secs(300);
+const MAX_FALLBACKS_LIMIT: u32 = 100;
+const MAX_MALFORMED_EVENTS_LIMIT: u32 = 1000;
+const DEFAULT_NUM_RETRIES: u32 = 2;
+const DEFAULT_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// LiteLLM's defaults.
+const DEFAULT_ALLOWED_FAILS: u32 = 3;
+const DEFAULT_COOLDOWN_TIME: Duration = Duration::from_secs(5);
+const DEFAULT_LATENCY_TTL: Duration = Duration::from_secs(300);
+/// gRFC A6's example values: ten failures in a row halve the bucket and stop retries.
+const DEFAULT_BUDGET_MAX_TOKENS: f64 = 10.0;
+const DEFAULT_BUDGET_TOKEN_RATIO: f64 = 0.1;
+/// Each hedge multiplies a slow provider's load; more than a few is almost certainly a mistake.
+const MAX_HEDGES_LIMIT: u32 = 5;
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
+const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+const MAX_REQUEST_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
+const DEFAULT_CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Retries above this are almost certainly a typo, and would multiply load on a failing provider.
+const MAX_RETRIES_LIMIT: u32 = 10;
+const ENV_SECRET_PREFIX: &str = "os.environ/";
+
+/// Problems (which reject the config) and warnings (which do not), each naming its key.
+#[derive(Default)]
+struct Errors(Vec<KeyError>, Vec<String>);
+
+impl Errors {
+    fn warn(&mut self, message: String) {
+        self.1.push(message);
+    }
+
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(KeyError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Rejects a zero duration, which would make every call fail at once.
+    fn positive(&mut self, key: &str, d: Option<Duration>) -> Option<Duration> {
+        if d == Some(Duration::ZERO) {
+            self.add(key, "must be greater than zero");
+        }
+        d
+    }
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    unused_keys: Vec<String>,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut errs = Errors::default();
+
+    let mut ignored_keys = Vec::new();
+    for key in unused_keys {
+        if is_ignored_litellm_key(&key) {
+            ignored_keys.push(key);
+        } else {
+            errs.add(key, "unknown key");
+        }
+    }
+
+    let server = server_settings(&raw, &mut errs);
+    let router = router_settings(&raw, &mut errs);
+
+    // Deployments, grouped by model_name in file order.
+    let mut members: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    if raw.model_list.is_empty() {
+        errs.add("model_list", "must list at least one deployment");
+    }
+    for (i, d) in raw.model_list.iter().enumerate() {
+        let position = members
+            .get(d.model_name.as_deref().unwrap_or(""))
+            .map_or(0, Vec::len);
+        if let Some(dep) = deployment(i, d, position, &router, lookup_env, &mut errs) {
+            if !ids.insert(dep.id.clone()) {
+                errs.add(
+                    format!("model_list[{i}].model_info.id"),
+                    format!("duplicate deployment id `{}`", dep.id),
+                );
+            }
+            members.entry(dep.group.clone()).or_default().push(dep);
+        }
+    }
+
+    let rs = &raw.router_settings;
+    let fallbacks = fallback_map(
+        rs.fallbacks.as_deref(),
+        "router_settings.fallbacks",
+        &members,
+        &mut errs,
+    );
+    let cw_fallbacks = fallback_map(
+        rs.context_window_fallbacks.as_deref(),
+        "router_settings.context_window_fallbacks",
+        &members,
+        &mut errs,
+    );
+    let cp_fallbacks = fallback_map(
+        rs.content_policy_fallbacks.as_deref(),
+        "router_settings.content_policy_fallbacks",
+        &members,
+        &mut errs,
+    );
+    let group_settings = group_settings(&raw, &router, &members, &mut errs);
+    let default_fallbacks = rs.default_fallbacks.clone().unwrap_or_default();
+    for (j, name) in default_fallbacks.iter().enumerate() {
+        if !members.contains_key(name) {
+            errs.add(
+                format!("router_settings.default_fallbacks[{j}]"),
+                unknown_group(name, &members),
+            );
+        }
+    }
+
+    let otlp_endpoint = raw
+        .telemetry
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.trim().is_empty());
+    if let Some(e) = &otlp_endpoint {
+        if e.starts_with("https://") {
+            // The exporter is built without TLS (no second TLS stack for one connection):
+            // refused here, rather than failing when the server starts.
+            errs.add(
+                "telemetry.otlp_endpoint",
+                "https:// is not supported: send traces over http:// to a collector beside the pod (or through a mesh that adds TLS)",
+            );
+        } else if !e.starts_with("http://") {
+            errs.add(
+                "telemetry.otlp_endpoint",
+                format!("`{e}` is not an http URL such as http://otel-collector:4317"),
+            );
+        }
+    }
+
+    let log_level = raw
+        .telemetry
+        .log_level
+        .clone()
+        .unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        errs.add(
+            "telemetry.log_level",
+            format!("`{log_level}` is not a log filter such as `info` or `info,llm_router=debug`"),
+        );
+    }
+
+    if !errs.0.is_empty() {
+        return Err(ConfigError::Invalid(errs.0));
+    }
+
+    let groups = members
+        .into_iter()
+        .map(|(name, mut deps)| {
+            shuffle_weights(&mut deps);
+            let GroupSettings {
+                strategy,
+                hedge,
+                stream_recovery,
+            } = group_settings.get(&name).copied().unwrap_or(GroupSettings {
+                strategy: router.routing_strategy,
+                hedge: router.hedge,
+                stream_recovery: router.stream_recovery,
+            });
+            if strategy == Strategy::UsageBased
+                && deps.iter().all(|d| d.rpm.is_none() && d.tpm.is_none())
+            {
+                errs.warn(format!(
+                    "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
+                ));
+            }
+            let fallbacks: Vec<String> = fallbacks.get(&name).cloned().unwrap_or_else(|| {
+                default_fallbacks
+                    .iter()
+                    .filter(|g| **g != name)
+                    .cloned()
+                    .collect()
+            });
+            let max = router.max_fallbacks as usize;
+            if fallbacks.len() > max {
+                let last_kept = max
+                    .checked_sub(1)
+                    .map_or(name.as_str(), |i| fallbacks[i].as_str());
+                errs.warn(format!(
+                    "model group `{name}` has {} fallbacks; router_settings.max_fallbacks ({max}) cuts its chain after `{last_kept}`",
+                    fallbacks.len(),
+                ));
+            }
+            let group = ModelGroup {
+                context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
+                content_policy_fallbacks: cp_fallbacks.get(&name).cloned().unwrap_or_default(),
+                fallbacks,
+                deployments: deps.into_iter().map(Arc::new).collect(),
+                name: name.clone(),
+                strategy,
+                hedge,
+                stream_recovery,
+            };
+            (name, Arc::new(group))
+        })
+        .collect();
+
+    Ok(Config {
+        server,
+        router,
+        groups,
+        ignored_keys,
+        warnings: errs.1,
+        otlp_endpoint,
+        log_level,
+    })
+}
+
+fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
+    let s = &raw.server;
+    let listen_text = s.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        errs.add(
+            "server.listen",
+            format!("`{listen_text}` is not an address such as 127.0.0.1:50051 or [::]:50051"),
+        );
+        DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address parses")
+    });
+    let admin_listen = match s.admin_listen.as_deref().map(str::trim) {
+        Some("none" | "") => None,
+        other => {
+            let text = other.unwrap_or(DEFAULT_ADMIN_LISTEN);
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errs.add(
+                        "server.admin_listen",
+                        format!("`{text}` is not an address such as 127.0.0.1:9090, or `none`"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let deadline_margin = s.deadline_margin.unwrap_or(DEFAULT_DEADLINE_MARGIN);
+    if deadline_margin > Duration::from_secs(5) {
+        errs.add(
+            "server.deadline_margin",
+            "must be at most 5s: it is taken from every call's deadline",
+        );
+    }
+    if s.max_concurrent_calls == Some(0) {
+        errs.add(
+            "server.max_concurrent_calls",
+            "must be at least 1; leave it out for no limit",
+        );
+    }
+    if s.max_concurrent_streams == Some(0) {
+        errs.add("server.max_concurrent_streams", "must be at least 1");
+    }
+    let max_request_bytes = match s.max_request_bytes {
+        None => DEFAULT_MAX_REQUEST_BYTES,
+        Some(n) if (1024..=MAX_REQUEST_BYTES_LIMIT).contains(&n) => n as usize,
+        Some(_) => {
+            errs.add(
+                "server.max_request_bytes",
+                format!("must be from 1024 to {MAX_REQUEST_BYTES_LIMIT} (64 MiB)"),
+            );
+            DEFAULT_MAX_REQUEST_BYTES
+        }
+    };
+    ServerSettings {
+        listen,
+        admin_listen,
+        deadline_margin,
+        drain_period: s.drain_period.unwrap_or(Duration::ZERO),
+        shutdown_grace: s.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        // A bound by default: each open call holds memory (a held stream about 28 KiB, most of
+        // it its upstream connection), and a pod must refuse work before its memory limit
+        // kills it. 4096 held streams fit well within the chart's default 256Mi.
+        max_concurrent_calls: Some(
+            s.max_concurrent_calls
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
+        ),
+        max_concurrent_streams: s
+            .max_concurrent_streams
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
+        max_request_bytes,
+        config_watch_interval: errs
+            .positive("server.config_watch_interval", s.config_watch_interval)
+            .unwrap_or(DEFAULT_CONFIG_WATCH_INTERVAL),
+    }
+}
+
+/// simple-shuffle weights: explicit `weight`s, else every deployment's `rpm`, else every one's
+/// `tpm` (as LiteLLM does), else equal. `weight` is 0 here when it was not set.
+fn shuffle_weights(deps: &mut [Deployment]) {
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX).max(1);
+    if deps.iter().all(|d| d.weight == 0) {
+        if deps.iter().all(|d| d.rpm.is_some()) {
+            for d in deps.iter_mut() {
+                d.weight = clamp(u64::from(d.rpm.unwrap_or(1)));
+            }
+        } else if deps.iter().all(|d| d.tpm.is_some()) {
+            for d in deps.iter_mut() {
+                d.weight = clamp(d.tpm.unwrap_or(1));
+            }
+        }
+    }
+    for d in deps.iter_mut() {
+        d.weight = d.weight.max(1);
+    }
+}
+
+/// Merges LiteLLM's `[{group: [fallback, ...]}]` list into a map, checking every name.
+fn fallback_map(
+    list: Option<&[BTreeMap<String, Vec<String>>]>,
+    key: &str,
+    groups: &BTreeMap<String, Vec<Deployment>>,
+    errs: &mut Errors,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (j, entry) in list.unwrap_or_default().iter().enumerate() {
+        for (from, to) in entry {
+            let here = format!("{key}[{j}].{from}");
+            if !groups.contains_key(from) {
+                errs.add(&here, unknown_group(from, groups));
+            }
+            if out.contains_key(from) {
+                errs.add(&here, format!("fallbacks for `{from}` are given twice"));
+            }
+            for (k, name) in to.iter().enumerate() {
+                if !groups.contains_key(name) {
+                    errs.add(format!("{here}[{k}]"), unknown_group(name, groups));
+                } else if name == from {
+                    errs.add(format!("{here}[{k}]"), "a group cannot fall back to itself");
+                }
+            }
+            out.insert(from.clone(), to.clone());
+        }
+    }
+    out
+}
+
+fn unknown_group(name: &str, groups: &BTreeMap<String, Vec<Deployment>>) -> String {
+    let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+    format!(
+        "unknown model group `{name}`; known groups: {}",
+        known.join(", ")
+    )
+}

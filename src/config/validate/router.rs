@@ -1,0 +1,270 @@
+//! `router_settings`: the router's own settings, and each group's over them.
+
+use super::*;
+
+pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
+    let rs = &raw.router_settings;
+    let timeout = errs
+        .positive("router_settings.timeout", rs.timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let stream_timeout = errs.positive("router_settings.stream_timeout", rs.stream_timeout);
+    let stream_idle_timeout = errs
+        .positive(
+            "router_settings.stream_idle_timeout",
+            rs.stream_idle_timeout,
+        )
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let stream_max_malformed_events = rs
+        .stream_max_malformed_events
+        .unwrap_or(DEFAULT_MAX_MALFORMED_EVENTS);
+    if stream_max_malformed_events > MAX_MALFORMED_EVENTS_LIMIT {
+        errs.add(
+            "router_settings.stream_max_malformed_events",
+            format!("must be at most {MAX_MALFORMED_EVENTS_LIMIT}"),
+        );
+    }
+    let stream_recovery = stream_recovery(
+        "router_settings.stream_recovery",
+        rs.stream_recovery.as_deref(),
+        errs,
+    )
+    .unwrap_or(StreamRecovery::None);
+    let max_fallbacks = rs.max_fallbacks.unwrap_or(DEFAULT_MAX_FALLBACKS);
+    if max_fallbacks > MAX_FALLBACKS_LIMIT {
+        errs.add(
+            "router_settings.max_fallbacks",
+            format!("must be at most {MAX_FALLBACKS_LIMIT}"),
+        );
+    }
+    let num_retries = rs.num_retries.unwrap_or(DEFAULT_NUM_RETRIES);
+    if num_retries > MAX_RETRIES_LIMIT {
+        errs.add(
+            "router_settings.num_retries",
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        );
+    }
+    let retry_backoff_initial = errs
+        .positive(
+            "router_settings.retry_backoff_initial",
+            rs.retry_backoff_initial,
+        )
+        .unwrap_or(DEFAULT_BACKOFF_INITIAL);
+    let retry_backoff_max = errs
+        .positive("router_settings.retry_backoff_max", rs.retry_backoff_max)
+        .unwrap_or(DEFAULT_BACKOFF_MAX);
+    if retry_backoff_max < retry_backoff_initial {
+        errs.add(
+            "router_settings.retry_backoff_max",
+            "must not be less than router_settings.retry_backoff_initial",
+        );
+    }
+    let routing_strategy = strategy(
+        "router_settings.routing_strategy",
+        rs.routing_strategy.as_deref(),
+        errs,
+    )
+    .unwrap_or(Strategy::SimpleShuffle);
+    let args = rs.routing_strategy_args.as_ref();
+    let lowest_latency_buffer = args.and_then(|a| a.lowest_latency_buffer).unwrap_or(0.0);
+    if !(lowest_latency_buffer.is_finite() && (0.0..=10.0).contains(&lowest_latency_buffer)) {
+        errs.add(
+            "router_settings.routing_strategy_args.lowest_latency_buffer",
+            "must be a fraction from 0 to 10 (0.1 means within 10% of the fastest)",
+        );
+    }
+    let latency_ttl = errs
+        .positive(
+            "router_settings.routing_strategy_args.ttl",
+            args.and_then(|a| a.ttl),
+        )
+        .unwrap_or(DEFAULT_LATENCY_TTL);
+    let hedge = hedge("router_settings", rs.hedge_after, rs.max_hedges, None, errs);
+    let connect_timeout = errs
+        .positive("router_settings.connect_timeout", rs.connect_timeout)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    RouterSettings {
+        timeout,
+        stream_timeout,
+        stream_idle_timeout,
+        stream_max_malformed_events,
+        stream_recovery,
+        max_fallbacks,
+        num_retries,
+        min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
+        retry_backoff_initial,
+        retry_backoff_max,
+        // Test switches: a caller must not be able to make the router wait or answer for
+        // nothing unless the config says so (the built-in demo config does).
+        allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(false),
+        allow_mock_response: rs.allow_mock_response.unwrap_or(false),
+        connect_timeout,
+        routing_strategy,
+        lowest_latency_buffer,
+        latency_ttl,
+        cooldowns: cooldown_policy(raw),
+        hedge,
+        retry_budget: retry_budget(raw, errs),
+    }
+}
+
+fn stream_recovery(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<StreamRecovery> {
+    let value = value?;
+    let parsed = StreamRecovery::parse(value);
+    if parsed.is_none() {
+        errs.add(
+            key,
+            format!("`{value}` is not a stream recovery; use none, continue or restart"),
+        );
+    }
+    parsed
+}
+
+fn strategy(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<Strategy> {
+    let value = value?;
+    let parsed = Strategy::parse(value);
+    if parsed.is_none() {
+        errs.add(
+            key,
+            format!(
+                "`{value}` is not a routing strategy; supported: {}",
+                Strategy::NAMES.join(", ")
+            ),
+        );
+    }
+    parsed
+}
+
+/// Hedging from `hedge_after` and `max_hedges` at `prefix`, over `inherited` (a group's
+/// settings inherit the router's). `max_hedges: 0` turns hedging off.
+fn hedge(
+    prefix: &str,
+    after: Option<Duration>,
+    max: Option<u32>,
+    inherited: Option<Hedge>,
+    errs: &mut Errors,
+) -> Option<Hedge> {
+    let after = errs.positive(&format!("{prefix}.hedge_after"), after);
+    if let Some(m) = max
+        && m > MAX_HEDGES_LIMIT
+    {
+        errs.add(
+            format!("{prefix}.max_hedges"),
+            format!("must be at most {MAX_HEDGES_LIMIT}: each hedge adds load on a slow provider"),
+        );
+    }
+    let after = after.or(inherited.map(|h| h.after))?;
+    let max = max.or(inherited.map(|h| h.max)).unwrap_or(1);
+    (max > 0).then_some(Hedge { after, max })
+}
+
+fn cooldown_policy(raw: &RawConfig) -> CooldownPolicy {
+    let rs = &raw.router_settings;
+    let mut per_kind = [None; FailKind::COUNT];
+    if let Some(p) = &rs.allowed_fails_policy {
+        for (kind, value) in [
+            (FailKind::BadRequest, p.BadRequestErrorAllowedFails),
+            (FailKind::Authentication, p.AuthenticationErrorAllowedFails),
+            (FailKind::Timeout, p.TimeoutErrorAllowedFails),
+            (FailKind::RateLimit, p.RateLimitErrorAllowedFails),
+            (
+                FailKind::ContentPolicy,
+                p.ContentPolicyViolationErrorAllowedFails,
+            ),
+            (FailKind::InternalServer, p.InternalServerErrorAllowedFails),
+        ] {
+            per_kind[kind.index()] = value;
+        }
+    }
+    CooldownPolicy {
+        enabled: !rs.disable_cooldowns.unwrap_or(false),
+        allowed_fails: rs.allowed_fails.unwrap_or(DEFAULT_ALLOWED_FAILS),
+        per_kind,
+        cooldown_time: rs.cooldown_time.unwrap_or(DEFAULT_COOLDOWN_TIME),
+        max_hint: rs
+            .max_cooldown_from_hint
+            .unwrap_or(DEFAULT_MAX_COOLDOWN_FROM_HINT),
+    }
+}
+
+fn retry_budget(raw: &RawConfig, errs: &mut Errors) -> Option<RetryBudget> {
+    let b = raw.router_settings.retry_budget.as_ref();
+    let max_tokens = b
+        .and_then(|b| b.max_tokens)
+        .unwrap_or(DEFAULT_BUDGET_MAX_TOKENS);
+    let token_ratio = b
+        .and_then(|b| b.token_ratio)
+        .unwrap_or(DEFAULT_BUDGET_TOKEN_RATIO);
+    if !(max_tokens.is_finite() && (0.0..=1000.0).contains(&max_tokens)) {
+        errs.add(
+            "router_settings.retry_budget.max_tokens",
+            "must be a number from 0 (no budget) to 1000",
+        );
+    }
+    if !(token_ratio.is_finite() && token_ratio > 0.0 && token_ratio <= 1.0) {
+        errs.add(
+            "router_settings.retry_budget.token_ratio",
+            "must be a number greater than 0 and at most 1",
+        );
+    }
+    (max_tokens > 0.0).then_some(RetryBudget {
+        max_tokens,
+        token_ratio,
+    })
+}
+
+/// A group's own settings, over the router's.
+#[derive(Clone, Copy)]
+pub(super) struct GroupSettings {
+    pub(super) strategy: Strategy,
+    pub(super) hedge: Option<Hedge>,
+    pub(super) stream_recovery: StreamRecovery,
+}
+
+/// `router_settings.model_group_settings`: each group's strategy, hedging and stream recovery,
+/// over the router's.
+pub(super) fn group_settings(
+    raw: &RawConfig,
+    router: &RouterSettings,
+    groups: &BTreeMap<String, Vec<Deployment>>,
+    errs: &mut Errors,
+) -> BTreeMap<String, GroupSettings> {
+    let mut out = BTreeMap::new();
+    let Some(map) = &raw.router_settings.model_group_settings else {
+        return out;
+    };
+    for (name, settings) in map {
+        let prefix = format!("router_settings.model_group_settings.{name}");
+        if !groups.contains_key(name) {
+            errs.add(&prefix, unknown_group(name, groups));
+            continue;
+        }
+        let strategy = strategy(
+            &format!("{prefix}.routing_strategy"),
+            settings.routing_strategy.as_deref(),
+            errs,
+        )
+        .unwrap_or(router.routing_strategy);
+        let hedge = hedge(
+            &prefix,
+            settings.hedge_after,
+            settings.max_hedges,
+            router.hedge,
+            errs,
+        );
+        let stream_recovery = stream_recovery(
+            &format!("{prefix}.stream_recovery"),
+            settings.stream_recovery.as_deref(),
+            errs,
+        )
+        .unwrap_or(router.stream_recovery);
+        out.insert(
+            name.clone(),
+            GroupSettings {
+                strategy,
+                hedge,
+                stream_recovery,
+            },
+        );
+    }
+    out
+}
