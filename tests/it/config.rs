@@ -113,14 +113,56 @@ fn environment_overrides_take_precedence() {
 fn unknown_keys_are_errors_naming_the_path() {
     let keys = error_keys(&format!("{MINIMAL}  timeot: 5s\nserver:\n  listn: x\n"));
     assert_eq!(keys, ["router_settings.timeot", "server.listn"]);
-    let keys = error_keys(
-        r#"
+    // A near miss of a key llm-router reads is a typo: an error, with the likely key.
+    let yaml = r#"
 model_list:
   - model_name: a
     litellm_params: { model: mock/a, timout: 1s }
+"#;
+    assert_eq!(error_keys(yaml), ["model_list[0].litellm_params.timout"]);
+    let err = load(yaml).unwrap_err().to_string();
+    assert!(err.contains("did you mean `timeout`?"), "{err}");
+}
+
+#[test]
+fn litellm_params_meant_for_the_provider_load_and_are_listed_as_ignored() {
+    // LiteLLM passes params it does not know on to the provider; real configs carry them.
+    let cfg = load(
+        r#"
+model_list:
+  - model_name: a
+    litellm_params:
+      model: mock/a
+      extra_body: { top_k: 3 }
+      reasoning_effort: low
+      thinking: { type: enabled, budget_tokens: 1024 }
+      stop: ["\n\n"]
+      num_ctx: 8192
+      stream: true
+      max_budget: 10
+      budget_duration: 30d
+      aws_region_name: us-east-1
 "#,
-    );
-    assert_eq!(keys, ["model_list[0].litellm_params.timout"]);
+    )
+    .unwrap();
+    for key in [
+        "extra_body",
+        "reasoning_effort",
+        "thinking",
+        "stop",
+        "num_ctx",
+        "stream",
+        "max_budget",
+        "budget_duration",
+        "aws_region_name",
+    ] {
+        let full = format!("model_list[0].litellm_params.{key}");
+        assert!(
+            cfg.ignored_keys.contains(&full),
+            "{full} not listed in {:?}",
+            cfg.ignored_keys
+        );
+    }
 }
 
 #[test]

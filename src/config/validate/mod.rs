@@ -86,6 +86,62 @@ impl Errors {
     }
 }
 
+/// The `litellm_params` keys llm-router reads.
+const LITELLM_PARAMS: &[&str] = &[
+    "model",
+    "api_base",
+    "api_key",
+    "api_version",
+    "organization",
+    "timeout",
+    "stream_timeout",
+    "max_retries",
+    "weight",
+    "rpm",
+    "tpm",
+    "max_parallel_requests",
+    "cooldown_time",
+    "extra_headers",
+    "max_tokens",
+    "mock",
+];
+
+/// A key directly under a deployment's `litellm_params`: LiteLLM passes the ones it does not
+/// know on to the provider (`extra_body`, `reasoning_effort`, `thinking`, ...), so a config may
+/// carry them. llm-router does not send them yet: it lists them as ignored, never fatal.
+fn is_litellm_param(key: &str) -> bool {
+    key.split_once("].litellm_params.")
+        .is_some_and(|(head, name)| head.starts_with("model_list[") && !name.contains('.'))
+}
+
+/// The known `litellm_params` key an unknown one is a typo of (at most two edits away).
+fn litellm_param_typo(key: &str) -> Option<&'static str> {
+    if !is_litellm_param(key) {
+        return None;
+    }
+    let name = key.rsplit('.').next()?;
+    LITELLM_PARAMS
+        .iter()
+        .copied()
+        .find(|known| edit_distance(name, known) <= 2)
+}
+
+/// Levenshtein distance, for short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 pub(super) fn validate(
     raw: RawConfig,
     unused_keys: Vec<String>,
@@ -95,7 +151,10 @@ pub(super) fn validate(
 
     let mut ignored_keys = Vec::new();
     for key in unused_keys {
-        if is_ignored_litellm_key(&key) {
+        if let Some(known) = litellm_param_typo(&key) {
+            // Close to a key llm-router reads: a typo, which must not pass silently.
+            errs.add(key, format!("unknown key; did you mean `{known}`?"));
+        } else if is_ignored_litellm_key(&key) || is_litellm_param(&key) {
             ignored_keys.push(key);
         } else {
             errs.add(key, "unknown key");
