@@ -516,3 +516,54 @@ fn an_https_otlp_endpoint_is_refused_at_check_time_not_at_start() {
     ));
     assert_eq!(keys, ["telemetry.otlp_endpoint"]);
 }
+
+#[test]
+fn os_environ_works_in_api_base_api_version_and_organization() {
+    let yaml = r#"
+model_list:
+  - model_name: azure
+    litellm_params:
+      model: azure/gpt4o-east
+      api_base: os.environ/AZURE_API_BASE
+      api_version: os.environ/AZURE_VERSION_PIN
+      api_key: os.environ/AZURE_KEY
+  - model_name: openai
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: os.environ/OPENAI_PROXY
+      organization: os.environ/OPENAI_ORG
+"#;
+    let cfg = load_env(
+        yaml,
+        &[],
+        &[
+            ("AZURE_API_BASE", "https://east.openai.azure.com/"),
+            ("AZURE_VERSION_PIN", "2024-10-21"),
+            ("AZURE_KEY", "k"),
+            ("OPENAI_PROXY", "http://proxy.internal:4000/v1"),
+            ("OPENAI_ORG", "org-123"),
+        ],
+    )
+    .unwrap();
+    let http = |group: &str| match &cfg.group(group).unwrap().deployments[0].provider {
+        ProviderConfig::Http(h) => h.clone(),
+        other => panic!("{other:?}"),
+    };
+    let azure = http("azure");
+    assert_eq!(azure.api_base, "https://east.openai.azure.com");
+    assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+    let openai = http("openai");
+    assert_eq!(openai.api_base, "http://proxy.internal:4000/v1");
+    assert_eq!(openai.organization.as_deref(), Some("org-123"));
+
+    // An unset variable is one error, naming the key and the variable.
+    let err = load_env(yaml, &[], &[("AZURE_KEY", "k"), ("OPENAI_ORG", "o")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model_list[0].litellm_params.api_base")
+            && err.contains("`AZURE_API_BASE` is not set"),
+        "{err}"
+    );
+    assert!(!err.contains("is required"), "reported once: {err}");
+}

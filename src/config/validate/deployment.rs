@@ -165,12 +165,13 @@ fn http_provider(
         spec.base_env
             .and_then(|var| lookup_env(var).filter(|v| !v.is_empty()))
     };
-    let api_base = match params
+    // `os.environ/NAME` works here as for keys (an unset variable is reported once, and the
+    // base is then left empty rather than reported missing too).
+    let configured = params
         .api_base
         .as_deref()
-        .map(str::to_string)
-        .or_else(from_env)
-    {
+        .map(|v| env_string(v, &base_key, lookup_env, errs).unwrap_or_default());
+    let api_base = match configured.or_else(from_env) {
         Some(base) => base.trim_end_matches('/').to_string(),
         None => match spec.default_base {
             Some(base) => base.to_string(),
@@ -238,9 +239,11 @@ fn http_provider(
         );
     }
     let api_version = (spec.wire == WireFormat::Azure).then(|| {
+        let version_key = key("litellm_params.api_version");
         params
             .api_version
-            .clone()
+            .as_deref()
+            .and_then(|v| env_string(v, &version_key, lookup_env, errs))
             .or_else(|| lookup_env("AZURE_API_VERSION").filter(|v| !v.is_empty()))
             .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string())
     });
@@ -275,7 +278,10 @@ fn http_provider(
         wire: spec.wire,
         api_base,
         api_key,
-        organization: params.organization.clone(),
+        organization: params
+            .organization
+            .as_deref()
+            .and_then(|v| env_string(v, &key("litellm_params.organization"), lookup_env, errs)),
         api_version,
         extra_headers,
         default_max_tokens: params.max_tokens,
@@ -283,6 +289,17 @@ fn http_provider(
 }
 
 /// A literal value, or `os.environ/NAME` read from the environment.
+/// A literal value, or `os.environ/NAME` read from the environment (LiteLLM's form, which its
+/// configs use in any string field: bases, versions, organizations as well as keys).
+fn env_string(
+    value: &str,
+    key: &str,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<String> {
+    resolve_secret(value, key, lookup_env, errs).map(|s| s.expose().to_string())
+}
+
 fn resolve_secret(
     value: &str,
     key: &str,
