@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 use super::{
     Answered, CallError, CallFailure, Router,
     deadline::{AttemptDeadlines, Backoff},
-    failure::Failure,
+    failure::{Failure, Fault},
     log::CallLog,
     pick::{Pick, Picker},
     plan::Plan,
@@ -194,6 +194,10 @@ impl Chain {
             return CallError::DeadlineExceeded;
         }
         match (self.last_failure, log.unavailable) {
+            // The chain ran out on a prompt too long for its last model: say so.
+            (Some(f), _) if f.fault() == Fault::ContextWindow => {
+                CallError::ContextWindowExceeded(f)
+            }
             (Some(f), _) => CallError::FallbacksExhausted(f),
             (None, Some((until, cooling))) => CallError::NoDeploymentAvailable {
                 back_in: until.saturating_duration_since(Instant::now()),

@@ -22,7 +22,7 @@ pub enum CallError {
     FallbacksExhausted(Failure),
     /// A provider said the request itself is bad (400/404/413/422): no fallback will help.
     UpstreamRejected(Failure),
-    /// The prompt does not fit and the group has no context-window fallbacks.
+    /// The prompt does not fit the last model the chain tried, and no fallback is left.
     ContextWindowExceeded(Failure),
     /// The provider refused the content and the group has no content-policy fallbacks.
     ContentPolicyViolation(Failure),
@@ -80,7 +80,7 @@ impl CallError {
                 format!("the provider rejected the request: {}", f.detail())
             }
             CallError::ContextWindowExceeded(f) => format!(
-                "the prompt exceeds the model's context window and no context_window_fallbacks are configured: {}",
+                "the prompt exceeds the context window of the last model tried, and no fallback is left (context_window_fallbacks, else the regular fallbacks): {}",
                 f.detail()
             ),
             CallError::ContentPolicyViolation(f) => format!(

@@ -59,6 +59,9 @@ pub enum Leave {
     NoDeploymentLeft,
     /// The backoff before the next retry would not end before the call's deadline.
     NoTimeToWait,
+    /// The prompt does not fit this group's model and it has no context-window fallbacks
+    /// (left): the regular fallbacks may have a larger model, as LiteLLM assumes too.
+    ContextWindow,
 }
 
 /// How the call ends, with the failure that ended it.
@@ -66,8 +69,6 @@ pub enum Leave {
 pub enum Final {
     /// The provider said the request is bad: no deployment will take it.
     Rejected,
-    /// The prompt does not fit and no context-window fallback is left.
-    ContextWindowExceeded,
     /// The content was refused and no content-policy fallback is left.
     ContentPolicyViolation,
 }
@@ -76,7 +77,6 @@ impl Final {
     pub fn error(self, failure: Failure) -> CallError {
         match self {
             Final::Rejected => CallError::UpstreamRejected(failure),
-            Final::ContextWindowExceeded => CallError::ContextWindowExceeded(failure),
             Final::ContentPolicyViolation => CallError::ContentPolicyViolation(failure),
         }
     }
@@ -125,7 +125,7 @@ pub fn decide(failed: Option<Fault>, at: &Position) -> Decision {
         Some(Fault::ContextWindow) if at.context_window_fallbacks => {
             return Decision::SwitchTo(Special::ContextWindow);
         }
-        Some(Fault::ContextWindow) => return Decision::Stop(Final::ContextWindowExceeded),
+        Some(Fault::ContextWindow) => return Decision::NextGroup(Leave::ContextWindow),
         Some(Fault::ContentPolicy) if at.content_policy_fallbacks => {
             return Decision::SwitchTo(Special::ContentPolicy);
         }
@@ -320,7 +320,11 @@ mod tests {
             | "rate limited" => retry,
             "auth" | "refused" => skip,
             "bad request" => [Stop(Final::Rejected); 6],
-            "context window" => special(Special::ContextWindow, Final::ContextWindowExceeded),
+            // Without a context-window list, the regular fallbacks may have a larger model.
+            "context window" => {
+                let cw = NextGroup(Leave::ContextWindow);
+                [cw, cw, cw, cw, cw, SwitchTo(Special::ContextWindow)]
+            }
             "content policy" => special(Special::ContentPolicy, Final::ContentPolicyViolation),
             other => panic!("no expectation for {other}"),
         }

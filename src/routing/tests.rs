@@ -481,3 +481,25 @@ async fn a_mock_timeout_attempt_holds_no_capacity() {
         [("fast-0".into(), AttemptOutcome::MockTimeout)]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_context_window_fallbacks_a_context_window_error_goes_to_the_regular_ones() {
+    // As LiteLLM does: a fallback group may have a model with a larger context window.
+    let r = router(
+        &CHAIN
+            .replace("  context_window_fallbacks:\n    - small: [fast]\n", "")
+            .replace(
+                "    - stall: [fast]",
+                "    - stall: [fast]\n    - small: [fast]",
+            ),
+    );
+    let a = r.complete(&call("small")).await.unwrap();
+    assert_eq!(a.group, "fast");
+    assert_eq!(
+        outcomes(&a.attempts),
+        [
+            ("small-0".into(), AttemptOutcome::Rejected),
+            ("fast-0".into(), AttemptOutcome::Ok)
+        ]
+    );
+}

@@ -777,6 +777,21 @@ async fn gemini_bad_keys_are_auth_failures_and_context_errors_are_bad_requests()
         "gemini-2.0-flash",
         Behaviour::fixture(400, "gemini/error_context.json"),
     );
+    // `gemini` has no context_window_fallbacks: as in LiteLLM, its regular fallback (which may
+    // have a larger window) gets the call.
+    let resp = r
+        .client()
+        .complete(complete("gemini"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model, "azure-gpt");
+    assert_eq!(first_outcome(&resp.attempts), AttemptOutcome::Rejected);
+    // When the fallback's window is too small as well, the chain ends saying why.
+    up.set(
+        "my-gpt4o-deployment",
+        Behaviour::fixture(400, "openai/error_context.json"),
+    );
     let status = r.client().complete(complete("gemini")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(reason(&status), "CONTEXT_WINDOW_EXCEEDED");
