@@ -21,6 +21,7 @@ use crate::proto::{
     self, ChatMessage, CompleteRequest, CompleteResponse, ListModelsRequest, ListModelsResponse,
     Role, StreamCompleteRequest, router_service_server::RouterService,
 };
+use crate::providers::cut;
 use crate::routing::{
     self, CallError, CallFailure, Router, SharedRouter, deadline::parse_grpc_timeout,
     recovery::Recovery,
@@ -249,18 +250,6 @@ fn labels(metadata: &HashMap<String, String>) -> String {
         }
     }
     out
-}
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The span of one RPC, a child of the caller's `traceparent` when it sent one.

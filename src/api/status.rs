@@ -135,7 +135,7 @@ const MAX_LOGGED_ATTEMPTS: usize = 64;
 
 /// The log as a status carries it: whole when short, else its first and last halves and how
 /// many entries were left out between them.
-fn bounded(attempts: &[Attempt]) -> AttemptLog {
+fn bounded_log(attempts: &[Attempt]) -> AttemptLog {
     if attempts.len() <= MAX_LOGGED_ATTEMPTS {
         return AttemptLog {
             attempts: attempts.to_vec(),
@@ -206,7 +206,7 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
             },
         ));
     }
-    details.push(any(ATTEMPT_LOG_TYPE_URL, &bounded(attempts)));
+    details.push(any(ATTEMPT_LOG_TYPE_URL, &bounded_log(attempts)));
 
     let status = pb::Status {
         code: code as i32,
@@ -271,8 +271,8 @@ mod tests {
             ..Attempt::default()
         };
         let short: Vec<_> = (0..64).map(attempt).collect();
-        assert_eq!(bounded(&short).attempts.len(), 64);
-        assert_eq!(bounded(&short).omitted, 0);
+        assert_eq!(bounded_log(&short).attempts.len(), 64);
+        assert_eq!(bounded_log(&short).omitted, 0);
         let long: Vec<_> = (0..1000).map(attempt).collect();
         let status = call_status(&CallError::DeadlineExceeded, &long);
         let log = attempt_log(&status).unwrap();

@@ -152,16 +152,30 @@ fn is_context_window_error(body: &str) -> bool {
 
 /// Provider error text is kept, but bounded: a misbehaving upstream could send megabytes.
 pub(crate) fn excerpt(body: &str) -> String {
-    const MAX: usize = 512;
-    let trimmed = body.trim();
-    if trimmed.len() <= MAX {
-        return trimmed.to_string();
+    bounded(body.trim(), 512)
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary. The one way text from outside
+/// (provider bodies, names a caller sent) is bounded before it is kept, logged or echoed.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    let mut end = MAX;
-    while !trimmed.is_char_boundary(end) {
+    let mut end = max;
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &trimmed[..end])
+    &s[..end]
+}
+
+/// `s` bounded to `max` bytes, with an ellipsis when it was cut.
+pub fn bounded(s: &str, max: usize) -> String {
+    let kept = cut(s, max);
+    if kept.len() == s.len() {
+        kept.to_string()
+    } else {
+        format!("{kept}…")
+    }
 }
 
 /// A deployment's provider client, built once per config snapshot.

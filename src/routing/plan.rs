@@ -11,7 +11,7 @@ use super::{
 };
 use crate::config::{ModelGroup, StreamRecovery};
 use crate::proto::{Attempt, AttemptOutcome, FinishReason};
-use crate::providers::{Chunk, Completion, estimate_tokens};
+use crate::providers::{Chunk, Completion, bounded, estimate_tokens};
 
 /// What one call will do, fixed before its first attempt.
 pub struct Plan {
@@ -120,15 +120,7 @@ impl Router {
 /// A name from a request, as errors echo it: cut to 128 bytes, so that a caller cannot make
 /// the router send back (or log) whatever it sent.
 pub fn echo(name: &str) -> String {
-    const MAX: usize = 128;
-    if name.len() <= MAX {
-        return name.to_string();
-    }
-    let mut end = MAX;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &name[..end])
+    bounded(name, 128)
 }
 
 /// Whether the call's total deadline is the caller's own: its grpc-timeout or the request's

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::config::StreamRecovery;
 use crate::proto::{Attempt, AttemptOutcome, FinishReason, Usage};
-use crate::providers::ChunkStream;
+use crate::providers::{Chunk, ChunkStream};
 
 /// What a committed stream yields: text, then once its end.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,25 +176,49 @@ impl Inner {
             ..
         } = answered;
         let now = Instant::now();
-        Inner {
-            rest,
+        let mut inner = Inner {
+            // Set by `answer_from` below (an empty stream takes no allocation).
+            rest: Box::pin(futures_util::stream::empty()),
             expired: None,
-            chunks: u32::from(!first.delta.is_empty()),
-            first: Some(first.delta),
+            chunks: 0,
+            first: None,
             attempts,
             attempt_started,
             deadline,
             idle,
             last_chunk: now,
-            finish: first.finish_reason,
-            usage: first.usage,
-            skipped_events: first.skipped_events,
+            finish: None,
+            usage: None,
+            skipped_events: 0,
             timer: Box::pin(sleep_until(deadline.min(now + idle))),
             done: false,
-            tracker,
+            tracker: None,
             recovery,
             recovering: None,
-        }
+        };
+        inner.first = Some(inner.answer_from(first, rest, attempt_started, tracker));
+        inner
+    }
+
+    /// Makes an attempt the answering one: its stream, its deployment's lease, its start, and
+    /// what its first chunk said. Returns that chunk's text. The one place a stream changes
+    /// hands, at commit and after a recovery (the caller sets the clock: `last_chunk` and the
+    /// timer, from one reading).
+    fn answer_from(
+        &mut self,
+        first: Chunk,
+        rest: ChunkStream,
+        attempt_started: Instant,
+        tracker: Option<Tracker>,
+    ) -> String {
+        self.rest = rest;
+        self.tracker = tracker;
+        self.attempt_started = attempt_started;
+        self.finish = first.finish_reason;
+        self.usage = first.usage;
+        self.skipped_events = first.skipped_events;
+        self.chunks = u32::from(!first.delta.is_empty());
+        first.delta
     }
 
     /// The call's deadline passed while nobody polled the stream: ends it now, as its own
@@ -307,16 +331,10 @@ impl Inner {
             tracker,
             ..
         } = answered;
-        let now = Instant::now();
         self.attempts.extend(attempts);
-        self.rest = rest;
-        self.tracker = tracker;
-        self.attempt_started = attempt_started;
+        let delta = self.answer_from(first, rest, attempt_started, tracker);
+        let now = Instant::now();
         self.last_chunk = now;
-        self.finish = first.finish_reason;
-        self.usage = first.usage;
-        self.skipped_events = first.skipped_events;
-        self.chunks = u32::from(!first.delta.is_empty());
         self.timer
             .as_mut()
             .reset(self.deadline.min(now + self.idle));
@@ -324,7 +342,7 @@ impl Inner {
             group,
             deployment,
             restart: mode == StreamRecovery::Restart,
-            delta: first.delta,
+            delta,
             attempts: self.attempts.clone(),
         }
     }
