@@ -109,9 +109,10 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 
 /// Logs what the config accepted but will not act on. Called once logging is up.
 fn log_config_warnings(config: &Config) {
-    for key in &config.ignored_keys {
+    for ignored in &config.ignored_keys {
         tracing::warn!(
-            key,
+            key = %ignored.key,
+            why = %ignored.why,
             "LiteLLM config key is accepted but has no effect in llm-router"
         );
     }

@@ -306,7 +306,9 @@ impl RouterApi {
             .map_err(|f| record.answer_failure(f))?;
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
-            router.metrics().tokens(&answered.deployment, usage);
+            router
+                .metrics()
+                .tokens(&answered.group, &answered.deployment, usage);
             record_usage(&record.span, usage);
         }
         record.finish(
@@ -356,7 +358,7 @@ impl RouterApi {
             if let Some(u) = &end.usage {
                 // Token counts of answers that finished, as for unary calls.
                 if end.how == StreamEnd::Finished {
-                    metrics.tokens(end.deployment, u);
+                    metrics.tokens(end.group, end.deployment, u);
                 }
                 record_usage(&record.span, u);
             }

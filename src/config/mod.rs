@@ -5,6 +5,7 @@
 //! Errors name the key path (`model_list[2].litellm_params.timeout`) so a user can find it.
 
 pub mod duration;
+pub mod params;
 pub mod providers;
 mod raw;
 mod secret;
@@ -20,29 +21,84 @@ pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../config/default.yaml");
 /// Prefix of environment overrides: `LLMROUTER__ROUTER_SETTINGS__TIMEOUT=30s`.
 pub const ENV_PREFIX: &str = "LLMROUTER";
 
-/// LiteLLM keys that llm-router accepts for compatibility and ignores with a warning. A `*`
-/// segment matches any key or list index.
-pub const IGNORED_LITELLM_KEYS: &[&str] = &[
-    "litellm_settings",
-    "general_settings",
-    "environment_variables",
-    "include",
-    "model_list.*.model_info.*",
-    "model_list.*.litellm_params.region_name",
-    "model_list.*.litellm_params.input_cost_per_token",
-    "model_list.*.litellm_params.output_cost_per_token",
-    "model_list.*.litellm_params.drop_params",
-    "model_list.*.litellm_params.tags",
-    "router_settings.redis_host",
-    "router_settings.redis_port",
-    "router_settings.redis_password",
-    "router_settings.redis_url",
-    "router_settings.enable_pre_call_checks",
-    "router_settings.optional_pre_call_checks",
-    "router_settings.retry_policy",
-    "router_settings.model_group_alias",
-    "router_settings.cache_responses",
+/// LiteLLM keys that llm-router accepts for compatibility and ignores, each with what that
+/// means here. A `*` segment matches any key or list index; a pattern matches its sub-keys.
+pub const IGNORED_LITELLM_KEYS: &[(&str, &str)] = &[
+    (
+        "litellm_settings.drop_params",
+        "llm-router sends each provider only the fields of its wire format, and a litellm_params key as given",
+    ),
+    ("litellm_settings.cache", "llm-router has no response cache"),
+    (
+        "litellm_settings.cache_params",
+        "llm-router has no response cache",
+    ),
+    (
+        "litellm_settings.success_callback",
+        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
+    ),
+    (
+        "litellm_settings.failure_callback",
+        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
+    ),
+    (
+        "litellm_settings.callbacks",
+        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
+    ),
+    (
+        "litellm_settings.max_budget",
+        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
+    ),
+    (
+        "litellm_settings.budget_duration",
+        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
+    ),
+    (
+        "litellm_settings",
+        "a LiteLLM module setting with no routing meaning",
+    ),
+    (
+        "general_settings",
+        "the LiteLLM proxy's server settings (master_key, database, alerting): llm-router has no keys or database of its own; callers are authenticated by the mesh",
+    ),
+    (
+        "environment_variables",
+        "set variables in the process environment (the chart's env); os.environ/NAME reads them",
+    ),
+    ("include", "llm-router reads one config file"),
+    ("model_list.*.model_info", "informational only"),
+    (
+        "router_settings.redis_host",
+        "state is per replica: llm-router shares no cooldowns or usage through Redis",
+    ),
+    (
+        "router_settings.redis_port",
+        "state is per replica: llm-router shares no cooldowns or usage through Redis",
+    ),
+    (
+        "router_settings.redis_password",
+        "state is per replica: llm-router shares no cooldowns or usage through Redis",
+    ),
+    (
+        "router_settings.redis_url",
+        "state is per replica: llm-router shares no cooldowns or usage through Redis",
+    ),
+    (
+        "router_settings.optional_pre_call_checks",
+        "only enable_pre_call_checks (context windows) is supported",
+    ),
+    (
+        "router_settings.cache_responses",
+        "llm-router has no response cache",
+    ),
 ];
+
+/// A key accepted for compatibility with no effect, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredKey {
+    pub key: String,
+    pub why: String,
+}
 
 /// A validated configuration. Immutable: the server holds it behind an `Arc` and never locks it.
 #[derive(Debug)]
@@ -52,7 +108,11 @@ pub struct Config {
     /// Model groups by name.
     pub groups: BTreeMap<String, Arc<ModelGroup>>,
     /// Keys from the LiteLLM compatibility list that were present and ignored.
-    pub ignored_keys: Vec<String>,
+    pub ignored_keys: Vec<IgnoredKey>,
+    /// Where this config means something other than it would in LiteLLM, one line each.
+    pub divergences: Vec<String>,
+    /// Other names for groups (`model_group_alias`), resolved by [`Config::group`].
+    pub aliases: BTreeMap<String, String>,
     /// Settings that are valid but probably not what was meant, each naming its key.
     pub warnings: Vec<String>,
     /// OTLP endpoint for traces from the config (`telemetry.otlp_endpoint`).
@@ -164,7 +224,9 @@ impl FailKind {
 pub struct CooldownPolicy {
     /// `disable_cooldowns: true` turns them off.
     pub enabled: bool,
-    /// Failures allowed within a minute; one more cools the deployment. Default 3.
+    pub rule: CooldownRule,
+    /// Under [`CooldownRule::FailureCount`]: failures allowed within a minute; one more cools
+    /// the deployment. Default 3.
     pub allowed_fails: u32,
     /// Per-kind overrides from `allowed_fails_policy`, indexed by [`FailKind::index`].
     pub per_kind: [Option<u32>; FailKind::COUNT],
@@ -174,6 +236,23 @@ pub struct CooldownPolicy {
     /// default 5m): a `Retry-After` of a day must not take a deployment away for a day.
     pub max_hint: Duration,
 }
+
+/// Which rule cools a deployment, as in LiteLLM: a count when the config sets `allowed_fails`
+/// or `allowed_fails_policy`, else the failure rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CooldownRule {
+    /// More than `allowed_fails` (per kind: `allowed_fails_policy`) failures within a minute.
+    FailureCount,
+    /// LiteLLM's default: a rate limit in a group with other deployments; more than half of
+    /// this minute's attempts failed, of at least 5 (never in a group of one); every one of
+    /// at least 1000 failed; or a failure that says the deployment will not work (credentials).
+    FailureRate,
+}
+
+/// [`CooldownRule::FailureRate`]'s thresholds, LiteLLM's constants.
+pub const FAILURE_RATE_THRESHOLD: f64 = 0.5;
+pub const FAILURE_RATE_MIN_ATTEMPTS: u32 = 5;
+pub const ALL_FAILED_MIN_ATTEMPTS: u32 = 1000;
 
 impl CooldownPolicy {
     /// Failures of this kind allowed per minute, or `None` when the kind never counts.
@@ -237,8 +316,15 @@ pub struct RetryBudget {
 
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
-    /// Upper bound on a whole call. Default 600s (LiteLLM's default).
+    /// Upper bound on a whole call (`router_settings.timeout`). Default 600s. LiteLLM gives
+    /// each attempt this long; here it bounds the whole chain.
     pub timeout: Duration,
+    /// The attempt limit of deployments without `litellm_params.timeout`
+    /// (`litellm_settings.request_timeout`, LiteLLM's per-attempt timeout); else `timeout`.
+    pub attempt_timeout: Option<Duration>,
+    /// `enable_pre_call_checks`: skip a deployment whose `model_info.max_input_tokens` is
+    /// below the prompt's estimated size. Default false.
+    pub pre_call_checks: bool,
     /// First-chunk deadline for streamed attempts when neither request nor deployment set one.
     pub stream_timeout: Option<Duration>,
     /// Longest silence between chunks once a stream has committed. Default 30s.
@@ -289,6 +375,9 @@ pub struct ModelGroup {
     pub content_policy_fallbacks: Vec<String>,
     pub strategy: Strategy,
     pub hedge: Option<Hedge>,
+    /// Retries per kind of failure (`model_group_retry_policy.<group>`, else `retry_policy`),
+    /// over the deployments' `max_retries`.
+    pub retry_policy: RetryPolicy,
     /// How a committed stream of this group recovers when it breaks
     /// (`model_group_settings.<group>.stream_recovery`, else `router_settings.stream_recovery`).
     pub stream_recovery: StreamRecovery,
@@ -322,6 +411,39 @@ pub struct Deployment {
     /// Whether it continues an answer from a final assistant message
     /// (`model_info.supports_assistant_prefill`, else its provider family's default).
     pub supports_assistant_prefill: bool,
+    /// The model's context window in prompt tokens (`model_info.max_input_tokens`), checked
+    /// before an attempt when `enable_pre_call_checks` is on.
+    pub max_input_tokens: Option<u64>,
+    /// Its price, when the config gives one: the cost reported per call.
+    pub cost: Option<Cost>,
+    /// It is its group's only deployment: the failure-rate cooldown rule spares it, as
+    /// LiteLLM does (cooling it would fail every call the group gets).
+    pub alone_in_group: bool,
+}
+
+/// A deployment's price in USD per token (LiteLLM's `input_cost_per_token` and
+/// `output_cost_per_token`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Cost {
+    pub fn of(&self, prompt_tokens: u32, completion_tokens: u32) -> f64 {
+        self.input * f64::from(prompt_tokens) + self.output * f64::from(completion_tokens)
+    }
+}
+
+/// LiteLLM's `RetryPolicy`: how many retries a group makes after a failure of each kind,
+/// indexed by [`FailKind::index`]; `None` leaves it to `max_retries`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryPolicy(pub [Option<u32>; FailKind::COUNT]);
+
+impl RetryPolicy {
+    pub fn retries(&self, kind: FailKind) -> Option<u32> {
+        self.0[kind.index()]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +470,9 @@ pub struct HttpProvider {
     pub extra_headers: Vec<(String, Secret)>,
     /// `max_tokens` when the request gives none.
     pub default_max_tokens: Option<u32>,
+    /// Fields every request body starts from, where the request left them out: the
+    /// deployment's extra `litellm_params` in the wire format's names (see [`params`]).
+    pub body_defaults: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ProviderConfig {
@@ -522,8 +647,11 @@ impl Config {
         validate::validate(raw, ignored, &lookup_env)
     }
 
+    /// The group a request's `model` (or fallback) names: a group, or an alias of one.
     pub fn group(&self, name: &str) -> Option<&Arc<ModelGroup>> {
-        self.groups.get(name)
+        self.groups
+            .get(name)
+            .or_else(|| self.groups.get(self.aliases.get(name)?))
     }
 
     /// Group names, sorted, for error messages.
@@ -532,21 +660,70 @@ impl Config {
     }
 }
 
-/// Deserializes the layered config, tracking the path of every key serde did not use.
+/// Deserializes the layered config, tracking the path of every key serde did not use. The
+/// unknown keys directly under a deployment's `litellm_params` are provider parameters in
+/// LiteLLM's eyes: their values are read in a second pass into `other`, and their paths are
+/// not returned.
 fn parse_raw(layered: config::Config) -> Result<(raw::RawConfig, Vec<String>), ConfigError> {
     let mut unused = Vec::new();
     let mut on_unused = |path: serde_ignored::Path<'_>| unused.push(key_path(&path));
-    let de = serde_ignored::Deserializer::new(layered, &mut on_unused);
-    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+    let de = serde_ignored::Deserializer::new(layered.clone(), &mut on_unused);
+    let mut raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = index_style(&e.path().to_string());
         ConfigError::Invalid(vec![KeyError {
             key,
             message: e.into_inner().to_string(),
         }])
     })?;
+    let mut params: Option<ParamsOnly> = None;
+    unused.retain(|key| {
+        let Some((i, name)) = litellm_param(key) else {
+            return true;
+        };
+        let all =
+            params.get_or_insert_with(|| layered.clone().try_deserialize().unwrap_or_default());
+        let value = all
+            .model_list
+            .get(i)
+            .and_then(|d| d.litellm_params.get(name))
+            .cloned();
+        match (
+            raw.model_list
+                .get_mut(i)
+                .and_then(|d| d.litellm_params.as_mut()),
+            value,
+        ) {
+            (Some(p), Some(v)) => {
+                p.other.insert(name.to_string(), v);
+                false
+            }
+            _ => true,
+        }
+    });
     // The config crate's tables are hash maps: sort so that errors come out in a stable order.
     unused.sort();
     Ok((raw, unused))
+}
+
+/// Each deployment's `litellm_params` as plain JSON, for the keys `raw` has no field for.
+#[derive(Default, serde::Deserialize)]
+struct ParamsOnly {
+    #[serde(default)]
+    model_list: Vec<ParamsOnlyDeployment>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ParamsOnlyDeployment {
+    #[serde(default)]
+    litellm_params: BTreeMap<String, serde_json::Value>,
+}
+
+/// `(i, name)` when `key` is `model_list[i].litellm_params.name`, directly.
+fn litellm_param(key: &str) -> Option<(usize, &str)> {
+    let rest = key.strip_prefix("model_list[")?;
+    let (i, rest) = rest.split_once(']')?;
+    let name = rest.strip_prefix(".litellm_params.")?;
+    (!name.contains(['.', '['])).then_some((i.parse().ok()?, name))
 }
 
 /// `model_list.0.litellm_params` from serde_ignored, as `model_list[0].litellm_params`.
@@ -571,17 +748,20 @@ fn index_style(dotted: &str) -> String {
     out
 }
 
-/// Whether `key` (in `a[0].b` form) is on the LiteLLM compatibility list.
-fn is_ignored_litellm_key(key: &str) -> bool {
+/// Why `key` (in `a[0].b` form) has no effect, when it is on the LiteLLM compatibility list.
+fn why_ignored(key: &str) -> Option<&'static str> {
     let segs: Vec<&str> = key
         .split(['.', '['])
         .map(|s| s.trim_end_matches(']'))
         .filter(|s| !s.is_empty())
         .collect();
-    IGNORED_LITELLM_KEYS.iter().any(|pattern| {
-        let pat: Vec<&str> = pattern.split('.').collect();
-        segs.len() >= pat.len() && pat.iter().zip(&segs).all(|(p, s)| *p == "*" || p == s)
-    })
+    IGNORED_LITELLM_KEYS
+        .iter()
+        .find(|(pattern, _)| {
+            let pat: Vec<&str> = pattern.split('.').collect();
+            segs.len() >= pat.len() && pat.iter().zip(&segs).all(|(p, s)| *p == "*" || p == s)
+        })
+        .map(|(_, why)| *why)
 }
 
 /// A deployment's rpm, tpm and max_parallel_requests, when set.
@@ -743,10 +923,16 @@ impl Config {
                 let _ = writeln!(out, "  {w}");
             }
         }
+        if !self.divergences.is_empty() {
+            let _ = writeln!(out, "\ndifferences from LiteLLM in this config:");
+            for d in &self.divergences {
+                let _ = writeln!(out, "  {d}");
+            }
+        }
         if !self.ignored_keys.is_empty() {
             let _ = writeln!(out, "\nignored LiteLLM keys (no effect in llm-router):");
             for k in &self.ignored_keys {
-                let _ = writeln!(out, "  {k}");
+                let _ = writeln!(out, "  {}: {}", k.key, k.why);
             }
         }
         out
@@ -775,16 +961,14 @@ mod tests {
 
     #[test]
     fn litellm_compat_list_matches_by_pattern() {
-        assert!(is_ignored_litellm_key("litellm_settings"));
-        assert!(is_ignored_litellm_key("litellm_settings.drop_params"));
-        assert!(is_ignored_litellm_key(
-            "model_list[3].litellm_params.drop_params"
-        ));
-        assert!(!is_ignored_litellm_key("model_list[3].litellm_params.rpm"));
-        assert!(is_ignored_litellm_key("model_list[0].model_info.mode"));
-        assert!(!is_ignored_litellm_key(
-            "model_list[0].litellm_params.timeot"
-        ));
-        assert!(!is_ignored_litellm_key("router_settings.timeot"));
+        assert!(why_ignored("litellm_settings.set_verbose").is_some());
+        assert!(
+            why_ignored("litellm_settings.drop_params")
+                .is_some_and(|why| why.contains("wire format"))
+        );
+        assert!(why_ignored("model_list[3].litellm_params.rpm").is_none());
+        assert!(why_ignored("model_list[0].model_info.mode").is_some());
+        assert!(why_ignored("model_list[0].litellm_params.timeot").is_none());
+        assert!(why_ignored("router_settings.timeot").is_none());
     }
 }

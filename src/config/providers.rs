@@ -36,6 +36,28 @@ pub struct ProviderSpec {
     /// default (LiteLLM's `supports_assistant_prefill`): Anthropic, Mistral and DeepSeek do;
     /// OpenAI answers such a message with a new one.
     pub assistant_prefill: bool,
+    /// Appended to a configured `api_base` that lacks it: LiteLLM configs give Ollama's bare
+    /// host (`http://localhost:11434`), and its OpenAI-compatible API is under `/v1`.
+    pub base_suffix: Option<&'static str>,
+}
+
+/// An OpenAI-compatible host: a default base and key variable on the OpenAI wire format.
+const fn compatible(
+    prefix: &'static str,
+    default_base: Option<&'static str>,
+    key_env: Option<&'static str>,
+    key_required: bool,
+) -> ProviderSpec {
+    ProviderSpec {
+        prefix,
+        wire: WireFormat::OpenAi,
+        default_base,
+        base_env: None,
+        key_env,
+        key_required,
+        assistant_prefill: false,
+        base_suffix: None,
+    }
 }
 
 pub const PROVIDERS: &[ProviderSpec] = &[
@@ -47,6 +69,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("OPENAI_API_KEY"),
         assistant_prefill: false,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "azure",
@@ -56,6 +79,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("AZURE_API_KEY"),
         assistant_prefill: false,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "anthropic",
@@ -65,6 +89,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("ANTHROPIC_API_KEY"),
         assistant_prefill: true,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "gemini",
@@ -74,6 +99,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("GEMINI_API_KEY"),
         assistant_prefill: false,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "groq",
@@ -83,6 +109,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("GROQ_API_KEY"),
         assistant_prefill: false,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "mistral",
@@ -92,6 +119,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("MISTRAL_API_KEY"),
         assistant_prefill: true,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "deepseek",
@@ -101,6 +129,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("DEEPSEEK_API_KEY"),
         assistant_prefill: true,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "together_ai",
@@ -110,6 +139,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("TOGETHERAI_API_KEY"),
         assistant_prefill: false,
         key_required: true,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "ollama",
@@ -119,6 +149,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: None,
         assistant_prefill: false,
         key_required: false,
+        base_suffix: Some("/v1"),
     },
     ProviderSpec {
         prefix: "vllm",
@@ -128,6 +159,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("HOSTED_VLLM_API_KEY"),
         assistant_prefill: false,
         key_required: false,
+        base_suffix: None,
     },
     ProviderSpec {
         prefix: "hosted_vllm",
@@ -137,8 +169,177 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_env: Some("HOSTED_VLLM_API_KEY"),
         assistant_prefill: false,
         key_required: false,
+        base_suffix: None,
     },
+    // LiteLLM's ollama_chat/ speaks Ollama's /api/chat; llm-router reaches the same server
+    // through its OpenAI-compatible API.
+    ProviderSpec {
+        prefix: "ollama_chat",
+        wire: WireFormat::OpenAi,
+        default_base: Some("http://localhost:11434/v1"),
+        base_env: None,
+        key_env: None,
+        assistant_prefill: false,
+        key_required: false,
+        base_suffix: Some("/v1"),
+    },
+    compatible(
+        "openrouter",
+        Some("https://openrouter.ai/api/v1"),
+        Some("OPENROUTER_API_KEY"),
+        true,
+    ),
+    compatible(
+        "xai",
+        Some("https://api.x.ai/v1"),
+        Some("XAI_API_KEY"),
+        true,
+    ),
+    compatible(
+        "perplexity",
+        Some("https://api.perplexity.ai"),
+        Some("PERPLEXITYAI_API_KEY"),
+        true,
+    ),
+    compatible(
+        "moonshot",
+        Some("https://api.moonshot.ai/v1"),
+        Some("MOONSHOT_API_KEY"),
+        true,
+    ),
+    compatible(
+        "fireworks_ai",
+        Some("https://api.fireworks.ai/inference/v1"),
+        Some("FIREWORKS_AI_API_KEY"),
+        true,
+    ),
+    compatible(
+        "deepinfra",
+        Some("https://api.deepinfra.com/v1/openai"),
+        Some("DEEPINFRA_API_KEY"),
+        true,
+    ),
+    compatible(
+        "cerebras",
+        Some("https://api.cerebras.ai/v1"),
+        Some("CEREBRAS_API_KEY"),
+        true,
+    ),
+    compatible(
+        "sambanova",
+        Some("https://api.sambanova.ai/v1"),
+        Some("SAMBANOVA_API_KEY"),
+        true,
+    ),
+    compatible(
+        "nvidia_nim",
+        Some("https://integrate.api.nvidia.com/v1"),
+        Some("NVIDIA_NIM_API_KEY"),
+        true,
+    ),
+    compatible(
+        "dashscope",
+        Some("https://dashscope-intl.aliyuncs.com/compatible-mode/v1"),
+        Some("DASHSCOPE_API_KEY"),
+        true,
+    ),
+    compatible(
+        "codestral",
+        Some("https://codestral.mistral.ai/v1"),
+        Some("CODESTRAL_API_KEY"),
+        true,
+    ),
+    compatible(
+        "lm_studio",
+        Some("http://localhost:1234/v1"),
+        Some("LM_STUDIO_API_KEY"),
+        false,
+    ),
+    compatible("llamafile", Some("http://127.0.0.1:8080/v1"), None, false),
+    // Any OpenAI-compatible server at api_base.
+    compatible("custom_openai", None, None, false),
+    compatible("openai_like", None, None, false),
+    // Azure AI Foundry's model inference endpoint (OpenAI's shape under the base).
+    compatible("azure_ai", None, Some("AZURE_AI_API_KEY"), true),
+    // Another LiteLLM proxy (or llm-router's own OpenAI-compatible peers).
+    compatible("litellm_proxy", None, Some("LITELLM_PROXY_API_KEY"), false),
 ];
+
+/// Providers LiteLLM reaches by signing each request (AWS SigV4, Google service accounts),
+/// which llm-router does not do yet: a deployment on one is refused (or skipped when its group
+/// has others), with this said.
+pub const SIGNED: &[&str] = &[
+    "bedrock",
+    "bedrock_converse",
+    "sagemaker",
+    "sagemaker_chat",
+    "vertex_ai",
+    "vertex_ai_beta",
+];
+
+/// Why a deployment on a request-signing provider cannot be served yet.
+pub fn signed_reason(prefix: &str) -> String {
+    format!(
+        "`{prefix}/` needs request signing (AWS SigV4 or Google credentials), which llm-router does not support yet; reach the model through an OpenAI-compatible endpoint, or gemini/ for Google AI Studio"
+    )
+}
+
+/// How `litellm_params.model` names its provider.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Model<'a> {
+    /// `provider/model`, or a bare model name whose provider LiteLLM infers.
+    Known { prefix: &'a str, model: &'a str },
+    /// A provider that needs request signing (see [`SIGNED`]).
+    Signed { prefix: &'a str },
+    /// A name LiteLLM would send somewhere llm-router cannot go, with why.
+    Unsupported(String),
+}
+
+/// Resolves `litellm_params.model`: `provider/model`, or a bare name as LiteLLM infers its
+/// provider (OpenAI's `gpt-`, `o1`.. names and `chatgpt-`; Anthropic's `claude-`; a bare
+/// `gemini-` name goes to Vertex AI in LiteLLM).
+pub fn resolve_model(model: &str) -> Model<'_> {
+    if let Some((prefix, rest)) = model.split_once('/')
+        && !prefix.is_empty()
+        && !rest.is_empty()
+        && (prefix == "mock" || lookup(prefix).is_some() || SIGNED.contains(&prefix))
+    {
+        return if SIGNED.contains(&prefix) {
+            Model::Signed { prefix }
+        } else {
+            Model::Known {
+                prefix,
+                model: rest,
+            }
+        };
+    }
+    let openai = ["gpt-", "chatgpt-", "o1", "o3", "o4", "ft:gpt-"];
+    if openai.iter().any(|p| model.starts_with(p)) {
+        return Model::Known {
+            prefix: "openai",
+            model,
+        };
+    }
+    if model.starts_with("claude-") {
+        return Model::Known {
+            prefix: "anthropic",
+            model,
+        };
+    }
+    if model.starts_with("gemini-") {
+        return Model::Signed {
+            prefix: "vertex_ai",
+        };
+    }
+    Model::Unsupported(match model.split_once('/') {
+        Some((prefix, _)) if !prefix.is_empty() => {
+            format!("unknown provider `{prefix}`; supported: {}", prefixes())
+        }
+        _ => format!(
+            "`{model}` names no provider: write `provider/model`, e.g. `openai/gpt-4o-mini` or `mock/fast` (LiteLLM infers one only for gpt-, o1/o3/o4 and claude- names)"
+        ),
+    })
+}
 
 /// The Azure OpenAI API version sent when neither the deployment nor `AZURE_API_VERSION` sets
 /// one: the current GA version.

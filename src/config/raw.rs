@@ -17,6 +17,28 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// LiteLLM's module-level settings. The routing keys among them are read, under
+    /// `router_settings` in precedence; the rest are listed as not supported here.
+    #[serde(default)]
+    pub litellm_settings: RawLitellmSettings,
+}
+
+/// The routing keys of LiteLLM's `litellm_settings`: each is the default for its
+/// `router_settings` namesake (LiteLLM's Router reads `router_setting or litellm.setting`).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLitellmSettings {
+    /// LiteLLM's per-attempt timeout (`litellm.request_timeout`): here too the default attempt
+    /// limit of every deployment without `litellm_params.timeout`.
+    #[serde(default, deserialize_with = "dur")]
+    pub request_timeout: Option<Duration>,
+    pub num_retries: Option<u32>,
+    pub fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    pub context_window_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    pub content_policy_fallbacks: Option<Vec<BTreeMap<String, Vec<String>>>>,
+    pub default_fallbacks: Option<Vec<String>>,
+    pub allowed_fails: Option<u32>,
+    #[serde(default, deserialize_with = "dur")]
+    pub cooldown_time: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +69,8 @@ pub struct RawLitellmParams {
     #[serde(default, deserialize_with = "dur")]
     pub stream_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
+    /// LiteLLM's per-deployment retries: read as `max_retries` when that is unset.
+    pub num_retries: Option<u32>,
     pub weight: Option<u32>,
     /// Azure OpenAI's `api-version` query parameter.
     pub api_version: Option<String>,
@@ -68,6 +92,16 @@ pub struct RawLitellmParams {
     /// This deployment's cooldown, overriding `router_settings.cooldown_time`.
     #[serde(default, deserialize_with = "dur")]
     pub cooldown_time: Option<Duration>,
+    /// USD per prompt token (LiteLLM accepts the price here or under `model_info`).
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token.
+    pub output_cost_per_token: Option<f64>,
+    /// Every other key: LiteLLM passes them to the provider (`extra_body`, `reasoning_effort`,
+    /// `stop`, `thinking`, ...). Filled after parsing (see `config::parse_raw`, which keeps
+    /// every other key's error path exact); sorted out by `validate`: sent where the wire
+    /// format has the field, else listed as ignored.
+    #[serde(skip)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +110,13 @@ pub struct RawModelInfo {
     /// LiteLLM's flag: the model continues an answer from a final assistant message (a
     /// prefill). Decides which deployments may continue a broken stream.
     pub supports_assistant_prefill: Option<bool>,
+    /// The model's context window in prompt tokens: with `enable_pre_call_checks`, a prompt
+    /// estimated larger skips the deployment.
+    pub max_input_tokens: Option<u64>,
+    /// USD per prompt token: the cost reported per call.
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token.
+    pub output_cost_per_token: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +183,15 @@ pub struct RawRouterSettings {
     pub retry_budget: Option<RawRetryBudget>,
     /// Per model group overrides of the routing strategy and hedging.
     pub model_group_settings: Option<BTreeMap<String, RawGroupSettings>>,
+    /// LiteLLM's retries per kind of failure, over `num_retries`.
+    pub retry_policy: Option<RawRetryPolicy>,
+    /// `retry_policy` per model group, over the router's.
+    pub model_group_retry_policy: Option<BTreeMap<String, RawRetryPolicy>>,
+    /// Other names a request may use for a group: `{alias: group}` or
+    /// `{alias: {model: group, hidden: bool}}`.
+    pub model_group_alias: Option<BTreeMap<String, RawAlias>>,
+    /// Skip deployments whose `model_info.max_input_tokens` the prompt exceeds.
+    pub enable_pre_call_checks: Option<bool>,
     /// Time allowed to open a TCP/TLS connection to a provider, apart from the request deadline.
     #[serde(default, deserialize_with = "dur")]
     pub connect_timeout: Option<Duration>,
@@ -167,6 +217,33 @@ pub struct RawAllowedFailsPolicy {
     pub RateLimitErrorAllowedFails: Option<u32>,
     pub ContentPolicyViolationErrorAllowedFails: Option<u32>,
     pub InternalServerErrorAllowedFails: Option<u32>,
+}
+
+/// LiteLLM's `RetryPolicy`: retries per kind of failure.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[allow(non_snake_case)]
+pub struct RawRetryPolicy {
+    pub BadRequestErrorRetries: Option<u32>,
+    pub AuthenticationErrorRetries: Option<u32>,
+    pub TimeoutErrorRetries: Option<u32>,
+    pub RateLimitErrorRetries: Option<u32>,
+    pub ContentPolicyViolationErrorRetries: Option<u32>,
+    pub InternalServerErrorRetries: Option<u32>,
+}
+
+/// One `model_group_alias` entry, in either of LiteLLM's two shapes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAlias {
+    Group(String),
+    Entry {
+        model: String,
+        /// LiteLLM's: leave the alias out of model lists. ListModels lists groups only, so
+        /// every alias is hidden here; read so that the shape is accepted.
+        #[serde(default)]
+        #[allow(dead_code)]
+        hidden: bool,
+    },
 }
 
 /// Retry throttling per deployment in the manner of gRPC's (gRFC A6).

@@ -40,7 +40,8 @@ impl AnthropicProvider {
         }
         AnthropicProvider {
             max_malformed_events,
-            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
+            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref())
+                .with_body_defaults(cfg.body_defaults.clone()),
             url: Target::new(format!("{}/v1/messages", cfg.api_base)),
             model: model.to_string(),
             max_tokens: cfg
@@ -136,6 +137,7 @@ fn usage(input: u32, output: u32) -> Usage {
         prompt_tokens: input,
         completion_tokens: output,
         total_tokens: input.saturating_add(output),
+        cost_usd: None,
     }
 }
 

@@ -40,7 +40,8 @@ impl GeminiProvider {
         let model_url = format!("{}/models/{model}", cfg.api_base);
         GeminiProvider {
             max_malformed_events,
-            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
+            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref())
+                .with_body_defaults(cfg.body_defaults.clone()),
             unary_url: Target::new(format!("{model_url}:generateContent")),
             stream_url: Target::new(format!("{model_url}:streamGenerateContent?alt=sse")),
             default_max_tokens: cfg.default_max_tokens,
@@ -175,6 +176,7 @@ impl Response {
             prompt_tokens: u.prompt_token_count,
             completion_tokens: u.candidates_token_count,
             total_tokens: u.total_token_count,
+            cost_usd: None,
         });
         let Some(c) = self.candidates.into_iter().next() else {
             return Ok(Piece {

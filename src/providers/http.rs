@@ -45,6 +45,9 @@ pub struct Endpoint {
     headers: HeaderMap,
     /// Shared with the deployment's streams, which redact their error events too.
     secrets: Arc<[Secret]>,
+    /// The deployment's extra `litellm_params`, filled into each body where the request left
+    /// them out (see `config::params`).
+    body_defaults: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Endpoint {
@@ -79,7 +82,17 @@ impl Endpoint {
             http,
             headers,
             secrets: secrets.into(),
+            body_defaults: None,
         }
+    }
+
+    /// Fields every request body starts from (the deployment's extra `litellm_params`).
+    pub fn with_body_defaults(
+        mut self,
+        defaults: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    ) -> Self {
+        self.body_defaults = defaults;
+        self
     }
 
     /// POSTs `body` as JSON. Returns the response when its status is 2xx, else the error
@@ -90,13 +103,23 @@ impl Endpoint {
         body: &impl serde::Serialize,
         classify: Classify,
     ) -> Result<reqwest::Response, ProviderError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| {
+        let encode_error = |e: serde_json::Error| {
             ProviderError::new(
                 ErrorKind::BadRequest,
                 0,
                 format!("cannot encode request: {e}"),
             )
-        })?;
+        };
+        let bytes = match &self.body_defaults {
+            // Only deployments configured with extra fields pay for the detour through a map.
+            Some(defaults) => {
+                let mut value = serde_json::to_value(body).map_err(encode_error)?;
+                crate::config::params::fill_absent(&mut value, defaults);
+                serde_json::to_vec(&value)
+            }
+            None => serde_json::to_vec(body),
+        }
+        .map_err(encode_error)?;
         let mut headers = self.headers.clone();
         crate::telemetry::traces::inject_current(&mut headers);
         let request = match &url.parsed {

@@ -81,6 +81,7 @@ impl MockProvider {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt.saturating_add(completion),
+            cost_usd: None,
         }
     }
 

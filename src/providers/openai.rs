@@ -56,7 +56,8 @@ impl OpenAiProvider {
         };
         OpenAiProvider {
             max_malformed_events,
-            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref()),
+            endpoint: Endpoint::new(http, auth, &cfg.extra_headers, cfg.api_key.as_ref())
+                .with_body_defaults(cfg.body_defaults.clone()),
             url: Target::new(url),
             model: model.to_string(),
             default_max_tokens: cfg.default_max_tokens,
@@ -283,6 +284,7 @@ impl WireUsage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             total_tokens: self.total_tokens,
+            cost_usd: None,
         }
     }
 }
@@ -303,6 +305,7 @@ mod tests {
                 api_version: None,
                 extra_headers: Vec::new(),
                 default_max_tokens,
+                body_defaults: None,
             },
             "gpt-4o",
             3,

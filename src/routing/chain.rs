@@ -11,6 +11,7 @@ use super::{
     Answered, CallError, CallFailure, Router,
     deadline::{AttemptDeadlines, Backoff},
     failure::{Failure, Fault},
+    health::Unavailable,
     log::CallLog,
     pick::{Pick, Picker},
     plan::Plan,
@@ -83,10 +84,20 @@ impl InGroup {
             let configured = first.max_retries;
             self.retries_allowed = Some(plan.num_retries.map_or(configured, |n| n.min(configured)));
         }
+        // Unset only while no deployment of the group can be picked, when it does not matter.
+        let mut retries_allowed = self.retries_allowed.unwrap_or(0);
+        // LiteLLM's retry_policy: the failure's kind sets the count, over max_retries (and a
+        // request's num_retries still only lowers it).
+        if let Some(n) = self
+            .failure
+            .as_ref()
+            .and_then(|f| group.retry_policy.retries(f.class().kind))
+        {
+            retries_allowed = plan.num_retries.map_or(n, |r| r.min(n));
+        }
         Position {
             retries_done: self.retries_done,
-            // Unset only while no deployment of the group can be picked, when it does not matter.
-            retries_allowed: self.retries_allowed.unwrap_or(0),
+            retries_allowed,
             candidate: pick.candidate(),
             context_window_fallbacks: !switched && !group.context_window_fallbacks.is_empty(),
             content_policy_fallbacks: !switched && !group.content_policy_fallbacks.is_empty(),
@@ -234,6 +245,7 @@ impl Router {
             attempt,
             log: CallLog {
                 recovery: plan.recovery,
+                request_tokens: plan.request_tokens,
                 ..CallLog::default()
             },
         };
@@ -252,6 +264,19 @@ impl Router {
                     break 'groups;
                 };
                 let pick = group.pick.pick(&facts);
+                if group.failure.is_none()
+                    && let Pick::Nothing { skipped } = &pick
+                    && !skipped.is_empty()
+                    && skipped
+                        .iter()
+                        .all(|(_, why)| matches!(why, Unavailable::PromptTooLong { .. }))
+                {
+                    // No model of the group can take the prompt: as LiteLLM's pre-call
+                    // checks, the group fails on a context-window error, never sent.
+                    call.log.skipped(&group.pick.group, skipped);
+                    group.failure = Some(Failure::prompt_too_long(plan.request_tokens));
+                    continue;
+                }
                 let position = group.position(&pick, plan, chain.switched, backoff);
                 // Nothing has failed yet in a group just entered.
                 let failed = group

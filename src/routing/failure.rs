@@ -57,6 +57,18 @@ pub struct Class {
 }
 
 impl Failure {
+    /// A group none of whose deployments can take the prompt (pre-call checks): a
+    /// context-window error that was never sent.
+    pub fn prompt_too_long(request_tokens: u64) -> Failure {
+        Failure::Provider(ProviderError::new(
+            ErrorKind::ContextWindow,
+            0,
+            format!(
+                "the prompt, about {request_tokens} tokens, is over the model_info.max_input_tokens of every deployment of the group"
+            ),
+        ))
+    }
+
     /// The one place a failure is classified.
     pub fn class(&self) -> Class {
         let (fault, outcome, kind) = match self {

@@ -14,7 +14,10 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::config::{CooldownPolicy, Deployment, FailKind, RetryBudget};
+use crate::config::{
+    ALL_FAILED_MIN_ATTEMPTS, CooldownPolicy, CooldownRule, Deployment, FAILURE_RATE_MIN_ATTEMPTS,
+    FAILURE_RATE_THRESHOLD, FailKind, RetryBudget,
+};
 use crate::telemetry::Metrics;
 
 /// Length of the windows that `allowed_fails`, `rpm` and `tpm` count in.
@@ -41,6 +44,8 @@ struct Inner {
     /// Failures this minute by kind, and the shared count of kinds without their own limit.
     fails: [u32; FailKind::COUNT],
     fails_shared: u32,
+    /// Attempts that answered this minute, which the failure-rate rule weighs failures by.
+    oks: u32,
     cooling_until: Option<Instant>,
     /// Time to first chunk of streamed attempts, in seconds.
     first_chunk: VecDeque<(Instant, f64)>,
@@ -78,6 +83,8 @@ pub enum Unavailable {
     AtCapacity { until: Instant },
     /// Its retry budget is at or below half: only a call's first attempt may use it.
     Throttled,
+    /// The prompt is estimated longer than its `model_info.max_input_tokens` (pre-call checks).
+    PromptTooLong { max_input_tokens: u64 },
 }
 
 impl DeploymentState {
@@ -88,6 +95,7 @@ impl DeploymentState {
                 fails_since: now,
                 fails: [0; FailKind::COUNT],
                 fails_shared: 0,
+                oks: 0,
                 cooling_until: None,
                 first_chunk: VecDeque::with_capacity(LATENCY_SAMPLES),
                 per_token: VecDeque::with_capacity(LATENCY_SAMPLES),
@@ -194,7 +202,8 @@ impl DeploymentState {
     }
 
     /// Takes in how an attempt ended. Returns the end of the cooldown it started (or
-    /// extended), if it did.
+    /// extended), if it did. `alone`: the deployment is its group's only one.
+    #[allow(clippy::too_many_arguments)]
     pub fn report(
         &self,
         now: Instant,
@@ -203,13 +212,16 @@ impl DeploymentState {
         cooldown_time: Duration,
         budget: Option<RetryBudget>,
         latency_ttl: Duration,
+        alone: bool,
     ) -> Option<Instant> {
         let mut s = self.lock();
+        s.roll_fails(now);
         match end {
             AttemptEnd::Ok {
                 elapsed,
                 output_tokens,
             } => {
+                s.oks = s.oks.saturating_add(1);
                 if let (Some(tokens), Some(b)) = (s.budget.as_mut(), budget) {
                     *tokens = (*tokens + b.token_ratio).min(b.max_tokens);
                 }
@@ -240,18 +252,22 @@ impl DeploymentState {
                     return None;
                 }
                 let allowed = policy.allowed(kind)?;
-                if now.duration_since(s.fails_since) >= MINUTE {
-                    s.fails_since = now;
-                    s.fails = [0; FailKind::COUNT];
-                    s.fails_shared = 0;
-                }
-                let count = if policy.per_kind[kind.index()].is_some() {
-                    &mut s.fails[kind.index()]
-                } else {
-                    &mut s.fails_shared
+                let cool = match policy.rule {
+                    CooldownRule::FailureCount => {
+                        let count = if policy.per_kind[kind.index()].is_some() {
+                            &mut s.fails[kind.index()]
+                        } else {
+                            &mut s.fails_shared
+                        };
+                        *count += 1;
+                        *count > allowed
+                    }
+                    CooldownRule::FailureRate => {
+                        s.fails_shared += 1;
+                        failure_rate_cools(kind, s.fails_shared, s.oks, alone)
+                    }
                 };
-                *count += 1;
-                if *count <= allowed {
+                if !cool {
                     return None;
                 }
                 // Cooled again while cooling: the later end wins, never the earlier.
@@ -263,6 +279,7 @@ impl DeploymentState {
                 s.fails_since = now;
                 s.fails = [0; FailKind::COUNT];
                 s.fails_shared = 0;
+                s.oks = 0;
                 Some(until)
             }
         }
@@ -332,6 +349,7 @@ impl Tracker {
             d.cooldown_time,
             self.budget,
             self.latency_ttl,
+            d.alone_in_group,
         ) else {
             return;
         };
@@ -341,7 +359,7 @@ impl Tracker {
             model_group = %d.group,
             deployment = %d.id,
             cooldown_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
-            "deployment failed more than allowed_fails times within a minute: cooling down"
+            "deployment failed too often this minute (router_settings.allowed_fails, or the failure rate): cooling down"
         );
     }
 
@@ -356,7 +374,36 @@ impl Drop for Lease {
     }
 }
 
+/// LiteLLM's default cooldown rule (see [`CooldownRule::FailureRate`]), given this minute's
+/// failures (this one included) and successes.
+fn failure_rate_cools(kind: FailKind, fails: u32, oks: u32, alone: bool) -> bool {
+    let total = fails + oks;
+    match kind {
+        // Others in the group can take the load while the limit resets.
+        FailKind::RateLimit if !alone => return true,
+        // Credentials that do not work will not start working in a few seconds.
+        FailKind::Authentication => return true,
+        _ => {}
+    }
+    if oks == 0 && total >= ALL_FAILED_MIN_ATTEMPTS {
+        return true;
+    }
+    !alone
+        && total >= FAILURE_RATE_MIN_ATTEMPTS
+        && f64::from(fails) / f64::from(total) > FAILURE_RATE_THRESHOLD
+}
+
 impl Inner {
+    /// Starts the failure count again once its minute is over.
+    fn roll_fails(&mut self, now: Instant) {
+        if now.duration_since(self.fails_since) >= MINUTE {
+            self.fails_since = now;
+            self.fails = [0; FailKind::COUNT];
+            self.fails_shared = 0;
+            self.oks = 0;
+        }
+    }
+
     fn roll_usage(&mut self, now: Instant) {
         if now.duration_since(self.usage_since) >= MINUTE {
             // Whole minutes since the window began, so windows stay aligned.
@@ -396,6 +443,7 @@ mod tests {
     fn policy(allowed_fails: u32) -> CooldownPolicy {
         CooldownPolicy {
             enabled: true,
+            rule: CooldownRule::FailureCount,
             allowed_fails,
             per_kind: [None; FailKind::COUNT],
             cooldown_time: Duration::from_secs(5),
@@ -427,19 +475,127 @@ mod tests {
     const TTL: Duration = Duration::from_secs(300);
 
     #[tokio::test(start_paused = true)]
+    async fn litellms_default_rule_goes_by_the_failure_rate_and_spares_a_group_of_one() {
+        let p = CooldownPolicy {
+            rule: CooldownRule::FailureRate,
+            ..policy(3)
+        };
+        let ok = AttemptEnd::Ok {
+            elapsed: Duration::from_millis(10),
+            output_tokens: None,
+        };
+        let t0 = Instant::now();
+        // Half of six failed: not more than half. The seventh failure makes it 4 of 7.
+        let s = DeploymentState::new(t0, None);
+        for _ in 0..3 {
+            s.report(t0, ok, &p, COOL, None, TTL, false);
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
+                None
+            );
+        }
+        assert_eq!(
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
+            Some(t0 + COOL)
+        );
+        // Fewer than five attempts in the minute never cool by rate: four failures in a row.
+        let s = DeploymentState::new(t0, None);
+        for _ in 0..4 {
+            assert_eq!(
+                s.report(
+                    t0,
+                    fail(FailKind::InternalServer),
+                    &p,
+                    COOL,
+                    None,
+                    TTL,
+                    false
+                ),
+                None
+            );
+        }
+        // The only deployment of its group: every failure of a busy minute, short of 1000.
+        let s = DeploymentState::new(t0, None);
+        for _ in 0..999 {
+            assert_eq!(
+                s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, true),
+                None
+            );
+        }
+        assert_eq!(
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, true),
+            Some(t0 + COOL)
+        );
+        // A rate limit cools at once where the group has others, never alone; bad credentials
+        // cool either way; a bad request never.
+        let s = DeploymentState::new(t0, None);
+        assert_eq!(
+            s.report(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL, true),
+            None
+        );
+        assert_eq!(
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL, false),
+            None
+        );
+        assert_eq!(
+            s.report(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL, false),
+            Some(t0 + COOL)
+        );
+        let s = DeploymentState::new(t0, None);
+        assert_eq!(
+            s.report(
+                t0,
+                fail(FailKind::Authentication),
+                &p,
+                COOL,
+                None,
+                TTL,
+                true
+            ),
+            Some(t0 + COOL)
+        );
+        // The minute's counts start again: successes from a minute ago do not dilute.
+        let s = DeploymentState::new(t0, None);
+        for _ in 0..10 {
+            s.report(t0, ok, &p, COOL, None, TTL, false);
+        }
+        let t1 = t0 + MINUTE;
+        for _ in 0..4 {
+            assert_eq!(
+                s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
+                None
+            );
+        }
+        assert_eq!(
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
+            Some(t1 + COOL)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn cools_after_more_than_allowed_fails_within_a_minute_and_returns() {
         let s = DeploymentState::new(Instant::now(), None);
         let p = policy(2);
         let t0 = Instant::now();
         assert_eq!(
-            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
             None
         );
         assert_eq!(
-            s.report(t0, fail(FailKind::InternalServer), &p, COOL, None, TTL),
+            s.report(
+                t0,
+                fail(FailKind::InternalServer),
+                &p,
+                COOL,
+                None,
+                TTL,
+                false
+            ),
             None
         );
-        let until = s.report(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL);
+        let until = s.report(t0, fail(FailKind::RateLimit), &p, COOL, None, TTL, false);
         assert_eq!(until, Some(t0 + COOL));
         assert!(matches!(
             s.check(t0 + Duration::from_secs(4), &limits(), true),
@@ -452,7 +608,7 @@ mod tests {
         // The count started again: two more failures are allowed.
         let t1 = t0 + COOL;
         assert_eq!(
-            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
             None
         );
     }
@@ -463,16 +619,16 @@ mod tests {
         let p = policy(1);
         let t0 = Instant::now();
         assert_eq!(
-            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
             None
         );
         let t1 = t0 + MINUTE;
         assert_eq!(
-            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
             None
         );
         assert!(
-            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL)
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL, false)
                 .is_some()
         );
     }
@@ -487,13 +643,13 @@ mod tests {
             wait_hint: Some(Duration::from_secs(30)),
         };
         assert_eq!(
-            s.report(t0, long, &p, COOL, None, TTL),
+            s.report(t0, long, &p, COOL, None, TTL, false),
             Some(t0 + Duration::from_secs(30))
         );
         // A later, shorter cooldown does not cut the longer one short.
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(
-            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t1, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
             Some(t0 + Duration::from_secs(30))
         );
         assert_eq!(s.cooling_until(t1), Some(t0 + Duration::from_secs(30)));
@@ -505,7 +661,7 @@ mod tests {
             wait_hint: Some(Duration::from_secs(24 * 3600)),
         };
         assert_eq!(
-            s.report(t0, day, &p, COOL, None, TTL),
+            s.report(t0, day, &p, COOL, None, TTL, false),
             Some(t0 + Duration::from_secs(300))
         );
     }
@@ -516,22 +672,22 @@ mod tests {
         let mut p = policy(0);
         let t0 = Instant::now();
         assert_eq!(
-            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL, false),
             None
         );
         p.per_kind[FailKind::BadRequest.index()] = Some(1);
         assert_eq!(
-            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL, false),
             None
         );
         assert!(
-            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL)
+            s.report(t0, fail(FailKind::BadRequest), &p, COOL, None, TTL, false)
                 .is_some()
         );
         p.enabled = false;
         let s = DeploymentState::new(t0, None);
         assert_eq!(
-            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL),
+            s.report(t0, fail(FailKind::Timeout), &p, COOL, None, TTL, false),
             None
         );
     }
@@ -560,6 +716,7 @@ mod tests {
                 COOL,
                 Some(budget),
                 TTL,
+                false,
             );
         }
         // 2 of 4 tokens: not above half.
@@ -573,16 +730,24 @@ mod tests {
             elapsed: Duration::from_millis(10),
             output_tokens: None,
         };
-        s.report(now, ok, &p, COOL, Some(budget), TTL);
+        s.report(now, ok, &p, COOL, Some(budget), TTL, false);
         assert!(matches!(s.check(now, &l, false), Check::Available(_)));
         assert_eq!(s.budget_tokens(), Some(2.5));
         // Never below zero, never above the maximum.
         for _ in 0..10 {
-            s.report(now, fail(FailKind::Timeout), &p, COOL, Some(budget), TTL);
+            s.report(
+                now,
+                fail(FailKind::Timeout),
+                &p,
+                COOL,
+                Some(budget),
+                TTL,
+                false,
+            );
         }
         assert_eq!(s.budget_tokens(), Some(0.0));
         for _ in 0..20 {
-            s.report(now, ok, &p, COOL, Some(budget), TTL);
+            s.report(now, ok, &p, COOL, Some(budget), TTL, false);
         }
         assert_eq!(s.budget_tokens(), Some(4.0));
     }
@@ -655,11 +820,11 @@ mod tests {
                 elapsed: Duration::from_millis(ms),
                 output_tokens: None,
             };
-            s.report(t0, ok, &p, COOL, None, ttl);
+            s.report(t0, ok, &p, COOL, None, ttl, false);
         }
         assert!((load(t0).unwrap() - 0.2).abs() < 1e-9);
         let t1 = t0 + Duration::from_secs(30);
-        s.report(t1, fail(FailKind::Timeout), &p, COOL, None, ttl);
+        s.report(t1, fail(FailKind::Timeout), &p, COOL, None, ttl, false);
         assert!(load(t1).unwrap() > 300.0);
         // The two early samples expire first, then the penalty.
         assert!(load(t0 + ttl).unwrap() >= TIMEOUT_PENALTY_SECS);

@@ -20,6 +20,8 @@ pub struct CallLog {
     pub unavailable: Option<(Instant, bool)>,
     /// The call recovers a broken stream: each entry is marked.
     pub recovery: bool,
+    /// The prompt's estimated size, which pre-call checks skip deployments by.
+    pub request_tokens: u64,
 }
 
 impl CallLog {
@@ -38,7 +40,7 @@ impl CallLog {
                 Unavailable::CoolingDown { until } => (
                     AttemptOutcome::CoolingDown,
                     format!(
-                        "skipped: cooling down for another {:.1}s after failing more than allowed_fails times within a minute",
+                        "skipped: cooling down for another {:.1}s after failing too often this minute",
                         secs(until)
                     ),
                     Some((until, true)),
@@ -51,6 +53,14 @@ impl CallLog {
                 Unavailable::Throttled => (
                     AttemptOutcome::RetryThrottled,
                     "skipped: its retry budget is at or below half, so only first attempts may use it".to_string(),
+                    None,
+                ),
+                Unavailable::PromptTooLong { max_input_tokens } => (
+                    AttemptOutcome::PromptTooLong,
+                    format!(
+                        "skipped before sending (enable_pre_call_checks): the prompt, about {} tokens, is over its model_info.max_input_tokens ({max_input_tokens})",
+                        self.request_tokens
+                    ),
                     None,
                 ),
             };

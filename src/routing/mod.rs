@@ -128,13 +128,18 @@ impl Router {
             return Ok(mock_answer(&plan, text, mock_completion(text)));
         }
         let chat = &req.chat;
-        self.walk(&plan, None, |provider, d| async move {
-            match timeout_at(d.attempt, provider.complete(chat)).await {
-                Ok(result) => result.map_err(Failure::Provider),
-                Err(_) => Err(d.expired(false)),
-            }
-        })
-        .await
+        let mut answered = self
+            .walk(&plan, None, |provider, d| async move {
+                match timeout_at(d.attempt, provider.complete(chat)).await {
+                    Ok(result) => result.map_err(Failure::Provider),
+                    Err(_) => Err(d.expired(false)),
+                }
+            })
+            .await?;
+        if let (Some(t), Some(u)) = (&answered.tracker, &mut answered.value.usage) {
+            price(&t.deployment, u);
+        }
+        Ok(answered)
     }
 
     /// Walks the chain until an attempt delivers its first chunk: the commit point.
@@ -189,3 +194,10 @@ impl Router {
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
+
+/// Sets what an answer cost, when its deployment has a price.
+pub fn price(d: &crate::config::Deployment, usage: &mut crate::proto::Usage) {
+    usage.cost_usd = d
+        .cost
+        .map(|c| c.of(usage.prompt_tokens, usage.completion_tokens));
+}

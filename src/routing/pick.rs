@@ -31,6 +31,8 @@ pub struct Facts {
     /// Only deployments that continue an answer from an assistant prefill (a stream's
     /// continuation).
     pub needs_prefill: bool,
+    /// `enable_pre_call_checks`: skip deployments whose context window the prompt exceeds.
+    pub pre_call_checks: bool,
     pub budget: Option<RetryBudget>,
     pub latency_ttl: Duration,
     pub latency_buffer: f64,
@@ -155,6 +157,18 @@ impl Picker {
             };
             let d = &self.group.deployments[i];
             if facts.needs_prefill && !d.supports_assistant_prefill {
+                continue;
+            }
+            if let Some(max) = d.max_input_tokens
+                && facts.pre_call_checks
+                && facts.request_tokens > max
+            {
+                skipped.push((
+                    i,
+                    Unavailable::PromptTooLong {
+                        max_input_tokens: max,
+                    },
+                ));
                 continue;
             }
             let limits = Limits {
@@ -288,6 +302,7 @@ router_settings:
             first_attempt: true,
             fresh_only: false,
             needs_prefill: false,
+            pre_call_checks: false,
             budget: None,
             latency_ttl: Duration::from_secs(300),
             latency_buffer: 0.5,
@@ -318,6 +333,7 @@ router_settings:
             },
             &CooldownPolicy {
                 enabled: false,
+                rule: crate::config::CooldownRule::FailureCount,
                 allowed_fails: 0,
                 per_kind: Default::default(),
                 cooldown_time: Duration::ZERO,
@@ -326,6 +342,7 @@ router_settings:
             Duration::ZERO,
             None,
             Duration::from_secs(300),
+            false,
         );
     }
 

@@ -110,6 +110,7 @@ where
             first_attempt: !self.plan.recovery,
             fresh_only,
             needs_prefill: self.plan.continuation,
+            pre_call_checks: r.pre_call_checks,
             budget: r.retry_budget,
             latency_ttl: r.latency_ttl,
             latency_buffer: r.lowest_latency_buffer,

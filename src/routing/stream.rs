@@ -451,6 +451,9 @@ impl Inner {
                 }
                 Poll::Ready(None) => {
                     st.done = true;
+                    if let (Some(t), Some(u)) = (&st.tracker, &mut st.usage) {
+                        super::price(&t.deployment, u);
+                    }
                     let changed = st.release();
                     return Poll::Ready(Some(Ok(StreamItem::Finished {
                         finish_reason: st.finish,

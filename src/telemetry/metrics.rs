@@ -87,6 +87,7 @@ pub struct Metrics {
     fallbacks: Family<FallbackLabels, Counter>,
     time_to_first_chunk: HistogramFamily<DeploymentLabels>,
     tokens: Family<TokenLabels, Counter>,
+    cost: Family<DeploymentLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     in_flight: Family<RpcLabels, Gauge>,
     streams_open: Gauge,
     hedges: Family<DeploymentLabels, Counter>,
@@ -162,6 +163,12 @@ impl Metrics {
             "Tokens in (prompt) and out (completion) by deployment, as providers report them",
             tokens.clone(),
         );
+        let cost = Family::default();
+        registry.register(
+            "cost_usd",
+            "What answers cost in US dollars, by model group and deployment: the tokens providers reported at the deployment's input_cost_per_token and output_cost_per_token (deployments without a price are not counted)",
+            cost.clone(),
+        );
         let in_flight = Family::default();
         registry.register(
             "calls_in_flight",
@@ -232,6 +239,7 @@ impl Metrics {
             fallbacks,
             time_to_first_chunk,
             tokens,
+            cost,
             in_flight,
             streams_open,
         }
@@ -300,7 +308,13 @@ impl Metrics {
             .observe(secs);
     }
 
-    pub fn tokens(&self, deployment: &str, usage: &Usage) {
+    /// Counts an answer's tokens, and its cost when it has one.
+    pub fn tokens(&self, group: &str, deployment: &str, usage: &Usage) {
+        if let Some(cost) = usage.cost_usd {
+            self.cost
+                .get_or_create(&deployment_labels(group, deployment))
+                .inc_by(cost);
+        }
         for (direction, n) in [
             ("input", usage.prompt_tokens),
             ("output", usage.completion_tokens),
@@ -409,6 +423,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::AtCapacity => "at_capacity",
         AttemptOutcome::RetryThrottled => "retry_throttled",
         AttemptOutcome::CallerTimeout => "caller_timeout",
+        AttemptOutcome::PromptTooLong => "prompt_too_long",
     }
 }
 
@@ -447,11 +462,13 @@ mod tests {
         m.attempt("chat", "chat-1", AttemptOutcome::FirstChunkTimeout);
         m.fallback("chat", "backup");
         m.tokens(
+            "chat",
             "chat-1",
             &Usage {
                 prompt_tokens: 3,
                 completion_tokens: 5,
                 total_tokens: 8,
+                cost_usd: Some(0.25),
             },
         );
         {
@@ -470,6 +487,12 @@ mod tests {
         );
         assert!(text.contains("llmrouter_attempts_total{model_group=\"chat\",deployment=\"chat-1\",outcome=\"first_chunk_timeout\"} 1"));
         assert!(text.contains("llmrouter_fallbacks_total{from=\"chat\",to=\"backup\"} 1"));
+        assert!(
+            text.contains(
+                "llmrouter_cost_usd_total{model_group=\"chat\",deployment=\"chat-1\"} 0.25"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("llmrouter_tokens_total{deployment=\"chat-1\",direction=\"output\"} 5")
         );

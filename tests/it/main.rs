@@ -13,6 +13,7 @@ mod binary;
 mod chaos;
 mod config;
 mod deadlines;
+mod litellm;
 mod metrics;
 mod providers;
 mod recovery;

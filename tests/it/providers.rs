@@ -53,6 +53,9 @@ model_list:
     model_info: {{ id: lenient }}
 router_settings:
   num_retries: 0
+  # Each test walks one deployment through several failures in a row: an auth failure would
+  # cool it (LiteLLM's default rule) and hide the next mapping.
+  disable_cooldowns: true
   retry_backoff_initial: 10ms
   retry_backoff_max: 20ms
   fallbacks:

@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// A deployment on a provider llm-router cannot reach yet: refused, unless its group has
+/// others (then skipped with a warning), which is only known once every entry is read.
+pub(super) struct Skipped {
+    pub(super) index: usize,
+    pub(super) group: String,
+    pub(super) reason: String,
+}
+
 pub(super) fn deployment(
     i: usize,
     d: &RawDeployment,
@@ -9,6 +17,7 @@ pub(super) fn deployment(
     router: &RouterSettings,
     lookup_env: &dyn Fn(&str) -> Option<String>,
     errs: &mut Errors,
+    skipped: &mut Vec<Skipped>,
 ) -> Option<Deployment> {
     let key = |k: &str| format!("model_list[{i}].{k}");
     let group = match d.model_name.as_deref().map(str::trim) {
@@ -25,23 +34,36 @@ pub(super) fn deployment(
         errs.add(key("litellm_params"), "is required");
         return None;
     };
-    let Some((provider, upstream_model)) = params
-        .model
-        .as_deref()
-        .and_then(|m| m.split_once('/'))
-        .filter(|(p, m)| !p.is_empty() && !m.is_empty())
-    else {
-        errs.add(
-            key("litellm_params.model"),
-            "is required as `provider/model`, e.g. `openai/gpt-4o-mini` or `mock/fast`",
-        );
-        return None;
+    let (provider, upstream_model) = match params.model.as_deref().map(providers::resolve_model) {
+        Some(providers::Model::Known { prefix, model }) => (prefix, model),
+        Some(providers::Model::Signed { prefix }) => {
+            skipped.push(Skipped {
+                index: i,
+                group,
+                reason: providers::signed_reason(prefix),
+            });
+            return None;
+        }
+        Some(providers::Model::Unsupported(why)) => {
+            errs.add(key("litellm_params.model"), why);
+            return None;
+        }
+        None => {
+            errs.add(
+                key("litellm_params.model"),
+                "is required as `provider/model`, e.g. `openai/gpt-4o-mini` or `mock/fast`",
+            );
+            return None;
+        }
     };
 
+    // The attempt limit: the deployment's own, else LiteLLM's per-attempt request_timeout,
+    // else the whole call's deadline.
     let timeout = errs
         .positive(&key("litellm_params.timeout"), params.timeout)
+        .or(router.attempt_timeout)
         .unwrap_or(router.timeout);
-    if timeout > router.timeout {
+    if params.timeout.is_some() && timeout > router.timeout {
         // Not an error: the call's total deadline caps it anyway. Worth saying, though.
         errs.warn(format!(
             "`{}` ({}) is longer than router_settings.timeout ({}), which caps it",
@@ -53,10 +75,15 @@ pub(super) fn deployment(
     let stream_timeout = errs
         .positive(&key("litellm_params.stream_timeout"), params.stream_timeout)
         .or(router.stream_timeout);
-    let max_retries = params.max_retries.unwrap_or(router.num_retries);
+    // LiteLLM's deployment-level num_retries retries the same call: max_retries here.
+    let (max_retries, retries_key) = match (params.max_retries, params.num_retries) {
+        (Some(n), _) => (n, "max_retries"),
+        (None, Some(n)) => (n, "num_retries"),
+        (None, None) => (router.num_retries, "max_retries"),
+    };
     if max_retries > MAX_RETRIES_LIMIT {
         errs.add(
-            key("litellm_params.max_retries"),
+            key(&format!("litellm_params.{retries_key}")),
             format!("must be at most {MAX_RETRIES_LIMIT}"),
         );
     }
@@ -95,6 +122,7 @@ pub(super) fn deployment(
                 );
             }
         }
+        extra_params(&key, None, params, errs);
         ProviderConfig::Mock(mock_spec(
             &key("litellm_params.mock"),
             params.mock.as_ref(),
@@ -102,12 +130,10 @@ pub(super) fn deployment(
         ))
     } else {
         let Some(spec) = providers::lookup(provider) else {
+            // resolve_model only answers Known with a catalogued prefix.
             errs.add(
                 key("litellm_params.model"),
-                format!(
-                    "unknown provider `{provider}`; supported: {}",
-                    providers::prefixes()
-                ),
+                format!("unknown provider `{provider}`"),
             );
             return None;
         };
@@ -118,7 +144,10 @@ pub(super) fn deployment(
             );
         }
         prefill_by_default = spec.assistant_prefill;
-        ProviderConfig::Http(http_provider(spec, params, &key, lookup_env, errs))
+        let mut http = http_provider(spec, params, &key, lookup_env, errs);
+        let defaults = extra_params(&key, Some(spec.wire), params, errs);
+        http.body_defaults = (!defaults.is_empty()).then(|| Arc::new(defaults));
+        ProviderConfig::Http(http)
     };
 
     let id = match d.model_info.id.as_deref().map(str::trim) {
@@ -129,6 +158,39 @@ pub(super) fn deployment(
         Some(id) => id.to_string(),
         None => format!("{group}/{position}"),
     };
+
+    let info = &d.model_info;
+    if info.max_input_tokens == Some(0) {
+        errs.add(key("model_info.max_input_tokens"), "must be at least 1");
+    }
+    let price = |info_value: Option<f64>, param: Option<f64>, name: &str, errs: &mut Errors| {
+        let (value, at) = match (info_value, param) {
+            (Some(v), _) => (Some(v), format!("model_info.{name}")),
+            (None, v) => (v, format!("litellm_params.{name}")),
+        };
+        if let Some(v) = value
+            && !(v.is_finite() && (0.0..=1.0).contains(&v))
+        {
+            errs.add(key(&at), "must be a price in USD per token, from 0 to 1");
+        }
+        value
+    };
+    let input_cost = price(
+        info.input_cost_per_token,
+        params.input_cost_per_token,
+        "input_cost_per_token",
+        errs,
+    );
+    let output_cost = price(
+        info.output_cost_per_token,
+        params.output_cost_per_token,
+        "output_cost_per_token",
+        errs,
+    );
+    let cost = (input_cost.is_some() || output_cost.is_some()).then(|| Cost {
+        input: input_cost.unwrap_or(0.0),
+        output: output_cost.unwrap_or(0.0),
+    });
 
     Some(Deployment {
         id,
@@ -141,7 +203,13 @@ pub(super) fn deployment(
         weight,
         rpm: params.rpm,
         tpm: params.tpm,
-        max_parallel_requests: params.max_parallel_requests,
+        // LiteLLM's cap when max_parallel_requests is unset: rpm, else tpm / 6000
+        // (calculate_max_parallel_requests).
+        max_parallel_requests: params.max_parallel_requests.or(params.rpm).or_else(|| {
+            params
+                .tpm
+                .map(|t| u32::try_from(t / 6000).unwrap_or(u32::MAX).max(1))
+        }),
         cooldown_time: params
             .cooldown_time
             .unwrap_or(router.cooldowns.cooldown_time),
@@ -149,7 +217,42 @@ pub(super) fn deployment(
             .model_info
             .supports_assistant_prefill
             .unwrap_or(prefill_by_default),
+        max_input_tokens: info.max_input_tokens,
+        cost,
+        // Set once the group is complete.
+        alone_in_group: false,
     })
+}
+
+/// Sorts the deployment's `litellm_params` llm-router has no field for: a typo of one it has
+/// is an error; the rest become request defaults for its wire format, or ignored keys with
+/// why. Returns the request defaults.
+fn extra_params(
+    key: &dyn Fn(&str) -> String,
+    wire: Option<WireFormat>,
+    params: &RawLitellmParams,
+    errs: &mut Errors,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut others = params.other.clone();
+    others.retain(|name, _| match litellm_param_typo(name) {
+        Some(known) => {
+            // Close to a key llm-router reads: a typo, which must not pass silently.
+            errs.add(
+                key(&format!("litellm_params.{name}")),
+                format!("unknown key; did you mean `{known}`?"),
+            );
+            false
+        }
+        None => true,
+    });
+    let sorted = params::sort(wire, &others);
+    for (name, why) in sorted.ignored {
+        errs.ignore(key(&format!("litellm_params.{name}")), why);
+    }
+    for (name, why) in sorted.invalid {
+        errs.add(key(&format!("litellm_params.{name}")), why);
+    }
+    sorted.body
 }
 
 /// Resolves an HTTP provider's base URL, key, headers and provider-specific settings.
@@ -172,7 +275,15 @@ fn http_provider(
         .as_deref()
         .map(|v| env_string(v, &base_key, lookup_env, errs).unwrap_or_default());
     let api_base = match configured.or_else(from_env) {
-        Some(base) => base.trim_end_matches('/').to_string(),
+        Some(base) => {
+            let base = base.trim_end_matches('/');
+            match spec.base_suffix {
+                Some(suffix) if !base.is_empty() && !base.ends_with(suffix) => {
+                    format!("{base}{suffix}")
+                }
+                _ => base.to_string(),
+            }
+        }
         None => match spec.default_base {
             Some(base) => base.to_string(),
             None => {
@@ -285,6 +396,7 @@ fn http_provider(
         api_version,
         extra_headers,
         default_max_tokens: params.max_tokens,
+        body_defaults: None,
     }
 }
 

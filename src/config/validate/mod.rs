@@ -13,17 +13,19 @@ use std::{
 };
 
 use super::{
-    Config, ConfigError, CooldownPolicy, Deployment, FailKind, Hedge, HttpProvider, KeyError,
-    MockFailure, MockSpec, ModelGroup, ProviderConfig, RetryBudget, RouterSettings, Secret,
-    ServerSettings, Strategy, StreamRecovery, is_ignored_litellm_key,
+    Config, ConfigError, CooldownPolicy, CooldownRule, Cost, Deployment, FailKind, Hedge,
+    HttpProvider, IgnoredKey, KeyError, MockFailure, MockSpec, ModelGroup, ProviderConfig,
+    RetryBudget, RetryPolicy, RouterSettings, Secret, ServerSettings, Strategy, StreamRecovery,
+    params,
     providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
-    raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock},
+    raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock, RawRetryPolicy},
+    why_ignored,
 };
 
 mod deployment;
 mod router;
 
-use deployment::deployment;
+use deployment::{Skipped, deployment};
 use router::{GroupSettings, group_settings, router_settings};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -44,7 +46,7 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// LiteLLM's defaults.
+/// LiteLLM's defaults (`litellm.allowed_fails`, `DEFAULT_COOLDOWN_TIME_SECONDS`).
 const DEFAULT_ALLOWED_FAILS: u32 = 3;
 const DEFAULT_COOLDOWN_TIME: Duration = Duration::from_secs(5);
 const DEFAULT_LATENCY_TTL: Duration = Duration::from_secs(300);
@@ -61,13 +63,21 @@ const DEFAULT_CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_RETRIES_LIMIT: u32 = 10;
 const ENV_SECRET_PREFIX: &str = "os.environ/";
 
-/// Problems (which reject the config) and warnings (which do not), each naming its key.
+/// Problems (which reject the config), warnings (which do not), each naming its key, and the
+/// keys accepted with no effect.
 #[derive(Default)]
-struct Errors(Vec<KeyError>, Vec<String>);
+struct Errors(Vec<KeyError>, Vec<String>, Vec<IgnoredKey>);
 
 impl Errors {
     fn warn(&mut self, message: String) {
         self.1.push(message);
+    }
+
+    fn ignore(&mut self, key: impl Into<String>, why: impl Into<String>) {
+        self.2.push(IgnoredKey {
+            key: key.into(),
+            why: why.into(),
+        });
     }
 
     fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -101,25 +111,16 @@ const LITELLM_PARAMS: &[&str] = &[
     "tpm",
     "max_parallel_requests",
     "cooldown_time",
+    "num_retries",
+    "input_cost_per_token",
+    "output_cost_per_token",
     "extra_headers",
     "max_tokens",
     "mock",
 ];
 
-/// A key directly under a deployment's `litellm_params`: LiteLLM passes the ones it does not
-/// know on to the provider (`extra_body`, `reasoning_effort`, `thinking`, ...), so a config may
-/// carry them. llm-router does not send them yet: it lists them as ignored, never fatal.
-fn is_litellm_param(key: &str) -> bool {
-    key.split_once("].litellm_params.")
-        .is_some_and(|(head, name)| head.starts_with("model_list[") && !name.contains('.'))
-}
-
 /// The known `litellm_params` key an unknown one is a typo of (at most two edits away).
-fn litellm_param_typo(key: &str) -> Option<&'static str> {
-    if !is_litellm_param(key) {
-        return None;
-    }
-    let name = key.rsplit('.').next()?;
+fn litellm_param_typo(name: &str) -> Option<&'static str> {
     LITELLM_PARAMS
         .iter()
         .copied()
@@ -149,15 +150,10 @@ pub(super) fn validate(
 ) -> Result<Config, ConfigError> {
     let mut errs = Errors::default();
 
-    let mut ignored_keys = Vec::new();
     for key in unused_keys {
-        if let Some(known) = litellm_param_typo(&key) {
-            // Close to a key llm-router reads: a typo, which must not pass silently.
-            errs.add(key, format!("unknown key; did you mean `{known}`?"));
-        } else if is_ignored_litellm_key(&key) || is_litellm_param(&key) {
-            ignored_keys.push(key);
-        } else {
-            errs.add(key, "unknown key");
+        match why_ignored(&key) {
+            Some(why) => errs.ignore(key, why),
+            None => errs.add(key, "unknown key"),
         }
     }
 
@@ -167,6 +163,7 @@ pub(super) fn validate(
     // Deployments, grouped by model_name in file order.
     let mut members: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
     let mut ids = BTreeSet::new();
+    let mut skipped = Vec::new();
     if raw.model_list.is_empty() {
         errs.add("model_list", "must list at least one deployment");
     }
@@ -174,7 +171,8 @@ pub(super) fn validate(
         let position = members
             .get(d.model_name.as_deref().unwrap_or(""))
             .map_or(0, Vec::len);
-        if let Some(dep) = deployment(i, d, position, &router, lookup_env, &mut errs) {
+        if let Some(dep) = deployment(i, d, position, &router, lookup_env, &mut errs, &mut skipped)
+        {
             if !ids.insert(dep.id.clone()) {
                 errs.add(
                     format!("model_list[{i}].model_info.id"),
@@ -185,36 +183,54 @@ pub(super) fn validate(
         }
     }
 
-    let rs = &raw.router_settings;
-    let fallbacks = fallback_map(
-        rs.fallbacks.as_deref(),
-        "router_settings.fallbacks",
-        &members,
-        &mut errs,
-    );
-    let cw_fallbacks = fallback_map(
-        rs.context_window_fallbacks.as_deref(),
-        "router_settings.context_window_fallbacks",
-        &members,
-        &mut errs,
-    );
-    let cp_fallbacks = fallback_map(
-        rs.content_policy_fallbacks.as_deref(),
-        "router_settings.content_policy_fallbacks",
-        &members,
-        &mut errs,
-    );
-    let group_settings = group_settings(&raw, &router, &members, &mut errs);
-    let default_fallbacks = rs.default_fallbacks.clone().unwrap_or_default();
-    for (j, name) in default_fallbacks.iter().enumerate() {
-        if !members.contains_key(name) {
-            errs.add(
-                format!("router_settings.default_fallbacks[{j}]"),
-                unknown_group(name, &members),
-            );
+    for Skipped {
+        index,
+        group,
+        reason,
+    } in skipped
+    {
+        let at = format!("model_list[{index}].litellm_params.model");
+        if members.contains_key(&group) {
+            errs.warn(format!(
+                "`{at}`: skipped, its group `{group}` has other deployments: {reason}"
+            ));
+        } else {
+            errs.add(at, reason);
         }
     }
 
+    // LiteLLM's Router takes each of these from router_settings, else from litellm_settings.
+    let rs = &raw.router_settings;
+    let ls = &raw.litellm_settings;
+    let mut fallback_list = |router, litellm, name: &str| {
+        let (list, key): (Option<&Vec<_>>, _) = chosen(router, litellm, name);
+        fallback_map(list.map(Vec::as_slice), &key, &members, &mut errs)
+    };
+    let fallbacks = fallback_list(&rs.fallbacks, &ls.fallbacks, "fallbacks");
+    let cw_fallbacks = fallback_list(
+        &rs.context_window_fallbacks,
+        &ls.context_window_fallbacks,
+        "context_window_fallbacks",
+    );
+    let cp_fallbacks = fallback_list(
+        &rs.content_policy_fallbacks,
+        &ls.content_policy_fallbacks,
+        "content_policy_fallbacks",
+    );
+    let group_settings = group_settings(&raw, &router, &members, &mut errs);
+    let (default_fallbacks, default_key) = chosen(
+        &rs.default_fallbacks,
+        &ls.default_fallbacks,
+        "default_fallbacks",
+    );
+    let default_fallbacks = default_fallbacks.cloned().unwrap_or_default();
+    for (j, name) in default_fallbacks.iter().enumerate() {
+        if !members.contains_key(name) {
+            errs.add(format!("{default_key}[{j}]"), unknown_group(name, &members));
+        }
+    }
+    let retry_policies = retry_policies(&raw, &members, &mut errs);
+    let aliases = aliases(&raw, &members, &mut errs);
     let otlp_endpoint = raw
         .telemetry
         .otlp_endpoint
@@ -252,10 +268,25 @@ pub(super) fn validate(
         return Err(ConfigError::Invalid(errs.0));
     }
 
+    let own_fallbacks = |name: &str| -> Vec<String> {
+        fallbacks.get(name).cloned().unwrap_or_else(|| {
+            default_fallbacks
+                .iter()
+                .filter(|g| *g != name)
+                .cloned()
+                .collect()
+        })
+    };
+    let max = router.max_fallbacks as usize;
+    let mut divergences = Vec::new();
     let groups = members
         .into_iter()
         .map(|(name, mut deps)| {
             shuffle_weights(&mut deps);
+            let alone = deps.len() == 1;
+            for d in deps.iter_mut() {
+                d.alone_in_group = alone;
+            }
             let GroupSettings {
                 strategy,
                 hedge,
@@ -272,46 +303,279 @@ pub(super) fn validate(
                     "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
                 ));
             }
-            let fallbacks: Vec<String> = fallbacks.get(&name).cloned().unwrap_or_else(|| {
-                default_fallbacks
-                    .iter()
-                    .filter(|g| **g != name)
-                    .cloned()
-                    .collect()
-            });
-            let max = router.max_fallbacks as usize;
-            if fallbacks.len() > max {
-                let last_kept = max
-                    .checked_sub(1)
-                    .map_or(name.as_str(), |i| fallbacks[i].as_str());
+            let (chain, cut) = transitive_fallbacks(&name, &own_fallbacks, max);
+            if let Some(after) = cut {
                 errs.warn(format!(
-                    "model group `{name}` has {} fallbacks; router_settings.max_fallbacks ({max}) cuts its chain after `{last_kept}`",
-                    fallbacks.len(),
+                    "model group `{name}` has more fallbacks (its own and theirs) than router_settings.max_fallbacks ({max}): its chain is cut after `{after}`"
+                ));
+            }
+            let retry_policy = retry_policies
+                .get(&name)
+                .or(retry_policies.get(""))
+                .copied()
+                .unwrap_or_default();
+            no_time_for_fallbacks(&name, &deps, &chain, &retry_policy, &router, &mut errs);
+            let cp = cp_fallbacks.get(&name).cloned().unwrap_or_default();
+            if cp.is_empty() && !chain.is_empty() {
+                divergences.push(format!(
+                    "model group `{name}`: a content-policy refusal ends the call (CONTENT_POLICY_VIOLATION) instead of going to its fallbacks, which would likely refuse the same content; give it content_policy_fallbacks to change that"
                 ));
             }
             let group = ModelGroup {
                 context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
-                content_policy_fallbacks: cp_fallbacks.get(&name).cloned().unwrap_or_default(),
-                fallbacks,
+                content_policy_fallbacks: cp,
+                fallbacks: chain,
                 deployments: deps.into_iter().map(Arc::new).collect(),
                 name: name.clone(),
                 strategy,
                 hedge,
+                retry_policy,
                 stream_recovery,
             };
             (name, Arc::new(group))
         })
         .collect();
+    divergences.extend(router_divergences(&router));
 
     Ok(Config {
         server,
         router,
         groups,
-        ignored_keys,
+        ignored_keys: errs.2,
+        divergences,
+        aliases,
         warnings: errs.1,
         otlp_endpoint,
         log_level,
     })
+}
+
+/// A setting LiteLLM's Router takes from `router_settings`, else from `litellm_settings`
+/// (`router_setting or litellm.setting`), with the key it came from.
+fn chosen<'a, T>(
+    router: &'a Option<T>,
+    litellm: &'a Option<T>,
+    name: &str,
+) -> (Option<&'a T>, String) {
+    match (router, litellm) {
+        (Some(v), _) => (Some(v), format!("router_settings.{name}")),
+        (None, Some(v)) => (Some(v), format!("litellm_settings.{name}")),
+        (None, None) => (None, format!("router_settings.{name}")),
+    }
+}
+
+/// A group's fallback chain as LiteLLM walks it: each fallback is followed by its own
+/// fallbacks (depth first) before the next, a group is tried once, and the chain stops at
+/// `max` groups. Returns the chain, and the group it was cut after when it was cut.
+fn transitive_fallbacks(
+    name: &str,
+    own: &dyn Fn(&str) -> Vec<String>,
+    max: usize,
+) -> (Vec<String>, Option<String>) {
+    fn walk(
+        from: &str,
+        own: &dyn Fn(&str) -> Vec<String>,
+        max: usize,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
+        cut: &mut bool,
+    ) {
+        for next in own(from) {
+            if seen.contains(&next) {
+                continue;
+            }
+            if out.len() == max {
+                *cut = true;
+                return;
+            }
+            seen.insert(next.clone());
+            out.push(next.clone());
+            walk(&next, own, max, seen, out, cut);
+        }
+    }
+    let mut seen = BTreeSet::from([name.to_string()]);
+    let (mut out, mut cut) = (Vec::new(), false);
+    walk(name, own, max, &mut seen, &mut out, &mut cut);
+    let after = cut.then(|| out.last().cloned().unwrap_or_else(|| name.to_string()));
+    (out, after)
+}
+
+/// Warns when a group has retries or fallbacks but an attempt of one of its deployments may
+/// use the call's whole deadline: a hung attempt then leaves no time for any of them.
+fn no_time_for_fallbacks(
+    name: &str,
+    deps: &[Deployment],
+    chain: &[String],
+    policy: &RetryPolicy,
+    router: &RouterSettings,
+    errs: &mut Errors,
+) {
+    let retries =
+        deps.iter().any(|d| d.max_retries > 0) && policy.retries(FailKind::Timeout) != Some(0);
+    if chain.is_empty() && !retries {
+        return;
+    }
+    let whole: Vec<&str> = deps
+        .iter()
+        .filter(|d| d.timeout >= router.timeout)
+        .map(|d| d.id.as_str())
+        .collect();
+    if whole.is_empty() {
+        return;
+    }
+    let what = match (chain.is_empty(), retries) {
+        (false, true) => "retries or fallbacks",
+        (false, false) => "fallbacks",
+        _ => "retries",
+    };
+    errs.warn(format!(
+        "model group `{name}`: an attempt on {} may take the whole call's deadline (router_settings.timeout, {}), so one that hangs leaves no time for its {what}; give attempts a shorter limit with litellm_settings.request_timeout or litellm_params.timeout",
+        whole.join(", "),
+        crate::config::duration::display(router.timeout),
+    ));
+}
+
+/// `retry_policy` (under the key "") and `model_group_retry_policy` (by group).
+fn retry_policies(
+    raw: &RawConfig,
+    groups: &BTreeMap<String, Vec<Deployment>>,
+    errs: &mut Errors,
+) -> BTreeMap<String, RetryPolicy> {
+    let rs = &raw.router_settings;
+    let mut out = BTreeMap::new();
+    let global = rs.retry_policy.as_ref().map(|p| {
+        (
+            "".to_string(),
+            "router_settings.retry_policy".to_string(),
+            p,
+        )
+    });
+    let per_group = rs.model_group_retry_policy.iter().flatten().map(|(g, p)| {
+        (
+            g.clone(),
+            format!("router_settings.model_group_retry_policy.{g}"),
+            p,
+        )
+    });
+    for (group, key, p) in global.into_iter().chain(per_group) {
+        if !group.is_empty() && !groups.contains_key(&group) {
+            errs.add(&key, unknown_group(&group, groups));
+            continue;
+        }
+        out.insert(group, retry_policy(&key, p, errs));
+    }
+    out
+}
+
+fn retry_policy(key: &str, p: &RawRetryPolicy, errs: &mut Errors) -> RetryPolicy {
+    let mut out = RetryPolicy::default();
+    for (kind, name, value) in [
+        (
+            FailKind::BadRequest,
+            "BadRequestErrorRetries",
+            p.BadRequestErrorRetries,
+        ),
+        (
+            FailKind::Authentication,
+            "AuthenticationErrorRetries",
+            p.AuthenticationErrorRetries,
+        ),
+        (
+            FailKind::Timeout,
+            "TimeoutErrorRetries",
+            p.TimeoutErrorRetries,
+        ),
+        (
+            FailKind::RateLimit,
+            "RateLimitErrorRetries",
+            p.RateLimitErrorRetries,
+        ),
+        (
+            FailKind::ContentPolicy,
+            "ContentPolicyViolationErrorRetries",
+            p.ContentPolicyViolationErrorRetries,
+        ),
+        (
+            FailKind::InternalServer,
+            "InternalServerErrorRetries",
+            p.InternalServerErrorRetries,
+        ),
+    ] {
+        let Some(n) = value else { continue };
+        if n > MAX_RETRIES_LIMIT {
+            errs.add(
+                format!("{key}.{name}"),
+                format!("must be at most {MAX_RETRIES_LIMIT}"),
+            );
+        }
+        if kind.is_request_fault() || kind == FailKind::Authentication {
+            if n > 0 {
+                errs.warn(format!(
+                    "`{key}.{name}`: llm-router does not retry {}; the setting has no effect",
+                    if kind == FailKind::Authentication {
+                        "a deployment that refused its credentials (the group's other deployments are tried, then its fallbacks)"
+                    } else {
+                        "a request the provider rejected (it goes to the special fallbacks, if any)"
+                    }
+                ));
+            }
+            continue;
+        }
+        out.0[kind.index()] = Some(n);
+    }
+    out
+}
+
+/// `model_group_alias`: other names for groups.
+fn aliases(
+    raw: &RawConfig,
+    groups: &BTreeMap<String, Vec<Deployment>>,
+    errs: &mut Errors,
+) -> BTreeMap<String, String> {
+    use super::raw::RawAlias;
+    let mut out = BTreeMap::new();
+    for (alias, target) in raw.router_settings.model_group_alias.iter().flatten() {
+        let key = format!("router_settings.model_group_alias.{alias}");
+        let group = match target {
+            RawAlias::Group(g) | RawAlias::Entry { model: g, .. } => g,
+        };
+        if groups.contains_key(alias) {
+            errs.add(&key, format!("`{alias}` is a model group's own name"));
+        } else if !groups.contains_key(group) {
+            errs.add(&key, unknown_group(group, groups));
+        } else {
+            out.insert(alias.clone(), group.clone());
+        }
+    }
+    out
+}
+
+/// Where the router's settings mean something other than in LiteLLM, one line each.
+fn router_divergences(router: &RouterSettings) -> Vec<String> {
+    let d = crate::config::duration::display;
+    let mut out = vec![
+        format!(
+            "router_settings.timeout ({}) bounds the whole call, fallbacks included; LiteLLM gives each attempt that long. Attempts are limited by litellm_params.timeout, else litellm_settings.request_timeout{}",
+            d(router.timeout),
+            router
+                .attempt_timeout
+                .map_or(", else the whole deadline".to_string(), |t| format!(" ({})", d(t))),
+        ),
+        format!(
+            "a committed stream silent for stream_idle_timeout ({}) is cut (LiteLLM has no idle limit)",
+            d(router.stream_idle_timeout)
+        ),
+        "a request's num_retries can lower a deployment's max_retries, never raise it".to_string(),
+        "a deployment at max_parallel_requests (or its rpm/tpm-derived cap) is skipped, not queued for".to_string(),
+    ];
+    if router.cooldowns.enabled && router.cooldowns.rule == super::CooldownRule::FailureCount {
+        out.push(format!(
+            "cooldowns count failures: a deployment failing more than {} times a minute cools for {}",
+            router.cooldowns.allowed_fails,
+            d(router.cooldowns.cooldown_time)
+        ));
+    }
+    out
 }
 
 fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {

@@ -4,9 +4,20 @@ use super::*;
 
 pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
     let rs = &raw.router_settings;
+    let ls = &raw.litellm_settings;
     let timeout = errs
         .positive("router_settings.timeout", rs.timeout)
         .unwrap_or(DEFAULT_TIMEOUT);
+    let attempt_timeout = errs.positive("litellm_settings.request_timeout", ls.request_timeout);
+    if let Some(t) = attempt_timeout
+        && t > timeout
+    {
+        errs.warn(format!(
+            "litellm_settings.request_timeout ({}) is longer than router_settings.timeout ({}), which caps it",
+            crate::config::duration::display(t),
+            crate::config::duration::display(timeout)
+        ));
+    }
     let stream_timeout = errs.positive("router_settings.stream_timeout", rs.stream_timeout);
     let stream_idle_timeout = errs
         .positive(
@@ -36,12 +47,10 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
             format!("must be at most {MAX_FALLBACKS_LIMIT}"),
         );
     }
-    let num_retries = rs.num_retries.unwrap_or(DEFAULT_NUM_RETRIES);
+    let (num_retries, key) = chosen(&rs.num_retries, &ls.num_retries, "num_retries");
+    let num_retries = num_retries.copied().unwrap_or(DEFAULT_NUM_RETRIES);
     if num_retries > MAX_RETRIES_LIMIT {
-        errs.add(
-            "router_settings.num_retries",
-            format!("must be at most {MAX_RETRIES_LIMIT}"),
-        );
+        errs.add(key, format!("must be at most {MAX_RETRIES_LIMIT}"));
     }
     let retry_backoff_initial = errs
         .positive(
@@ -84,6 +93,8 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     RouterSettings {
         timeout,
+        attempt_timeout,
+        pre_call_checks: rs.enable_pre_call_checks.unwrap_or(false),
         stream_timeout,
         stream_idle_timeout,
         stream_max_malformed_events,
@@ -101,7 +112,7 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
         routing_strategy,
         lowest_latency_buffer,
         latency_ttl,
-        cooldowns: cooldown_policy(raw),
+        cooldowns: cooldown_policy(raw, errs),
         hedge,
         retry_budget: retry_budget(raw, errs),
     }
@@ -157,8 +168,12 @@ fn hedge(
     (max > 0).then_some(Hedge { after, max })
 }
 
-fn cooldown_policy(raw: &RawConfig) -> CooldownPolicy {
+fn cooldown_policy(raw: &RawConfig, errs: &mut Errors) -> CooldownPolicy {
     let rs = &raw.router_settings;
+    let ls = &raw.litellm_settings;
+    let (allowed_fails, _) = chosen(&rs.allowed_fails, &ls.allowed_fails, "allowed_fails");
+    let (cooldown_time, key) = chosen(&rs.cooldown_time, &ls.cooldown_time, "cooldown_time");
+    let cooldown_time = errs.positive(&key, cooldown_time.copied());
     let mut per_kind = [None; FailKind::COUNT];
     if let Some(p) = &rs.allowed_fails_policy {
         for (kind, value) in [
@@ -177,9 +192,16 @@ fn cooldown_policy(raw: &RawConfig) -> CooldownPolicy {
     }
     CooldownPolicy {
         enabled: !rs.disable_cooldowns.unwrap_or(false),
-        allowed_fails: rs.allowed_fails.unwrap_or(DEFAULT_ALLOWED_FAILS),
+        // LiteLLM counts failures only when told how many to allow; by default it goes by
+        // the failure rate (see CooldownRule).
+        rule: if allowed_fails.is_some() || rs.allowed_fails_policy.is_some() {
+            CooldownRule::FailureCount
+        } else {
+            CooldownRule::FailureRate
+        },
+        allowed_fails: allowed_fails.copied().unwrap_or(DEFAULT_ALLOWED_FAILS),
         per_kind,
-        cooldown_time: rs.cooldown_time.unwrap_or(DEFAULT_COOLDOWN_TIME),
+        cooldown_time: cooldown_time.unwrap_or(DEFAULT_COOLDOWN_TIME),
         max_hint: rs
             .max_cooldown_from_hint
             .unwrap_or(DEFAULT_MAX_COOLDOWN_FROM_HINT),
