@@ -91,6 +91,68 @@ pub const IGNORED_LITELLM_KEYS: &[(&str, &str)] = &[
         "router_settings.cache_responses",
         "llm-router has no response cache",
     ),
+    (
+        "router_settings.cache_kwargs",
+        "llm-router has no response cache",
+    ),
+    (
+        "router_settings.caching_groups",
+        "llm-router has no response cache",
+    ),
+    (
+        "router_settings.client_ttl",
+        "provider connections are pooled per host for the process's life",
+    ),
+    (
+        "router_settings.polling_interval",
+        "llm-router never polls: calls end at their deadline",
+    ),
+    (
+        "router_settings.default_priority",
+        "llm-router has no request queue to prioritise",
+    ),
+    (
+        "router_settings.default_litellm_params",
+        "give each deployment its litellm_params",
+    ),
+    ("router_settings.set_verbose", "use telemetry.log_level"),
+    ("router_settings.debug_level", "use telemetry.log_level"),
+    (
+        "router_settings.enable_tag_filtering",
+        "llm-router has no tag-based routing",
+    ),
+    (
+        "router_settings.tag_filtering_match_any",
+        "llm-router has no tag-based routing",
+    ),
+    (
+        "router_settings.provider_budget_config",
+        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
+    ),
+    (
+        "router_settings.alerting_config",
+        "alert on the /metrics series instead",
+    ),
+    (
+        "router_settings.router_general_settings",
+        "a LiteLLM Router setting with no counterpart here",
+    ),
+    (
+        "router_settings.ignore_invalid_deployments",
+        "an invalid deployment is an error here (a request-signing one beside others is skipped)",
+    ),
+    (
+        "router_settings.assistants_config",
+        "llm-router serves chat completions only",
+    ),
+    (
+        "router_settings.search_tools",
+        "llm-router serves chat completions only",
+    ),
+    (
+        "router_settings.guardrail_list",
+        "llm-router has no guardrails",
+    ),
 ];
 
 /// A key accepted for compatibility with no effect, and why.
@@ -163,6 +225,8 @@ pub enum Strategy {
     LatencyBased,
     /// Lowest usage this minute, never over a deployment's `rpm`/`tpm`.
     UsageBased,
+    /// Lowest configured price per token (`input_cost_per_token` + `output_cost_per_token`).
+    CostBased,
 }
 
 impl Strategy {
@@ -171,6 +235,7 @@ impl Strategy {
         "least-busy",
         "latency-based-routing",
         "usage-based-routing",
+        "cost-based-routing",
     ];
 
     pub fn parse(s: &str) -> Option<Strategy> {
@@ -180,6 +245,7 @@ impl Strategy {
             "latency-based-routing" => Strategy::LatencyBased,
             // LiteLLM's v2 differs from v1 only in how it shares counts through Redis.
             "usage-based-routing" | "usage-based-routing-v2" => Strategy::UsageBased,
+            "cost-based-routing" => Strategy::CostBased,
             _ => return None,
         })
     }
@@ -190,6 +256,7 @@ impl Strategy {
             Strategy::LeastBusy => "least-busy",
             Strategy::LatencyBased => "latency-based-routing",
             Strategy::UsageBased => "usage-based-routing",
+            Strategy::CostBased => "cost-based-routing",
         }
     }
 }
@@ -322,6 +389,9 @@ pub struct RouterSettings {
     /// The attempt limit of deployments without `litellm_params.timeout`
     /// (`litellm_settings.request_timeout`, LiteLLM's per-attempt timeout); else `timeout`.
     pub attempt_timeout: Option<Duration>,
+    /// The in-flight cap of deployments with neither `max_parallel_requests`, `rpm` nor `tpm`
+    /// (LiteLLM's `default_max_parallel_requests`). Default none.
+    pub default_max_parallel_requests: Option<u32>,
     /// `enable_pre_call_checks`: skip a deployment whose `model_info.max_input_tokens` is
     /// below the prompt's estimated size. Default false.
     pub pre_call_checks: bool,

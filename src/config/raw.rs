@@ -190,6 +190,8 @@ pub struct RawRouterSettings {
     /// Other names a request may use for a group: `{alias: group}` or
     /// `{alias: {model: group, hidden: bool}}`.
     pub model_group_alias: Option<BTreeMap<String, RawAlias>>,
+    /// The in-flight cap of deployments that set no `max_parallel_requests`, `rpm` or `tpm`.
+    pub default_max_parallel_requests: Option<u32>,
     /// Skip deployments whose `model_info.max_input_tokens` the prompt exceeds.
     pub enable_pre_call_checks: Option<bool>,
     /// Time allowed to open a TCP/TLS connection to a provider, apart from the request deadline.

@@ -262,6 +262,27 @@ fn by_strategy(group: &ModelGroup, pool: &[(usize, Load)], latency_buffer: f64) 
                 .unwrap_or_default();
             at_random(&|l| (l.tokens, l.requests) == least)
         }
+        Strategy::CostBased => {
+            // The lowest price per token (input and output together); a deployment with no
+            // price counts as the dearest. Ties at random.
+            let price = |i: usize| {
+                group.deployments[i]
+                    .cost
+                    .map_or(f64::INFINITY, |c| c.input + c.output)
+            };
+            let cheapest = pool
+                .iter()
+                .map(|&(i, _)| price(i))
+                .fold(f64::INFINITY, f64::min);
+            let kept: Vec<usize> = pool
+                .iter()
+                .map(|&(i, _)| i)
+                .filter(|&i| price(i) == cheapest)
+                .collect();
+            kept.get(fastrand::usize(..kept.len().max(1)))
+                .copied()
+                .unwrap_or(pool[0].0)
+        }
     }
 }
 
@@ -470,6 +491,31 @@ router_settings:
         }
         // 140ms is within 50% of 100ms; 400ms is not.
         assert_eq!(seen, [true, true, false]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cost_based_picks_the_cheapest_priced_deployment_that_can_take_the_call() {
+        let r = router(
+            r#"
+model_list:
+  - { model_name: c, litellm_params: { model: mock/a }, model_info: { id: unpriced } }
+  - { model_name: c, litellm_params: { model: mock/b }, model_info: { id: dear, input_cost_per_token: 0.00001, output_cost_per_token: 0.00003 } }
+  - { model_name: c, litellm_params: { model: mock/c }, model_info: { id: cheap, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002 } }
+router_settings: { routing_strategy: cost-based-routing }
+"#,
+        );
+        let mut p = picker(&r, "c");
+        let order: Vec<String> = (0..3)
+            .map(|_| {
+                let (idx, _) = go(&p.pick(&facts()));
+                p.started(idx);
+                p.ended(idx, Some(Fault::Transient));
+                p.group.deployments[idx].id.clone()
+            })
+            .collect();
+        // Once the cheapest failed, untried ones come first: the next cheapest, then the
+        // unpriced one.
+        assert_eq!(order, ["cheap", "dear", "unpriced"]);
     }
 
     #[tokio::test(start_paused = true)]

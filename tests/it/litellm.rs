@@ -943,6 +943,22 @@ model_list:
         .unwrap();
     assert_eq!(usage.cost_usd, None, "no price, no cost");
     r.client().complete(complete("priced")).await.unwrap();
+    // A stream's last message carries its cost: this upstream streams "a b c" and reports 5
+    // prompt tokens and one completion token per chunk.
+    up.set("priced", Behaviour::ok("a b c"));
+    let mut stream = r
+        .client()
+        .stream_complete(stream_req("priced"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        last = Some(m);
+    }
+    let usage = last.unwrap().usage.unwrap();
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 3));
+    assert!((usage.cost_usd.unwrap() - 0.011).abs() < 1e-9, "{usage:?}");
     let (_, metrics) = r.admin_get("/metrics").await;
     let line = metrics
         .lines()
@@ -953,5 +969,5 @@ model_list:
         })
         .unwrap_or_else(|| panic!("{metrics}"));
     let total: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!((total - 0.078).abs() < 1e-9, "{line}");
+    assert!((total - 0.089).abs() < 1e-9, "{line}");
 }

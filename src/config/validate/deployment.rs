@@ -205,11 +205,15 @@ pub(super) fn deployment(
         tpm: params.tpm,
         // LiteLLM's cap when max_parallel_requests is unset: rpm, else tpm / 6000
         // (calculate_max_parallel_requests).
-        max_parallel_requests: params.max_parallel_requests.or(params.rpm).or_else(|| {
-            params
-                .tpm
-                .map(|t| u32::try_from(t / 6000).unwrap_or(u32::MAX).max(1))
-        }),
+        max_parallel_requests: params
+            .max_parallel_requests
+            .or(params.rpm)
+            .or_else(|| {
+                params
+                    .tpm
+                    .map(|t| u32::try_from(t / 6000).unwrap_or(u32::MAX).max(1))
+            })
+            .or(router.default_max_parallel_requests),
         cooldown_time: params
             .cooldown_time
             .unwrap_or(router.cooldowns.cooldown_time),

@@ -303,6 +303,11 @@ pub(super) fn validate(
                     "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
                 ));
             }
+            if strategy == Strategy::CostBased && deps.iter().any(|d| d.cost.is_none()) {
+                errs.warn(format!(
+                    "model group `{name}` uses cost-based-routing but not all its deployments have a price (model_info.input_cost_per_token, output_cost_per_token): those without one are picked last"
+                ));
+            }
             let (chain, cut) = transitive_fallbacks(&name, &own_fallbacks, max);
             if let Some(after) = cut {
                 errs.warn(format!(

@@ -95,6 +95,16 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
         timeout,
         attempt_timeout,
         pre_call_checks: rs.enable_pre_call_checks.unwrap_or(false),
+        default_max_parallel_requests: match rs.default_max_parallel_requests {
+            Some(0) => {
+                errs.add(
+                    "router_settings.default_max_parallel_requests",
+                    "must be at least 1",
+                );
+                None
+            }
+            n => n,
+        },
         stream_timeout,
         stream_idle_timeout,
         stream_max_malformed_events,
