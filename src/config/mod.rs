@@ -894,14 +894,19 @@ impl Config {
             out,
             "router: routing_strategy {}, cooldowns {}, retry_budget {}",
             r.routing_strategy.name(),
-            if c.enabled {
+            if !c.enabled {
+                "off".to_string()
+            } else if c.rule == CooldownRule::FailureRate {
+                format!(
+                    "by failure rate (LiteLLM's default rule) for {}",
+                    d(c.cooldown_time)
+                )
+            } else {
                 format!(
                     "after {} fails/min for {}",
                     c.allowed_fails,
                     d(c.cooldown_time)
                 )
-            } else {
-                "off".to_string()
             },
             r.retry_budget.map_or("off".to_string(), |b| format!(
                 "{} tokens, ratio {}",

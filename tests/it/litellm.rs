@@ -418,10 +418,10 @@ fn check_config_prints_the_differences_from_litellm() {
         "{table}"
     );
     assert!(
-        table.contains("model group `a`: a content-policy refusal ends the call"),
+        table.contains("a content-policy refusal in `a` ends the call"),
         "{table}"
     );
-    assert!(table.contains("skipped, not queued"), "{table}");
+    assert!(table.contains("skipped, not waited for"), "{table}");
 }
 
 /// A dozen LiteLLM configs in the styles found in the wild: each loads, and derives the

@@ -278,7 +278,7 @@ pub(super) fn validate(
         })
     };
     let max = router.max_fallbacks as usize;
-    let mut divergences = Vec::new();
+    let mut refusals_end = Vec::new();
     let groups = members
         .into_iter()
         .map(|(name, mut deps)| {
@@ -322,9 +322,7 @@ pub(super) fn validate(
             no_time_for_fallbacks(&name, &deps, &chain, &retry_policy, &router, &mut errs);
             let cp = cp_fallbacks.get(&name).cloned().unwrap_or_default();
             if cp.is_empty() && !chain.is_empty() {
-                divergences.push(format!(
-                    "model group `{name}`: a content-policy refusal ends the call (CONTENT_POLICY_VIOLATION) instead of going to its fallbacks, which would likely refuse the same content; give it content_policy_fallbacks to change that"
-                ));
+                refusals_end.push(name.clone());
             }
             let group = ModelGroup {
                 context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
@@ -340,7 +338,17 @@ pub(super) fn validate(
             (name, Arc::new(group))
         })
         .collect();
-    divergences.extend(router_divergences(&router));
+    let mut divergences = router_divergences(&router);
+    if !refusals_end.is_empty() {
+        divergences.push(format!(
+            "a content-policy refusal in {} ends the call (CONTENT_POLICY_VIOLATION) instead of going to the group's fallbacks, which would likely refuse the same content; content_policy_fallbacks change that",
+            refusals_end
+                .iter()
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
 
     Ok(Config {
         server,
@@ -571,13 +579,12 @@ fn router_divergences(router: &RouterSettings) -> Vec<String> {
             d(router.stream_idle_timeout)
         ),
         "a request's num_retries can lower a deployment's max_retries, never raise it".to_string(),
-        "a deployment at max_parallel_requests (or its rpm/tpm-derived cap) is skipped, not queued for".to_string(),
+        "a deployment at max_parallel_requests (or its rpm/tpm-derived cap) is skipped, not waited for".to_string(),
     ];
     if router.cooldowns.enabled && router.cooldowns.rule == super::CooldownRule::FailureCount {
         out.push(format!(
-            "cooldowns count failures: a deployment failing more than {} times a minute cools for {}",
+            "allowed_fails ({}) counts a deployment's failures within the minute (LiteLLM: within cooldown_time of its last failure)",
             router.cooldowns.allowed_fails,
-            d(router.cooldowns.cooldown_time)
         ));
     }
     out
