@@ -333,7 +333,10 @@ pub fn resolve_model(model: &str) -> Model<'_> {
     }
     Model::Unsupported(match model.split_once('/') {
         Some((prefix, _)) if !prefix.is_empty() => {
-            format!("unknown provider `{prefix}`; supported: {}", prefixes())
+            format!(
+                "unknown provider `{prefix}`; supported: {} (any other OpenAI-compatible host: custom_openai/ with its api_base)",
+                prefixes()
+            )
         }
         _ => format!(
             "`{model}` names no provider: write `provider/model`, e.g. `openai/gpt-4o-mini` or `mock/fast` (LiteLLM infers one only for gpt-, o1/o3/o4 and claude- names)"
