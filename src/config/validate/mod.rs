@@ -1,9 +1,10 @@
 //! Turns the raw config into a [`Config`]: fills defaults, resolves `os.environ/` secrets and
 //! checks every reference. All problems are collected, so one run reports them all.
 //!
-//! This file holds the defaults, the error collector, the whole config's assembly, server
-//! settings and fallback lists; [`router`] the router's and groups' settings; [`deployment`]
-//! each `model_list` entry and its provider.
+//! This file holds the defaults, the error collector, the whole config's assembly and server
+//! settings; [`router`] the router's and groups' settings; [`chain`] where a group's calls go
+//! next (fallback lists, retry policies, aliases); [`deployment`] each `model_list` entry and
+//! its provider.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,11 +23,15 @@ use super::{
     why_ignored,
 };
 
+mod chain;
 mod deployment;
 mod router;
 
+use chain::{
+    aliases, chosen, fallback_map, no_time_for_fallbacks, retry_policies, transitive_fallbacks,
+};
 use deployment::{Skipped, deployment};
-use router::{GroupSettings, group_settings, router_settings};
+use router::{GroupSettings, group_settings, router_divergences, router_settings};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -363,233 +368,6 @@ pub(super) fn validate(
     })
 }
 
-/// A setting LiteLLM's Router takes from `router_settings`, else from `litellm_settings`
-/// (`router_setting or litellm.setting`), with the key it came from.
-fn chosen<'a, T>(
-    router: &'a Option<T>,
-    litellm: &'a Option<T>,
-    name: &str,
-) -> (Option<&'a T>, String) {
-    match (router, litellm) {
-        (Some(v), _) => (Some(v), format!("router_settings.{name}")),
-        (None, Some(v)) => (Some(v), format!("litellm_settings.{name}")),
-        (None, None) => (None, format!("router_settings.{name}")),
-    }
-}
-
-/// A group's fallback chain as LiteLLM walks it: each fallback is followed by its own
-/// fallbacks (depth first) before the next, a group is tried once, and the chain stops at
-/// `max` groups. Returns the chain, and the group it was cut after when it was cut.
-fn transitive_fallbacks(
-    name: &str,
-    own: &dyn Fn(&str) -> Vec<String>,
-    max: usize,
-) -> (Vec<String>, Option<String>) {
-    fn walk(
-        from: &str,
-        own: &dyn Fn(&str) -> Vec<String>,
-        max: usize,
-        seen: &mut BTreeSet<String>,
-        out: &mut Vec<String>,
-        cut: &mut bool,
-    ) {
-        for next in own(from) {
-            if seen.contains(&next) {
-                continue;
-            }
-            if out.len() == max {
-                *cut = true;
-                return;
-            }
-            seen.insert(next.clone());
-            out.push(next.clone());
-            walk(&next, own, max, seen, out, cut);
-        }
-    }
-    let mut seen = BTreeSet::from([name.to_string()]);
-    let (mut out, mut cut) = (Vec::new(), false);
-    walk(name, own, max, &mut seen, &mut out, &mut cut);
-    let after = cut.then(|| out.last().cloned().unwrap_or_else(|| name.to_string()));
-    (out, after)
-}
-
-/// Warns when a group has retries or fallbacks but an attempt of one of its deployments may
-/// use the call's whole deadline: a hung attempt then leaves no time for any of them.
-fn no_time_for_fallbacks(
-    name: &str,
-    deps: &[Deployment],
-    chain: &[String],
-    policy: &RetryPolicy,
-    router: &RouterSettings,
-    errs: &mut Errors,
-) {
-    let retries =
-        deps.iter().any(|d| d.max_retries > 0) && policy.retries(FailKind::Timeout) != Some(0);
-    if chain.is_empty() && !retries {
-        return;
-    }
-    let whole: Vec<&str> = deps
-        .iter()
-        .filter(|d| d.timeout >= router.timeout)
-        .map(|d| d.id.as_str())
-        .collect();
-    if whole.is_empty() {
-        return;
-    }
-    let what = match (chain.is_empty(), retries) {
-        (false, true) => "retries or fallbacks",
-        (false, false) => "fallbacks",
-        _ => "retries",
-    };
-    errs.warn(format!(
-        "model group `{name}`: an attempt on {} may take the whole call's deadline (router_settings.timeout, {}), so one that hangs leaves no time for its {what}; give attempts a shorter limit with litellm_settings.request_timeout or litellm_params.timeout",
-        whole.join(", "),
-        crate::config::duration::display(router.timeout),
-    ));
-}
-
-/// `retry_policy` (under the key "") and `model_group_retry_policy` (by group).
-fn retry_policies(
-    raw: &RawConfig,
-    groups: &BTreeMap<String, Vec<Deployment>>,
-    errs: &mut Errors,
-) -> BTreeMap<String, RetryPolicy> {
-    let rs = &raw.router_settings;
-    let mut out = BTreeMap::new();
-    let global = rs.retry_policy.as_ref().map(|p| {
-        (
-            "".to_string(),
-            "router_settings.retry_policy".to_string(),
-            p,
-        )
-    });
-    let per_group = rs.model_group_retry_policy.iter().flatten().map(|(g, p)| {
-        (
-            g.clone(),
-            format!("router_settings.model_group_retry_policy.{g}"),
-            p,
-        )
-    });
-    for (group, key, p) in global.into_iter().chain(per_group) {
-        if !group.is_empty() && !groups.contains_key(&group) {
-            errs.add(&key, unknown_group(&group, groups));
-            continue;
-        }
-        out.insert(group, retry_policy(&key, p, errs));
-    }
-    out
-}
-
-fn retry_policy(key: &str, p: &RawRetryPolicy, errs: &mut Errors) -> RetryPolicy {
-    let mut out = RetryPolicy::default();
-    for (kind, name, value) in [
-        (
-            FailKind::BadRequest,
-            "BadRequestErrorRetries",
-            p.BadRequestErrorRetries,
-        ),
-        (
-            FailKind::Authentication,
-            "AuthenticationErrorRetries",
-            p.AuthenticationErrorRetries,
-        ),
-        (
-            FailKind::Timeout,
-            "TimeoutErrorRetries",
-            p.TimeoutErrorRetries,
-        ),
-        (
-            FailKind::RateLimit,
-            "RateLimitErrorRetries",
-            p.RateLimitErrorRetries,
-        ),
-        (
-            FailKind::ContentPolicy,
-            "ContentPolicyViolationErrorRetries",
-            p.ContentPolicyViolationErrorRetries,
-        ),
-        (
-            FailKind::InternalServer,
-            "InternalServerErrorRetries",
-            p.InternalServerErrorRetries,
-        ),
-    ] {
-        let Some(n) = value else { continue };
-        if n > MAX_RETRIES_LIMIT {
-            errs.add(
-                format!("{key}.{name}"),
-                format!("must be at most {MAX_RETRIES_LIMIT}"),
-            );
-        }
-        if kind.is_request_fault() || kind == FailKind::Authentication {
-            if n > 0 {
-                errs.warn(format!(
-                    "`{key}.{name}`: llm-router does not retry {}; the setting has no effect",
-                    if kind == FailKind::Authentication {
-                        "a deployment that refused its credentials (the group's other deployments are tried, then its fallbacks)"
-                    } else {
-                        "a request the provider rejected (it goes to the special fallbacks, if any)"
-                    }
-                ));
-            }
-            continue;
-        }
-        out.0[kind.index()] = Some(n);
-    }
-    out
-}
-
-/// `model_group_alias`: other names for groups.
-fn aliases(
-    raw: &RawConfig,
-    groups: &BTreeMap<String, Vec<Deployment>>,
-    errs: &mut Errors,
-) -> BTreeMap<String, String> {
-    use super::raw::RawAlias;
-    let mut out = BTreeMap::new();
-    for (alias, target) in raw.router_settings.model_group_alias.iter().flatten() {
-        let key = format!("router_settings.model_group_alias.{alias}");
-        let group = match target {
-            RawAlias::Group(g) | RawAlias::Entry { model: g, .. } => g,
-        };
-        if groups.contains_key(alias) {
-            errs.add(&key, format!("`{alias}` is a model group's own name"));
-        } else if !groups.contains_key(group) {
-            errs.add(&key, unknown_group(group, groups));
-        } else {
-            out.insert(alias.clone(), group.clone());
-        }
-    }
-    out
-}
-
-/// Where the router's settings mean something other than in LiteLLM, one line each.
-fn router_divergences(router: &RouterSettings) -> Vec<String> {
-    let d = crate::config::duration::display;
-    let mut out = vec![
-        format!(
-            "router_settings.timeout ({}) bounds the whole call, fallbacks included; LiteLLM gives each attempt that long. Attempts are limited by litellm_params.timeout, else litellm_settings.request_timeout{}",
-            d(router.timeout),
-            router
-                .attempt_timeout
-                .map_or(", else the whole deadline".to_string(), |t| format!(" ({})", d(t))),
-        ),
-        format!(
-            "a committed stream silent for stream_idle_timeout ({}) is cut (LiteLLM has no idle limit)",
-            d(router.stream_idle_timeout)
-        ),
-        "a request's num_retries can lower a deployment's max_retries, never raise it".to_string(),
-        "a deployment at max_parallel_requests (or its rpm/tpm-derived cap) is skipped, not waited for".to_string(),
-    ];
-    if router.cooldowns.enabled && router.cooldowns.rule == super::CooldownRule::FailureCount {
-        out.push(format!(
-            "allowed_fails ({}) counts a deployment's failures within the minute (LiteLLM: within cooldown_time of its last failure)",
-            router.cooldowns.allowed_fails,
-        ));
-    }
-    out
-}
-
 fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
     let s = &raw.server;
     let listen_text = s.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
@@ -686,36 +464,6 @@ fn shuffle_weights(deps: &mut [Deployment]) {
     for d in deps.iter_mut() {
         d.weight = d.weight.max(1);
     }
-}
-
-/// Merges LiteLLM's `[{group: [fallback, ...]}]` list into a map, checking every name.
-fn fallback_map(
-    list: Option<&[BTreeMap<String, Vec<String>>]>,
-    key: &str,
-    groups: &BTreeMap<String, Vec<Deployment>>,
-    errs: &mut Errors,
-) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (j, entry) in list.unwrap_or_default().iter().enumerate() {
-        for (from, to) in entry {
-            let here = format!("{key}[{j}].{from}");
-            if !groups.contains_key(from) {
-                errs.add(&here, unknown_group(from, groups));
-            }
-            if out.contains_key(from) {
-                errs.add(&here, format!("fallbacks for `{from}` are given twice"));
-            }
-            for (k, name) in to.iter().enumerate() {
-                if !groups.contains_key(name) {
-                    errs.add(format!("{here}[{k}]"), unknown_group(name, groups));
-                } else if name == from {
-                    errs.add(format!("{here}[{k}]"), "a group cannot fall back to itself");
-                }
-            }
-            out.insert(from.clone(), to.clone());
-        }
-    }
-    out
 }
 
 fn unknown_group(name: &str, groups: &BTreeMap<String, Vec<Deployment>>) -> String {

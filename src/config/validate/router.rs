@@ -300,3 +300,30 @@ pub(super) fn group_settings(
     }
     out
 }
+
+/// Where the router's settings mean something other than in LiteLLM, one line each.
+pub(super) fn router_divergences(router: &RouterSettings) -> Vec<String> {
+    let d = crate::config::duration::display;
+    let mut out = vec![
+        format!(
+            "router_settings.timeout ({}) bounds the whole call, fallbacks included; LiteLLM gives each attempt that long. Attempts are limited by litellm_params.timeout, else litellm_settings.request_timeout{}",
+            d(router.timeout),
+            router
+                .attempt_timeout
+                .map_or(", else the whole deadline".to_string(), |t| format!(" ({})", d(t))),
+        ),
+        format!(
+            "a committed stream silent for stream_idle_timeout ({}) is cut (LiteLLM has no idle limit)",
+            d(router.stream_idle_timeout)
+        ),
+        "a request's num_retries can lower a deployment's max_retries, never raise it".to_string(),
+        "a deployment at max_parallel_requests (or its rpm/tpm-derived cap) is skipped, not waited for".to_string(),
+    ];
+    if router.cooldowns.enabled && router.cooldowns.rule == CooldownRule::FailureCount {
+        out.push(format!(
+            "allowed_fails ({}) counts a deployment's failures within the minute (LiteLLM: within cooldown_time of its last failure)",
+            router.cooldowns.allowed_fails,
+        ));
+    }
+    out
+}

@@ -1,0 +1,185 @@
+//! The resolved routing table as `check-config` prints it: every group, deployment, effective
+//! limit and chain, the warnings, the differences from LiteLLM and the keys with no effect.
+//! Never a key or header value.
+
+use super::*;
+
+/// A deployment's rpm, tpm and max_parallel_requests, when set.
+fn limits_summary(d: &Deployment) -> String {
+    let mut out = String::new();
+    if let Some(rpm) = d.rpm {
+        out.push_str(&format!(" rpm {rpm}"));
+    }
+    if let Some(tpm) = d.tpm {
+        out.push_str(&format!(" tpm {tpm}"));
+    }
+    if let Some(n) = d.max_parallel_requests {
+        out.push_str(&format!(" max_parallel_requests {n}"));
+    }
+    out
+}
+
+/// What check-config shows of an HTTP provider's settings: whether a key is set and which
+/// headers are added, never their values.
+fn http_summary(h: &HttpProvider) -> String {
+    let mut out = String::new();
+    if h.api_key.is_some() {
+        out.push_str(" key set");
+    }
+    if let Some(v) = &h.api_version {
+        out.push_str(&format!(" api_version {v}"));
+    }
+    if !h.extra_headers.is_empty() {
+        let names: Vec<&str> = h.extra_headers.iter().map(|(n, _)| n.as_str()).collect();
+        out.push_str(&format!(" extra_headers [{}]", names.join(", ")));
+    }
+    out
+}
+
+impl Config {
+    /// The resolved routing table, as `check-config` prints it. Never shows a key.
+    pub fn routing_table(&self) -> String {
+        use std::fmt::Write as _;
+        let d = duration::display;
+        let r = &self.router;
+        let mut out = String::new();
+        let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
+        let _ = writeln!(
+            out,
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}, allow_mock_response {}",
+            d(r.timeout),
+            r.stream_timeout.map_or("none".into(), d),
+            d(r.stream_idle_timeout),
+            r.stream_max_malformed_events,
+            r.stream_recovery.name(),
+            r.num_retries,
+            d(r.min_retry_wait),
+            d(r.retry_backoff_initial),
+            d(r.retry_backoff_max),
+            r.allow_mock_timeout,
+            r.allow_mock_response,
+        );
+        let c = &r.cooldowns;
+        let _ = writeln!(
+            out,
+            "router: routing_strategy {}, cooldowns {}, retry_budget {}",
+            r.routing_strategy.name(),
+            if !c.enabled {
+                "off".to_string()
+            } else if c.rule == CooldownRule::FailureRate {
+                format!(
+                    "by failure rate (LiteLLM's default rule) for {}",
+                    d(c.cooldown_time)
+                )
+            } else {
+                format!(
+                    "after {} fails/min for {}",
+                    c.allowed_fails,
+                    d(c.cooldown_time)
+                )
+            },
+            r.retry_budget.map_or("off".to_string(), |b| format!(
+                "{} tokens, ratio {}",
+                b.max_tokens, b.token_ratio
+            )),
+        );
+        let s = &self.server;
+        let _ = writeln!(
+            out,
+            "server: listen {}, admin_listen {}, deadline_margin {}, drain_period {}, shutdown_grace {}, max_concurrent_calls {}, max_concurrent_streams {}, max_request_bytes {}",
+            s.listen,
+            s.admin_listen.map_or("none".to_string(), |a| a.to_string()),
+            d(s.deadline_margin),
+            d(s.drain_period),
+            d(s.shutdown_grace),
+            s.max_concurrent_calls
+                .map_or("unlimited".to_string(), |n| n.to_string()),
+            s.max_concurrent_streams,
+            s.max_request_bytes,
+        );
+        for g in self.groups.values() {
+            let _ = writeln!(
+                out,
+                "\ngroup {} ({}{}, stream_recovery {})",
+                g.name,
+                g.strategy.name(),
+                g.hedge.map_or(String::new(), |h| format!(
+                    ", hedge after {} up to {}",
+                    d(h.after),
+                    h.max
+                )),
+                g.stream_recovery.name(),
+            );
+            for dep in &g.deployments {
+                let base = dep.provider.api_base();
+                let _ = writeln!(
+                    out,
+                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}{}",
+                    dep.id,
+                    dep.provider.name(),
+                    dep.upstream_model,
+                    if base.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at {base}")
+                    },
+                    d(dep.timeout),
+                    dep.stream_timeout.map_or("none".into(), d),
+                    dep.max_retries,
+                    dep.weight,
+                    limits_summary(dep),
+                    match &dep.provider {
+                        ProviderConfig::Http(h) => http_summary(h),
+                        ProviderConfig::Mock(_) => String::new(),
+                    },
+                    if dep.supports_assistant_prefill {
+                        " supports_assistant_prefill"
+                    } else {
+                        ""
+                    },
+                );
+            }
+            let chain = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(" -> ")
+                }
+            };
+            let _ = writeln!(out, "  fallbacks: {}", chain(&g.fallbacks));
+            if !g.context_window_fallbacks.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  context_window_fallbacks: {}",
+                    chain(&g.context_window_fallbacks)
+                );
+            }
+            if !g.content_policy_fallbacks.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  content_policy_fallbacks: {}",
+                    chain(&g.content_policy_fallbacks)
+                );
+            }
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(out, "\nwarnings:");
+            for w in &self.warnings {
+                let _ = writeln!(out, "  {w}");
+            }
+        }
+        if !self.divergences.is_empty() {
+            let _ = writeln!(out, "\ndifferences from LiteLLM in this config:");
+            for d in &self.divergences {
+                let _ = writeln!(out, "  {d}");
+            }
+        }
+        if !self.ignored_keys.is_empty() {
+            let _ = writeln!(out, "\nignored LiteLLM keys (no effect in llm-router):");
+            for k in &self.ignored_keys {
+                let _ = writeln!(out, "  {}: {}", k.key, k.why);
+            }
+        }
+        out
+    }
+}
