@@ -468,6 +468,7 @@ fn messages() -> Vec<ChatMessage> {
         role: Role::User as i32,
         content: "Say hello.".into(),
         name: None,
+        ..Default::default()
     }]
 }
 
@@ -1103,6 +1104,7 @@ mod forwarder {
                     role: Role::Assistant as i32,
                     content: text,
                     name: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             }))

@@ -46,6 +46,7 @@ fn main() {
                 role: Role::User as i32,
                 content: "hi".into(),
                 name: None,
+                ..Default::default()
             }],
             ..ChatRequest::default()
         },

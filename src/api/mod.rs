@@ -1,6 +1,7 @@
 //! The gRPC surface: `llmrouter.v1.RouterService`. Validates requests, hands them to the
 //! router, and turns answers and failures into messages and statuses.
 
+mod content;
 pub mod request;
 pub mod status;
 pub mod stream;
@@ -323,7 +324,8 @@ impl RouterApi {
             message: Some(ChatMessage {
                 role: Role::Assistant as i32,
                 content: completion.text,
-                name: None,
+                tool_calls: completion.tool_calls,
+                ..Default::default()
             }),
             finish_reason: completion.finish_reason as i32,
             usage: completion.usage,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::content;
 use crate::config::StreamRecovery;
 use crate::proto::{self, ChatMessage, CompleteRequest, Role, StreamCompleteRequest};
 use crate::providers::ChatRequest;
@@ -67,7 +68,7 @@ fn validate_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
             Ok(_) => {}
         }
     }
-    Ok(())
+    content::check_messages(messages)
 }
 
 /// Validates a unary request into a call. `client_timeout` is the gRPC deadline, if any.
@@ -119,6 +120,20 @@ pub fn call_from_complete(
     if let Some(i) = r.fallbacks.iter().position(|f| f.trim().is_empty()) {
         return Err(invalid(format!("fallbacks[{i}]"), "must not be empty"));
     }
+    for (name, value) in [
+        ("presence_penalty", r.presence_penalty),
+        ("frequency_penalty", r.frequency_penalty),
+    ] {
+        if let Some(v) = value
+            && !(v.is_finite() && (-2.0..=2.0).contains(&v))
+        {
+            return Err(invalid(name, "must be between -2 and 2"));
+        }
+    }
+    let tools = content::tools(r.tools)?;
+    let tool_choice = content::tool_choice(r.tool_choice, &tools)?;
+    let response_format = content::response_format(r.response_format)?;
+    let reasoning = content::reasoning(r.reasoning)?;
     let stream_recovery = match proto::StreamRecovery::try_from(r.stream_recovery) {
         Ok(proto::StreamRecovery::Unspecified) => None,
         Ok(proto::StreamRecovery::None) => Some(StreamRecovery::None),
@@ -140,6 +155,14 @@ pub fn call_from_complete(
             top_p: r.top_p,
             stop: r.stop,
             user: r.user,
+            tools,
+            tool_choice,
+            parallel_tool_calls: r.parallel_tool_calls,
+            response_format,
+            seed: r.seed,
+            presence_penalty: r.presence_penalty,
+            frequency_penalty: r.frequency_penalty,
+            reasoning,
         },
         timeout,
         client_timeout,
@@ -173,6 +196,14 @@ pub fn call_from_stream(
         num_retries,
         metadata,
         stream_recovery,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        seed,
+        presence_penalty,
+        frequency_penalty,
+        reasoning,
     } = r;
     call_from_complete(
         CompleteRequest {
@@ -191,6 +222,14 @@ pub fn call_from_stream(
             num_retries,
             metadata,
             stream_recovery,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            response_format,
+            seed,
+            presence_penalty,
+            frequency_penalty,
+            reasoning,
         },
         client_timeout,
     )
@@ -206,7 +245,7 @@ mod tests {
             messages: vec![ChatMessage {
                 role: Role::User as i32,
                 content: "hi".into(),
-                name: None,
+                ..Default::default()
             }],
             ..Default::default()
         }

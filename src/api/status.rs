@@ -104,6 +104,9 @@ impl GrpcError for CallError {
                 },
                 Some(Duration::from_millis(back_in.as_millis() as u64 + 1)),
             ),
+            CallError::CapabilityUnsupported { .. } => {
+                (Code::FailedPrecondition, "CAPABILITY_UNSUPPORTED", None)
+            }
             CallError::Overloaded { .. } => (
                 Code::ResourceExhausted,
                 "OVERLOADED",
@@ -174,6 +177,9 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
         }
         CallError::RecoveryFailed { mode, .. } => {
             metadata.insert("recovery".to_string(), mode.name().to_string());
+        }
+        CallError::CapabilityUnsupported { capability } => {
+            metadata.insert("capability".to_string(), capability.to_string());
         }
         _ => {}
     }

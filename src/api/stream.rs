@@ -20,7 +20,7 @@ use crate::proto::{Attempt, FinishReason, StreamCompleteResponse, Usage};
 use crate::routing::{
     Answered, Committed,
     recovery::Recovery,
-    stream::{CommittedStream, StreamItem},
+    stream::{CommittedStream, Piece, StreamItem},
 };
 use crate::telemetry::{Metrics, metrics::GaugeGuard};
 
@@ -96,12 +96,13 @@ struct Forward {
 }
 
 impl Forward {
-    fn message(&self, delta: String) -> StreamCompleteResponse {
+    fn message(&self, piece: Piece) -> StreamCompleteResponse {
         StreamCompleteResponse {
             id: self.id.clone(),
             model: self.group.clone(),
             deployment: self.deployment.clone(),
-            delta,
+            delta: piece.text,
+            tool_calls: piece.tool_calls,
             ..Default::default()
         }
     }
@@ -140,8 +141,8 @@ impl Stream for Forward {
             Poll::Ready(Some(item)) => item,
         };
         Poll::Ready(Some(match item {
-            Ok(StreamItem::Delta(delta)) => {
-                let mut msg = this.message(delta);
+            Ok(StreamItem::Delta(piece)) => {
+                let mut msg = this.message(piece);
                 if let Some(attempts) = this.head_attempts.take() {
                     msg.attempts = attempts;
                 }
@@ -151,7 +152,7 @@ impl Stream for Forward {
                 group,
                 deployment,
                 restart,
-                delta,
+                piece,
                 attempts,
             }) => {
                 this.group = group;
@@ -160,7 +161,7 @@ impl Stream for Forward {
                 // Nothing sent yet (a break before the first message was read): the head's
                 // attempts are superseded.
                 this.head_attempts = None;
-                let mut msg = this.message(delta);
+                let mut msg = this.message(piece);
                 msg.resumed = true;
                 msg.restart = restart;
                 msg.attempts = attempts;
@@ -171,7 +172,7 @@ impl Stream for Forward {
                 usage,
                 attempts,
             }) => {
-                let mut tail = this.message(String::new());
+                let mut tail = this.message(Piece::default());
                 tail.finish_reason = finish_reason.unwrap_or(FinishReason::Unspecified) as i32;
                 tail.usage = usage;
                 if let Some(attempts) = attempts {
@@ -604,7 +605,7 @@ server:
         req.chat.messages.push(crate::proto::ChatMessage {
             role: crate::proto::Role::Assistant as i32,
             content: "a".into(),
-            name: None,
+            ..Default::default()
         });
         let (items, end, _) = drain_recovering(req).await;
         assert_eq!(end, Some(stream::StreamEnd::Finished));

@@ -490,6 +490,22 @@ pub struct Deployment {
     /// It is its group's only deployment: the failure-rate cooldown rule spares it, as
     /// LiteLLM does (cooling it would fail every call the group gets).
     pub alone_in_group: bool,
+    /// What it can be asked beyond plain chat (`model_info.supports_*`, else its provider's
+    /// and model's defaults).
+    pub capabilities: Capabilities,
+}
+
+/// A deployment's capabilities, by LiteLLM's `model_info` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `supports_function_calling`: tools.
+    pub function_calling: bool,
+    /// `supports_vision`: images in messages.
+    pub vision: bool,
+    /// `supports_response_schema`: JSON answers (a JSON object, or JSON matching a schema).
+    pub response_schema: bool,
+    /// `supports_reasoning`: a reasoning effort or thinking budget.
+    pub reasoning: bool,
 }
 
 /// A deployment's price in USD per token (LiteLLM's `input_cost_per_token` and

@@ -344,6 +344,35 @@ pub fn resolve_model(model: &str) -> Model<'_> {
     })
 }
 
+/// What a deployment can do by default, as far as its provider and model name tell: the big
+/// three families' current models take tools, images and JSON schemas, and their reasoning
+/// models (by name) a reasoning setting; other OpenAI-compatible hosts take tools only (set
+/// `model_info.supports_*` for what a server offers); the mock takes plain chat only.
+pub fn default_capabilities(prefix: &str, model: &str) -> super::Capabilities {
+    let m = model.to_ascii_lowercase();
+    let reasoning = match prefix {
+        "openai" | "azure" => ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p)),
+        "anthropic" => ["claude-3-7", "sonnet-4", "opus-4", "haiku-4"]
+            .iter()
+            .any(|p| m.contains(p)),
+        "gemini" => m.starts_with("gemini-2.5") || m.starts_with("gemini-3"),
+        _ => false,
+    };
+    match prefix {
+        "openai" | "azure" | "anthropic" | "gemini" => super::Capabilities {
+            function_calling: true,
+            vision: true,
+            response_schema: true,
+            reasoning,
+        },
+        "mock" => super::Capabilities::default(),
+        _ => super::Capabilities {
+            function_calling: true,
+            ..Default::default()
+        },
+    }
+}
+
 /// The Azure OpenAI API version sent when neither the deployment nor `AZURE_API_VERSION` sets
 /// one: the current GA version.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";

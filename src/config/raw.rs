@@ -110,6 +110,11 @@ pub struct RawModelInfo {
     /// LiteLLM's flag: the model continues an answer from a final assistant message (a
     /// prefill). Decides which deployments may continue a broken stream.
     pub supports_assistant_prefill: Option<bool>,
+    /// LiteLLM's capability flags: a request that needs one skips deployments without it.
+    pub supports_function_calling: Option<bool>,
+    pub supports_vision: Option<bool>,
+    pub supports_response_schema: Option<bool>,
+    pub supports_reasoning: Option<bool>,
     /// The model's context window in prompt tokens: with `enable_pre_call_checks`, a prompt
     /// estimated larger skips the deployment.
     pub max_input_tokens: Option<u64>,

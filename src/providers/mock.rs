@@ -74,14 +74,14 @@ impl MockProvider {
     }
 
     fn usage(&self, req: &ChatRequest) -> Usage {
-        let chars = req.messages.iter().map(|m| m.content.len()).sum();
+        let chars = req.prompt_chars();
         let prompt = u32::try_from(estimate_tokens(chars)).unwrap_or(u32::MAX);
         let completion = Self::tokens(self.answer(req));
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt.saturating_add(completion),
-            cost_usd: None,
+            ..Default::default()
         }
     }
 
@@ -107,6 +107,7 @@ impl MockProvider {
         wait_until(start + self.spec.time_to_first_chunk + generation).await;
         Ok(Completion {
             text: answer.to_string(),
+            tool_calls: Vec::new(),
             finish_reason: FinishReason::Stop,
             usage: Some(self.usage(req)),
         })

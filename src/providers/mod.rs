@@ -4,6 +4,7 @@
 //! drops their futures when time runs out, which closes the upstream request.
 
 mod anthropic;
+mod chat;
 mod gemini;
 mod http;
 mod mock;
@@ -15,28 +16,20 @@ use std::{fmt, pin::Pin, sync::Arc, time::Duration};
 use futures_util::Stream;
 
 use crate::config::{Deployment, ProviderConfig, providers::WireFormat};
-use crate::proto::{ChatMessage, FinishReason, Usage};
+use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
 
 pub use anthropic::AnthropicProvider;
+pub use chat::{ChatRequest, Effort, Needs, Reasoning, ResponseFormat, Tool, ToolChoice, text_of};
 pub use gemini::GeminiProvider;
 pub use mock::MockProvider;
 pub use openai::OpenAiProvider;
-
-/// What every provider is asked: the conversation and sampling parameters, already validated.
-#[derive(Debug, Clone, Default)]
-pub struct ChatRequest {
-    pub messages: Vec<ChatMessage>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub stop: Vec<String>,
-    pub user: String,
-}
 
 /// A whole answer.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub text: String,
+    /// The tools the model called, in order.
+    pub tool_calls: Vec<ToolCall>,
     pub finish_reason: FinishReason,
     pub usage: Option<Usage>,
 }
@@ -46,6 +39,8 @@ pub struct Completion {
 #[derive(Debug, Clone, Default)]
 pub struct Chunk {
     pub delta: String,
+    /// Pieces of tool calls, in OpenAI's shape (see `proto::ToolCallDelta`).
+    pub tool_calls: Vec<ToolCallDelta>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
     /// Unreadable events the provider sent since the previous chunk, skipped.
@@ -53,9 +48,9 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Whether this chunk commits a stream: it has text, or it ends the answer.
+    /// Whether this chunk commits a stream: it has text or a tool call, or it ends the answer.
     pub fn commits(&self) -> bool {
-        !self.delta.is_empty() || self.finish_reason.is_some()
+        !self.delta.is_empty() || !self.tool_calls.is_empty() || self.finish_reason.is_some()
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
     failure::{Failure, Fault},
     health::Unavailable,
     log::CallLog,
-    pick::{Pick, Picker},
+    pick::{Pick, Picker, missing},
     plan::Plan,
     policy::{self, Decision, Leave, Position, Special},
     round::{AttemptValue, Call, RoundAt, Won},
@@ -144,7 +144,12 @@ impl Chain {
 
     /// Leaves the current group, if any, and enters the next one. `None` when the chain is
     /// exhausted.
-    fn enter_next(&mut self, router: &Router) -> Option<&mut InGroup> {
+    fn enter_next(
+        &mut self,
+        router: &Router,
+        plan: &Plan,
+        log: &mut CallLog,
+    ) -> Option<&mut InGroup> {
         let group = self.ahead.pop_front()?;
         if let Some(left) = self.current.take() {
             self.requested = false;
@@ -160,6 +165,12 @@ impl Chain {
             Some(p) if Arc::ptr_eq(&p.group, &group) => p,
             _ => router.picker(&group),
         };
+        // Deployments that lack what the request needs are never picked: said once, here.
+        for d in &group.deployments {
+            if let Some(capability) = missing(plan.needs, d.capabilities) {
+                log.unsupported(d, capability);
+            }
+        }
         let mut entered = InGroup {
             pick,
             retries_done: 0,
@@ -214,7 +225,11 @@ impl Chain {
                 back_in: until.saturating_duration_since(Instant::now()),
                 cooling,
             },
-            (None, None) => CallError::DeadlineExceeded,
+            (None, None) => match log.unsupported {
+                // Nothing in the chain could take the request at all.
+                Some(capability) => CallError::CapabilityUnsupported { capability },
+                None => CallError::DeadlineExceeded,
+            },
         }
     }
 }
@@ -257,7 +272,7 @@ impl Router {
                 .as_millis() as u64,
         );
 
-        'groups: while chain.enter_next(self).is_some() {
+        'groups: while chain.enter_next(self, plan, &mut call.log).is_some() {
             loop {
                 let facts = call.facts(false);
                 let Some(group) = chain.current.as_mut() else {

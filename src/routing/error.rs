@@ -42,6 +42,8 @@ pub enum CallError {
     NoDeploymentAvailable { back_in: Duration, cooling: bool },
     /// The server is at `server.max_concurrent_calls`: refused before any work.
     Overloaded { limit: u32 },
+    /// The request needs a capability (its `model_info` key) no deployment of the chain has.
+    CapabilityUnsupported { capability: &'static str },
 }
 
 impl CallError {
@@ -111,6 +113,9 @@ impl CallError {
             } => format!(
                 "every deployment of the model group and its fallbacks is at its max_parallel_requests or rpm/tpm limit; retry in {:.1}s",
                 back_in.as_secs_f64()
+            ),
+            CallError::CapabilityUnsupported { capability } => format!(
+                "the request needs {capability}, and no deployment of the model group or its fallbacks declares it (model_info.{capability}); nothing was sent"
             ),
             CallError::Overloaded { limit } => format!(
                 "the router is at server.max_concurrent_calls ({limit} calls in flight); retry shortly or elsewhere"

@@ -22,6 +22,9 @@ pub struct CallLog {
     pub recovery: bool,
     /// The prompt's estimated size, which pre-call checks skip deployments by.
     pub request_tokens: u64,
+    /// A capability the request needs that a skipped deployment lacked (its `model_info`
+    /// key): what the call fails with when nothing in the chain has it.
+    pub unsupported: Option<&'static str>,
 }
 
 impl CallLog {
@@ -73,6 +76,24 @@ impl CallLog {
                 });
             }
         }
+    }
+}
+
+impl CallLog {
+    /// Logs a deployment skipped for lacking a capability the request needs.
+    pub fn unsupported(&mut self, d: &Deployment, capability: &'static str) {
+        self.unsupported.get_or_insert(capability);
+        let detail = format!(
+            "skipped, never sent: the request needs {capability}, which this deployment does not declare (model_info.{capability})"
+        );
+        self.push(entry(
+            d,
+            AttemptOutcome::Unsupported,
+            Duration::ZERO,
+            0,
+            detail,
+            false,
+        ));
     }
 }
 

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use super::failure::Fault;
 use super::health::{Check, DeploymentState, Limits, Load, Unavailable};
 use super::policy::Candidate;
-use crate::config::{ModelGroup, RetryBudget, Strategy};
-use crate::providers::Provider;
+use crate::config::{Capabilities, ModelGroup, RetryBudget, Strategy};
+use crate::providers::{Needs, Provider};
 
 /// A deployment's provider client and shared state.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct Facts {
     pub needs_prefill: bool,
     /// `enable_pre_call_checks`: skip deployments whose context window the prompt exceeds.
     pub pre_call_checks: bool,
+    /// What the request needs: deployments without it are never picked.
+    pub needs: Needs,
     pub budget: Option<RetryBudget>,
     pub latency_ttl: Duration,
     pub latency_buffer: f64,
@@ -159,6 +161,10 @@ impl Picker {
             if facts.needs_prefill && !d.supports_assistant_prefill {
                 continue;
             }
+            // Logged once, when the group is entered (see `missing`).
+            if missing(facts.needs, d.capabilities).is_some() {
+                continue;
+            }
             if let Some(max) = d.max_input_tokens
                 && facts.pre_call_checks
                 && facts.request_tokens > max
@@ -210,6 +216,24 @@ impl Picker {
             retry_of_failed,
         }
     }
+}
+
+/// The first capability the request needs that a deployment lacks, by its `model_info` key.
+pub fn missing(needs: Needs, has: Capabilities) -> Option<&'static str> {
+    [
+        (
+            needs.function_calling && !has.function_calling,
+            "supports_function_calling",
+        ),
+        (needs.vision && !has.vision, "supports_vision"),
+        (
+            needs.response_schema && !has.response_schema,
+            "supports_response_schema",
+        ),
+        (needs.reasoning && !has.reasoning, "supports_reasoning"),
+    ]
+    .into_iter()
+    .find_map(|(lacks, key)| lacks.then_some(key))
 }
 
 /// The group's strategy's choice among available deployments.
@@ -324,6 +348,7 @@ router_settings:
             fresh_only: false,
             needs_prefill: false,
             pre_call_checks: false,
+            needs: Needs::default(),
             budget: None,
             latency_ttl: Duration::from_secs(300),
             latency_buffer: 0.5,

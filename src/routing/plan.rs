@@ -11,7 +11,7 @@ use super::{
 };
 use crate::config::{ModelGroup, StreamRecovery};
 use crate::proto::{Attempt, AttemptOutcome, FinishReason};
-use crate::providers::{Chunk, Completion, bounded, estimate_tokens};
+use crate::providers::{Chunk, Completion, Needs, bounded, estimate_tokens};
 
 /// What one call will do, fixed before its first attempt.
 pub struct Plan {
@@ -35,6 +35,9 @@ pub struct Plan {
     /// The call continues a broken stream from an assistant prefill: only deployments that
     /// take one are picked.
     pub continuation: bool,
+    /// What the request needs of a deployment (tools, images, JSON, reasoning): deployments
+    /// without it are skipped, never sent.
+    pub needs: Needs,
 }
 
 impl Router {
@@ -85,7 +88,7 @@ impl Router {
                 });
             }
         }
-        let prompt_chars: usize = req.chat.messages.iter().map(|m| m.content.len()).sum();
+        let prompt_chars = req.chat.prompt_chars();
         let callers_deadline = callers_deadline(req, cfg.router.timeout);
         // Streams only, and only when the caller or a group of the chain wants recovery.
         let resumable = streaming
@@ -113,6 +116,7 @@ impl Router {
             resumable,
             recovery: false,
             continuation: false,
+            needs: req.chat.needs(),
         })
     }
 }
@@ -163,6 +167,7 @@ pub fn mock_answer<T>(plan: &Plan, text: &str, value: T) -> Answered<T> {
 pub fn mock_completion(text: &str) -> Completion {
     Completion {
         text: text.to_string(),
+        tool_calls: Vec::new(),
         finish_reason: FinishReason::Stop,
         usage: None,
     }

@@ -10,6 +10,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::stream::Piece;
 use super::{
     Answered, CallFailure, CallRequest, Committed, Router,
     chain::{Resume, Seed},
@@ -42,6 +43,9 @@ pub struct Recovery {
     pub mode: StreamRecovery,
     /// The answer's text so far (`Continue` only: what the prefill repeats).
     delivered: String,
+    /// Whether tool-call pieces were delivered: a continuation cannot carry them on (a
+    /// prefill is text), so such a stream recovers only by restart.
+    delivered_tool_calls: bool,
     /// Whitespace the prefill left off the end of the delivered text (providers reject a
     /// prefill that ends with it), which the continuation's first delta may bring back.
     trimmed: String,
@@ -69,6 +73,7 @@ impl Recovery {
         if mode == StreamRecovery::Continue {
             delivered.push_str(&answered.value.first.delta);
         }
+        let delivered_tool_calls = !answered.value.first.tool_calls.is_empty();
         Some(Box::new(Recovery {
             router,
             request,
@@ -76,21 +81,29 @@ impl Recovery {
             deadline: answered.deadline,
             mode,
             delivered,
+            delivered_tool_calls,
             trimmed: String::new(),
             span: tracing::Span::current(),
             started: 0,
         }))
     }
 
-    /// Notes text delivered to the caller.
-    pub fn delivered(&mut self, delta: &str) {
+    /// Notes a piece delivered to the caller.
+    pub fn delivered(&mut self, piece: &Piece) {
+        self.delivered_tool_calls |= !piece.tool_calls.is_empty();
         if self.mode == StreamRecovery::Continue {
-            self.delivered.push_str(delta);
+            self.delivered.push_str(&piece.text);
         }
     }
 
     /// Why another recovery may not start, if it may not.
     pub fn refused(&self) -> Option<String> {
+        if self.mode == StreamRecovery::Continue && self.delivered_tool_calls {
+            return Some(
+                "the stream had delivered tool-call pieces, which a continuation cannot carry on (ask for STREAM_RECOVERY_RESTART)"
+                    .to_string(),
+            );
+        }
         if self.started >= MAX_RECOVERIES {
             return Some(format!(
                 "the stream was recovered {MAX_RECOVERIES} times already, the most one stream may be"
@@ -143,11 +156,11 @@ impl Recovery {
                 _ => chat.messages.push(ChatMessage {
                     role: Role::Assistant as i32,
                     content: prefill.to_string(),
-                    name: None,
+                    ..Default::default()
                 }),
             }
         }
-        let prompt_chars = chat.messages.iter().map(|m| m.content.len()).sum();
+        let prompt_chars = chat.prompt_chars();
         let plan = Plan {
             chain: self.resume.chain.clone(),
             deadline: self.deadline,
@@ -164,6 +177,7 @@ impl Recovery {
             resumable: true,
             recovery: true,
             continuation,
+            needs: chat.needs(),
         };
         let seed = Seed {
             deployment: self.resume.deployment,

@@ -111,6 +111,7 @@ where
             fresh_only,
             needs_prefill: self.plan.continuation,
             pre_call_checks: r.pre_call_checks,
+            needs: self.plan.needs,
             budget: r.retry_budget,
             latency_ttl: r.latency_ttl,
             latency_buffer: r.lowest_latency_buffer,

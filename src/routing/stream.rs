@@ -30,15 +30,22 @@ use super::{
     recovery::{Recovering, Recovery},
 };
 use crate::config::StreamRecovery;
-use crate::proto::{Attempt, AttemptOutcome, FinishReason, Usage};
+use crate::proto::{Attempt, AttemptOutcome, FinishReason, ToolCallDelta, Usage};
 use crate::providers::{Chunk, ChunkStream};
+
+/// A piece of the answer as the caller receives it: text, tool-call pieces, or both.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub tool_calls: Vec<ToolCallDelta>,
+}
 
 /// What a committed stream yields: text, then once its end.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
     /// The next piece of the answer. The first is the chunk that committed the call, and may
     /// be empty when that chunk carried only a finish reason.
-    Delta(String),
+    Delta(Piece),
     /// The stream broke and recovered: the answer now comes from `deployment` of `group`, and
     /// goes on with `delta`. `restart`: the answer starts again with `delta` (the caller
     /// discards what it received). `attempts`: the whole log, the recovery's attempts included.
@@ -46,7 +53,7 @@ pub enum StreamItem {
         group: String,
         deployment: String,
         restart: bool,
-        delta: String,
+        piece: Piece,
         attempts: Vec<Attempt>,
     },
     /// The provider's stream ended: why generation stopped, and the usage it reported.
@@ -77,7 +84,7 @@ struct Inner {
     /// The end the watchdog gave the stream, until it is yielded.
     expired: Option<CallFailure>,
     /// The committing chunk's text, until yielded.
-    first: Option<String>,
+    first: Option<Piece>,
     /// The call's attempts, the answering one last: given to the failure if the stream fails.
     attempts: Vec<Attempt>,
     attempt_started: Instant,
@@ -210,15 +217,18 @@ impl Inner {
         rest: ChunkStream,
         attempt_started: Instant,
         tracker: Option<Tracker>,
-    ) -> String {
+    ) -> Piece {
         self.rest = rest;
         self.tracker = tracker;
         self.attempt_started = attempt_started;
         self.finish = first.finish_reason;
         self.usage = first.usage;
         self.skipped_events = first.skipped_events;
-        self.chunks = u32::from(!first.delta.is_empty());
-        first.delta
+        self.chunks = u32::from(!first.delta.is_empty() || !first.tool_calls.is_empty());
+        Piece {
+            text: first.delta,
+            tool_calls: first.tool_calls,
+        }
     }
 
     /// The call's deadline passed while nobody polled the stream: ends it now, as its own
@@ -332,7 +342,7 @@ impl Inner {
             ..
         } = answered;
         self.attempts.extend(attempts);
-        let delta = self.answer_from(first, rest, attempt_started, tracker);
+        let piece = self.answer_from(first, rest, attempt_started, tracker);
         let now = Instant::now();
         self.last_chunk = now;
         self.timer
@@ -342,7 +352,7 @@ impl Inner {
             group,
             deployment,
             restart: mode == StreamRecovery::Restart,
-            delta,
+            piece,
             attempts: self.attempts.clone(),
         }
     }
@@ -433,12 +443,16 @@ impl Inner {
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
                     st.skipped_events += chunk.skipped_events;
-                    if !chunk.delta.is_empty() {
+                    if !chunk.delta.is_empty() || !chunk.tool_calls.is_empty() {
                         st.chunks += 1;
+                        let piece = Piece {
+                            text: chunk.delta,
+                            tool_calls: chunk.tool_calls,
+                        };
                         if let Some(r) = &mut st.recovery {
-                            r.delivered(&chunk.delta);
+                            r.delivered(&piece);
                         }
-                        return Poll::Ready(Some(Ok(StreamItem::Delta(chunk.delta))));
+                        return Poll::Ready(Some(Ok(StreamItem::Delta(piece))));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -22,6 +22,7 @@ pub(crate) fn call(model: &str) -> CallRequest {
                 role: Role::User as i32,
                 content: "hello there".into(),
                 name: None,
+                ..Default::default()
             }],
             ..ChatRequest::default()
         },

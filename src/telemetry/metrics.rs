@@ -424,6 +424,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::RetryThrottled => "retry_throttled",
         AttemptOutcome::CallerTimeout => "caller_timeout",
         AttemptOutcome::PromptTooLong => "prompt_too_long",
+        AttemptOutcome::Unsupported => "unsupported",
     }
 }
 
@@ -469,6 +470,7 @@ mod tests {
                 completion_tokens: 5,
                 total_tokens: 8,
                 cost_usd: Some(0.25),
+                ..Default::default()
             },
         );
         {

@@ -66,6 +66,7 @@ fn bad_inputs() -> Vec<(&'static str, CompleteRequest, Code, &'static str)> {
                     role: Role::Unspecified as i32,
                     content: "x".into(),
                     name: None,
+                    ..Default::default()
                 }],
                 ..ok.clone()
             },

@@ -82,6 +82,7 @@ fn conversation() -> Vec<ChatMessage> {
         role: role as i32,
         content: content.into(),
         name: None,
+        ..Default::default()
     };
     vec![
         msg(Role::System, "Be brief."),

@@ -225,6 +225,19 @@ pub(super) fn deployment(
         cost,
         // Set once the group is complete.
         alone_in_group: false,
+        capabilities: {
+            let by_default = providers::default_capabilities(provider, upstream_model);
+            Capabilities {
+                function_calling: info
+                    .supports_function_calling
+                    .unwrap_or(by_default.function_calling),
+                vision: info.supports_vision.unwrap_or(by_default.vision),
+                response_schema: info
+                    .supports_response_schema
+                    .unwrap_or(by_default.response_schema),
+                reasoning: info.supports_reasoning.unwrap_or(by_default.reasoning),
+            }
+        },
     })
 }
 

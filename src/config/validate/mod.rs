@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    Config, ConfigError, CooldownPolicy, CooldownRule, Cost, Deployment, FailKind, Hedge,
-    HttpProvider, IgnoredKey, KeyError, MockFailure, MockSpec, ModelGroup, ProviderConfig,
+    Capabilities, Config, ConfigError, CooldownPolicy, CooldownRule, Cost, Deployment, FailKind,
+    Hedge, HttpProvider, IgnoredKey, KeyError, MockFailure, MockSpec, ModelGroup, ProviderConfig,
     RetryBudget, RetryPolicy, RouterSettings, Secret, ServerSettings, Strategy, StreamRecovery,
     params,
     providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},

@@ -142,6 +142,7 @@ pub fn user(text: &str) -> Vec<ChatMessage> {
         role: Role::User as i32,
         content: text.into(),
         name: None,
+        ..Default::default()
     }]
 }
 

@@ -1,18 +1,21 @@
-//! Anthropic's Messages API: system messages move to `system`, `max_tokens` is always sent,
-//! `x-api-key` and `anthropic-version` headers, and its SSE event types (`message_start`,
-//! `content_block_delta`, `message_delta`, `message_stop`, `ping`, `error`). 529 and
-//! `overloaded_error` are rate limits: retryable.
+//! Anthropic's Messages API: the request body ([`body`]), `x-api-key` and
+//! `anthropic-version` headers, answers as content blocks (text and `tool_use`), and its SSE
+//! event types (`message_start`, `content_block_start`, `content_block_delta`,
+//! `message_delta`, `message_stop`, `ping`, `error`). 529 and `overloaded_error` are rate
+//! limits: retryable.
+
+mod body;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
-use crate::proto::{FinishReason, Role, Usage};
+use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
 
 /// The API version llm-router speaks; a deployment can send another with `extra_headers`.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -51,50 +54,7 @@ impl AnthropicProvider {
     }
 
     fn body(&self, req: &ChatRequest, stream: bool) -> Value {
-        let system: Vec<&str> = req
-            .messages
-            .iter()
-            .filter(|m| m.role() == Role::System)
-            .map(|m| m.content.as_str())
-            .collect();
-        let messages: Vec<Value> = req
-            .messages
-            .iter()
-            .filter(|m| m.role() != Role::System)
-            .map(|m| {
-                // Tool results need tool_use ids this API has no field for; they are passed as
-                // the user's text.
-                let role = if m.role() == Role::Assistant {
-                    "assistant"
-                } else {
-                    "user"
-                };
-                json!({ "role": role, "content": m.content })
-            })
-            .collect();
-        let mut body = json!({
-            "model": self.model,
-            "max_tokens": req.max_tokens.unwrap_or(self.max_tokens),
-            "messages": messages,
-            "stream": stream,
-        });
-        if !system.is_empty() {
-            body["system"] = json!(system.join("\n\n"));
-        }
-        if let Some(v) = req.temperature {
-            // Anthropic's range is 0..1; OpenAI-style callers may send up to 2.
-            body["temperature"] = json!(v.min(1.0));
-        }
-        if let Some(v) = req.top_p {
-            body["top_p"] = json!(v);
-        }
-        if !req.stop.is_empty() {
-            body["stop_sequences"] = json!(req.stop);
-        }
-        if !req.user.is_empty() {
-            body["metadata"] = json!({ "user_id": req.user });
-        }
-        body
+        body::body(&self.model, self.max_tokens, req, stream)
     }
 
     pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
@@ -105,16 +65,27 @@ impl AnthropicProvider {
         let body = self.endpoint.body(response).await?;
         let msg: Message =
             serde_json::from_str(&body).map_err(|e| malformed("message", e, &body))?;
-        let text: String = msg
-            .content
-            .iter()
-            .filter(|b| b.kind == "text")
-            .filter_map(|b| b.text.as_deref())
-            .collect();
+        let mut text = String::new();
+        let mut tool_calls = Vec::new();
+        for block in msg.content {
+            match block.kind.as_str() {
+                "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+                "tool_use" => tool_calls.push(ToolCall {
+                    id: block.id.unwrap_or_default(),
+                    name: block.name.unwrap_or_default(),
+                    arguments: block
+                        .input
+                        .map_or_else(|| "{}".to_string(), |v| v.to_string()),
+                }),
+                // Thinking blocks are the model's working, not its answer.
+                _ => {}
+            }
+        }
         Ok(Completion {
             text,
+            tool_calls,
             finish_reason: stop_reason(msg.stop_reason.as_deref()),
-            usage: msg.usage.map(|u| usage(u.input_tokens, u.output_tokens)),
+            usage: msg.usage.map(|u| u.into_proto(None)),
         })
     }
 
@@ -132,12 +103,24 @@ impl AnthropicProvider {
     }
 }
 
-fn usage(input: u32, output: u32) -> Usage {
-    Usage {
-        prompt_tokens: input,
-        completion_tokens: output,
-        total_tokens: input.saturating_add(output),
-        cost_usd: None,
+impl WireUsage {
+    /// The usage in the API's terms: Anthropic's `input_tokens` leaves out the prompt tokens
+    /// read from or written to its cache, which count here as prompt tokens too.
+    /// `stream_output`: a stream's output tokens, reported apart from its input.
+    fn into_proto(self, stream_output: Option<u32>) -> Usage {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        let prompt = self
+            .input_tokens
+            .saturating_add(cached)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
+        let output = stream_output.unwrap_or(self.output_tokens);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: output,
+            total_tokens: prompt.saturating_add(output),
+            cached_tokens: self.cache_read_input_tokens,
+            ..Default::default()
+        }
     }
 }
 
@@ -249,7 +232,11 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
 /// output tokens in `message_delta`.
 #[derive(Default)]
 struct AnthropicEvents {
-    input_tokens: u32,
+    /// The stream's input usage, from `message_start`.
+    input: Option<WireUsage>,
+    /// Which content blocks are tool calls: the block index of each, in order (a call's
+    /// place here is its index in the API's tool-call pieces).
+    tool_blocks: Vec<u32>,
 }
 
 impl EventParser for AnthropicEvents {
@@ -260,11 +247,25 @@ impl EventParser for AnthropicEvents {
         };
         match ev.kind.as_str() {
             "message_start" => {
-                if let Some(u) = ev.message.and_then(|m| m.usage) {
-                    self.input_tokens = u.input_tokens;
-                }
+                self.input = ev.message.and_then(|m| m.usage);
                 Ok(Step::Skip)
             }
+            "content_block_start" => match ev.content_block {
+                Some(block) if block.kind == "tool_use" => {
+                    let index = self.tool_blocks.len() as u32;
+                    self.tool_blocks.push(ev.index.unwrap_or_default());
+                    Ok(Step::Chunk(Chunk {
+                        tool_calls: vec![ToolCallDelta {
+                            index,
+                            id: block.id.unwrap_or_default(),
+                            name: block.name.unwrap_or_default(),
+                            arguments: String::new(),
+                        }],
+                        ..Chunk::default()
+                    }))
+                }
+                _ => Ok(Step::Skip),
+            },
             "content_block_delta" => match ev.delta {
                 Some(Delta {
                     kind: Some(k),
@@ -274,15 +275,40 @@ impl EventParser for AnthropicEvents {
                     delta: text,
                     ..Chunk::default()
                 })),
-                // Tool-input and thinking deltas carry no answer text.
+                Some(Delta {
+                    kind: Some(k),
+                    partial_json: Some(json),
+                    ..
+                }) if k == "input_json_delta" => {
+                    let block = ev.index.unwrap_or_default();
+                    let Some(index) = self.tool_blocks.iter().position(|&b| b == block) else {
+                        return Ok(malformed_event(
+                            "input_json_delta for no tool_use block",
+                            data,
+                        ));
+                    };
+                    Ok(Step::Chunk(Chunk {
+                        tool_calls: vec![ToolCallDelta {
+                            index: index as u32,
+                            arguments: json,
+                            ..ToolCallDelta::default()
+                        }],
+                        ..Chunk::default()
+                    }))
+                }
+                // Thinking deltas carry no answer.
                 _ => Ok(Step::Skip),
             },
             "message_delta" => {
                 let reason = ev.delta.and_then(|d| d.stop_reason);
+                let usage = ev.usage.map(|u| {
+                    let input = self.input.clone().unwrap_or_default();
+                    input.into_proto(Some(u.output_tokens))
+                });
                 Ok(Step::Chunk(Chunk {
                     delta: String::new(),
                     finish_reason: reason.as_deref().map(|r| stop_reason(Some(r))),
-                    usage: ev.usage.map(|u| usage(self.input_tokens, u.output_tokens)),
+                    usage,
                     ..Chunk::default()
                 }))
             }
@@ -325,20 +351,29 @@ struct ContentBlock {
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
+    /// `tool_use` blocks: the call's id, function and arguments.
+    id: Option<String>,
+    name: Option<String>,
+    input: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Default)]
 struct WireUsage {
     #[serde(default)]
     input_tokens: u32,
     #[serde(default)]
     output_tokens: u32,
+    cache_read_input_tokens: Option<u32>,
+    cache_creation_input_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]
 struct Event {
     #[serde(rename = "type")]
     kind: String,
+    /// The content block a `content_block_*` event is about.
+    index: Option<u32>,
+    content_block: Option<ContentBlock>,
     message: Option<Message>,
     delta: Option<Delta>,
     usage: Option<WireUsage>,
@@ -350,6 +385,7 @@ struct Delta {
     #[serde(rename = "type")]
     kind: Option<String>,
     text: Option<String>,
+    partial_json: Option<String>,
     stop_reason: Option<String>,
 }
 

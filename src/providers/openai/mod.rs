@@ -3,13 +3,17 @@
 //! differs only in its URL and auth header. Unary JSON and SSE streaming ending in `[DONE]`.
 
 use reqwest::header::HeaderMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
+
+mod body;
+
+use body::{ChatBody, StreamOptions};
 
 use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::WireFormat};
-use crate::proto::{FinishReason, Role, Usage};
+use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
 
 #[derive(Debug)]
 pub struct OpenAiProvider {
@@ -67,15 +71,7 @@ impl OpenAiProvider {
     fn body<'a>(&'a self, req: &'a ChatRequest, stream: bool) -> ChatBody<'a> {
         ChatBody {
             model: &self.model,
-            messages: req
-                .messages
-                .iter()
-                .map(|m| Message {
-                    role: role_name(m.role()),
-                    content: &m.content,
-                    name: m.name.as_deref(),
-                })
-                .collect(),
+            messages: req.messages.iter().map(body::message).collect(),
             stream,
             // Without it, streamed calls report no usage.
             stream_options: stream.then_some(StreamOptions {
@@ -86,6 +82,14 @@ impl OpenAiProvider {
             top_p: req.top_p,
             stop: &req.stop,
             user: &req.user,
+            tools: body::tools(req),
+            tool_choice: body::tool_choice(req.tool_choice.as_ref()),
+            parallel_tool_calls: req.parallel_tool_calls,
+            response_format: body::response_format(&req.response_format),
+            seed: req.seed,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            reasoning_effort: req.reasoning.map(|r| r.effort().name()),
         }
     }
 
@@ -112,40 +116,6 @@ impl OpenAiProvider {
     }
 }
 
-/// A chat-completions request body, serialized straight from the call's own strings (a
-/// `serde_json::Value` would copy each of them into a map first, on every attempt).
-#[derive(Serialize)]
-struct ChatBody<'a> {
-    model: &'a str,
-    messages: Vec<Message<'a>>,
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<StreamOptions>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f32>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop: &'a [String],
-    #[serde(skip_serializing_if = "str::is_empty")]
-    user: &'a str,
-}
-
-#[derive(Serialize)]
-struct Message<'a> {
-    role: &'static str,
-    content: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
-}
-
 /// OpenAI's status codes, plus its content-policy codes (Azure's `content_filter`, OpenAI's
 /// `content_policy_violation`), which go to `content_policy_fallbacks`.
 fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
@@ -168,8 +138,18 @@ fn parse_completion(body: &str) -> Result<Completion, ProviderError> {
             format!("completion has no choices: {}", excerpt(body)),
         )
     })?;
+    let message = choice.message.unwrap_or_default();
     Ok(Completion {
-        text: choice.message.and_then(|m| m.content).unwrap_or_default(),
+        text: message.content.unwrap_or_default(),
+        tool_calls: message
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id.unwrap_or_default(),
+                name: c.function.name.unwrap_or_default(),
+                arguments: c.function.arguments.unwrap_or_default(),
+            })
+            .collect(),
         finish_reason: finish_reason(choice.finish_reason.as_deref()),
         usage: parsed.usage.map(WireUsage::into_proto),
     })
@@ -198,13 +178,24 @@ impl EventParser for OpenAiEvents {
             ..Chunk::default()
         };
         if let Some(choice) = v.choices.into_iter().next() {
-            chunk.delta = choice.delta.and_then(|d| d.content).unwrap_or_default();
+            let delta = choice.delta.unwrap_or_default();
+            chunk.delta = delta.content.unwrap_or_default();
+            chunk.tool_calls = delta
+                .tool_calls
+                .into_iter()
+                .map(|c| ToolCallDelta {
+                    index: c.index,
+                    id: c.id.unwrap_or_default(),
+                    name: c.function.name.unwrap_or_default(),
+                    arguments: c.function.arguments.unwrap_or_default(),
+                })
+                .collect();
             chunk.finish_reason = choice
                 .finish_reason
                 .as_deref()
                 .map(|r| finish_reason(Some(r)));
         }
-        if chunk.delta.is_empty() && chunk.finish_reason.is_none() && chunk.usage.is_none() {
+        if !chunk.commits() && chunk.usage.is_none() {
             // Role-only or keep-alive events: nothing to pass on.
             return Ok(Step::Skip);
         }
@@ -217,17 +208,6 @@ impl EventParser for OpenAiEvents {
             200,
             "stream ended before a finish_reason or [DONE]",
         )
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-        // Requests are validated before they reach a provider.
-        Role::Unspecified => "user",
     }
 }
 
@@ -255,9 +235,27 @@ struct Choice {
     finish_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct WireMessage {
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+/// A tool call in an answer, or a piece of one in a stream (where only `index` is certain).
+#[derive(Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    index: u32,
+    id: Option<String>,
+    #[serde(default)]
+    function: WireFunction,
+}
+
+#[derive(Deserialize, Default)]
+struct WireFunction {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +274,18 @@ struct WireUsage {
     completion_tokens: u32,
     #[serde(default)]
     total_tokens: u32,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u32>,
 }
 
 impl WireUsage {
@@ -284,6 +294,10 @@ impl WireUsage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             total_tokens: self.total_tokens,
+            cached_tokens: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            reasoning_tokens: self
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens),
             cost_usd: None,
         }
     }
@@ -292,6 +306,7 @@ impl WireUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Role;
 
     fn provider(default_max_tokens: Option<u32>) -> OpenAiProvider {
         OpenAiProvider::new(
@@ -317,6 +332,7 @@ mod tests {
             role: role as i32,
             content: content.into(),
             name: name.map(String::from),
+            ..Default::default()
         }
     }
 
@@ -333,6 +349,7 @@ mod tests {
             top_p: Some(0.25),
             stop: vec!["\n\n".into()],
             user: "u-1".into(),
+            ..Default::default()
         };
         let body = serde_json::to_value(p.body(&full, true)).unwrap();
         assert_eq!(
@@ -360,6 +377,7 @@ mod tests {
             top_p: None,
             stop: Vec::new(),
             user: String::new(),
+            ..Default::default()
         };
         // The deployment's default max_tokens applies when the call sets none.
         let body = serde_json::to_value(p.body(&bare, false)).unwrap();

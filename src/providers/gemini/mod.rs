@@ -1,6 +1,6 @@
-//! Google AI Studio's Gemini API: `generateContent` and `streamGenerateContent?alt=sse`, roles
-//! mapped (`assistant` is `model`), system messages as `systemInstruction`, the key in
-//! `x-goog-api-key`. Its stream has no end marker: it is complete when a candidate has carried a
+//! Google AI Studio's Gemini API: `generateContent` and `streamGenerateContent?alt=sse`, the
+//! request body ([`body`]), the key in `x-goog-api-key`, answers as parts (text, and
+//! `functionCall`s, which get ids here: Gemini's have none). Its stream has no end marker: it is complete when a candidate has carried a
 //! `finishReason`. Safety blocks are a content-filter finish reason, or, when the prompt itself
 //! is blocked, a content-policy failure that `content_policy_fallbacks` can route.
 
@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+mod body;
 
 use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::HttpProvider;
-use crate::proto::{FinishReason, Role, Usage};
+use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
 
 #[derive(Debug)]
 pub struct GeminiProvider {
@@ -49,48 +51,7 @@ impl GeminiProvider {
     }
 
     fn body(&self, req: &ChatRequest) -> Value {
-        let system: Vec<Value> = req
-            .messages
-            .iter()
-            .filter(|m| m.role() == Role::System)
-            .map(|m| json!({ "text": m.content }))
-            .collect();
-        let contents: Vec<Value> = req
-            .messages
-            .iter()
-            .filter(|m| m.role() != Role::System)
-            .map(|m| {
-                // Tool results would need functionResponse parts keyed by a call this API has
-                // no field for; they are passed as the user's text.
-                let role = if m.role() == Role::Assistant {
-                    "model"
-                } else {
-                    "user"
-                };
-                json!({ "role": role, "parts": [{ "text": m.content }] })
-            })
-            .collect();
-        let mut body = json!({ "contents": contents });
-        if !system.is_empty() {
-            body["systemInstruction"] = json!({ "parts": system });
-        }
-        let mut generation = serde_json::Map::new();
-        if let Some(v) = req.max_tokens.or(self.default_max_tokens) {
-            generation.insert("maxOutputTokens".into(), json!(v));
-        }
-        if let Some(v) = req.temperature {
-            generation.insert("temperature".into(), json!(v));
-        }
-        if let Some(v) = req.top_p {
-            generation.insert("topP".into(), json!(v));
-        }
-        if !req.stop.is_empty() {
-            generation.insert("stopSequences".into(), json!(req.stop));
-        }
-        if !generation.is_empty() {
-            body["generationConfig"] = Value::Object(generation);
-        }
-        body
+        body::body(req, self.default_max_tokens)
     }
 
     pub async fn complete(&self, req: &ChatRequest) -> Result<Completion, ProviderError> {
@@ -102,7 +63,7 @@ impl GeminiProvider {
         let r: Response =
             serde_json::from_str(&body).map_err(|e| malformed("response", e, &body))?;
         let piece = r.into_piece()?;
-        if piece.finish_reason.is_none() && piece.text.is_empty() {
+        if piece.finish_reason.is_none() && piece.text.is_empty() && piece.calls.is_empty() {
             return Err(ProviderError::new(
                 ErrorKind::Upstream,
                 200,
@@ -111,6 +72,15 @@ impl GeminiProvider {
         }
         Ok(Completion {
             text: piece.text,
+            tool_calls: piece
+                .calls
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
+                })
+                .collect(),
             finish_reason: piece.finish_reason.unwrap_or(FinishReason::Unspecified),
             usage: piece.usage,
         })
@@ -123,7 +93,7 @@ impl GeminiProvider {
             .await?;
         Ok(http::sse_stream(
             response,
-            GeminiEvents,
+            GeminiEvents::default(),
             self.max_malformed_events,
             self.endpoint.secrets(),
         ))
@@ -159,8 +129,25 @@ fn parse_google_duration(s: &str) -> Option<Duration> {
 /// One response (or stream event), reduced to what llm-router passes on.
 struct Piece {
     text: String,
+    calls: Vec<Call>,
     finish_reason: Option<FinishReason>,
     usage: Option<Usage>,
+}
+
+/// A `functionCall` part, with its id (Gemini's when it gave one, else made here).
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// An id for a function call Gemini gave none: unique enough to pair a result with its call
+/// within one conversation.
+fn call_id() -> String {
+    let tail: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect();
+    format!("call_{tail}")
 }
 
 impl Response {
@@ -172,26 +159,53 @@ impl Response {
                 format!("prompt blocked by the provider: {reason}"),
             ));
         }
-        let usage = self.usage_metadata.map(|u| Usage {
-            prompt_tokens: u.prompt_token_count,
-            completion_tokens: u.candidates_token_count,
-            total_tokens: u.total_token_count,
-            cost_usd: None,
+        // Thinking is billed as output: completion tokens count it, and say how much it was.
+        let usage = self.usage_metadata.map(|u| {
+            let thoughts = u.thoughts_token_count.unwrap_or(0);
+            Usage {
+                prompt_tokens: u.prompt_token_count,
+                completion_tokens: u.candidates_token_count.saturating_add(thoughts),
+                total_tokens: u.total_token_count,
+                cached_tokens: u.cached_content_token_count,
+                reasoning_tokens: u.thoughts_token_count,
+                cost_usd: None,
+            }
         });
         let Some(c) = self.candidates.into_iter().next() else {
             return Ok(Piece {
                 text: String::new(),
+                calls: Vec::new(),
                 finish_reason: None,
                 usage,
             });
         };
-        let text = c
-            .content
-            .map(|content| content.parts.into_iter().filter_map(|p| p.text).collect())
-            .unwrap_or_default();
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        for part in c.content.map(|c| c.parts).unwrap_or_default() {
+            if let Some(call) = part.function_call {
+                calls.push(Call {
+                    id: call.id.filter(|id| !id.is_empty()).unwrap_or_else(call_id),
+                    name: call.name,
+                    arguments: call
+                        .args
+                        .map_or_else(|| "{}".to_string(), |a| a.to_string()),
+                });
+            } else if !part.thought
+                && let Some(t) = part.text
+            {
+                // Thought summaries are the model's working, not its answer.
+                text.push_str(&t);
+            }
+        }
+        // Gemini ends a turn that calls functions with STOP; the API says why it stopped.
+        let finish_reason = c.finish_reason.as_deref().map(|r| match finish_reason(r) {
+            FinishReason::Stop if !calls.is_empty() => FinishReason::ToolCalls,
+            other => other,
+        });
         Ok(Piece {
             text,
-            finish_reason: c.finish_reason.as_deref().map(finish_reason),
+            calls,
+            finish_reason,
             usage,
         })
     }
@@ -208,8 +222,11 @@ fn finish_reason(reason: &str) -> FinishReason {
     }
 }
 
+/// Reads the stream's events: each carries whole function calls, numbered here in order.
 #[derive(Default)]
-struct GeminiEvents;
+struct GeminiEvents {
+    calls: u32,
+}
 
 impl EventParser for GeminiEvents {
     fn event(&mut self, data: &str) -> Result<Step, ProviderError> {
@@ -235,15 +252,35 @@ impl EventParser for GeminiEvents {
             Err(e) => return Ok(malformed_event(e, data)),
         };
         let piece = r.into_piece()?;
-        if piece.text.is_empty() && piece.finish_reason.is_none() && piece.usage.is_none() {
-            return Ok(Step::Skip);
-        }
-        Ok(Step::Chunk(Chunk {
+        let tool_calls: Vec<ToolCallDelta> = piece
+            .calls
+            .into_iter()
+            .map(|c| {
+                self.calls += 1;
+                ToolCallDelta {
+                    index: self.calls - 1,
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
+                }
+            })
+            .collect();
+        // A stream's calls may come before its finishing event, which says only STOP.
+        let finish_reason = match piece.finish_reason {
+            Some(FinishReason::Stop) if self.calls > 0 => Some(FinishReason::ToolCalls),
+            other => other,
+        };
+        let chunk = Chunk {
             delta: piece.text,
-            finish_reason: piece.finish_reason,
+            tool_calls,
+            finish_reason,
             usage: piece.usage,
             ..Chunk::default()
-        }))
+        };
+        if !chunk.commits() && chunk.usage.is_none() {
+            return Ok(Step::Skip);
+        }
+        Ok(Step::Chunk(chunk))
     }
 
     /// Gemini streams have no end marker: the end is clean only after a finish reason.
@@ -279,8 +316,20 @@ struct Content {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Part {
     text: Option<String>,
+    /// A thought summary (with `includeThoughts`), not answer text.
+    #[serde(default)]
+    thought: bool,
+    function_call: Option<FunctionCall>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall {
+    id: Option<String>,
+    name: String,
+    args: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +341,8 @@ struct UsageMetadata {
     candidates_token_count: u32,
     #[serde(default)]
     total_token_count: u32,
+    cached_content_token_count: Option<u32>,
+    thoughts_token_count: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -338,7 +389,7 @@ mod tests {
     #[test]
     fn only_the_last_event_carries_a_finish_reason_and_garbage_is_malformed() {
         // The stream (http.rs) ends cleanly only after a chunk with a finish reason.
-        let mut p = GeminiEvents;
+        let mut p = GeminiEvents::default();
         let ev = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"}}]}"#;
         assert!(matches!(p.event(ev), Ok(Step::Chunk(c)) if c.finish_reason.is_none()));
         let last = r#"{"candidates":[{"content":{"parts":[{"text":"!"}],"role":"model"},"finishReason":"STOP"}]}"#;
@@ -349,7 +400,7 @@ mod tests {
 
     #[test]
     fn blocked_prompts_are_content_policy_failures() {
-        let mut p = GeminiEvents;
+        let mut p = GeminiEvents::default();
         let e = p
             .event(r#"{"promptFeedback":{"blockReason":"SAFETY"}}"#)
             .err()

@@ -1,0 +1,283 @@
+//! What every provider is asked, provider-neutrally: the conversation (messages with parts,
+//! tool calls and tool results, as the proto carries them), the tools, the shape of the answer
+//! and the sampling and reasoning settings, already validated. Each wire format maps it to its
+//! own names; the helpers here are the mappings they share.
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::proto::{ChatMessage, Role, content_part::Part, image::Source};
+
+/// A request's conversation and settings, validated (see `api::request`).
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    pub user: String,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: ResponseFormat,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub reasoning: Option<Reasoning>,
+}
+
+/// A function the model may call; its parameters as a JSON Schema object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    /// `{"type": "object", "properties": {}}` when the request gave none.
+    pub parameters: Value,
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Function(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        schema: Value,
+        strict: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    Minimal,
+    Low,
+    Medium,
+    High,
+}
+
+impl Effort {
+    /// OpenAI's `reasoning_effort` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Effort::Minimal => "minimal",
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reasoning {
+    pub effort: Option<Effort>,
+    pub budget_tokens: Option<u32>,
+}
+
+impl Reasoning {
+    /// The thinking budget for providers that take one: the request's, else LiteLLM's for its
+    /// effort (minimal and low 1024, medium 2048, high 4096 tokens).
+    pub fn budget(&self) -> u32 {
+        self.budget_tokens.unwrap_or(match self.effort {
+            Some(Effort::Minimal | Effort::Low) | None => 1024,
+            Some(Effort::Medium) => 2048,
+            Some(Effort::High) => 4096,
+        })
+    }
+
+    /// The effort for providers that take one: the request's, else the nearest to its budget.
+    pub fn effort(&self) -> Effort {
+        self.effort.unwrap_or(match self.budget_tokens {
+            Some(b) if b >= 4096 => Effort::High,
+            Some(b) if b >= 2048 => Effort::Medium,
+            _ => Effort::Low,
+        })
+    }
+}
+
+impl ChatRequest {
+    /// The prompt's size in characters, for the token estimate: text, tool calls and results,
+    /// tool schemas, and a fixed share per image and file (providers bill an image by its
+    /// size; 4,000 characters is about the 1,000 tokens of a large one).
+    pub fn prompt_chars(&self) -> usize {
+        const IMAGE_CHARS: usize = 4_000;
+        let parts: usize = self
+            .messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .map(|p| match &p.part {
+                Some(Part::Text(t)) => t.len(),
+                Some(Part::Image(_)) => IMAGE_CHARS,
+                // A document is billed by its text: its size is the closest cheap guess.
+                Some(Part::File(f)) => f.data.len(),
+                None => 0,
+            })
+            .sum();
+        let messages: usize = self
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.name.len() + c.arguments.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        let tools: usize = self
+            .tools
+            .iter()
+            .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+            .sum();
+        let schema = match &self.response_format {
+            ResponseFormat::JsonSchema { schema, .. } => schema.to_string().len(),
+            _ => 0,
+        };
+        parts + messages + tools + schema
+    }
+
+    /// The capabilities the request needs of a deployment, by `model_info` key.
+    pub fn needs(&self) -> Needs {
+        Needs {
+            function_calling: !self.tools.is_empty(),
+            vision: self
+                .messages
+                .iter()
+                .flat_map(|m| &m.parts)
+                .any(|p| matches!(p.part, Some(Part::Image(_)))),
+            response_schema: self.response_format != ResponseFormat::Text,
+            reasoning: self.reasoning.is_some(),
+        }
+    }
+
+    /// The function name of the tool call `id` answers, from the assistant messages before
+    /// it (Gemini names results by function, not by call).
+    pub fn tool_name(&self, id: &str) -> Option<&str> {
+        self.messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant as i32)
+            .flat_map(|m| &m.tool_calls)
+            .find(|c| c.id == id)
+            .map(|c| c.name.as_str())
+    }
+}
+
+/// What a request needs of a deployment beyond plain chat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub function_calling: bool,
+    pub vision: bool,
+    pub response_schema: bool,
+    pub reasoning: bool,
+}
+
+/// A message's whole text: `content`, then its text parts, in order. What providers without
+/// parts in some place (a tool result, a system message) receive.
+pub fn text_of(m: &ChatMessage) -> String {
+    let mut out = m.content.clone();
+    for p in &m.parts {
+        if let Some(Part::Text(t)) = &p.part {
+            out.push_str(t);
+        }
+    }
+    out
+}
+
+/// An image or file's bytes as base64.
+pub fn base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// An image's media type: as given, else from its URL's extension, else JPEG (what providers
+/// assume of photos).
+pub fn image_media_type(image: &crate::proto::Image) -> String {
+    if !image.media_type.is_empty() {
+        return image.media_type.clone();
+    }
+    let url = match &image.source {
+        Some(Source::Url(u)) => u.split(['?', '#']).next().unwrap_or_default(),
+        _ => "",
+    };
+    let ext = url
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        _ => "image/jpeg",
+    }
+    .to_string()
+}
+
+/// A tool call's arguments as a JSON object (validated as one when the request came in;
+/// an answer's may not be: then an empty object).
+pub fn arguments_object(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::Object(Default::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ContentPart, Image};
+
+    #[test]
+    fn budgets_and_efforts_map_both_ways() {
+        let r = |effort, budget_tokens| Reasoning {
+            effort,
+            budget_tokens,
+        };
+        assert_eq!(r(Some(Effort::High), None).budget(), 4096);
+        assert_eq!(r(Some(Effort::Minimal), None).budget(), 1024);
+        assert_eq!(r(Some(Effort::Low), Some(9000)).budget(), 9000);
+        assert_eq!(r(None, Some(3000)).effort(), Effort::Medium);
+        assert_eq!(r(None, None).effort(), Effort::Low);
+    }
+
+    #[test]
+    fn media_types_come_from_the_request_else_the_url() {
+        let url = |u: &str| Image {
+            source: Some(Source::Url(u.into())),
+            ..Default::default()
+        };
+        assert_eq!(image_media_type(&url("https://x/a.PNG?s=1")), "image/png");
+        assert_eq!(image_media_type(&url("https://x/a")), "image/jpeg");
+        let given = Image {
+            media_type: "image/webp".into(),
+            ..url("https://x/a.png")
+        };
+        assert_eq!(image_media_type(&given), "image/webp");
+    }
+
+    #[test]
+    fn images_count_towards_the_prompt_and_the_needs() {
+        let req = ChatRequest {
+            messages: vec![ChatMessage {
+                role: Role::User as i32,
+                content: "look".into(),
+                parts: vec![ContentPart {
+                    part: Some(Part::Image(Image::default())),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(req.prompt_chars(), 4 + 4_000);
+        assert!(req.needs().vision);
+        assert!(!req.needs().function_calling);
+    }
+}
