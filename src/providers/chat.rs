@@ -230,6 +230,119 @@ pub fn arguments_object(arguments: &str) -> Value {
     }
 }
 
+/// One request using every feature, which each wire format's tests map and compare with the
+/// body its vendor documents (`tests/fixtures/*/request_full.json`).
+#[cfg(test)]
+pub fn full_request() -> ChatRequest {
+    use crate::proto::{ContentPart, Image, ToolCall};
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"summary": {"type": "string"}},
+        "required": ["summary"],
+        "additionalProperties": false,
+    });
+    let message = |role: Role, content: &str| ChatMessage {
+        role: role as i32,
+        content: content.into(),
+        ..Default::default()
+    };
+    let image = |source| ContentPart {
+        part: Some(Part::Image(Image {
+            source: Some(source),
+            media_type: String::new(),
+            detail: String::new(),
+        })),
+    };
+    let mut inline = image(Source::Data(vec![137, 80, 78, 71]));
+    if let Some(Part::Image(i)) = &mut inline.part {
+        i.media_type = "image/png".into();
+    }
+    ChatRequest {
+        messages: vec![
+            message(Role::System, "You are a weather assistant."),
+            ChatMessage {
+                parts: vec![image(Source::Url("https://example.com/paris.png".into())), inline],
+                ..message(Role::User, "What's the weather here?")
+            },
+            ChatMessage {
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"location":"Paris, France"}"#.into(),
+                }],
+                ..message(Role::Assistant, "")
+            },
+            ChatMessage {
+                tool_call_id: "call_1".into(),
+                ..message(Role::Tool, r#"{"temperature":18,"sky":"clear"}"#)
+            },
+            message(Role::User, "And tomorrow?"),
+        ],
+        max_tokens: Some(500),
+        temperature: Some(0.5),
+        tools: vec![Tool {
+            name: "get_weather".into(),
+            description: "Current weather for a place".into(),
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {"location": {"type": "string"}},
+                "required": ["location"],
+            }),
+            strict: None,
+        }],
+        tool_choice: Some(ToolChoice::Auto),
+        parallel_tool_calls: Some(false),
+        response_format: ResponseFormat::JsonSchema {
+            name: "forecast".into(),
+            schema,
+            strict: true,
+        },
+        seed: Some(7),
+        presence_penalty: Some(0.5),
+        frequency_penalty: Some(0.25),
+        reasoning: Some(Reasoning {
+            effort: Some(Effort::High),
+            budget_tokens: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `data:` payloads of an SSE fixture, event by event.
+#[cfg(test)]
+pub fn sse_data(fixture: &str) -> Vec<String> {
+    fixture
+        .split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.trim().to_string())
+        })
+        .collect()
+}
+
+/// Tool calls assembled from a stream's pieces as a client does: by index, the id and name
+/// from the first piece, the arguments concatenated.
+#[cfg(test)]
+pub fn assemble(chunks: &[super::Chunk]) -> Vec<crate::proto::ToolCall> {
+    let mut calls: Vec<crate::proto::ToolCall> = Vec::new();
+    for d in chunks.iter().flat_map(|c| &c.tool_calls) {
+        let i = d.index as usize;
+        if calls.len() <= i {
+            calls.resize(i + 1, Default::default());
+        }
+        if !d.id.is_empty() {
+            calls[i].id = d.id.clone();
+        }
+        if !d.name.is_empty() {
+            calls[i].name = d.name.clone();
+        }
+        calls[i].arguments.push_str(&d.arguments);
+    }
+    calls
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

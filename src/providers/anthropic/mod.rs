@@ -484,4 +484,59 @@ mod tests {
             Ok(Step::Skip)
         ));
     }
+
+    fn fixture(path: &str) -> String {
+        let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    #[test]
+    fn every_feature_maps_to_the_documented_request_body() {
+        let req = crate::providers::chat::full_request();
+        let body = body::body("claude-sonnet-4-5", 1024, &req, false);
+        let expected: Value =
+            serde_json::from_str(&fixture("anthropic/request_full.json")).unwrap();
+        assert_eq!(body, expected);
+        // Without thinking, the caller's temperature goes as it is (capped at 1).
+        let plain = ChatRequest {
+            reasoning: None,
+            ..req.clone()
+        };
+        let body = body::body("m", 1024, &plain, false);
+        assert_eq!((body["temperature"].as_f64(), body["max_tokens"].as_u64()), (Some(0.5), Some(500)));
+        // JSON_OBJECT has no schema: the model is told, in the system prompt.
+        let json_object = ChatRequest {
+            response_format: crate::providers::ResponseFormat::JsonObject,
+            ..plain
+        };
+        let body = body::body("m", 1024, &json_object, false);
+        assert!(body["system"].as_str().unwrap().ends_with(body::JSON_OBJECT_INSTRUCTION));
+        assert!(body.get("output_config").is_none());
+    }
+
+    #[test]
+    fn tool_use_blocks_come_back_unary_and_streamed() {
+        let msg: Message = serde_json::from_str(&fixture("anthropic/message_tool_use.json")).unwrap();
+        assert_eq!(msg.content.len(), 2);
+        let mut p = AnthropicEvents::default();
+        let mut chunks = Vec::new();
+        for data in crate::providers::chat::sse_data(&fixture("anthropic/stream_tool_use.sse")) {
+            match p.event(&data).unwrap() {
+                Step::Chunk(c) => chunks.push(c),
+                Step::Done => break,
+                _ => {}
+            }
+        }
+        let text: String = chunks.iter().map(|c| c.delta.as_str()).collect();
+        assert_eq!(text, "I'll check the weather in Paris.");
+        let calls = crate::providers::chat::assemble(&chunks);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].id, "toolu_01T1x1fJ34qAmk2tNTrN7Up6");
+        assert_eq!(calls[0].name, "get_weather");
+        let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+        assert_eq!(args, serde_json::json!({"location": "Paris, France", "unit": "celsius"}));
+        let last = chunks.last().unwrap();
+        assert_eq!(last.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(last.usage.as_ref().unwrap().prompt_tokens, 472);
+    }
 }

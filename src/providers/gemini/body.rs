@@ -1,5 +1,5 @@
 //! The `generateContent` request body: turns as `contents` (assistant is `model`; consecutive
-//! turns of one role merged, as Gemini wants a function call's responses together), parts
+//! function responses in one turn, as Gemini wants a turn's calls answered together), parts
 //! (`text`, `inlineData`, `fileData`, `functionCall`, `functionResponse`), system messages as
 //! `systemInstruction`, tools as `functionDeclarations` with a JSON Schema
 //! (`parametersJsonSchema`), `toolConfig`, and `generationConfig` (JSON output, thinking).
@@ -17,7 +17,10 @@ pub(super) fn body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Value 
         .filter(|m| m.role() == Role::System)
         .map(|m| json!({ "text": text_of(m) }))
         .collect();
+    // Consecutive function responses go in one turn, as Gemini pairs them with the calls of
+    // the turn before; other turns stay as they were sent.
     let mut contents: Vec<Value> = Vec::new();
+    let mut last_was_response = false;
     for m in req.messages.iter().filter(|m| m.role() != Role::System) {
         let role = if m.role() == Role::Assistant {
             "model"
@@ -25,14 +28,18 @@ pub(super) fn body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Value 
             "user"
         };
         let parts = parts(req, m);
+        let is_response = parts
+            .first()
+            .is_some_and(|p| p.get("functionResponse").is_some());
         match contents.last_mut() {
-            Some(last) if last["role"] == role => {
+            Some(last) if is_response && last_was_response => {
                 if let Some(list) = last["parts"].as_array_mut() {
                     list.extend(parts);
                 }
             }
             _ => contents.push(json!({ "role": role, "parts": parts })),
         }
+        last_was_response = is_response;
     }
     let mut body = json!({ "contents": contents });
     if !system.is_empty() {

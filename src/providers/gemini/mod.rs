@@ -407,4 +407,51 @@ mod tests {
             .unwrap();
         assert_eq!(e.kind, ErrorKind::ContentPolicy);
     }
+
+    fn fixture(path: &str) -> String {
+        let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    #[test]
+    fn every_feature_maps_to_the_documented_request_body() {
+        let body = body::body(&crate::providers::chat::full_request(), None);
+        let expected: Value = serde_json::from_str(&fixture("gemini/request_full.json")).unwrap();
+        assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn function_calls_get_ids_and_come_back_unary_and_streamed() {
+        let r: Response =
+            serde_json::from_str(&fixture("gemini/response_function_call.json")).unwrap();
+        let piece = r.into_piece().unwrap();
+        assert_eq!(piece.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(piece.calls.len(), 1);
+        assert!(piece.calls[0].id.starts_with("call_"));
+        assert_eq!(piece.calls[0].name, "get_weather");
+        let usage = piece.usage.unwrap();
+        // Thinking counts as output, and says how much it was.
+        assert_eq!(
+            (usage.completion_tokens, usage.reasoning_tokens, usage.cached_tokens),
+            (18 + 58, Some(58), Some(32))
+        );
+
+        let mut p = GeminiEvents::default();
+        let mut chunks = Vec::new();
+        for data in crate::providers::chat::sse_data(&fixture("gemini/stream_function_call.sse")) {
+            if let Step::Chunk(c) = p.event(&data).unwrap() {
+                chunks.push(c);
+            }
+        }
+        let calls = crate::providers::chat::assemble(&chunks);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].name, "get_weather");
+        let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+        assert_eq!(args, serde_json::json!({"location": "Paris, France", "unit": "celsius"}));
+        assert_eq!(
+            chunks.last().unwrap().finish_reason,
+            Some(FinishReason::ToolCalls),
+            "a stream that called functions finishes with TOOL_CALLS, not STOP"
+        );
+    }
 }

@@ -444,4 +444,47 @@ mod tests {
             ErrorKind::BadRequest
         );
     }
+
+    fn fixture(path: &str) -> String {
+        let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+
+    #[test]
+    fn every_feature_maps_to_the_documented_request_body() {
+        let body = serde_json::to_value(provider(None).body(&crate::providers::chat::full_request(), false))
+            .unwrap();
+        let expected: Value = serde_json::from_str(&fixture("openai/request_full.json")).unwrap();
+        assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn tool_calls_and_usage_details_come_back_unary_and_streamed() {
+        let c = parse_completion(&fixture("openai/completion_tool_calls.json")).unwrap();
+        assert_eq!(c.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(c.text, "");
+        assert_eq!(c.tool_calls.len(), 1);
+        assert_eq!(c.tool_calls[0].id, "call_Vv4m1sK8fTzq2Lr0xq3FfA7b");
+        assert_eq!(c.tool_calls[0].name, "get_weather");
+        assert_eq!(
+            c.tool_calls[0].arguments,
+            r#"{"location":"Paris, France","unit":"celsius"}"#
+        );
+        let usage = c.usage.unwrap();
+        assert_eq!((usage.cached_tokens, usage.reasoning_tokens), (Some(64), Some(0)));
+
+        let mut chunks = Vec::new();
+        for data in crate::providers::chat::sse_data(&fixture("openai/stream_tool_calls.sse")) {
+            if let Step::Chunk(c) = OpenAiEvents.event(&data).unwrap() {
+                chunks.push(c);
+            }
+        }
+        assert!(chunks[0].commits(), "a tool call's first piece commits the stream");
+        let calls = crate::providers::chat::assemble(&chunks);
+        assert_eq!(calls, c.tool_calls, "the stream assembles into the unary answer's call");
+        assert_eq!(
+            chunks.iter().find_map(|c| c.finish_reason),
+            Some(FinishReason::ToolCalls)
+        );
+    }
 }
