@@ -261,7 +261,10 @@ pub fn full_request() -> ChatRequest {
         messages: vec![
             message(Role::System, "You are a weather assistant."),
             ChatMessage {
-                parts: vec![image(Source::Url("https://example.com/paris.png".into())), inline],
+                parts: vec![
+                    image(Source::Url("https://example.com/paris.png".into())),
+                    inline,
+                ],
                 ..message(Role::User, "What's the weather here?")
             },
             ChatMessage {

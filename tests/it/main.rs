@@ -18,3 +18,4 @@ mod metrics;
 mod providers;
 mod recovery;
 mod routing;
+mod tools;

@@ -503,20 +503,29 @@ mod tests {
             ..req.clone()
         };
         let body = body::body("m", 1024, &plain, false);
-        assert_eq!((body["temperature"].as_f64(), body["max_tokens"].as_u64()), (Some(0.5), Some(500)));
+        assert_eq!(
+            (body["temperature"].as_f64(), body["max_tokens"].as_u64()),
+            (Some(0.5), Some(500))
+        );
         // JSON_OBJECT has no schema: the model is told, in the system prompt.
         let json_object = ChatRequest {
             response_format: crate::providers::ResponseFormat::JsonObject,
             ..plain
         };
         let body = body::body("m", 1024, &json_object, false);
-        assert!(body["system"].as_str().unwrap().ends_with(body::JSON_OBJECT_INSTRUCTION));
+        assert!(
+            body["system"]
+                .as_str()
+                .unwrap()
+                .ends_with(body::JSON_OBJECT_INSTRUCTION)
+        );
         assert!(body.get("output_config").is_none());
     }
 
     #[test]
     fn tool_use_blocks_come_back_unary_and_streamed() {
-        let msg: Message = serde_json::from_str(&fixture("anthropic/message_tool_use.json")).unwrap();
+        let msg: Message =
+            serde_json::from_str(&fixture("anthropic/message_tool_use.json")).unwrap();
         assert_eq!(msg.content.len(), 2);
         let mut p = AnthropicEvents::default();
         let mut chunks = Vec::new();
@@ -534,7 +543,10 @@ mod tests {
         assert_eq!(calls[0].id, "toolu_01T1x1fJ34qAmk2tNTrN7Up6");
         assert_eq!(calls[0].name, "get_weather");
         let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
-        assert_eq!(args, serde_json::json!({"location": "Paris, France", "unit": "celsius"}));
+        assert_eq!(
+            args,
+            serde_json::json!({"location": "Paris, France", "unit": "celsius"})
+        );
         let last = chunks.last().unwrap();
         assert_eq!(last.finish_reason, Some(FinishReason::ToolCalls));
         assert_eq!(last.usage.as_ref().unwrap().prompt_tokens, 472);

@@ -432,7 +432,11 @@ mod tests {
         let usage = piece.usage.unwrap();
         // Thinking counts as output, and says how much it was.
         assert_eq!(
-            (usage.completion_tokens, usage.reasoning_tokens, usage.cached_tokens),
+            (
+                usage.completion_tokens,
+                usage.reasoning_tokens,
+                usage.cached_tokens
+            ),
             (18 + 58, Some(58), Some(32))
         );
 
@@ -447,7 +451,10 @@ mod tests {
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].name, "get_weather");
         let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
-        assert_eq!(args, serde_json::json!({"location": "Paris, France", "unit": "celsius"}));
+        assert_eq!(
+            args,
+            serde_json::json!({"location": "Paris, France", "unit": "celsius"})
+        );
         assert_eq!(
             chunks.last().unwrap().finish_reason,
             Some(FinishReason::ToolCalls),

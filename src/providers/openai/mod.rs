@@ -452,8 +452,10 @@ mod tests {
 
     #[test]
     fn every_feature_maps_to_the_documented_request_body() {
-        let body = serde_json::to_value(provider(None).body(&crate::providers::chat::full_request(), false))
-            .unwrap();
+        let body = serde_json::to_value(
+            provider(None).body(&crate::providers::chat::full_request(), false),
+        )
+        .unwrap();
         let expected: Value = serde_json::from_str(&fixture("openai/request_full.json")).unwrap();
         assert_eq!(body, expected);
     }
@@ -471,7 +473,10 @@ mod tests {
             r#"{"location":"Paris, France","unit":"celsius"}"#
         );
         let usage = c.usage.unwrap();
-        assert_eq!((usage.cached_tokens, usage.reasoning_tokens), (Some(64), Some(0)));
+        assert_eq!(
+            (usage.cached_tokens, usage.reasoning_tokens),
+            (Some(64), Some(0))
+        );
 
         let mut chunks = Vec::new();
         for data in crate::providers::chat::sse_data(&fixture("openai/stream_tool_calls.sse")) {
@@ -479,9 +484,15 @@ mod tests {
                 chunks.push(c);
             }
         }
-        assert!(chunks[0].commits(), "a tool call's first piece commits the stream");
+        assert!(
+            chunks[0].commits(),
+            "a tool call's first piece commits the stream"
+        );
         let calls = crate::providers::chat::assemble(&chunks);
-        assert_eq!(calls, c.tool_calls, "the stream assembles into the unary answer's call");
+        assert_eq!(
+            calls, c.tool_calls,
+            "the stream assembles into the unary answer's call"
+        );
         assert_eq!(
             chunks.iter().find_map(|c| c.finish_reason),
             Some(FinishReason::ToolCalls)

@@ -1,0 +1,477 @@
+//! Tools, images, JSON schemas and reasoning through the gRPC API: each provider family maps
+//! the request and its answers (unary and streamed tool calls), a chain across the three
+//! families answers from each position, and deployments that lack what a request needs are
+//! skipped without being sent.
+
+use crate::common::upstream::{Behaviour, Upstream};
+use crate::common::*;
+use llm_router::proto::{
+    AttemptOutcome, ChatMessage, CompleteRequest, ContentPart, FinishReason, Image, ResponseFormat,
+    ResponseFormatType, Role, StreamCompleteRequest, StreamRecovery, Tool, ToolCall, ToolChoice,
+    content_part::Part, image::Source, tool_choice::Choice,
+};
+use prost_types::{Struct, Value, value::Kind};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const KEYS: &[(&str, &str)] = &[("KEY", "k")];
+
+/// One group per family on the test upstream, and a chain across them.
+fn config(base: &str) -> String {
+    let root = base.trim_end_matches("/v1");
+    format!(
+        r#"
+model_list:
+  - model_name: gpt
+    litellm_params: {{ model: openai/gpt-tools, api_base: "{base}", api_key: os.environ/KEY, max_retries: 0 }}
+    model_info: {{ id: openai-1 }}
+  - model_name: claude
+    litellm_params: {{ model: anthropic/claude-tools, api_base: "{root}", api_key: os.environ/KEY, max_retries: 0 }}
+    model_info: {{ id: anthropic-1 }}
+  - model_name: gemini
+    litellm_params: {{ model: gemini/gemini-tools, api_base: "{root}/v1beta", api_key: os.environ/KEY, max_retries: 0 }}
+    model_info: {{ id: gemini-1 }}
+  - model_name: mixed
+    litellm_params: {{ model: mock/plain }}
+    model_info: {{ id: plain-mock }}
+  - model_name: mixed
+    litellm_params: {{ model: openai/gpt-mixed, api_base: "{base}", api_key: os.environ/KEY, max_retries: 0 }}
+    model_info: {{ id: capable }}
+  - model_name: text-only
+    litellm_params: {{ model: openai/text-only, api_base: "{base}", api_key: os.environ/KEY }}
+    model_info: {{ id: text-only-1, supports_function_calling: false, supports_vision: false }}
+  - model_name: recover
+    litellm_params: {{ model: openai/recover-a, api_base: "{base}", api_key: os.environ/KEY, max_retries: 0 }}
+    model_info: {{ id: recover-a }}
+  - model_name: recover-backup
+    litellm_params: {{ model: openai/recover-b, api_base: "{base}", api_key: os.environ/KEY, max_retries: 0 }}
+    model_info: {{ id: recover-b, supports_assistant_prefill: true }}
+router_settings:
+  num_retries: 0
+  disable_cooldowns: true
+  fallbacks:
+    - gpt: [claude, gemini]
+    - recover: [recover-backup]
+"#
+    )
+}
+
+fn string(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+fn object(fields: Vec<(&str, Value)>) -> Struct {
+    Struct {
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
+}
+
+fn weather_tool() -> Tool {
+    Tool {
+        name: "get_weather".into(),
+        description: "Current weather for a place".into(),
+        parameters: Some(object(vec![
+            ("type", string("object")),
+            (
+                "properties",
+                Value {
+                    kind: Some(Kind::StructValue(object(vec![(
+                        "location",
+                        Value {
+                            kind: Some(Kind::StructValue(object(vec![("type", string("string"))]))),
+                        },
+                    )]))),
+                },
+            ),
+        ])),
+        strict: None,
+    }
+}
+
+/// A request with a tool, an image and a JSON schema.
+fn rich(model: &str) -> CompleteRequest {
+    CompleteRequest {
+        model: model.into(),
+        messages: vec![ChatMessage {
+            role: Role::User as i32,
+            content: "What's the weather where this photo was taken?".into(),
+            parts: vec![ContentPart {
+                part: Some(Part::Image(Image {
+                    source: Some(Source::Data(vec![137, 80, 78, 71])),
+                    media_type: "image/png".into(),
+                    detail: String::new(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        tools: vec![weather_tool()],
+        tool_choice: Some(ToolChoice {
+            choice: Some(Choice::Function("get_weather".into())),
+        }),
+        response_format: Some(ResponseFormat {
+            r#type: ResponseFormatType::JsonSchema as i32,
+            name: "forecast".into(),
+            schema: Some(object(vec![("type", string("object"))])),
+            strict: true,
+        }),
+        ..Default::default()
+    }
+}
+
+fn as_stream(r: CompleteRequest) -> StreamCompleteRequest {
+    StreamCompleteRequest {
+        model: r.model,
+        messages: r.messages,
+        tools: r.tools,
+        tool_choice: r.tool_choice,
+        response_format: r.response_format,
+        ..Default::default()
+    }
+}
+
+/// The tool calls of a stream, assembled as a client does from the pieces' indexes.
+async fn streamed_calls(
+    r: &TestRouter,
+    req: StreamCompleteRequest,
+) -> (Vec<ToolCall>, FinishReason, String) {
+    let mut stream = r.client().stream_complete(req).await.unwrap().into_inner();
+    let (mut calls, mut finish, mut text) = (Vec::<ToolCall>::new(), 0, String::new());
+    while let Some(m) = stream.message().await.unwrap() {
+        text.push_str(&m.delta);
+        for d in m.tool_calls {
+            let i = d.index as usize;
+            if calls.len() <= i {
+                calls.resize(i + 1, ToolCall::default());
+            }
+            if !d.id.is_empty() {
+                calls[i].id = d.id;
+            }
+            if !d.name.is_empty() {
+                calls[i].name = d.name;
+            }
+            calls[i].arguments.push_str(&d.arguments);
+        }
+        if m.finish_reason != 0 {
+            finish = m.finish_reason;
+        }
+    }
+    (calls, FinishReason::try_from(finish).unwrap(), text)
+}
+
+fn args(call: &ToolCall) -> serde_json::Value {
+    serde_json::from_str(&call.arguments).unwrap()
+}
+
+#[tokio::test]
+async fn each_family_answers_tool_calls_unary_and_streamed_in_one_shape() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    let paris = serde_json::json!({"location": "Paris, France", "unit": "celsius"});
+    for (group, model, unary, stream) in [
+        (
+            "gpt",
+            "gpt-tools",
+            "openai/completion_tool_calls.json",
+            "openai/stream_tool_calls.sse",
+        ),
+        (
+            "claude",
+            "claude-tools",
+            "anthropic/message_tool_use.json",
+            "anthropic/stream_tool_use.sse",
+        ),
+        (
+            "gemini",
+            "gemini-tools",
+            "gemini/response_function_call.json",
+            "gemini/stream_function_call.sse",
+        ),
+    ] {
+        up.set(model, Behaviour::fixture(200, unary));
+        let resp = r.client().complete(rich(group)).await.unwrap().into_inner();
+        assert_eq!(resp.model, group);
+        assert_eq!(
+            resp.finish_reason,
+            FinishReason::ToolCalls as i32,
+            "{group}"
+        );
+        let message = resp.message.unwrap();
+        assert_eq!(message.tool_calls.len(), 1, "{group}");
+        let call = &message.tool_calls[0];
+        assert_eq!(call.name, "get_weather", "{group}");
+        assert!(!call.id.is_empty(), "{group}: every call has an id");
+        assert_eq!(args(call), paris, "{group}");
+
+        up.set(model, Behaviour::sse_fixture(stream));
+        let (calls, finish, _) = streamed_calls(&r, as_stream(rich(group))).await;
+        assert_eq!(finish, FinishReason::ToolCalls, "{group}");
+        assert_eq!(calls.len(), 1, "{group}");
+        assert_eq!(calls[0].name, "get_weather", "{group}");
+        assert!(!calls[0].id.is_empty(), "{group}");
+        assert_eq!(args(&calls[0]), paris, "{group}");
+    }
+    // Each request carried the tool, the image and the schema in its family's own names.
+    let openai = up.counts("gpt-tools").last_body.unwrap();
+    assert_eq!(openai["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(openai["tool_choice"]["function"]["name"], "get_weather");
+    assert_eq!(openai["response_format"]["json_schema"]["name"], "forecast");
+    assert_eq!(
+        openai["messages"][0]["content"][1]["image_url"]["url"],
+        "data:image/png;base64,iVBORw=="
+    );
+    let anthropic = up.counts("claude-tools").last_body.unwrap();
+    assert_eq!(anthropic["tools"][0]["input_schema"]["type"], "object");
+    assert_eq!(anthropic["tool_choice"]["name"], "get_weather");
+    assert_eq!(
+        anthropic["messages"][0]["content"][1]["source"]["data"],
+        "iVBORw=="
+    );
+    assert_eq!(anthropic["output_config"]["format"]["type"], "json_schema");
+    let gemini = up.counts("gemini-tools").last_body.unwrap();
+    assert_eq!(
+        gemini["tools"][0]["functionDeclarations"][0]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        gemini["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"][0],
+        "get_weather"
+    );
+    assert_eq!(
+        gemini["contents"][0]["parts"][1]["inlineData"]["data"],
+        "iVBORw=="
+    );
+    assert_eq!(
+        gemini["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+}
+
+#[tokio::test]
+async fn a_chain_across_the_three_families_answers_from_each_position() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    up.set(
+        "gpt-tools",
+        Behaviour::fixture(200, "openai/completion_tool_calls.json"),
+    );
+    up.set(
+        "claude-tools",
+        Behaviour::fixture(200, "anthropic/message_tool_use.json"),
+    );
+    up.set(
+        "gemini-tools",
+        Behaviour::fixture(200, "gemini/response_function_call.json"),
+    );
+    let answered = |resp: &llm_router::proto::CompleteResponse| {
+        let m = resp.message.as_ref().unwrap();
+        (resp.model.clone(), m.tool_calls[0].name.clone())
+    };
+    let resp = r.client().complete(rich("gpt")).await.unwrap().into_inner();
+    assert_eq!(answered(&resp), ("gpt".into(), "get_weather".into()));
+
+    up.set("gpt-tools", Behaviour::status(503, "overloaded"));
+    let resp = r.client().complete(rich("gpt")).await.unwrap().into_inner();
+    assert_eq!(answered(&resp), ("claude".into(), "get_weather".into()));
+
+    up.set("claude-tools", Behaviour::status(500, "boom"));
+    let resp = r.client().complete(rich("gpt")).await.unwrap().into_inner();
+    assert_eq!(answered(&resp), ("gemini".into(), "get_weather".into()));
+    assert_eq!(
+        outcomes(&resp.attempts),
+        [
+            ("openai-1".to_string(), AttemptOutcome::UpstreamError),
+            ("anthropic-1".to_string(), AttemptOutcome::UpstreamError),
+            ("gemini-1".to_string(), AttemptOutcome::Ok),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deployments_without_a_capability_are_skipped_and_never_sent() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    up.set(
+        "gpt-mixed",
+        Behaviour::fixture(200, "openai/completion_tool_calls.json"),
+    );
+    // The mock answers plain chat only: a tool call goes to the capable deployment, and the
+    // log says why the mock was passed over.
+    for _ in 0..4 {
+        let resp = r
+            .client()
+            .complete(rich("mixed"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.deployment, "capable");
+        assert_eq!(
+            outcomes(&resp.attempts),
+            [
+                ("plain-mock".to_string(), AttemptOutcome::Unsupported),
+                ("capable".to_string(), AttemptOutcome::Ok),
+            ]
+        );
+        assert!(
+            resp.attempts[0]
+                .detail
+                .contains("supports_function_calling")
+        );
+    }
+    // Plain chat still goes to either.
+    let mut plain = complete("mixed");
+    plain.messages = user("hello");
+    r.client().complete(plain).await.unwrap();
+
+    // Nothing in the chain can take it: FAILED_PRECONDITION, naming the capability.
+    let status = r.client().complete(rich("text-only")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), "CAPABILITY_UNSUPPORTED");
+    assert!(
+        status.message().contains("supports_function_calling"),
+        "{}",
+        status.message()
+    );
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["capability"], "supports_function_calling");
+    assert_eq!(
+        outcomes(&attempt_log(&status).attempts),
+        [("text-only-1".to_string(), AttemptOutcome::Unsupported)]
+    );
+    assert_eq!(up.counts("text-only").requests, 0, "never sent");
+    // An image alone needs vision.
+    let mut image_only = rich("text-only");
+    image_only.tools.clear();
+    image_only.tool_choice = None;
+    image_only.response_format = None;
+    let status = r.client().complete(image_only).await.unwrap_err();
+    assert!(
+        status.message().contains("supports_vision"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn bad_tool_requests_name_their_field() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    let field = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument);
+        status.get_details_bad_request().unwrap().field_violations[0]
+            .field
+            .clone()
+    };
+    let mut req = rich("gpt");
+    req.tool_choice = Some(ToolChoice {
+        choice: Some(Choice::Function("nope".into())),
+    });
+    assert_eq!(
+        field(r.client().complete(req).await.unwrap_err()),
+        "tool_choice.function"
+    );
+    let mut req = rich("gpt");
+    req.tools.push(weather_tool());
+    assert_eq!(
+        field(r.client().complete(req).await.unwrap_err()),
+        "tools[1].name"
+    );
+    let mut req = rich("gpt");
+    req.messages.push(ChatMessage {
+        role: Role::Assistant as i32,
+        tool_calls: vec![ToolCall {
+            id: "c1".into(),
+            name: "get_weather".into(),
+            arguments: "not json".into(),
+        }],
+        ..Default::default()
+    });
+    assert_eq!(
+        field(r.client().complete(req).await.unwrap_err()),
+        "messages[1].tool_calls[0].arguments"
+    );
+    let mut req = rich("gpt");
+    if let Some(Part::Image(i)) = &mut req.messages[0].parts[0].part {
+        i.source = Some(Source::Url("ftp://example.com/a.png".into()));
+    }
+    assert_eq!(
+        field(r.client().complete(req).await.unwrap_err()),
+        "messages[0].parts[0].image.url"
+    );
+    assert_eq!(up.counts("gpt-tools").requests, 0);
+}
+
+#[tokio::test]
+async fn a_stream_that_delivered_tool_calls_recovers_by_restart_never_by_continuation() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    // The first deployment sends the call's first pieces, then its connection is reset.
+    let cut = || Behaviour::Sse {
+        body: crate::common::upstream::fixture("openai/stream_tool_calls.sse"),
+        cut_after: Some(3),
+    };
+    up.set(
+        "recover-b",
+        Behaviour::sse_fixture("openai/stream_tool_calls.sse"),
+    );
+
+    // Continue: a prefill is text, which cannot carry a half-made call on.
+    up.set("recover-a", cut());
+    let mut req = as_stream(rich("recover"));
+    req.stream_recovery = StreamRecovery::Continue as i32;
+    let mut stream = r.client().stream_complete(req).await.unwrap().into_inner();
+    let mut pieces = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(m)) => pieces += m.tool_calls.len(),
+            Ok(None) => panic!("the stream ended cleanly"),
+            Err(status) => break status,
+        }
+    };
+    assert!(pieces > 0, "pieces were delivered before the break");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("tool-call pieces"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        up.counts("recover-b").requests,
+        0,
+        "no continuation was attempted"
+    );
+
+    // Restart: the caller discards what it had and gets the backup's whole call.
+    up.set("recover-a", cut());
+    let mut req = as_stream(rich("recover"));
+    req.stream_recovery = StreamRecovery::Restart as i32;
+    let mut stream = r.client().stream_complete(req).await.unwrap().into_inner();
+    let mut calls: Vec<ToolCall> = Vec::new();
+    let mut restarted = false;
+    while let Some(m) = stream.message().await.unwrap() {
+        if m.restart {
+            restarted = true;
+            calls.clear();
+        }
+        for d in m.tool_calls {
+            let i = d.index as usize;
+            if calls.len() <= i {
+                calls.resize(i + 1, ToolCall::default());
+            }
+            if !d.name.is_empty() {
+                calls[i].name = d.name;
+            }
+            calls[i].arguments.push_str(&d.arguments);
+        }
+    }
+    assert!(restarted);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        args(&calls[0]),
+        serde_json::json!({"location": "Paris, France", "unit": "celsius"})
+    );
+}
