@@ -2,7 +2,8 @@
 # Runs every test, installing what it needs; safe to run on a fresh machine:
 #   1. cargo test: unit, paused-clock and integration tests against the real server;
 #   2. pytest: the Helm chart rendered and validated offline (tests/helm), and real clients,
-#      grpcurl and a generated Python client, against the real binary (tests/e2e);
+#      grpcurl, a generated Python client and the examples/ clients (Python, TypeScript),
+#      against the real binary (tests/e2e);
 #   3. buf lint on proto/, and buf breaking against the proto's previous version.
 # Ends with one line counting every test: "all tests: N passed, N failed".
 set -euo pipefail
@@ -29,6 +30,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+echo "==> examples/node: npm ci, and its stubs generated from proto/ (buf generate)"
+(cd examples/node && npm ci --no-audit --no-fund --loglevel=error && npx --no-install buf generate)
 
 echo "==> pytest: Helm chart and real clients"
 LLMROUTER_BIN="$PWD/target/debug/llm-router" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/helm tests/e2e 2>&1 | tee "$pytest_log"

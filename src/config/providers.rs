@@ -347,7 +347,7 @@ pub fn resolve_model(model: &str) -> Model<'_> {
 /// What a deployment can do by default, as far as its provider and model name tell: the big
 /// three families' current models take tools, images and JSON schemas, and their reasoning
 /// models (by name) a reasoning setting; other OpenAI-compatible hosts take tools only (set
-/// `model_info.supports_*` for what a server offers); the mock takes plain chat only.
+/// `model_info.supports_*` for what a server offers); the mock takes everything.
 pub fn default_capabilities(prefix: &str, model: &str) -> super::Capabilities {
     let m = model.to_ascii_lowercase();
     let reasoning = match prefix {
@@ -365,7 +365,13 @@ pub fn default_capabilities(prefix: &str, model: &str) -> super::Capabilities {
             response_schema: true,
             reasoning,
         },
-        "mock" => super::Capabilities::default(),
+        // The mock takes everything: it makes up tool calls and JSON, and ignores the rest.
+        "mock" => super::Capabilities {
+            function_calling: true,
+            vision: true,
+            response_schema: true,
+            reasoning: true,
+        },
         _ => super::Capabilities {
             function_calling: true,
             ..Default::default()

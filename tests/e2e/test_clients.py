@@ -72,6 +72,53 @@ def test_grpcurl_stream_complete(grpcurl, server):
     assert messages[-1]["finishReason"] == "FINISH_REASON_STOP"
 
 
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def test_grpcurl_tool_call_and_json_schema_answer(grpcurl, server):
+    """The README's two examples: a tool call (its schema written as plain JSON), and an answer
+    in JSON matching a schema. The default config's mock makes both up."""
+    r = run_grpcurl(
+        grpcurl,
+        server,
+        "llmrouter.v1.RouterService/Complete",
+        data={
+            "model": "chat",
+            "messages": [{"role": "ROLE_USER", "content": "Weather in Paris?"}],
+            "tools": [WEATHER_TOOL],
+            "toolChoice": {"function": "get_weather"},
+        },
+    )
+    assert r.returncode == 0, r.stderr
+    resp = json.loads(r.stdout)
+    assert resp["finishReason"] == "FINISH_REASON_TOOL_CALLS"
+    call = resp["message"]["toolCalls"][0]
+    assert call["name"] == "get_weather" and call["id"]
+    assert json.loads(call["arguments"]) == {"city": "mock"}
+
+    r = run_grpcurl(
+        grpcurl,
+        server,
+        "llmrouter.v1.RouterService/Complete",
+        data={
+            "model": "chat",
+            "messages": [{"role": "ROLE_USER", "content": "Summarise the weather"}],
+            "responseFormat": {
+                "type": "RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+                "name": "summary",
+                "schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+            },
+        },
+    )
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(json.loads(r.stdout)["message"]["content"])
+    assert answer["text"].startswith("Hello from the chat group")
+
+
 def test_grpcurl_max_time_shorter_than_the_chain_gives_deadline_exceeded(grpcurl, server):
     start = time.monotonic()
     r = run_grpcurl(

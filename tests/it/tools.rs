@@ -33,7 +33,7 @@ model_list:
     model_info: {{ id: gemini-1 }}
   - model_name: mixed
     litellm_params: {{ model: mock/plain }}
-    model_info: {{ id: plain-mock }}
+    model_info: {{ id: plain-mock, supports_function_calling: false }}
   - model_name: mixed
     litellm_params: {{ model: openai/gpt-mixed, api_base: "{base}", api_key: os.environ/KEY, max_retries: 0 }}
     model_info: {{ id: capable }}
@@ -299,7 +299,7 @@ async fn deployments_without_a_capability_are_skipped_and_never_sent() {
         "gpt-mixed",
         Behaviour::fixture(200, "openai/completion_tool_calls.json"),
     );
-    // The mock answers plain chat only: a tool call goes to the capable deployment, and the
+    // This mock says it takes no tools: a tool call goes to the capable deployment, and the
     // log says why the mock was passed over.
     for _ in 0..4 {
         let resp = r
