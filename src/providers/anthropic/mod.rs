@@ -551,4 +551,35 @@ mod tests {
         assert_eq!(last.finish_reason, Some(FinishReason::ToolCalls));
         assert_eq!(last.usage.as_ref().unwrap().prompt_tokens, 472);
     }
+
+    #[test]
+    fn tool_choices_map_to_anthropics_names() {
+        use crate::providers::ToolChoice;
+        let base = crate::providers::chat::full_request();
+        let choice = |tool_choice, parallel| {
+            let req = ChatRequest {
+                tool_choice,
+                parallel_tool_calls: parallel,
+                ..base.clone()
+            };
+            body::body("m", 1024, &req, false)["tool_choice"].clone()
+        };
+        assert_eq!(
+            choice(Some(ToolChoice::Required), None),
+            serde_json::json!({"type": "any"})
+        );
+        assert_eq!(
+            choice(Some(ToolChoice::None), Some(false)),
+            serde_json::json!({"type": "none"})
+        );
+        assert_eq!(
+            choice(Some(ToolChoice::Function("get_weather".into())), None),
+            serde_json::json!({"type": "tool", "name": "get_weather"})
+        );
+        assert_eq!(
+            choice(None, Some(false)),
+            serde_json::json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(choice(None, None), Value::Null);
+    }
 }

@@ -461,4 +461,30 @@ mod tests {
             "a stream that called functions finishes with TOOL_CALLS, not STOP"
         );
     }
+
+    #[test]
+    fn tool_choices_map_to_function_calling_modes() {
+        use crate::providers::ToolChoice;
+        let base = crate::providers::chat::full_request();
+        let config = |tool_choice| {
+            let req = ChatRequest {
+                tool_choice,
+                ..base.clone()
+            };
+            body::body(&req, None)["toolConfig"]["functionCallingConfig"].clone()
+        };
+        assert_eq!(
+            config(Some(ToolChoice::Required)),
+            serde_json::json!({"mode": "ANY"})
+        );
+        assert_eq!(
+            config(Some(ToolChoice::None)),
+            serde_json::json!({"mode": "NONE"})
+        );
+        assert_eq!(
+            config(Some(ToolChoice::Function("get_weather".into()))),
+            serde_json::json!({"mode": "ANY", "allowedFunctionNames": ["get_weather"]})
+        );
+        assert_eq!(config(None), Value::Null);
+    }
 }
