@@ -311,6 +311,13 @@ pub fn full_request() -> ChatRequest {
     }
 }
 
+/// A file under `tests/fixtures/`: a vendor's documented body or stream.
+#[cfg(test)]
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
 /// The `data:` payloads of an SSE fixture, event by event.
 #[cfg(test)]
 pub fn sse_data(fixture: &str) -> Vec<String> {

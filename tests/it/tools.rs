@@ -134,6 +134,24 @@ fn as_stream(r: CompleteRequest) -> StreamCompleteRequest {
     }
 }
 
+/// Adds a message's tool-call pieces to the calls so far, as a client does: by index, the id
+/// and name from a call's first piece, its arguments concatenated.
+fn add_pieces(calls: &mut Vec<ToolCall>, pieces: Vec<llm_router::proto::ToolCallDelta>) {
+    for d in pieces {
+        let i = d.index as usize;
+        if calls.len() <= i {
+            calls.resize(i + 1, ToolCall::default());
+        }
+        if !d.id.is_empty() {
+            calls[i].id = d.id;
+        }
+        if !d.name.is_empty() {
+            calls[i].name = d.name;
+        }
+        calls[i].arguments.push_str(&d.arguments);
+    }
+}
+
 /// The tool calls of a stream, assembled as a client does from the pieces' indexes.
 async fn streamed_calls(
     r: &TestRouter,
@@ -143,19 +161,7 @@ async fn streamed_calls(
     let (mut calls, mut finish, mut text) = (Vec::<ToolCall>::new(), 0, String::new());
     while let Some(m) = stream.message().await.unwrap() {
         text.push_str(&m.delta);
-        for d in m.tool_calls {
-            let i = d.index as usize;
-            if calls.len() <= i {
-                calls.resize(i + 1, ToolCall::default());
-            }
-            if !d.id.is_empty() {
-                calls[i].id = d.id;
-            }
-            if !d.name.is_empty() {
-                calls[i].name = d.name;
-            }
-            calls[i].arguments.push_str(&d.arguments);
-        }
+        add_pieces(&mut calls, m.tool_calls);
         if m.finish_reason != 0 {
             finish = m.finish_reason;
         }
@@ -457,16 +463,7 @@ async fn a_stream_that_delivered_tool_calls_recovers_by_restart_never_by_continu
             restarted = true;
             calls.clear();
         }
-        for d in m.tool_calls {
-            let i = d.index as usize;
-            if calls.len() <= i {
-                calls.resize(i + 1, ToolCall::default());
-            }
-            if !d.name.is_empty() {
-                calls[i].name = d.name;
-            }
-            calls[i].arguments.push_str(&d.arguments);
-        }
+        add_pieces(&mut calls, m.tool_calls);
     }
     assert!(restarted);
     assert_eq!(calls.len(), 1);

@@ -403,6 +403,7 @@ struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::fixture;
 
     #[test]
     fn rfc3339_times_parse_with_offsets_and_fractions() {
@@ -483,11 +484,6 @@ mod tests {
             p.event(r#"{"type":"something_new"}"#),
             Ok(Step::Skip)
         ));
-    }
-
-    fn fixture(path: &str) -> String {
-        let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
     }
 
     #[test]

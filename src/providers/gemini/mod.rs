@@ -373,6 +373,7 @@ struct GoogleDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chat::fixture;
 
     #[test]
     fn invalid_keys_are_auth_failures_and_429s_carry_retry_info() {
@@ -406,11 +407,6 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.kind, ErrorKind::ContentPolicy);
-    }
-
-    fn fixture(path: &str) -> String {
-        let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
     }
 
     #[test]

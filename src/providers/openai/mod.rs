@@ -307,6 +307,7 @@ impl WireUsage {
 mod tests {
     use super::*;
     use crate::proto::Role;
+    use crate::providers::chat::fixture;
 
     fn provider(default_max_tokens: Option<u32>) -> OpenAiProvider {
         OpenAiProvider::new(
@@ -443,11 +444,6 @@ mod tests {
             classify(400, &HeaderMap::new(), "bad").kind,
             ErrorKind::BadRequest
         );
-    }
-
-    fn fixture(path: &str) -> String {
-        let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
     }
 
     #[test]
