@@ -445,6 +445,10 @@ impl RouterService for RouterApi {
                                 .map(|until| routing::wall_clock(until).into()),
                             in_flight: state.map_or(0, |s| s.in_flight()),
                             retry_budget_tokens: state.and_then(|s| s.budget_tokens()),
+                            supports_function_calling: d.capabilities.function_calling,
+                            supports_vision: d.capabilities.vision,
+                            supports_response_schema: d.capabilities.response_schema,
+                            supports_reasoning: d.capabilities.reasoning,
                         }
                     })
                     .collect(),

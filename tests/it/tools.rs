@@ -328,6 +328,22 @@ async fn deployments_without_a_capability_are_skipped_and_never_sent() {
                 .contains("supports_function_calling")
         );
     }
+    // ListModels says which deployments take what.
+    let flags = |id: &str| {
+        let r = &r;
+        let id = id.to_string();
+        async move {
+            let d = r.deployment(&id).await;
+            (
+                d.supports_function_calling,
+                d.supports_vision,
+                d.supports_response_schema,
+            )
+        }
+    };
+    assert_eq!(flags("plain-mock").await, (false, true, true));
+    assert_eq!(flags("text-only-1").await, (false, false, true));
+    assert_eq!(flags("capable").await, (true, true, true));
     // Plain chat still goes to either.
     let mut plain = complete("mixed");
     plain.messages = user("hello");
