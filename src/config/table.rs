@@ -19,6 +19,23 @@ fn limits_summary(d: &Deployment) -> String {
     out
 }
 
+/// The `model_info.supports_*` capabilities a deployment has.
+fn capabilities_summary(c: &Capabilities) -> String {
+    let mut out = String::new();
+    for (has, key) in [
+        (c.function_calling, "supports_function_calling"),
+        (c.vision, "supports_vision"),
+        (c.response_schema, "supports_response_schema"),
+        (c.reasoning, "supports_reasoning"),
+    ] {
+        if has {
+            out.push(' ');
+            out.push_str(key);
+        }
+    }
+    out
+}
+
 /// What check-config shows of an HTTP provider's settings: whether a key is set and which
 /// headers are added, never their values.
 fn http_summary(h: &HttpProvider) -> String {
@@ -114,7 +131,7 @@ impl Config {
                 let base = dep.provider.api_base();
                 let _ = writeln!(
                     out,
-                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}{}",
+                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}{}{}",
                     dep.id,
                     dep.provider.name(),
                     dep.upstream_model,
@@ -137,6 +154,7 @@ impl Config {
                     } else {
                         ""
                     },
+                    capabilities_summary(&dep.capabilities),
                 );
             }
             let chain = |v: &[String]| {
