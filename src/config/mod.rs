@@ -506,6 +506,9 @@ pub struct Capabilities {
     pub response_schema: bool,
     /// `supports_reasoning`: a reasoning effort or thinking budget.
     pub reasoning: bool,
+    /// Images given by URL, which the provider fetches: not Gemini, which takes only its own
+    /// file URIs (llm-router never fetches a URL for it). Not a config key.
+    pub image_urls: bool,
 }
 
 /// A deployment's price in USD per token (LiteLLM's `input_cost_per_token` and

@@ -364,6 +364,7 @@ pub fn default_capabilities(prefix: &str, model: &str) -> super::Capabilities {
             vision: true,
             response_schema: true,
             reasoning,
+            image_urls: prefix != "gemini",
         },
         // The mock takes everything: it makes up tool calls and JSON, and ignores the rest.
         "mock" => super::Capabilities {
@@ -371,9 +372,11 @@ pub fn default_capabilities(prefix: &str, model: &str) -> super::Capabilities {
             vision: true,
             response_schema: true,
             reasoning: true,
+            image_urls: true,
         },
         _ => super::Capabilities {
             function_calling: true,
+            image_urls: true,
             ..Default::default()
         },
     }

@@ -156,6 +156,15 @@ impl ChatRequest {
                 .any(|p| matches!(p.part, Some(Part::Image(_)))),
             response_schema: self.response_format != ResponseFormat::Text,
             reasoning: self.reasoning.is_some(),
+            image_urls: self.messages.iter().flat_map(|m| &m.parts).any(|p| {
+                matches!(
+                    &p.part,
+                    Some(Part::Image(crate::proto::Image {
+                        source: Some(Source::Url(url)),
+                        ..
+                    })) if !is_google_file(url)
+                )
+            }),
         }
     }
 
@@ -178,6 +187,9 @@ pub struct Needs {
     pub vision: bool,
     pub response_schema: bool,
     pub reasoning: bool,
+    /// An image is given by a URL the provider must fetch itself (not a file of Google's
+    /// File API, which Gemini reads by its URI).
+    pub image_urls: bool,
 }
 
 /// A message's whole text: `content`, then its text parts, in order. What providers without
@@ -190,6 +202,11 @@ pub fn text_of(m: &ChatMessage) -> String {
         }
     }
     out
+}
+
+/// Whether `url` names a file of Google's File API, which Gemini reads by its URI.
+fn is_google_file(url: &str) -> bool {
+    url.starts_with("https://generativelanguage.googleapis.com/")
 }
 
 /// An image or file's bytes as base64.

@@ -115,7 +115,8 @@ impl CallError {
                 back_in.as_secs_f64()
             ),
             CallError::CapabilityUnsupported { capability } => format!(
-                "the request needs {capability}, and no deployment of the model group or its fallbacks declares it (model_info.{capability}); nothing was sent"
+                "no deployment of the model group or its fallbacks takes {}, which the request has; nothing was sent",
+                super::pick::lacking(capability)
             ),
             CallError::Overloaded { limit } => format!(
                 "the router is at server.max_concurrent_calls ({limit} calls in flight); retry shortly or elsewhere"

@@ -84,7 +84,8 @@ impl CallLog {
     pub fn unsupported(&mut self, d: &Deployment, capability: &'static str) {
         self.unsupported.get_or_insert(capability);
         let detail = format!(
-            "skipped, never sent: the request needs {capability}, which this deployment does not declare (model_info.{capability})"
+            "skipped, never sent: it does not take {}, which the request has",
+            super::pick::lacking(capability)
         );
         self.push(entry(
             d,

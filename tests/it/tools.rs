@@ -488,3 +488,54 @@ async fn a_stream_that_delivered_tool_calls_recovers_by_restart_never_by_continu
         serde_json::json!({"location": "Paris, France", "unit": "celsius"})
     );
 }
+
+#[tokio::test]
+async fn an_image_by_url_skips_gemini_which_does_not_fetch_it() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    up.set("gpt-tools", Behaviour::status(503, "overloaded"));
+    up.set("claude-tools", Behaviour::status(503, "overloaded"));
+    up.set(
+        "gemini-tools",
+        Behaviour::fixture(200, "gemini/response_function_call.json"),
+    );
+    let mut by_url = rich("gpt");
+    if let Some(Part::Image(i)) = &mut by_url.messages[0].parts[0].part {
+        i.source = Some(Source::Url("https://example.com/paris.png".into()));
+    }
+    // OpenAI and Anthropic fetch it themselves; Gemini would not, so it is passed over.
+    let status = r.client().complete(by_url.clone()).await.unwrap_err();
+    assert_eq!(
+        outcomes(&attempt_log(&status).attempts),
+        [
+            ("openai-1".to_string(), AttemptOutcome::UpstreamError),
+            ("anthropic-1".to_string(), AttemptOutcome::UpstreamError),
+            ("gemini-1".to_string(), AttemptOutcome::Unsupported),
+        ]
+    );
+    assert_eq!(up.counts("gemini-tools").requests, 0);
+    by_url.model = "gemini".into();
+    let status = r.client().complete(by_url).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("image.data"),
+        "{}",
+        status.message()
+    );
+    // The same image inline goes to Gemini, and so does a file of Google's File API, by its URI.
+    let resp = r
+        .client()
+        .complete(rich("gemini"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deployment, "gemini-1");
+    let mut google_file = rich("gemini");
+    let uri = "https://generativelanguage.googleapis.com/v1beta/files/abc-123";
+    if let Some(Part::Image(i)) = &mut google_file.messages[0].parts[0].part {
+        i.source = Some(Source::Url(uri.into()));
+    }
+    r.client().complete(google_file).await.unwrap();
+    let body = up.counts("gemini-tools").last_body.unwrap();
+    assert_eq!(body["contents"][0]["parts"][1]["fileData"]["fileUri"], uri);
+}

@@ -236,6 +236,7 @@ pub(super) fn deployment(
                     .supports_response_schema
                     .unwrap_or(by_default.response_schema),
                 reasoning: info.supports_reasoning.unwrap_or(by_default.reasoning),
+                image_urls: by_default.image_urls,
             }
         },
     })

@@ -157,6 +157,15 @@ fn text_blocks(m: &ChatMessage) -> Vec<Value> {
                 }),
                 None => continue,
             },
+            // Plain text goes as text (Anthropic's base64 documents are PDFs).
+            Some(Part::File(f)) if f.media_type == "text/plain" => json!({
+                "type": "document",
+                "source": {
+                    "type": "text",
+                    "media_type": "text/plain",
+                    "data": String::from_utf8_lossy(&f.data),
+                },
+            }),
             Some(Part::File(f)) => json!({
                 "type": "document",
                 "source": {"type": "base64", "media_type": f.media_type, "data": base64(&f.data)},

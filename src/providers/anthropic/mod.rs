@@ -578,4 +578,35 @@ mod tests {
         );
         assert_eq!(choice(None, None), Value::Null);
     }
+
+    #[test]
+    fn documents_go_as_pdf_data_or_plain_text() {
+        use crate::proto::{ChatMessage, ContentPart, File, Role, content_part::Part};
+        let file = |media_type: &str, data: &[u8]| ContentPart {
+            part: Some(Part::File(File {
+                data: data.to_vec(),
+                media_type: media_type.into(),
+                filename: String::new(),
+            })),
+        };
+        let req = ChatRequest {
+            messages: vec![ChatMessage {
+                role: Role::User as i32,
+                parts: vec![
+                    file("application/pdf", b"%PDF"),
+                    file("text/plain", b"notes"),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let body = body::body("m", 1024, &req, false);
+        assert_eq!(
+            body["messages"][0]["content"],
+            serde_json::json!([
+                {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERg=="}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+            ])
+        );
+    }
 }
