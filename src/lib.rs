@@ -12,10 +12,12 @@
 //!   the retry policy that decides each step (retry, wait, try another deployment, fall back,
 //!   switch to a special fallback list, stop); the routing strategies; per-deployment health;
 //!   committed streams' timers. Its module docs give the tour, file by file.
-//! - [`providers`]: one module per wire format: the mock, OpenAI-compatible (OpenAI, Azure and
-//!   the compatible hosts), Anthropic Messages and Gemini.
-//! - [`config`]: the LiteLLM-shaped YAML config, parsed then validated into an immutable
-//!   routing table; [`reload`] swaps in a new one when the file changes or on SIGHUP.
+//! - [`providers`]: the provider-neutral request (messages with parts, tools, formats,
+//!   reasoning), then one module per wire format: the mock, OpenAI-compatible (OpenAI, Azure and
+//!   the compatible hosts), Anthropic Messages and Gemini, each mapping it both ways.
+//! - [`config`]: the LiteLLM-shaped YAML config (`litellm_settings` and provider parameters
+//!   included), parsed then validated into an immutable routing table; [`reload`] swaps in a
+//!   new one when the file changes or on SIGHUP.
 //! - [`telemetry`]: Prometheus metrics recorded along the way, the admin HTTP port that serves
 //!   them, and the log format.
 
