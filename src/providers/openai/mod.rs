@@ -138,9 +138,9 @@ fn parse_completion(body: &str) -> Result<Completion, ProviderError> {
             format!("completion has no choices: {}", excerpt(body)),
         )
     })?;
-    let message = choice.message.unwrap_or_default();
+    let mut message = choice.message.unwrap_or_default();
     Ok(Completion {
-        text: message.content.unwrap_or_default(),
+        text: message.text(),
         tool_calls: message
             .tool_calls
             .into_iter()
@@ -178,8 +178,8 @@ impl EventParser for OpenAiEvents {
             ..Chunk::default()
         };
         if let Some(choice) = v.choices.into_iter().next() {
-            let delta = choice.delta.unwrap_or_default();
-            chunk.delta = delta.content.unwrap_or_default();
+            let mut delta = choice.delta.unwrap_or_default();
+            chunk.delta = delta.text();
             chunk.tool_calls = delta
                 .tool_calls
                 .into_iter()
@@ -238,8 +238,21 @@ struct Choice {
 #[derive(Deserialize, Default)]
 struct WireMessage {
     content: Option<String>,
+    /// Why the model declined to answer in the requested format (structured outputs): passed
+    /// on as the answer's text, which is what the caller would otherwise get none of.
+    refusal: Option<String>,
     #[serde(default)]
     tool_calls: Vec<WireToolCall>,
+}
+
+impl WireMessage {
+    fn text(&mut self) -> String {
+        self.content
+            .take()
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.refusal.take())
+            .unwrap_or_default()
+    }
 }
 
 /// A tool call in an answer, or a piece of one in a stream (where only `index` is certain).
@@ -493,5 +506,16 @@ mod tests {
             chunks.iter().find_map(|c| c.finish_reason),
             Some(FinishReason::ToolCalls)
         );
+    }
+
+    #[test]
+    fn a_refusal_comes_back_as_the_answers_text() {
+        let body = r#"{"choices":[{"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}]}"#;
+        assert_eq!(
+            parse_completion(body).unwrap().text,
+            "I can't help with that."
+        );
+        let c = step(r#"{"choices":[{"delta":{"refusal":"I can't"}}]}"#).unwrap();
+        assert_eq!(c.delta, "I can't");
     }
 }
