@@ -265,3 +265,15 @@ def test_python_client_assembles_a_restarted_stream(client):
     assert assemble(chunks) == STORY
     # A client that ignored the marker would show the first word twice.
     assert "".join(c.delta for c in chunks) == "Once " + STORY
+
+
+def test_both_request_messages_carry_the_same_fields(stubs):
+    """CompleteRequest and StreamCompleteRequest stay field for field identical: names, numbers
+    and types, as generated clients see them."""
+    pb2, _ = stubs
+
+    def fields(message):
+        return [(f.name, f.number, f.type, f.is_repeated, getattr(f.message_type, "name", None))
+                for f in message.DESCRIPTOR.fields]
+
+    assert fields(pb2.CompleteRequest) == fields(pb2.StreamCompleteRequest)
