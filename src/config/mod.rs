@@ -67,6 +67,29 @@ pub const IGNORED_LITELLM_KEYS: &[(&str, &str)] = &[
         "set variables in the process environment (the chart's env); os.environ/NAME reads them",
     ),
     ("include", "llm-router reads one config file"),
+    (
+        "credential_list",
+        "named credentials are not supported: give each deployment its api_key (os.environ/NAME works)",
+    ),
+    ("guardrails", "llm-router has no guardrails"),
+    ("mcp_servers", "llm-router serves chat completions only"),
+    (
+        "vector_store_registry",
+        "llm-router serves chat completions only",
+    ),
+    ("files_settings", "llm-router serves chat completions only"),
+    (
+        "finetune_settings",
+        "llm-router serves chat completions only",
+    ),
+    (
+        "assistant_settings",
+        "llm-router serves chat completions only",
+    ),
+    (
+        "callback_settings",
+        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
+    ),
     ("model_list.*.model_info", "informational only"),
     (
         "router_settings.redis_host",

@@ -117,6 +117,12 @@ fn litellm_settings_are_the_defaults_under_router_settings() {
     };
     assert!(why("litellm_settings.success_callback").contains("OpenTelemetry"));
     assert!(why("litellm_settings.drop_params").contains("wire format"));
+    // The proxy's other top-level sections load too.
+    let cfg = load(&format!(
+        "{TWO_GROUPS}guardrails:\n  - guardrail_name: pii\nmcp_servers:\n  fs: {{ url: x }}\ncredential_list:\n  - credential_name: azure\n"
+    ));
+    let keys: Vec<&str> = cfg.ignored_keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(keys, ["credential_list", "guardrails", "mcp_servers"]);
 }
 
 #[test]
