@@ -112,6 +112,9 @@ def test_the_rendered_config_passes_check_config(chart_path, scenario, llm_route
     assert "config OK" in result.stdout
     assert "listen 0.0.0.0:50051, admin_listen 0.0.0.0:9090" in result.stdout, "the chart's addresses apply"
     assert "drain_period 5s, shutdown_grace 25s" in result.stdout
+    if scenario == "default":
+        # The chart's own config is an example to copy: nothing in it should need a warning.
+        assert "\nwarnings:" not in result.stdout, result.stdout
 
 
 def test_grpc_probes_service_and_mesh_protocol(chart_path):
