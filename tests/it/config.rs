@@ -55,6 +55,8 @@ fn the_built_in_default_is_valid() {
     assert!(cfg.group("chat").is_some());
     assert_eq!(cfg.group("hanging").unwrap().fallbacks, ["chat-backup"]);
     assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:50051");
+    // The demo is an example to copy: nothing in it needs a warning.
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
 #[test]
