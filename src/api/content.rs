@@ -64,6 +64,18 @@ pub fn check_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
         for (j, p) in m.parts.iter().enumerate() {
             check_part(&at(&format!("parts[{j}]")), p, m.role)?;
         }
+        if !m.thinking.is_empty() && m.role != Role::Assistant as i32 {
+            return Err(invalid(
+                at("thinking"),
+                "only ROLE_ASSISTANT messages carry thinking",
+            ));
+        }
+        if m.thinking.len() > MAX_PARTS {
+            return Err(invalid(
+                at("thinking"),
+                format!("holds more than {MAX_PARTS} blocks"),
+            ));
+        }
         if !m.tool_calls.is_empty() && m.role != Role::Assistant as i32 {
             return Err(invalid(
                 at("tool_calls"),

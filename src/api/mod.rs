@@ -325,6 +325,7 @@ impl RouterApi {
                 role: Role::Assistant as i32,
                 content: completion.text,
                 tool_calls: completion.tool_calls,
+                thinking: completion.thinking,
                 ..Default::default()
             }),
             finish_reason: completion.finish_reason as i32,

@@ -103,6 +103,7 @@ impl Forward {
             deployment: self.deployment.clone(),
             delta: piece.text,
             tool_calls: piece.tool_calls,
+            thinking: piece.thinking,
             ..Default::default()
         }
     }

@@ -155,12 +155,14 @@ impl MockProvider {
             Some(call) => Completion {
                 text: String::new(),
                 tool_calls: vec![call],
+                thinking: Vec::new(),
                 finish_reason: FinishReason::ToolCalls,
                 usage: Some(usage),
             },
             None => Completion {
                 text: answer,
                 tool_calls: Vec::new(),
+                thinking: Vec::new(),
                 finish_reason: FinishReason::Stop,
                 usage: Some(usage),
             },

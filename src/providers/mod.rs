@@ -16,7 +16,7 @@ use std::{fmt, pin::Pin, sync::Arc, time::Duration};
 use futures_util::Stream;
 
 use crate::config::{Deployment, ProviderConfig, providers::WireFormat};
-use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
+use crate::proto::{FinishReason, ThinkingBlock, ThinkingDelta, ToolCall, ToolCallDelta, Usage};
 
 pub use anthropic::AnthropicProvider;
 pub use chat::{ChatRequest, Effort, Needs, Reasoning, ResponseFormat, Tool, ToolChoice, text_of};
@@ -30,6 +30,8 @@ pub struct Completion {
     pub text: String,
     /// The tools the model called, in order.
     pub tool_calls: Vec<ToolCall>,
+    /// The model's reasoning, where the provider returns it to be sent back (Anthropic).
+    pub thinking: Vec<ThinkingBlock>,
     pub finish_reason: FinishReason,
     pub usage: Option<Usage>,
 }
@@ -41,6 +43,8 @@ pub struct Chunk {
     pub delta: String,
     /// Pieces of tool calls, in OpenAI's shape (see `proto::ToolCallDelta`).
     pub tool_calls: Vec<ToolCallDelta>,
+    /// Pieces of the model's reasoning (see `proto::ThinkingDelta`).
+    pub thinking: Vec<ThinkingDelta>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
     /// Unreadable events the provider sent since the previous chunk, skipped.
@@ -48,9 +52,13 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Whether this chunk commits a stream: it has text or a tool call, or it ends the answer.
+    /// Whether this chunk commits a stream: it has text, a tool call or reasoning (which a
+    /// thinking model may send for seconds before any text), or it ends the answer.
     pub fn commits(&self) -> bool {
-        !self.delta.is_empty() || !self.tool_calls.is_empty() || self.finish_reason.is_some()
+        !self.delta.is_empty()
+            || !self.tool_calls.is_empty()
+            || !self.thinking.is_empty()
+            || self.finish_reason.is_some()
     }
 }
 

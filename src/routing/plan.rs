@@ -168,6 +168,7 @@ pub fn mock_completion(text: &str) -> Completion {
     Completion {
         text: text.to_string(),
         tool_calls: Vec::new(),
+        thinking: Vec::new(),
         finish_reason: FinishReason::Stop,
         usage: None,
     }

@@ -43,9 +43,9 @@ pub struct Recovery {
     pub mode: StreamRecovery,
     /// The answer's text so far (`Continue` only: what the prefill repeats).
     delivered: String,
-    /// Whether tool-call pieces were delivered: a continuation cannot carry them on (a
-    /// prefill is text), so such a stream recovers only by restart.
-    delivered_tool_calls: bool,
+    /// Whether tool-call or thinking pieces were delivered: a continuation cannot carry them on
+    /// (a prefill is text), so such a stream recovers only by restart.
+    delivered_structure: bool,
     /// Whitespace the prefill left off the end of the delivered text (providers reject a
     /// prefill that ends with it), which the continuation's first delta may bring back.
     trimmed: String,
@@ -73,7 +73,8 @@ impl Recovery {
         if mode == StreamRecovery::Continue {
             delivered.push_str(&answered.value.first.delta);
         }
-        let delivered_tool_calls = !answered.value.first.tool_calls.is_empty();
+        let first = &answered.value.first;
+        let delivered_structure = !first.tool_calls.is_empty() || !first.thinking.is_empty();
         Some(Box::new(Recovery {
             router,
             request,
@@ -81,7 +82,7 @@ impl Recovery {
             deadline: answered.deadline,
             mode,
             delivered,
-            delivered_tool_calls,
+            delivered_structure,
             trimmed: String::new(),
             span: tracing::Span::current(),
             started: 0,
@@ -90,7 +91,7 @@ impl Recovery {
 
     /// Notes a piece delivered to the caller.
     pub fn delivered(&mut self, piece: &Piece) {
-        self.delivered_tool_calls |= !piece.tool_calls.is_empty();
+        self.delivered_structure |= !piece.tool_calls.is_empty() || !piece.thinking.is_empty();
         if self.mode == StreamRecovery::Continue {
             self.delivered.push_str(&piece.text);
         }
@@ -98,9 +99,9 @@ impl Recovery {
 
     /// Why another recovery may not start, if it may not.
     pub fn refused(&self) -> Option<String> {
-        if self.mode == StreamRecovery::Continue && self.delivered_tool_calls {
+        if self.mode == StreamRecovery::Continue && self.delivered_structure {
             return Some(
-                "the stream had delivered tool-call pieces, which a continuation cannot carry on (ask for STREAM_RECOVERY_RESTART)"
+                "the stream had delivered tool-call or thinking pieces, which a continuation cannot carry on (ask for STREAM_RECOVERY_RESTART)"
                     .to_string(),
             );
         }

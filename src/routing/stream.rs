@@ -30,7 +30,7 @@ use super::{
     recovery::{Recovering, Recovery},
 };
 use crate::config::StreamRecovery;
-use crate::proto::{Attempt, AttemptOutcome, FinishReason, ToolCallDelta, Usage};
+use crate::proto::{Attempt, AttemptOutcome, FinishReason, ThinkingDelta, ToolCallDelta, Usage};
 use crate::providers::{Chunk, ChunkStream};
 
 /// A piece of the answer as the caller receives it: text, tool-call pieces, or both.
@@ -38,6 +38,7 @@ use crate::providers::{Chunk, ChunkStream};
 pub struct Piece {
     pub text: String,
     pub tool_calls: Vec<ToolCallDelta>,
+    pub thinking: Vec<ThinkingDelta>,
 }
 
 /// What a committed stream yields: text, then once its end.
@@ -224,10 +225,13 @@ impl Inner {
         self.finish = first.finish_reason;
         self.usage = first.usage;
         self.skipped_events = first.skipped_events;
-        self.chunks = u32::from(!first.delta.is_empty() || !first.tool_calls.is_empty());
+        self.chunks = u32::from(
+            !first.delta.is_empty() || !first.tool_calls.is_empty() || !first.thinking.is_empty(),
+        );
         Piece {
             text: first.delta,
             tool_calls: first.tool_calls,
+            thinking: first.thinking,
         }
     }
 
@@ -443,11 +447,15 @@ impl Inner {
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
                     st.skipped_events += chunk.skipped_events;
-                    if !chunk.delta.is_empty() || !chunk.tool_calls.is_empty() {
+                    if !chunk.delta.is_empty()
+                        || !chunk.tool_calls.is_empty()
+                        || !chunk.thinking.is_empty()
+                    {
                         st.chunks += 1;
                         let piece = Piece {
                             text: chunk.delta,
                             tool_calls: chunk.tool_calls,
+                            thinking: chunk.thinking,
                         };
                         if let Some(r) = &mut st.recovery {
                             r.delivered(&piece);

@@ -14,7 +14,7 @@ use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-const KEYS: &[(&str, &str)] = &[("KEY", "k")];
+const KEYS: &[(&str, &str)] = &[("KEY", "sk-test-0123456789")];
 
 /// One group per family on the test upstream, and a chain across them.
 fn config(base: &str) -> String {
@@ -27,7 +27,7 @@ model_list:
     model_info: {{ id: openai-1 }}
   - model_name: claude
     litellm_params: {{ model: anthropic/claude-tools, api_base: "{root}", api_key: os.environ/KEY, max_retries: 0 }}
-    model_info: {{ id: anthropic-1 }}
+    model_info: {{ id: anthropic-1, supports_reasoning: true }}
   - model_name: gemini
     litellm_params: {{ model: gemini/gemini-tools, api_base: "{root}/v1beta", api_key: os.environ/KEY, max_retries: 0 }}
     model_info: {{ id: gemini-1 }}
@@ -457,7 +457,7 @@ async fn a_stream_that_delivered_tool_calls_recovers_by_restart_never_by_continu
     assert!(pieces > 0, "pieces were delivered before the break");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
-        status.message().contains("tool-call pieces"),
+        status.message().contains("tool-call or thinking pieces"),
         "{}",
         status.message()
     );
@@ -538,4 +538,61 @@ async fn an_image_by_url_skips_gemini_which_does_not_fetch_it() {
     r.client().complete(google_file).await.unwrap();
     let body = up.counts("gemini-tools").last_body.unwrap();
     assert_eq!(body["contents"][0]["parts"][1]["fileData"]["fileUri"], uri);
+}
+
+#[tokio::test]
+async fn anthropic_thinking_comes_back_and_goes_back_with_the_tool_call() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    up.set(
+        "claude-tools",
+        Behaviour::fixture(200, "anthropic/message_thinking_tool_use.json"),
+    );
+    let mut first = rich("claude");
+    first.reasoning = Some(llm_router::proto::Reasoning {
+        budget_tokens: Some(2048),
+        ..Default::default()
+    });
+    let resp = r.client().complete(first.clone()).await.unwrap().into_inner();
+    let answer = resp.message.unwrap();
+    assert_eq!(answer.thinking.len(), 2);
+    assert!(!answer.thinking[0].signature.is_empty());
+
+    // The agent's next turn: the answer as it came, then the tool's result.
+    let call_id = answer.tool_calls[0].id.clone();
+    let mut next = first;
+    next.messages.push(answer.clone());
+    next.messages.push(ChatMessage {
+        role: Role::Tool as i32,
+        content: r#"{"sky":"clear"}"#.into(),
+        tool_call_id: call_id,
+        ..Default::default()
+    });
+    r.client().complete(next).await.unwrap();
+    let body = up.counts("claude-tools").last_body.unwrap();
+    let sent = &body["messages"][1]["content"];
+    assert_eq!(sent[0]["type"], "thinking");
+    assert_eq!(sent[0]["signature"], answer.thinking[0].signature.as_str());
+    assert_eq!(sent[1]["type"], "redacted_thinking");
+    assert_eq!(sent[2]["type"], "tool_use");
+    assert_eq!(body["thinking"]["budget_tokens"], 2048);
+
+    // Streamed, the thinking arrives in pieces before the text.
+    up.set("claude-tools", Behaviour::sse_fixture("anthropic/stream_thinking.sse"));
+    let mut stream = r
+        .client()
+        .stream_complete(as_stream(rich("claude")))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut thinking, mut text) = (String::new(), String::new());
+    while let Some(m) = stream.message().await.unwrap() {
+        for t in &m.thinking {
+            thinking.push_str(&t.text);
+        }
+        assert!(text.is_empty() || m.thinking.is_empty(), "thinking comes first");
+        text.push_str(&m.delta);
+    }
+    assert_eq!(thinking, "The user wants the weather in Paris.");
+    assert_eq!(text, "It is sunny in Paris.");
 }

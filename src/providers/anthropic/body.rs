@@ -108,11 +108,23 @@ fn tool_choice(req: &ChatRequest) -> Option<Value> {
 fn message(m: &ChatMessage) -> Value {
     match m.role() {
         Role::Assistant => {
-            if m.tool_calls.is_empty() && m.parts.is_empty() {
+            if m.tool_calls.is_empty() && m.parts.is_empty() && m.thinking.is_empty() {
                 // A plain string: the form an assistant prefill takes.
                 return json!({"role": "assistant", "content": m.content});
             }
-            let mut blocks = text_blocks(m);
+            // Thinking first, as the answer carried it, unchanged (Anthropic checks it).
+            let mut blocks: Vec<Value> = m
+                .thinking
+                .iter()
+                .map(|t| {
+                    if t.redacted.is_empty() {
+                        json!({"type": "thinking", "thinking": t.text, "signature": t.signature})
+                    } else {
+                        json!({"type": "redacted_thinking", "data": t.redacted})
+                    }
+                })
+                .collect();
+            blocks.extend(text_blocks(m));
             blocks.extend(m.tool_calls.iter().map(|c| {
                 json!({
                     "type": "tool_use",

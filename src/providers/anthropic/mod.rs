@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
-use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
+use crate::proto::{FinishReason, ThinkingBlock, ThinkingDelta, ToolCall, ToolCallDelta, Usage};
 
 /// The API version llm-router speaks; a deployment can send another with `extra_headers`.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -65,28 +65,7 @@ impl AnthropicProvider {
         let body = self.endpoint.body(response).await?;
         let msg: Message =
             serde_json::from_str(&body).map_err(|e| malformed("message", e, &body))?;
-        let mut text = String::new();
-        let mut tool_calls = Vec::new();
-        for block in msg.content {
-            match block.kind.as_str() {
-                "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
-                "tool_use" => tool_calls.push(ToolCall {
-                    id: block.id.unwrap_or_default(),
-                    name: block.name.unwrap_or_default(),
-                    arguments: block
-                        .input
-                        .map_or_else(|| "{}".to_string(), |v| v.to_string()),
-                }),
-                // Thinking blocks are the model's working, not its answer.
-                _ => {}
-            }
-        }
-        Ok(Completion {
-            text,
-            tool_calls,
-            finish_reason: stop_reason(msg.stop_reason.as_deref()),
-            usage: msg.usage.map(|u| u.into_proto(None)),
-        })
+        Ok(completion(msg))
     }
 
     pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
@@ -121,6 +100,42 @@ impl WireUsage {
             cached_tokens: self.cache_read_input_tokens,
             ..Default::default()
         }
+    }
+}
+
+/// A message's content blocks as an answer: its text, tool calls and thinking, in order.
+fn completion(msg: Message) -> Completion {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    let mut thinking = Vec::new();
+    for block in msg.content {
+        match block.kind.as_str() {
+            "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+            "tool_use" => tool_calls.push(ToolCall {
+                id: block.id.unwrap_or_default(),
+                name: block.name.unwrap_or_default(),
+                arguments: block
+                    .input
+                    .map_or_else(|| "{}".to_string(), |v| v.to_string()),
+            }),
+            "thinking" => thinking.push(ThinkingBlock {
+                text: block.thinking.unwrap_or_default(),
+                signature: block.signature.unwrap_or_default(),
+                redacted: String::new(),
+            }),
+            "redacted_thinking" => thinking.push(ThinkingBlock {
+                redacted: block.data.unwrap_or_default(),
+                ..ThinkingBlock::default()
+            }),
+            _ => {}
+        }
+    }
+    Completion {
+        text,
+        tool_calls,
+        thinking,
+        finish_reason: stop_reason(msg.stop_reason.as_deref()),
+        usage: msg.usage.map(|u| u.into_proto(None)),
     }
 }
 
@@ -237,6 +252,22 @@ struct AnthropicEvents {
     /// Which content blocks are tool calls: the block index of each, in order (a call's
     /// place here is its index in the API's tool-call pieces).
     tool_blocks: Vec<u32>,
+    /// Which content blocks are thinking, likewise.
+    thinking_blocks: Vec<u32>,
+}
+
+impl AnthropicEvents {
+    /// A thinking piece for content block `block`, when it is one.
+    fn thinking(&self, block: u32, piece: ThinkingDelta) -> Option<Step> {
+        let index = self.thinking_blocks.iter().position(|&b| b == block)?;
+        Some(Step::Chunk(Chunk {
+            thinking: vec![ThinkingDelta {
+                index: index as u32,
+                ..piece
+            }],
+            ..Chunk::default()
+        }))
+    }
 }
 
 impl EventParser for AnthropicEvents {
@@ -251,6 +282,21 @@ impl EventParser for AnthropicEvents {
                 Ok(Step::Skip)
             }
             "content_block_start" => match ev.content_block {
+                Some(block) if block.kind == "thinking" || block.kind == "redacted_thinking" => {
+                    let at = ev.index.unwrap_or_default();
+                    self.thinking_blocks.push(at);
+                    // A thinking block's text and signature come in deltas; a redacted block's
+                    // data comes whole, here.
+                    let piece = ThinkingDelta {
+                        redacted: block.data.unwrap_or_default(),
+                        ..ThinkingDelta::default()
+                    };
+                    if piece.redacted.is_empty() {
+                        Ok(Step::Skip)
+                    } else {
+                        Ok(self.thinking(at, piece).unwrap_or(Step::Skip))
+                    }
+                }
                 Some(block) if block.kind == "tool_use" => {
                     let index = self.tool_blocks.len() as u32;
                     self.tool_blocks.push(ev.index.unwrap_or_default());
@@ -296,7 +342,25 @@ impl EventParser for AnthropicEvents {
                         ..Chunk::default()
                     }))
                 }
-                // Thinking deltas carry no answer.
+                Some(Delta {
+                    kind: Some(k),
+                    thinking,
+                    signature,
+                    ..
+                }) if k == "thinking_delta" || k == "signature_delta" => {
+                    let piece = ThinkingDelta {
+                        text: thinking.unwrap_or_default(),
+                        signature: signature.unwrap_or_default(),
+                        ..ThinkingDelta::default()
+                    };
+                    match self.thinking(ev.index.unwrap_or_default(), piece) {
+                        Some(step) => Ok(step),
+                        None => Ok(malformed_event(
+                            "thinking delta for no thinking block",
+                            data,
+                        )),
+                    }
+                }
                 _ => Ok(Step::Skip),
             },
             "message_delta" => {
@@ -355,6 +419,11 @@ struct ContentBlock {
     id: Option<String>,
     name: Option<String>,
     input: Option<Value>,
+    /// `thinking` blocks: the reasoning and its signature.
+    thinking: Option<String>,
+    signature: Option<String>,
+    /// `redacted_thinking` blocks: their opaque data.
+    data: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Default)]
@@ -386,6 +455,8 @@ struct Delta {
     kind: Option<String>,
     text: Option<String>,
     partial_json: Option<String>,
+    thinking: Option<String>,
+    signature: Option<String>,
     stop_reason: Option<String>,
 }
 
@@ -608,5 +679,73 @@ mod tests {
                 {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
             ])
         );
+    }
+
+    #[test]
+    fn thinking_comes_back_unary_and_streamed_and_goes_back_unchanged() {
+        let msg: Message =
+            serde_json::from_str(&fixture("anthropic/message_thinking_tool_use.json")).unwrap();
+        let c = completion(msg);
+        assert_eq!(c.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(c.thinking.len(), 2);
+        assert!(c.thinking[0].text.starts_with("The user wants"));
+        assert!(c.thinking[0].signature.starts_with("EqQB"));
+        assert!(c.thinking[1].redacted.starts_with("EmwK"));
+        assert_eq!(c.tool_calls[0].name, "get_weather");
+
+        // Sent back with its tool call: thinking first, unchanged, then the tool_use.
+        let assistant = crate::proto::ChatMessage {
+            role: crate::proto::Role::Assistant as i32,
+            tool_calls: c.tool_calls.clone(),
+            thinking: c.thinking.clone(),
+            ..Default::default()
+        };
+        let req = ChatRequest {
+            messages: vec![assistant],
+            ..Default::default()
+        };
+        let body = body::body("m", 1024, &req, false);
+        let blocks = &body["messages"][0]["content"];
+        assert_eq!(blocks[0]["type"], "thinking");
+        assert_eq!(blocks[0]["signature"], c.thinking[0].signature.as_str());
+        assert_eq!(
+            blocks[1],
+            serde_json::json!({"type": "redacted_thinking", "data": c.thinking[1].redacted})
+        );
+        assert_eq!(blocks[2]["type"], "tool_use");
+
+        let mut p = AnthropicEvents::default();
+        let mut chunks = Vec::new();
+        for data in crate::providers::chat::sse_data(&fixture("anthropic/stream_thinking.sse")) {
+            match p.event(&data).unwrap() {
+                Step::Chunk(c) => chunks.push(c),
+                Step::Done => break,
+                _ => {}
+            }
+        }
+        assert!(
+            chunks[0].commits(),
+            "thinking commits a stream: it may come for seconds"
+        );
+        let text: String = chunks
+            .iter()
+            .flat_map(|c| &c.thinking)
+            .map(|t| t.text.as_str())
+            .collect();
+        assert_eq!(text, "The user wants the weather in Paris.");
+        let signature: String = chunks
+            .iter()
+            .flat_map(|c| &c.thinking)
+            .map(|t| t.signature.as_str())
+            .collect();
+        assert!(signature.starts_with("EqQB"));
+        assert!(
+            chunks
+                .iter()
+                .flat_map(|c| &c.thinking)
+                .all(|t| t.index == 0)
+        );
+        let answer: String = chunks.iter().map(|c| c.delta.as_str()).collect();
+        assert_eq!(answer, "It is sunny in Paris.");
     }
 }

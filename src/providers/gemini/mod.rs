@@ -81,6 +81,8 @@ impl GeminiProvider {
                     arguments: c.arguments,
                 })
                 .collect(),
+            // Gemini's thought summaries are not its to send back: nothing is carried.
+            thinking: Vec::new(),
             finish_reason: piece.finish_reason.unwrap_or(FinishReason::Unspecified),
             usage: piece.usage,
         })

@@ -150,6 +150,7 @@ fn parse_completion(body: &str) -> Result<Completion, ProviderError> {
                 arguments: c.function.arguments.unwrap_or_default(),
             })
             .collect(),
+        thinking: Vec::new(),
         finish_reason: finish_reason(choice.finish_reason.as_deref()),
         usage: parsed.usage.map(WireUsage::into_proto),
     })
