@@ -572,3 +572,34 @@ model_list:
     );
     assert!(!err.contains("is required"), "reported once: {err}");
 }
+
+/// Every config in the README loads, with no warning: they are examples to copy.
+#[test]
+fn the_readmes_configs_load_without_warnings() {
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let keys: Vec<(&str, &str)> = [
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "GROQ_API_KEY",
+        "TOGETHERAI_API_KEY",
+        "MISTRAL_API_KEY",
+        "DEEPSEEK_API_KEY",
+        "AZURE_EU_KEY",
+    ]
+    .iter()
+    .map(|k| (*k, "stand-in"))
+    .collect();
+    let mut seen = 0;
+    for block in readme.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap();
+        if !yaml.contains("model_list:") {
+            continue;
+        }
+        seen += 1;
+        let cfg = load_env(yaml, &[], &keys).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert!(cfg.warnings.is_empty(), "{:?}\n{yaml}", cfg.warnings);
+    }
+    assert!(seen >= 2, "the README's configs were found");
+}

@@ -553,7 +553,12 @@ async fn anthropic_thinking_comes_back_and_goes_back_with_the_tool_call() {
         budget_tokens: Some(2048),
         ..Default::default()
     });
-    let resp = r.client().complete(first.clone()).await.unwrap().into_inner();
+    let resp = r
+        .client()
+        .complete(first.clone())
+        .await
+        .unwrap()
+        .into_inner();
     let answer = resp.message.unwrap();
     assert_eq!(answer.thinking.len(), 2);
     assert!(!answer.thinking[0].signature.is_empty());
@@ -578,7 +583,10 @@ async fn anthropic_thinking_comes_back_and_goes_back_with_the_tool_call() {
     assert_eq!(body["thinking"]["budget_tokens"], 2048);
 
     // Streamed, the thinking arrives in pieces before the text.
-    up.set("claude-tools", Behaviour::sse_fixture("anthropic/stream_thinking.sse"));
+    up.set(
+        "claude-tools",
+        Behaviour::sse_fixture("anthropic/stream_thinking.sse"),
+    );
     let mut stream = r
         .client()
         .stream_complete(as_stream(rich("claude")))
@@ -590,7 +598,10 @@ async fn anthropic_thinking_comes_back_and_goes_back_with_the_tool_call() {
         for t in &m.thinking {
             thinking.push_str(&t.text);
         }
-        assert!(text.is_empty() || m.thinking.is_empty(), "thinking comes first");
+        assert!(
+            text.is_empty() || m.thinking.is_empty(),
+            "thinking comes first"
+        );
         text.push_str(&m.delta);
     }
     assert_eq!(thinking, "The user wants the weather in Paris.");
