@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
+use super::request::invalid;
 use crate::proto::{
     self, ChatMessage, ContentPart, Role, content_part::Part, image::Source, tool_choice::Choice,
 };
@@ -22,13 +23,6 @@ const MAX_URL: usize = 8 * 1024;
 const MAX_DESCRIPTION: usize = 16 * 1024;
 const MIN_BUDGET: u32 = 1024;
 const MAX_BUDGET: u32 = 1_000_000;
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> CallError {
-    CallError::InvalidArgument {
-        field: field.into(),
-        message: message.into(),
-    }
-}
 
 /// A function or schema name as OpenAI accepts it (the strictest of the providers).
 fn check_name(field: &str, name: &str) -> Result<(), CallError> {

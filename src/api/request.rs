@@ -17,7 +17,8 @@ const MAX_MESSAGES: usize = 10_000;
 const MAX_STOP: usize = 16;
 const MAX_METADATA: usize = 64;
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> CallError {
+/// A request error naming its field: the one form every validation here answers with.
+pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> CallError {
     CallError::InvalidArgument {
         field: field.into(),
         message: message.into(),

@@ -84,8 +84,9 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
 /// Keys llm-router sets on every request itself.
 const SET_PER_CALL: &[&str] = &["model", "messages", "stream_options", "contents", "system"];
 
-/// LiteLLM's thinking budgets for `reasoning_effort` on providers that take a token budget.
-fn budget_for_effort(effort: &str) -> Option<u64> {
+/// LiteLLM's thinking budgets for a `reasoning_effort` on providers that take a token budget:
+/// the one table, for deployment defaults here and requests' `reasoning` (`providers::chat`).
+pub fn thinking_budget(effort: &str) -> Option<u32> {
     match effort {
         "minimal" | "low" => Some(1024),
         "medium" => Some(2048),
@@ -187,7 +188,7 @@ fn anthropic(key: &str, value: &Value, out: &mut Sorted) {
                 .invalid
                 .push((key.into(), "must be a string or a list of strings".into())),
         },
-        "reasoning_effort" => match value.as_str().and_then(budget_for_effort) {
+        "reasoning_effort" => match value.as_str().and_then(thinking_budget) {
             Some(budget) => {
                 out.body
                     .entry("thinking")
@@ -227,7 +228,7 @@ fn gemini(key: &str, value: &Value, out: &mut Sorted) {
                 .invalid
                 .push((key.into(), "must be a string or a list of strings".into())),
         },
-        "reasoning_effort" => match value.as_str().and_then(budget_for_effort) {
+        "reasoning_effort" => match value.as_str().and_then(thinking_budget) {
             Some(budget) => generation("thinkingConfig", json!({"thinkingBudget": budget})),
             None => out
                 .invalid

@@ -87,10 +87,9 @@ impl Reasoning {
     /// The thinking budget for providers that take one: the request's, else LiteLLM's for its
     /// effort (minimal and low 1024, medium 2048, high 4096 tokens).
     pub fn budget(&self) -> u32 {
-        self.budget_tokens.unwrap_or(match self.effort {
-            Some(Effort::Minimal | Effort::Low) | None => 1024,
-            Some(Effort::Medium) => 2048,
-            Some(Effort::High) => 4096,
+        self.budget_tokens.unwrap_or_else(|| {
+            let effort = self.effort.unwrap_or(Effort::Low);
+            crate::config::params::thinking_budget(effort.name()).unwrap_or(1024)
         })
     }
 
@@ -202,6 +201,15 @@ pub fn text_of(m: &ChatMessage) -> String {
         }
     }
     out
+}
+
+/// An id for a tool call its provider gave none (Gemini's, the mock's): `prefix` and 24
+/// random letters and digits, unique enough to pair a result with its call in a conversation.
+pub fn new_call_id(prefix: &str) -> String {
+    let tail: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect();
+    format!("{prefix}{tail}")
 }
 
 /// Whether `url` names a file of Google's File API, which Gemini reads by its URI.

@@ -88,11 +88,8 @@ impl MockProvider {
             Some(ToolChoice::Function(name)) => req.tools.iter().find(|t| &t.name == name),
             _ => req.tools.first(),
         }?;
-        let tail: String = std::iter::repeat_with(fastrand::alphanumeric)
-            .take(12)
-            .collect();
         Some(ToolCall {
-            id: format!("call_mock_{tail}"),
+            id: super::chat::new_call_id("call_mock_"),
             name: tool.name.clone(),
             arguments: example_arguments(&tool.parameters).to_string(),
         })

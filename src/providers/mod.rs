@@ -52,13 +52,21 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Whether this chunk commits a stream: it has text, a tool call or reasoning (which a
+    /// Whether this chunk commits a stream: it has content (reasoning included, which a
     /// thinking model may send for seconds before any text), or it ends the answer.
     pub fn commits(&self) -> bool {
-        !self.delta.is_empty()
-            || !self.tool_calls.is_empty()
-            || !self.thinking.is_empty()
-            || self.finish_reason.is_some()
+        self.has_content() || self.finish_reason.is_some()
+    }
+
+    /// Whether it carries anything for the caller: text, tool-call or thinking pieces.
+    pub fn has_content(&self) -> bool {
+        !self.delta.is_empty() || self.has_structure()
+    }
+
+    /// Whether it carries tool-call or thinking pieces, which a continuation's prefill (text)
+    /// cannot carry on.
+    pub fn has_structure(&self) -> bool {
+        !self.tool_calls.is_empty() || !self.thinking.is_empty()
     }
 }
 

@@ -77,9 +77,7 @@ impl CallLog {
             }
         }
     }
-}
 
-impl CallLog {
     /// Logs a deployment skipped for lacking a capability the request needs.
     pub fn unsupported(&mut self, d: &Deployment, capability: &'static str) {
         self.unsupported.get_or_insert(capability);

@@ -10,7 +10,6 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::stream::Piece;
 use super::{
     Answered, CallFailure, CallRequest, Committed, Router,
     chain::{Resume, Seed},
@@ -20,7 +19,7 @@ use super::{
 };
 use crate::config::StreamRecovery;
 use crate::proto::{ChatMessage, Role};
-use crate::providers::estimate_tokens;
+use crate::providers::{Chunk, estimate_tokens};
 
 /// Recoveries one stream may make. Each recovery walk starts its group's retries afresh, so a
 /// deployment that commits and breaks again and again could otherwise be recovered from until
@@ -69,31 +68,27 @@ impl Recovery {
         if mode == StreamRecovery::None {
             return None;
         }
-        let mut delivered = String::new();
-        if mode == StreamRecovery::Continue {
-            delivered.push_str(&answered.value.first.delta);
-        }
-        let first = &answered.value.first;
-        let delivered_structure = !first.tool_calls.is_empty() || !first.thinking.is_empty();
-        Some(Box::new(Recovery {
+        let mut recovery = Box::new(Recovery {
             router,
             request,
             resume,
             deadline: answered.deadline,
             mode,
-            delivered,
-            delivered_structure,
+            delivered: String::new(),
+            delivered_structure: false,
             trimmed: String::new(),
             span: tracing::Span::current(),
             started: 0,
-        }))
+        });
+        recovery.delivered(&answered.value.first);
+        Some(recovery)
     }
 
-    /// Notes a piece delivered to the caller.
-    pub fn delivered(&mut self, piece: &Piece) {
-        self.delivered_structure |= !piece.tool_calls.is_empty() || !piece.thinking.is_empty();
+    /// Notes what a chunk delivered to the caller.
+    pub fn delivered(&mut self, chunk: &Chunk) {
+        self.delivered_structure |= chunk.has_structure();
         if self.mode == StreamRecovery::Continue {
-            self.delivered.push_str(&piece.text);
+            self.delivered.push_str(&chunk.delta);
         }
     }
 

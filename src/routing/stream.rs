@@ -225,9 +225,7 @@ impl Inner {
         self.finish = first.finish_reason;
         self.usage = first.usage;
         self.skipped_events = first.skipped_events;
-        self.chunks = u32::from(
-            !first.delta.is_empty() || !first.tool_calls.is_empty() || !first.thinking.is_empty(),
-        );
+        self.chunks = u32::from(first.has_content());
         Piece {
             text: first.delta,
             tool_calls: first.tool_calls,
@@ -447,19 +445,16 @@ impl Inner {
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
                     st.skipped_events += chunk.skipped_events;
-                    if !chunk.delta.is_empty()
-                        || !chunk.tool_calls.is_empty()
-                        || !chunk.thinking.is_empty()
-                    {
+                    if chunk.has_content() {
                         st.chunks += 1;
+                        if let Some(r) = &mut st.recovery {
+                            r.delivered(&chunk);
+                        }
                         let piece = Piece {
                             text: chunk.delta,
                             tool_calls: chunk.tool_calls,
                             thinking: chunk.thinking,
                         };
-                        if let Some(r) = &mut st.recovery {
-                            r.delivered(&piece);
-                        }
                         return Poll::Ready(Some(Ok(StreamItem::Delta(piece))));
                     }
                 }

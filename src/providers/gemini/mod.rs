@@ -12,6 +12,7 @@ use serde_json::Value;
 
 mod body;
 
+use super::chat::new_call_id;
 use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::HttpProvider;
@@ -143,15 +144,6 @@ struct Call {
     arguments: String,
 }
 
-/// An id for a function call Gemini gave none: unique enough to pair a result with its call
-/// within one conversation.
-fn call_id() -> String {
-    let tail: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(24)
-        .collect();
-    format!("call_{tail}")
-}
-
 impl Response {
     fn into_piece(self) -> Result<Piece, ProviderError> {
         if let Some(reason) = self.prompt_feedback.and_then(|f| f.block_reason) {
@@ -186,7 +178,10 @@ impl Response {
         for part in c.content.map(|c| c.parts).unwrap_or_default() {
             if let Some(call) = part.function_call {
                 calls.push(Call {
-                    id: call.id.filter(|id| !id.is_empty()).unwrap_or_else(call_id),
+                    id: call
+                        .id
+                        .filter(|id| !id.is_empty())
+                        .unwrap_or_else(|| new_call_id("call_")),
                     name: call.name,
                     arguments: call
                         .args
