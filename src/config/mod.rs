@@ -3,8 +3,15 @@
 //! into an immutable [`Config`] whose every reference has been checked.
 //!
 //! Errors name the key path (`model_list[2].litellm_params.timeout`) so a user can find it.
+//!
+//! This file holds the validated config's types. `load` reads and layers the text,
+//! `validate` checks it, `ignored` lists the LiteLLM keys with no effect here, [`params`]
+//! sorts a deployment's provider parameters, [`providers`] is the catalogue of prefixes, and
+//! `table` prints the result for check-config.
 
 pub mod duration;
+mod ignored;
+mod load;
 pub mod params;
 pub mod providers;
 mod raw;
@@ -12,8 +19,11 @@ mod secret;
 mod table;
 mod validate;
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use ignored::why_ignored;
+pub use ignored::{IGNORED_LITELLM_KEYS, IgnoredKey};
+pub use load::{ConfigError, KeyError, Source};
 pub use secret::Secret;
 
 /// The embedded default config, served by `llm-router` with no flags.
@@ -21,170 +31,6 @@ pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../config/default.yaml");
 
 /// Prefix of environment overrides: `LLMROUTER__ROUTER_SETTINGS__TIMEOUT=30s`.
 pub const ENV_PREFIX: &str = "LLMROUTER";
-
-/// LiteLLM keys that llm-router accepts for compatibility and ignores, each with what that
-/// means here. A `*` segment matches any key or list index; a pattern matches its sub-keys.
-pub const IGNORED_LITELLM_KEYS: &[(&str, &str)] = &[
-    (
-        "litellm_settings.drop_params",
-        "llm-router sends each provider only the fields of its wire format, and a litellm_params key as given",
-    ),
-    ("litellm_settings.cache", "llm-router has no response cache"),
-    (
-        "litellm_settings.cache_params",
-        "llm-router has no response cache",
-    ),
-    (
-        "litellm_settings.success_callback",
-        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
-    ),
-    (
-        "litellm_settings.failure_callback",
-        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
-    ),
-    (
-        "litellm_settings.callbacks",
-        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
-    ),
-    (
-        "litellm_settings.max_budget",
-        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
-    ),
-    (
-        "litellm_settings.budget_duration",
-        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
-    ),
-    (
-        "litellm_settings",
-        "a LiteLLM module setting with no routing meaning",
-    ),
-    (
-        "general_settings",
-        "the LiteLLM proxy's server settings (master_key, database, alerting): llm-router has no keys or database of its own; callers are authenticated by the mesh",
-    ),
-    (
-        "environment_variables",
-        "set variables in the process environment (the chart's env); os.environ/NAME reads them",
-    ),
-    ("include", "llm-router reads one config file"),
-    (
-        "credential_list",
-        "named credentials are not supported: give each deployment its api_key (os.environ/NAME works)",
-    ),
-    ("guardrails", "llm-router has no guardrails"),
-    ("mcp_servers", "llm-router serves chat completions only"),
-    (
-        "vector_store_registry",
-        "llm-router serves chat completions only",
-    ),
-    ("files_settings", "llm-router serves chat completions only"),
-    (
-        "finetune_settings",
-        "llm-router serves chat completions only",
-    ),
-    (
-        "assistant_settings",
-        "llm-router serves chat completions only",
-    ),
-    (
-        "callback_settings",
-        "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics",
-    ),
-    ("model_list.*.model_info", "informational only"),
-    (
-        "router_settings.redis_host",
-        "state is per replica: llm-router shares no cooldowns or usage through Redis",
-    ),
-    (
-        "router_settings.redis_port",
-        "state is per replica: llm-router shares no cooldowns or usage through Redis",
-    ),
-    (
-        "router_settings.redis_password",
-        "state is per replica: llm-router shares no cooldowns or usage through Redis",
-    ),
-    (
-        "router_settings.redis_url",
-        "state is per replica: llm-router shares no cooldowns or usage through Redis",
-    ),
-    (
-        "router_settings.optional_pre_call_checks",
-        "only enable_pre_call_checks (context windows) is supported",
-    ),
-    (
-        "router_settings.cache_responses",
-        "llm-router has no response cache",
-    ),
-    (
-        "router_settings.cache_kwargs",
-        "llm-router has no response cache",
-    ),
-    (
-        "router_settings.caching_groups",
-        "llm-router has no response cache",
-    ),
-    (
-        "router_settings.client_ttl",
-        "provider connections are pooled per host for the process's life",
-    ),
-    (
-        "router_settings.polling_interval",
-        "llm-router never polls: calls end at their deadline",
-    ),
-    (
-        "router_settings.default_priority",
-        "llm-router has no request queue to prioritise",
-    ),
-    (
-        "router_settings.default_litellm_params",
-        "give each deployment its litellm_params",
-    ),
-    ("router_settings.set_verbose", "use telemetry.log_level"),
-    ("router_settings.debug_level", "use telemetry.log_level"),
-    (
-        "router_settings.enable_tag_filtering",
-        "llm-router has no tag-based routing",
-    ),
-    (
-        "router_settings.tag_filtering_match_any",
-        "llm-router has no tag-based routing",
-    ),
-    (
-        "router_settings.provider_budget_config",
-        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
-    ),
-    (
-        "router_settings.alerting_config",
-        "alert on the /metrics series instead",
-    ),
-    (
-        "router_settings.router_general_settings",
-        "a LiteLLM Router setting with no counterpart here",
-    ),
-    (
-        "router_settings.ignore_invalid_deployments",
-        "an invalid deployment is an error here (a request-signing one beside others is skipped)",
-    ),
-    (
-        "router_settings.assistants_config",
-        "llm-router serves chat completions only",
-    ),
-    (
-        "router_settings.search_tools",
-        "llm-router serves chat completions only",
-    ),
-    (
-        "router_settings.guardrail_list",
-        "llm-router has no guardrails",
-    ),
-];
-
-/// A key accepted for compatibility with no effect, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IgnoredKey {
-    pub key: String,
-    pub why: String,
-}
 
 /// A validated configuration. Immutable: the server holds it behind an `Arc` and never locks it.
 #[derive(Debug)]
@@ -661,105 +507,7 @@ impl MockFailure {
     }
 }
 
-/// Where the config text comes from.
-#[derive(Debug, Clone)]
-pub enum Source<'a> {
-    /// The compiled-in `config/default.yaml`.
-    BuiltIn,
-    File(&'a Path),
-    /// YAML text, for tests and tools.
-    Yaml(&'a str),
-}
-
-/// Why a config could not be loaded. Start-up errors, apart from request errors.
-#[derive(Debug)]
-pub enum ConfigError {
-    /// The file could not be read or is not valid YAML.
-    Load(String),
-    /// One or more keys are wrong; each names its key path.
-    Invalid(Vec<KeyError>),
-}
-
-/// One problem with one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyError {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}`: {}", self.key, self.message)
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Load(msg) => write!(f, "cannot load config: {msg}"),
-            ConfigError::Invalid(errors) => {
-                write!(f, "invalid config ({} problem(s)):", errors.len())?;
-                for e in errors {
-                    write!(f, "\n  {e}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
-    /// Loads, layers environment overrides from the process environment, and validates.
-    pub fn load(source: Source<'_>) -> Result<Config, ConfigError> {
-        Self::load_with_env(source, std::env::vars(), |name| std::env::var(name).ok())
-    }
-
-    /// As [`Config::load`], with the environment given explicitly (tests use this so they never
-    /// depend on, or change, the process environment).
-    pub fn load_with_env(
-        source: Source<'_>,
-        overrides: impl IntoIterator<Item = (String, String)>,
-        lookup_env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        use config::{FileFormat, builder::DefaultState};
-
-        let mut builder = config::ConfigBuilder::<DefaultState>::default();
-        builder = match source {
-            Source::BuiltIn => builder.add_source(config::File::from_str(
-                DEFAULT_CONFIG_YAML,
-                FileFormat::Yaml,
-            )),
-            Source::Yaml(text) => {
-                builder.add_source(config::File::from_str(text, FileFormat::Yaml))
-            }
-            Source::File(path) => {
-                if !path.is_file() {
-                    return Err(ConfigError::Load(format!(
-                        "config file `{}` does not exist or is not a file",
-                        path.display()
-                    )));
-                }
-                builder.add_source(config::File::from(path).format(FileFormat::Yaml))
-            }
-        };
-        let env: config::Map<String, String> = overrides
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .separator("__")
-                .source(Some(env)),
-        );
-        let layered = builder
-            .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let (raw, ignored) = parse_raw(layered)?;
-        validate::validate(raw, ignored, &lookup_env)
-    }
-
     /// The group a request's `model` (or fallback) names: a group, or an alias of one.
     pub fn group(&self, name: &str) -> Option<&Arc<ModelGroup>> {
         self.groups
@@ -770,143 +518,5 @@ impl Config {
     /// Group names, sorted, for error messages.
     pub fn group_names(&self) -> Vec<&str> {
         self.groups.keys().map(String::as_str).collect()
-    }
-}
-
-/// Deserializes the layered config, tracking the path of every key serde did not use. The
-/// unknown keys directly under a deployment's `litellm_params` are provider parameters in
-/// LiteLLM's eyes: their values are read in a second pass into `other`, and their paths are
-/// not returned.
-fn parse_raw(layered: config::Config) -> Result<(raw::RawConfig, Vec<String>), ConfigError> {
-    let mut unused = Vec::new();
-    let mut on_unused = |path: serde_ignored::Path<'_>| unused.push(key_path(&path));
-    let de = serde_ignored::Deserializer::new(layered.clone(), &mut on_unused);
-    let mut raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = index_style(&e.path().to_string());
-        ConfigError::Invalid(vec![KeyError {
-            key,
-            message: e.into_inner().to_string(),
-        }])
-    })?;
-    let mut params: Option<ParamsOnly> = None;
-    unused.retain(|key| {
-        let Some((i, name)) = litellm_param(key) else {
-            return true;
-        };
-        let all =
-            params.get_or_insert_with(|| layered.clone().try_deserialize().unwrap_or_default());
-        let value = all
-            .model_list
-            .get(i)
-            .and_then(|d| d.litellm_params.get(name))
-            .cloned();
-        match (
-            raw.model_list
-                .get_mut(i)
-                .and_then(|d| d.litellm_params.as_mut()),
-            value,
-        ) {
-            (Some(p), Some(v)) => {
-                p.other.insert(name.to_string(), v);
-                false
-            }
-            _ => true,
-        }
-    });
-    // The config crate's tables are hash maps: sort so that errors come out in a stable order.
-    unused.sort();
-    Ok((raw, unused))
-}
-
-/// Each deployment's `litellm_params` as plain JSON, for the keys `raw` has no field for.
-#[derive(Default, serde::Deserialize)]
-struct ParamsOnly {
-    #[serde(default)]
-    model_list: Vec<ParamsOnlyDeployment>,
-}
-
-#[derive(Default, serde::Deserialize)]
-struct ParamsOnlyDeployment {
-    #[serde(default)]
-    litellm_params: BTreeMap<String, serde_json::Value>,
-}
-
-/// `(i, name)` when `key` is `model_list[i].litellm_params.name`, directly.
-fn litellm_param(key: &str) -> Option<(usize, &str)> {
-    let rest = key.strip_prefix("model_list[")?;
-    let (i, rest) = rest.split_once(']')?;
-    let name = rest.strip_prefix(".litellm_params.")?;
-    (!name.contains(['.', '['])).then_some((i.parse().ok()?, name))
-}
-
-/// `model_list.0.litellm_params` from serde_ignored, as `model_list[0].litellm_params`.
-fn key_path(path: &serde_ignored::Path<'_>) -> String {
-    index_style(&path.to_string())
-}
-
-fn index_style(dotted: &str) -> String {
-    let mut out = String::new();
-    for seg in dotted.split('.').filter(|s| !s.is_empty() && *s != "?") {
-        if seg.chars().all(|c| c.is_ascii_digit()) {
-            out.push_str(&format!("[{seg}]"));
-        } else if let Some(stripped) = seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            out.push_str(&format!("[{stripped}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
-    }
-    out
-}
-
-/// Why `key` (in `a[0].b` form) has no effect, when it is on the LiteLLM compatibility list.
-fn why_ignored(key: &str) -> Option<&'static str> {
-    let segs: Vec<&str> = key
-        .split(['.', '['])
-        .map(|s| s.trim_end_matches(']'))
-        .filter(|s| !s.is_empty())
-        .collect();
-    IGNORED_LITELLM_KEYS
-        .iter()
-        .find(|(pattern, _)| {
-            let pat: Vec<&str> = pattern.split('.').collect();
-            segs.len() >= pat.len() && pat.iter().zip(&segs).all(|(p, s)| *p == "*" || p == s)
-        })
-        .map(|(_, why)| *why)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_paths_read_like_the_yaml() {
-        assert_eq!(
-            index_style("model_list.0.litellm_params.rpm"),
-            "model_list[0].litellm_params.rpm"
-        );
-        assert_eq!(
-            index_style("router_settings.timeout"),
-            "router_settings.timeout"
-        );
-        assert_eq!(
-            index_style("router_settings.fallbacks[1].x"),
-            "router_settings.fallbacks[1].x"
-        );
-    }
-
-    #[test]
-    fn litellm_compat_list_matches_by_pattern() {
-        assert!(why_ignored("litellm_settings.set_verbose").is_some());
-        assert!(
-            why_ignored("litellm_settings.drop_params")
-                .is_some_and(|why| why.contains("wire format"))
-        );
-        assert!(why_ignored("model_list[3].litellm_params.rpm").is_none());
-        assert!(why_ignored("model_list[0].model_info.mode").is_some());
-        assert!(why_ignored("model_list[0].litellm_params.timeot").is_none());
-        assert!(why_ignored("router_settings.timeot").is_none());
     }
 }

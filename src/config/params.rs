@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::ignored::{NO_BUDGETS, NO_TAGS};
 use super::providers::WireFormat;
 
 /// LiteLLM proxy features, not provider parameters: never sent, listed with what they mean
@@ -20,14 +21,8 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
         "mock_response",
         "a deployment that always answers the same text is a mock/ deployment here; a request's own mock_response works when router_settings.allow_mock_response is on",
     ),
-    (
-        "max_budget",
-        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
-    ),
-    (
-        "budget_duration",
-        "llm-router keeps no spend budgets; the cost of each call is in llmrouter_cost_usd_total",
-    ),
+    ("max_budget", NO_BUDGETS),
+    ("budget_duration", NO_BUDGETS),
     (
         "stream",
         "each RPC decides: Complete is unary, StreamComplete streams",
@@ -36,7 +31,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
         "drop_params",
         "llm-router sends each provider only the fields of its wire format, and a key set here as given",
     ),
-    ("tags", "llm-router has no tag-based routing"),
+    ("tags", NO_TAGS),
     (
         "metadata",
         "a request's metadata is logged; none is sent to providers",
