@@ -12,13 +12,15 @@
 //! - [`round`]: one attempt and its hedges, raced ([`race`]), each logged ([`log`]).
 //! - [`deadline`]: the arithmetic of total, attempt and first-chunk deadlines, and backoff.
 //! - [`health`]: what is remembered of each deployment across calls: in-flight attempts,
-//!   cooldowns, latency, usage and the retry budget.
+//!   cooldowns, latency, usage and the retry budget; [`cooldown`] the rules that say when a
+//!   deployment cools down.
 //! - [`stream`]: a committed stream's idle and total timers, and the watchdog that ends it at
 //!   its deadline even when nobody reads it.
 //! - [`recovery`]: a committed stream that breaks, recovered through the rest of its chain.
 //! - [`error`]: how a call fails, in routing's terms (the API layer picks gRPC codes).
 
 mod chain;
+mod cooldown;
 pub mod deadline;
 pub mod error;
 pub mod failure;
