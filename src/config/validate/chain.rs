@@ -119,36 +119,29 @@ pub(super) fn no_time_for_fallbacks(
     ));
 }
 
-/// `retry_policy` (under the key "") and `model_group_retry_policy` (by group).
+/// `retry_policy` (every group's, none by default) and `model_group_retry_policy` (by group,
+/// over it).
 pub(super) fn retry_policies(
     raw: &RawConfig,
     groups: &BTreeMap<String, Vec<Deployment>>,
     errs: &mut Errors,
-) -> BTreeMap<String, RetryPolicy> {
+) -> (RetryPolicy, BTreeMap<String, RetryPolicy>) {
     let rs = &raw.router_settings;
-    let mut out = BTreeMap::new();
-    let global = rs.retry_policy.as_ref().map(|p| {
-        (
-            "".to_string(),
-            "router_settings.retry_policy".to_string(),
-            p,
-        )
-    });
-    let per_group = rs.model_group_retry_policy.iter().flatten().map(|(g, p)| {
-        (
-            g.clone(),
-            format!("router_settings.model_group_retry_policy.{g}"),
-            p,
-        )
-    });
-    for (group, key, p) in global.into_iter().chain(per_group) {
-        if !group.is_empty() && !groups.contains_key(&group) {
-            errs.add(&key, unknown_group(&group, groups));
+    let global = rs
+        .retry_policy
+        .as_ref()
+        .map(|p| retry_policy("router_settings.retry_policy", p, errs))
+        .unwrap_or_default();
+    let mut per_group = BTreeMap::new();
+    for (group, p) in rs.model_group_retry_policy.iter().flatten() {
+        let key = format!("router_settings.model_group_retry_policy.{group}");
+        if !groups.contains_key(group) {
+            errs.add(&key, unknown_group(group, groups));
             continue;
         }
-        out.insert(group, retry_policy(&key, p, errs));
+        per_group.insert(group.clone(), retry_policy(&key, p, errs));
     }
-    out
+    (global, per_group)
 }
 
 pub(super) fn retry_policy(key: &str, p: &RawRetryPolicy, errs: &mut Errors) -> RetryPolicy {

@@ -234,7 +234,7 @@ pub(super) fn validate(
             errs.add(format!("{default_key}[{j}]"), unknown_group(name, &members));
         }
     }
-    let retry_policies = retry_policies(&raw, &members, &mut errs);
+    let (every_group_retry_policy, retry_policies) = retry_policies(&raw, &members, &mut errs);
     let aliases = aliases(&raw, &members, &mut errs);
     let otlp_endpoint = raw
         .telemetry
@@ -321,9 +321,8 @@ pub(super) fn validate(
             }
             let retry_policy = retry_policies
                 .get(&name)
-                .or(retry_policies.get(""))
                 .copied()
-                .unwrap_or_default();
+                .unwrap_or(every_group_retry_policy);
             no_time_for_fallbacks(&name, &deps, &chain, &retry_policy, &router, &mut errs);
             let cp = cp_fallbacks.get(&name).cloned().unwrap_or_default();
             if cp.is_empty() && !chain.is_empty() {
