@@ -1,7 +1,7 @@
 //! The chat-completions request body: the provider-neutral request in OpenAI's names. Built
 //! straight from the call's own strings (a `serde_json::Value` would copy each of them into a
-//! map first, on every attempt); only images and files, which must become data URLs, and the
-//! tools' JSON schemas are built anew.
+//! map first, on every attempt), tools and tool calls included; only images and files, which
+//! must become data URLs, and the small tool-choice and format objects are built anew.
 
 use std::borrow::Cow;
 
@@ -30,7 +30,7 @@ pub(super) struct ChatBody<'a> {
     #[serde(skip_serializing_if = "str::is_empty")]
     pub user: &'a str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<Value>,
+    pub tools: Vec<Tool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,7 +56,7 @@ pub(super) struct Message<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<Value>,
+    tool_calls: Vec<Call<'a>>,
     #[serde(skip_serializing_if = "str::is_empty")]
     tool_call_id: &'a str,
 }
@@ -67,6 +67,39 @@ pub(super) struct Message<'a> {
 enum Content<'a> {
     Text(&'a str),
     Parts(Vec<Value>),
+}
+
+/// A `tools` entry, borrowed from the request (its schema is not copied).
+#[derive(Serialize)]
+pub(super) struct Tool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: Function<'a>,
+}
+
+#[derive(Serialize)]
+struct Function<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    parameters: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+}
+
+/// A tool call of an assistant message, borrowed from it.
+#[derive(Serialize)]
+struct Call<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: CallFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct CallFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
 }
 
 #[derive(Serialize)]
@@ -103,12 +136,13 @@ pub(super) fn message(m: &ChatMessage) -> Message<'_> {
         tool_calls: m
             .tool_calls
             .iter()
-            .map(|c| {
-                json!({
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                })
+            .map(|c| Call {
+                id: &c.id,
+                kind: "function",
+                function: CallFunction {
+                    name: &c.name,
+                    arguments: &c.arguments,
+                },
             })
             .collect(),
         tool_call_id: &m.tool_call_id,
@@ -146,18 +180,17 @@ fn part(p: &Part) -> Option<Value> {
 }
 
 /// The request's tools, tool choice and response format in OpenAI's shapes.
-pub(super) fn tools(req: &ChatRequest) -> Vec<Value> {
+pub(super) fn tools(req: &ChatRequest) -> Vec<Tool<'_>> {
     req.tools
         .iter()
-        .map(|t| {
-            let mut function = json!({"name": t.name, "parameters": t.parameters});
-            if !t.description.is_empty() {
-                function["description"] = json!(t.description);
-            }
-            if let Some(strict) = t.strict {
-                function["strict"] = json!(strict);
-            }
-            json!({"type": "function", "function": function})
+        .map(|t| Tool {
+            kind: "function",
+            function: Function {
+                name: &t.name,
+                description: &t.description,
+                parameters: &t.parameters,
+                strict: t.strict,
+            },
         })
         .collect()
 }
