@@ -60,17 +60,27 @@ const fn compatible(
     }
 }
 
+impl ProviderSpec {
+    /// The family's models continue an answer from an assistant prefill.
+    const fn with_prefill(mut self) -> Self {
+        self.assistant_prefill = true;
+        self
+    }
+
+    /// Appends `suffix` to a configured `api_base` that lacks it.
+    const fn with_base_suffix(mut self, suffix: &'static str) -> Self {
+        self.base_suffix = Some(suffix);
+        self
+    }
+}
+
 pub const PROVIDERS: &[ProviderSpec] = &[
-    ProviderSpec {
-        prefix: "openai",
-        wire: WireFormat::OpenAi,
-        default_base: Some("https://api.openai.com/v1"),
-        base_env: None,
-        key_env: Some("OPENAI_API_KEY"),
-        assistant_prefill: false,
-        key_required: true,
-        base_suffix: None,
-    },
+    compatible(
+        "openai",
+        Some("https://api.openai.com/v1"),
+        Some("OPENAI_API_KEY"),
+        true,
+    ),
     ProviderSpec {
         prefix: "azure",
         wire: WireFormat::Azure,
@@ -101,88 +111,44 @@ pub const PROVIDERS: &[ProviderSpec] = &[
         key_required: true,
         base_suffix: None,
     },
-    ProviderSpec {
-        prefix: "groq",
-        wire: WireFormat::OpenAi,
-        default_base: Some("https://api.groq.com/openai/v1"),
-        base_env: None,
-        key_env: Some("GROQ_API_KEY"),
-        assistant_prefill: false,
-        key_required: true,
-        base_suffix: None,
-    },
-    ProviderSpec {
-        prefix: "mistral",
-        wire: WireFormat::OpenAi,
-        default_base: Some("https://api.mistral.ai/v1"),
-        base_env: None,
-        key_env: Some("MISTRAL_API_KEY"),
-        assistant_prefill: true,
-        key_required: true,
-        base_suffix: None,
-    },
-    ProviderSpec {
-        prefix: "deepseek",
-        wire: WireFormat::OpenAi,
-        default_base: Some("https://api.deepseek.com/v1"),
-        base_env: None,
-        key_env: Some("DEEPSEEK_API_KEY"),
-        assistant_prefill: true,
-        key_required: true,
-        base_suffix: None,
-    },
-    ProviderSpec {
-        prefix: "together_ai",
-        wire: WireFormat::OpenAi,
-        default_base: Some("https://api.together.xyz/v1"),
-        base_env: None,
-        key_env: Some("TOGETHERAI_API_KEY"),
-        assistant_prefill: false,
-        key_required: true,
-        base_suffix: None,
-    },
-    ProviderSpec {
-        prefix: "ollama",
-        wire: WireFormat::OpenAi,
-        default_base: Some("http://localhost:11434/v1"),
-        base_env: None,
-        key_env: None,
-        assistant_prefill: false,
-        key_required: false,
-        base_suffix: Some("/v1"),
-    },
-    ProviderSpec {
-        prefix: "vllm",
-        wire: WireFormat::OpenAi,
-        default_base: None,
-        base_env: None,
-        key_env: Some("HOSTED_VLLM_API_KEY"),
-        assistant_prefill: false,
-        key_required: false,
-        base_suffix: None,
-    },
-    ProviderSpec {
-        prefix: "hosted_vllm",
-        wire: WireFormat::OpenAi,
-        default_base: None,
-        base_env: None,
-        key_env: Some("HOSTED_VLLM_API_KEY"),
-        assistant_prefill: false,
-        key_required: false,
-        base_suffix: None,
-    },
+    compatible(
+        "groq",
+        Some("https://api.groq.com/openai/v1"),
+        Some("GROQ_API_KEY"),
+        true,
+    ),
+    compatible(
+        "mistral",
+        Some("https://api.mistral.ai/v1"),
+        Some("MISTRAL_API_KEY"),
+        true,
+    )
+    .with_prefill(),
+    compatible(
+        "deepseek",
+        Some("https://api.deepseek.com/v1"),
+        Some("DEEPSEEK_API_KEY"),
+        true,
+    )
+    .with_prefill(),
+    compatible(
+        "together_ai",
+        Some("https://api.together.xyz/v1"),
+        Some("TOGETHERAI_API_KEY"),
+        true,
+    ),
+    compatible("ollama", Some("http://localhost:11434/v1"), None, false).with_base_suffix("/v1"),
+    compatible("vllm", None, Some("HOSTED_VLLM_API_KEY"), false),
+    compatible("hosted_vllm", None, Some("HOSTED_VLLM_API_KEY"), false),
     // LiteLLM's ollama_chat/ speaks Ollama's /api/chat; llm-router reaches the same server
     // through its OpenAI-compatible API.
-    ProviderSpec {
-        prefix: "ollama_chat",
-        wire: WireFormat::OpenAi,
-        default_base: Some("http://localhost:11434/v1"),
-        base_env: None,
-        key_env: None,
-        assistant_prefill: false,
-        key_required: false,
-        base_suffix: Some("/v1"),
-    },
+    compatible(
+        "ollama_chat",
+        Some("http://localhost:11434/v1"),
+        None,
+        false,
+    )
+    .with_base_suffix("/v1"),
     compatible(
         "openrouter",
         Some("https://openrouter.ai/api/v1"),
