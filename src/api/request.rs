@@ -85,15 +85,20 @@ pub fn call_from_complete(
     {
         return Err(invalid("max_tokens", "must be at least 1 when set"));
     }
-    if let Some(t) = r.temperature
-        && !(t.is_finite() && (0.0..=2.0).contains(&t))
-    {
-        return Err(invalid("temperature", "must be between 0 and 2"));
-    }
-    if let Some(p) = r.top_p
-        && !(p.is_finite() && (0.0..=1.0).contains(&p))
-    {
-        return Err(invalid("top_p", "must be between 0 and 1"));
+    for (name, value, range) in [
+        ("temperature", r.temperature, 0.0..=2.0),
+        ("top_p", r.top_p, 0.0..=1.0),
+        ("presence_penalty", r.presence_penalty, -2.0..=2.0),
+        ("frequency_penalty", r.frequency_penalty, -2.0..=2.0),
+    ] {
+        if let Some(v) = value
+            && !(v.is_finite() && range.contains(&v))
+        {
+            return Err(invalid(
+                name,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
     }
     if r.stop.len() > MAX_STOP {
         return Err(invalid(
@@ -120,16 +125,6 @@ pub fn call_from_complete(
     }
     if let Some(i) = r.fallbacks.iter().position(|f| f.trim().is_empty()) {
         return Err(invalid(format!("fallbacks[{i}]"), "must not be empty"));
-    }
-    for (name, value) in [
-        ("presence_penalty", r.presence_penalty),
-        ("frequency_penalty", r.frequency_penalty),
-    ] {
-        if let Some(v) = value
-            && !(v.is_finite() && (-2.0..=2.0).contains(&v))
-        {
-            return Err(invalid(name, "must be between -2 and 2"));
-        }
     }
     let tools = content::tools(r.tools)?;
     let tool_choice = content::tool_choice(r.tool_choice, &tools)?;
