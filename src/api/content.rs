@@ -16,6 +16,7 @@ use crate::providers::{Effort, Reasoning, ResponseFormat, Tool, ToolChoice};
 use crate::routing::CallError;
 
 const MAX_PARTS: usize = 64;
+const MAX_THINKING: usize = 64;
 const MAX_TOOLS: usize = 128;
 const MAX_TOOL_CALLS: usize = 128;
 const MAX_NAME: usize = 64;
@@ -64,10 +65,10 @@ pub fn check_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
                 "only ROLE_ASSISTANT messages carry thinking",
             ));
         }
-        if m.thinking.len() > MAX_PARTS {
+        if m.thinking.len() > MAX_THINKING {
             return Err(invalid(
                 at("thinking"),
-                format!("holds more than {MAX_PARTS} blocks"),
+                format!("holds more than {MAX_THINKING} blocks"),
             ));
         }
         if !m.tool_calls.is_empty() && m.role != Role::Assistant as i32 {
