@@ -8,12 +8,11 @@ use std::collections::BTreeSet;
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
-use super::request::invalid;
+use super::error::{ApiError, invalid};
 use crate::proto::{
     self, ChatMessage, ContentPart, Role, content_part::Part, image::Source, tool_choice::Choice,
 };
 use crate::providers::{Effort, Reasoning, ResponseFormat, Tool, ToolChoice};
-use crate::routing::CallError;
 
 const MAX_PARTS: usize = 64;
 const MAX_THINKING: usize = 64;
@@ -26,7 +25,7 @@ const MIN_BUDGET: u32 = 1024;
 const MAX_BUDGET: u32 = 1_000_000;
 
 /// A function or schema name as OpenAI accepts it (the strictest of the providers).
-fn check_name(field: &str, name: &str) -> Result<(), CallError> {
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(invalid(
             field,
@@ -46,7 +45,7 @@ fn check_name(field: &str, name: &str) -> Result<(), CallError> {
 }
 
 /// Checks each message's parts, tool calls and tool result id.
-pub fn check_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
+pub fn check_messages(messages: &[ChatMessage]) -> Result<(), ApiError> {
     let mut call_ids = BTreeSet::new();
     for (i, m) in messages.iter().enumerate() {
         let at = |rest: &str| format!("messages[{i}].{rest}");
@@ -123,7 +122,7 @@ pub fn check_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
     Ok(())
 }
 
-fn check_part(field: &str, p: &ContentPart, role: i32) -> Result<(), CallError> {
+fn check_part(field: &str, p: &ContentPart, role: i32) -> Result<(), ApiError> {
     match &p.part {
         None => Err(invalid(field, "must set text, image or file")),
         Some(Part::Text(_)) => Ok(()),
@@ -174,7 +173,7 @@ fn check_part(field: &str, p: &ContentPart, role: i32) -> Result<(), CallError> 
     }
 }
 
-fn check_detail(field: &str, detail: &str) -> Result<(), CallError> {
+fn check_detail(field: &str, detail: &str) -> Result<(), ApiError> {
     match detail {
         "" | "low" | "high" | "auto" => Ok(()),
         _ => Err(invalid(
@@ -185,7 +184,7 @@ fn check_detail(field: &str, detail: &str) -> Result<(), CallError> {
 }
 
 /// The request's tools, checked and converted.
-pub fn tools(tools: Vec<proto::Tool>) -> Result<Vec<Tool>, CallError> {
+pub fn tools(tools: Vec<proto::Tool>) -> Result<Vec<Tool>, ApiError> {
     if tools.len() > MAX_TOOLS {
         return Err(invalid(
             "tools",
@@ -227,7 +226,7 @@ pub fn tools(tools: Vec<proto::Tool>) -> Result<Vec<Tool>, CallError> {
 pub fn tool_choice(
     choice: Option<proto::ToolChoice>,
     tools: &[Tool],
-) -> Result<Option<ToolChoice>, CallError> {
+) -> Result<Option<ToolChoice>, ApiError> {
     let choice = match choice.and_then(|c| c.choice) {
         None => return Ok(None),
         Some(Choice::Mode(mode)) => match proto::ToolChoiceMode::try_from(mode) {
@@ -258,7 +257,7 @@ pub fn tool_choice(
     Ok(Some(choice))
 }
 
-pub fn response_format(f: Option<proto::ResponseFormat>) -> Result<ResponseFormat, CallError> {
+pub fn response_format(f: Option<proto::ResponseFormat>) -> Result<ResponseFormat, ApiError> {
     let Some(f) = f else {
         return Ok(ResponseFormat::Text);
     };
@@ -295,7 +294,7 @@ pub fn response_format(f: Option<proto::ResponseFormat>) -> Result<ResponseForma
     })
 }
 
-pub fn reasoning(r: Option<proto::Reasoning>) -> Result<Option<Reasoning>, CallError> {
+pub fn reasoning(r: Option<proto::Reasoning>) -> Result<Option<Reasoning>, ApiError> {
     let Some(r) = r else { return Ok(None) };
     let effort = match proto::ReasoningEffort::try_from(r.effort) {
         Ok(proto::ReasoningEffort::Unspecified) => None,
@@ -392,9 +391,9 @@ mod tests {
         );
     }
 
-    fn field(r: Result<impl std::fmt::Debug, CallError>) -> String {
+    fn field(r: Result<impl std::fmt::Debug, ApiError>) -> String {
         match r {
-            Err(CallError::InvalidArgument { field, .. }) => field,
+            Err(ApiError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use super::content;
+use super::error::{ApiError, invalid};
 use crate::config::StreamRecovery;
 use crate::proto::{self, ChatMessage, CompleteRequest, Role, StreamCompleteRequest};
 use crate::providers::ChatRequest;
-use crate::routing::{CallError, CallRequest};
+use crate::routing::{CallContext, CallRequest};
 
 /// Retries above this would multiply load on a failing provider for no good reason.
 const MAX_NUM_RETRIES: u32 = 10;
@@ -17,19 +18,11 @@ const MAX_MESSAGES: usize = 10_000;
 const MAX_STOP: usize = 16;
 const MAX_METADATA: usize = 64;
 
-/// A request error naming its field: the one form every validation here answers with.
-pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> CallError {
-    CallError::InvalidArgument {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 /// A positive protobuf Duration, or an error naming `field`.
 fn positive_duration(
     field: &str,
     d: Option<prost_types::Duration>,
-) -> Result<Option<Duration>, CallError> {
+) -> Result<Option<Duration>, ApiError> {
     let Some(d) = d else { return Ok(None) };
     if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) {
         return Err(invalid(field, "must be a positive duration"));
@@ -42,7 +35,7 @@ fn positive_duration(
     Ok(Some(Duration::new(secs, nanos)))
 }
 
-fn validate_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
+fn validate_messages(messages: &[ChatMessage]) -> Result<(), ApiError> {
     if messages.is_empty() {
         return Err(invalid("messages", "must hold at least one message"));
     }
@@ -76,7 +69,7 @@ fn validate_messages(messages: &[ChatMessage]) -> Result<(), CallError> {
 pub fn call_from_complete(
     r: CompleteRequest,
     client_timeout: Option<Duration>,
-) -> Result<CallRequest, CallError> {
+) -> Result<CallRequest, ApiError> {
     validate_messages(&r.messages)?;
     let timeout = positive_duration("timeout", r.timeout)?;
     let stream_timeout = positive_duration("stream_timeout", r.stream_timeout)?;
@@ -143,6 +136,8 @@ pub fn call_from_complete(
         }
     };
     Ok(CallRequest {
+        // Who is calling is the service's to say (see `api::call_context`), not the body's.
+        context: CallContext::anonymous(),
         model: r.model,
         chat: ChatRequest {
             messages: r.messages,
@@ -175,7 +170,7 @@ pub fn call_from_complete(
 pub fn call_from_stream(
     r: StreamCompleteRequest,
     client_timeout: Option<Duration>,
-) -> Result<CallRequest, CallError> {
+) -> Result<CallRequest, ApiError> {
     let StreamCompleteRequest {
         model,
         messages,
@@ -249,7 +244,7 @@ mod tests {
 
     fn field_of(r: CompleteRequest) -> String {
         match call_from_complete(r, None) {
-            Err(CallError::InvalidArgument { field, .. }) => field,
+            Err(ApiError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }

@@ -3,7 +3,7 @@
 //! AttemptLog. [`GrpcError::grpc`] is the one place that chooses a failure's code, reason and
 //! retry delay: an exhaustive match, so a new routing error forces a decision here.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use prost::Message;
@@ -11,6 +11,7 @@ use prost_types::Any;
 use tonic::{Code, Status};
 use tonic_types::pb;
 
+use super::error::ApiError;
 use crate::config::FailKind;
 use crate::proto::{Attempt, AttemptLog};
 use crate::routing::{CallError, Failure, to_proto_duration};
@@ -37,9 +38,20 @@ pub struct Grpc {
     pub retry_delay: Option<Duration>,
 }
 
-/// A routing failure as gRPC sees it.
+/// A failure as gRPC sees it: routing's ([`CallError`]) or the API layer's own ([`ApiError`]).
 pub trait GrpcError {
     fn grpc(&self) -> Grpc;
+
+    /// The status message: names the field, group or setting involved.
+    fn message(&self) -> String;
+
+    /// The request field at fault and what is wrong with it, for BadRequest.
+    fn bad_field(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// ErrorInfo metadata of the failure itself (the attempts' are added by the caller).
+    fn annotate(&self, _metadata: &mut HashMap<String, String>) {}
 
     fn code(&self) -> Code {
         self.grpc().code
@@ -57,7 +69,9 @@ pub trait GrpcError {
 impl GrpcError for CallError {
     fn grpc(&self) -> Grpc {
         let (code, reason, retry_delay) = match self {
-            CallError::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT", None),
+            CallError::UnknownFallback { .. } | CallError::TooManyFallbacks { .. } => {
+                (Code::InvalidArgument, "INVALID_ARGUMENT", None)
+            }
             CallError::ModelNotFound { .. } => (Code::NotFound, "MODEL_NOT_FOUND", None),
             CallError::MockTimeoutDisabled => {
                 (Code::FailedPrecondition, "MOCK_TIMEOUT_DISABLED", None)
@@ -107,16 +121,75 @@ impl GrpcError for CallError {
             CallError::CapabilityUnsupported { .. } => {
                 (Code::FailedPrecondition, "CAPABILITY_UNSUPPORTED", None)
             }
-            CallError::Overloaded { .. } => (
-                Code::ResourceExhausted,
-                "OVERLOADED",
-                Some(OVERLOADED_RETRY_DELAY),
-            ),
         };
         Grpc {
             code,
             reason,
             retry_delay,
+        }
+    }
+
+    fn message(&self) -> String {
+        CallError::message(self)
+    }
+
+    fn bad_field(&self) -> Option<(String, String)> {
+        self.field_violation()
+    }
+
+    fn annotate(&self, metadata: &mut HashMap<String, String>) {
+        if let Some((field, _)) = self.field_violation() {
+            metadata.insert("field".to_string(), field);
+            return;
+        }
+        let (key, value) = match self {
+            CallError::ModelNotFound { model, .. } => ("model", model.clone()),
+            CallError::RecoveryFailed { mode, .. } => ("recovery", mode.name().to_string()),
+            CallError::CapabilityUnsupported { capability } => {
+                ("capability", capability.to_string())
+            }
+            _ => return,
+        };
+        metadata.insert(key.to_string(), value);
+    }
+}
+
+impl GrpcError for ApiError {
+    fn grpc(&self) -> Grpc {
+        match self {
+            ApiError::InvalidArgument { .. } => Grpc {
+                code: Code::InvalidArgument,
+                reason: "INVALID_ARGUMENT",
+                retry_delay: None,
+            },
+            ApiError::Overloaded { .. } => Grpc {
+                code: Code::ResourceExhausted,
+                reason: "OVERLOADED",
+                retry_delay: Some(OVERLOADED_RETRY_DELAY),
+            },
+            ApiError::Call(e) => e.grpc(),
+        }
+    }
+
+    fn message(&self) -> String {
+        ApiError::message(self)
+    }
+
+    fn bad_field(&self) -> Option<(String, String)> {
+        match self {
+            ApiError::InvalidArgument { field, message } => Some((field.clone(), message.clone())),
+            ApiError::Overloaded { .. } => None,
+            ApiError::Call(e) => e.bad_field(),
+        }
+    }
+
+    fn annotate(&self, metadata: &mut HashMap<String, String>) {
+        match self {
+            ApiError::InvalidArgument { field, .. } => {
+                metadata.insert("field".to_string(), field.clone());
+            }
+            ApiError::Overloaded { .. } => {}
+            ApiError::Call(e) => e.annotate(metadata),
         }
     }
 }
@@ -154,7 +227,7 @@ fn bounded_log(attempts: &[Attempt]) -> AttemptLog {
     }
 }
 
-pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
+pub fn call_status(error: &impl GrpcError, attempts: &[Attempt]) -> Status {
     let Grpc {
         code,
         reason,
@@ -162,27 +235,13 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
     } = error.grpc();
     let message = error.message();
 
-    let mut metadata = std::collections::HashMap::new();
+    let mut metadata = HashMap::new();
     metadata.insert("attempts".to_string(), attempts.len().to_string());
     if let Some(last) = attempts.last() {
         metadata.insert("last_model".to_string(), last.model.clone());
         metadata.insert("last_deployment".to_string(), last.deployment.clone());
     }
-    match error {
-        CallError::ModelNotFound { model, .. } => {
-            metadata.insert("model".to_string(), model.clone());
-        }
-        CallError::InvalidArgument { field, .. } => {
-            metadata.insert("field".to_string(), field.clone());
-        }
-        CallError::RecoveryFailed { mode, .. } => {
-            metadata.insert("recovery".to_string(), mode.name().to_string());
-        }
-        CallError::CapabilityUnsupported { capability } => {
-            metadata.insert("capability".to_string(), capability.to_string());
-        }
-        _ => {}
-    }
+    error.annotate(&mut metadata);
 
     let mut details = vec![any(
         "type.googleapis.com/google.rpc.ErrorInfo",
@@ -200,13 +259,13 @@ pub fn call_status(error: &CallError, attempts: &[Attempt]) -> Status {
             },
         ));
     }
-    if let CallError::InvalidArgument { field, message } = error {
+    if let Some((field, description)) = error.bad_field() {
         details.push(any(
             "type.googleapis.com/google.rpc.BadRequest",
             &pb::BadRequest {
                 field_violations: vec![pb::bad_request::FieldViolation {
-                    field: field.clone(),
-                    description: message.clone(),
+                    field,
+                    description,
                     ..Default::default()
                 }],
             },
@@ -258,7 +317,7 @@ mod tests {
         assert_eq!(
             CallError::FallbacksExhausted(Failure::Timeout {
                 first_chunk: true,
-                by_caller: false
+                by_client: false
             })
             .code(),
             Code::DeadlineExceeded

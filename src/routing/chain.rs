@@ -9,13 +9,15 @@ use tracing::Instrument as _;
 
 use super::{
     Answered, CallError, CallFailure, Router,
+    capability::missing,
     deadline::{AttemptDeadlines, Backoff},
     failure::{Failure, Fault},
     health::Unavailable,
     log::CallLog,
-    pick::{Pick, Picker, missing},
+    pick::{Pick, Picker},
     plan::Plan,
     policy::{self, Decision, Leave, Position, Special},
+    reach::Reach,
     round::{AttemptValue, Call, RoundAt, Won},
 };
 use crate::config::ModelGroup;
@@ -34,6 +36,8 @@ pub struct Seed {
 /// What a committed stream keeps so that it can recover if it breaks: the rest of its chain.
 #[derive(Debug, Clone)]
 pub struct Resume {
+    /// The call's plan, which a recovery's is derived from.
+    pub plan: Plan,
     /// The answering group first, then the groups after it.
     pub chain: Vec<Arc<ModelGroup>>,
     /// The answering deployment, in the first group.
@@ -125,7 +129,7 @@ impl Chain {
     }
 
     /// What the answer's stream needs to recover: the chain from the answering group on.
-    fn resume(&self, won: &Won<impl Sized>) -> Resume {
+    fn resume(&self, plan: &Plan, won: &Won<impl Sized>) -> Resume {
         let mut chain: Vec<_> = self.ahead.iter().cloned().collect();
         let in_current = self
             .current
@@ -136,6 +140,7 @@ impl Chain {
         }
         // Else a hedge won in the next group, which heads `ahead`.
         Resume {
+            plan: plan.clone(),
             chain,
             deployment: won.idx,
             switched: self.switched,
@@ -190,19 +195,12 @@ impl Chain {
     }
 
     /// Replaces the rest of the chain with the current group's special fallback list.
-    fn switch_to(&mut self, special: Special, router: &Router) {
+    fn switch_to(&mut self, special: Special, router: &Router, plan: &Plan) {
         let Some(current) = &self.current else {
             return;
         };
-        let group = &current.pick.group;
-        let names = match special {
-            Special::ContextWindow => &group.context_window_fallbacks,
-            Special::ContentPolicy => &group.content_policy_fallbacks,
-        };
-        self.ahead = names
-            .iter()
-            .filter_map(|name| router.config().group(name).cloned())
-            .collect();
+        let reach = Reach::new(router.config(), &plan.context);
+        self.ahead = reach.special(&current.pick.group, special).into();
         self.switched = true;
         self.carried = None;
     }
@@ -309,7 +307,7 @@ impl Router {
                         continue 'groups;
                     }
                     Decision::SwitchTo(special) => {
-                        chain.switch_to(special, self);
+                        chain.switch_to(special, self, plan);
                         continue 'groups;
                     }
                     Decision::Stop(end) => {
@@ -356,7 +354,7 @@ impl Router {
                 };
                 match call.round(at, idx).await {
                     Ok(won) => {
-                        let resume = plan.resumable.then(|| chain.resume(&won));
+                        let resume = plan.resumable.then(|| chain.resume(plan, &won));
                         return Ok(Answered {
                             value: won.value,
                             group: won.group.name.clone(),

@@ -61,12 +61,12 @@ pub fn wall_clock(at: Instant) -> std::time::SystemTime {
     }
 }
 
-/// Which of a call's limits the caller set (a client `grpc-timeout`, the request's `timeout`
+/// Which of a call's limits the client set (its `grpc-timeout`, the request's `timeout`
 /// or `stream_timeout`), rather than the config. An attempt cut by one of them says nothing
 /// about its deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CallersLimits {
-    /// The total deadline is the caller's (shorter than `router_settings.timeout`).
+pub struct ClientLimits {
+    /// The total deadline is the client's (shorter than `router_settings.timeout`).
     pub total: bool,
     /// The first-chunk limit is the request's `stream_timeout`.
     pub stream_timeout: bool,
@@ -80,10 +80,10 @@ pub struct AttemptDeadlines {
     /// For streamed attempts with a `stream_timeout`: when the first chunk must have arrived.
     /// Never later than `attempt`.
     pub first_chunk: Option<Instant>,
-    /// Whether `attempt` is the caller's total deadline, not a configured limit.
-    attempt_is_callers: bool,
+    /// Whether `attempt` is the client's total deadline, not a configured limit.
+    attempt_is_clients: bool,
     /// Whether `first_chunk` is the request's `stream_timeout`.
-    first_chunk_is_callers: bool,
+    first_chunk_is_clients: bool,
 }
 
 impl AttemptDeadlines {
@@ -92,31 +92,31 @@ impl AttemptDeadlines {
         total: Instant,
         deployment_timeout: Duration,
         stream_timeout: Option<Duration>,
-        callers: CallersLimits,
+        client: ClientLimits,
     ) -> Self {
         let own = after(start, deployment_timeout);
         let attempt = total.min(own);
         AttemptDeadlines {
             attempt,
             first_chunk: stream_timeout.map(|t| after(start, t).min(attempt)),
-            attempt_is_callers: callers.total && total < own,
-            first_chunk_is_callers: callers.stream_timeout,
+            attempt_is_clients: client.total && total < own,
+            first_chunk_is_clients: client.stream_timeout,
         }
     }
 
     /// The failure of an attempt that ran out of time: waiting for its first chunk
-    /// (`streaming`) or its whole answer. Cut by the caller's own limit when that limit is the
+    /// (`streaming`) or its whole answer. Cut by the client's own limit when that limit is the
     /// one that passed.
     pub fn expired(&self, streaming: bool) -> Failure {
         if streaming && self.first_chunk_is_binding() {
             Failure::Timeout {
                 first_chunk: true,
-                by_caller: self.first_chunk_is_callers,
+                by_client: self.first_chunk_is_clients,
             }
         } else {
             Failure::Timeout {
                 first_chunk: false,
-                by_caller: self.attempt_is_callers,
+                by_client: self.attempt_is_clients,
             }
         }
     }
@@ -220,7 +220,7 @@ mod tests {
     async fn attempt_deadline_never_passes_the_total() {
         let start = Instant::now();
         let s = Duration::from_secs;
-        let d = AttemptDeadlines::new(start, start + s(10), s(3), None, CallersLimits::default());
+        let d = AttemptDeadlines::new(start, start + s(10), s(3), None, ClientLimits::default());
         assert_eq!(d.attempt, start + s(3));
         assert_eq!(d.until_first_chunk(), start + s(3));
         assert!(!d.first_chunk_is_binding());
@@ -230,7 +230,7 @@ mod tests {
             start + s(2),
             s(3),
             Some(s(1)),
-            CallersLimits::default(),
+            ClientLimits::default(),
         );
         assert_eq!(d.attempt, start + s(2), "total caps the deployment timeout");
         assert_eq!(d.first_chunk, Some(start + s(1)));
@@ -241,7 +241,7 @@ mod tests {
             start + s(2),
             s(3),
             Some(Duration::MAX),
-            CallersLimits::default(),
+            ClientLimits::default(),
         );
         assert_eq!(
             d.first_chunk,
@@ -254,7 +254,7 @@ mod tests {
             start + s(2),
             s(3),
             Some(s(5)),
-            CallersLimits::default(),
+            ClientLimits::default(),
         );
         assert_eq!(
             d.first_chunk,

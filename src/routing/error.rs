@@ -1,5 +1,6 @@
 //! Why a call failed, in routing's terms. The gRPC status each variant gets (code, ErrorInfo
-//! reason, RetryInfo) is chosen in one exhaustive match in `api::status`.
+//! reason, RetryInfo) is chosen in one exhaustive match in `api::status`; errors the API layer
+//! finds before routing (a malformed field, the server at its cap) are its own (`api::error`).
 
 use std::time::Duration;
 
@@ -8,8 +9,14 @@ use crate::config::StreamRecovery;
 
 #[derive(Debug, Clone)]
 pub enum CallError {
-    /// A request field is wrong.
-    InvalidArgument { field: String, message: String },
+    /// The request's `fallbacks[index]` names no model group the call may use.
+    UnknownFallback {
+        index: usize,
+        name: String,
+        known: Vec<String>,
+    },
+    /// The request's `fallbacks` name more groups than `router_settings.max_fallbacks`.
+    TooManyFallbacks { count: usize, max: usize },
     /// The requested model group does not exist.
     ModelNotFound { model: String, known: Vec<String> },
     /// `mock_timeout` was asked for while `router_settings.allow_mock_timeout` is false.
@@ -40,17 +47,38 @@ pub enum CallError {
     /// No attempt could be made anywhere in the chain: every deployment was cooling down
     /// (`cooling`) or at capacity. The first is back in `back_in`.
     NoDeploymentAvailable { back_in: Duration, cooling: bool },
-    /// The server is at `server.max_concurrent_calls`: refused before any work.
-    Overloaded { limit: u32 },
     /// The request needs a capability (its `model_info` key) no deployment of the chain has.
     CapabilityUnsupported { capability: &'static str },
 }
 
 impl CallError {
+    /// The request field a failure is about and what is wrong with it, when it is a field's.
+    pub fn field_violation(&self) -> Option<(String, String)> {
+        match self {
+            CallError::UnknownFallback { index, name, known } => Some((
+                format!("fallbacks[{index}]"),
+                format!(
+                    "names unknown model group `{name}`; known model groups: {}",
+                    known.join(", ")
+                ),
+            )),
+            CallError::TooManyFallbacks { count, max } => Some((
+                "fallbacks".into(),
+                format!(
+                    "names {count} model groups; router_settings.max_fallbacks allows at most {max}"
+                ),
+            )),
+            _ => None,
+        }
+    }
+
     /// What went wrong, for the status message: names the field, group or setting involved.
     pub fn message(&self) -> String {
         match self {
-            CallError::InvalidArgument { field, message } => format!("`{field}` {message}"),
+            CallError::UnknownFallback { .. } | CallError::TooManyFallbacks { .. } => {
+                let (field, description) = self.field_violation().unwrap_or_default();
+                format!("`{field}` {description}")
+            }
             CallError::ModelNotFound { model, known } if model.is_empty() => {
                 format!(
                     "`model` is required; known model groups: {}",
@@ -116,10 +144,7 @@ impl CallError {
             ),
             CallError::CapabilityUnsupported { capability } => format!(
                 "no deployment of the model group or its fallbacks takes {}, which the request has; nothing was sent",
-                super::pick::lacking(capability)
-            ),
-            CallError::Overloaded { limit } => format!(
-                "the router is at server.max_concurrent_calls ({limit} calls in flight); retry shortly or elsewhere"
+                super::capability::lacking(capability)
             ),
         }
     }

@@ -12,8 +12,8 @@ use crate::providers::{ErrorKind, ProviderError};
 #[derive(Debug, Clone)]
 pub enum Failure {
     /// The attempt's deadline (or the first-chunk deadline, when `first_chunk`) passed;
-    /// `by_caller` when that deadline was the caller's own limit, not the config's.
-    Timeout { first_chunk: bool, by_caller: bool },
+    /// `by_client` when that deadline was the client's own limit, not the config's.
+    Timeout { first_chunk: bool, by_client: bool },
     /// `mock_timeout` made the attempt wait out its deadline without calling a provider.
     MockTimeout,
     /// A committed stream was silent for longer than `stream_idle_timeout`.
@@ -73,7 +73,7 @@ impl Failure {
     pub fn class(&self) -> Class {
         let (fault, outcome, kind) = match self {
             Failure::Timeout {
-                by_caller: true, ..
+                by_client: true, ..
             } => (
                 Fault::Transient,
                 AttemptOutcome::CallerTimeout,
@@ -160,7 +160,7 @@ impl Failure {
             self,
             Failure::MockTimeout
                 | Failure::Timeout {
-                    by_caller: true,
+                    by_client: true,
                     ..
                 }
         )
@@ -186,11 +186,11 @@ impl Failure {
         match self {
             Failure::Timeout {
                 first_chunk: true,
-                by_caller: true,
+                by_client: true,
             } => "no first chunk before the request's stream_timeout".into(),
             Failure::Timeout {
                 first_chunk: false,
-                by_caller: true,
+                by_client: true,
             } => "no answer before the caller's deadline (grpc-timeout or the request's timeout)"
                 .into(),
             Failure::Timeout {
@@ -218,9 +218,9 @@ mod tests {
 
     #[test]
     fn every_failure_has_a_fault_and_an_outcome() {
-        let timeout = |first_chunk, by_caller| Failure::Timeout {
+        let timeout = |first_chunk, by_client| Failure::Timeout {
             first_chunk,
-            by_caller,
+            by_client,
         };
         assert_eq!(timeout(true, false).fault(), Fault::Transient);
         assert_eq!(Failure::MockTimeout.fault(), Fault::Transient);

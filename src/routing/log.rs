@@ -83,7 +83,7 @@ impl CallLog {
         self.unsupported.get_or_insert(capability);
         let detail = format!(
             "skipped, never sent: it does not take {}, which the request has",
-            super::pick::lacking(capability)
+            super::capability::lacking(capability)
         );
         self.push(entry(
             d,

@@ -3,12 +3,15 @@
 //!
 //! - [`table`]: the [`Router`], the routing table of one config snapshot with a provider client
 //!   and shared state per deployment; [`SharedRouter`] swaps it on reload.
+//! - [`context`]: what a call may use, built by the API layer; [`reach`] the one place that
+//!   resolves the model groups a call may reach (requested, aliases, fallbacks, special lists).
 //! - [`plan`]: the call's plan: its chain of model groups, total deadline and overrides.
 //! - [`chain`]: the walk over the chain, carrying out what [`policy`] decides.
 //! - [`policy`]: the one place that decides what the call does next after a failure: retry
 //!   now, wait then retry, try another deployment, fall back, switch to a special fallback
 //!   list, or stop. [`failure`] classifies each failure for it.
-//! - [`pick`]: which deployment of a group runs the next attempt, by the group's strategy.
+//! - [`pick`]: which deployment of a group runs the next attempt, by the group's strategy;
+//!   [`capability`] what a request needs of a deployment, and how a lack is named.
 //! - [`round`]: one attempt and its hedges, raced ([`race`]), each logged ([`log`]).
 //! - [`deadline`]: the arithmetic of total, attempt and first-chunk deadlines, and backoff.
 //! - [`health`]: what is remembered of each deployment across calls: in-flight attempts,
@@ -19,7 +22,9 @@
 //! - [`recovery`]: a committed stream that breaks, recovered through the rest of its chain.
 //! - [`error`]: how a call fails, in routing's terms (the API layer picks gRPC codes).
 
+mod capability;
 mod chain;
+pub mod context;
 mod cooldown;
 pub mod deadline;
 pub mod error;
@@ -30,6 +35,7 @@ mod pick;
 mod plan;
 pub mod policy;
 mod race;
+mod reach;
 pub mod recovery;
 mod round;
 pub mod stream;
@@ -44,6 +50,7 @@ use crate::config::StreamRecovery;
 use crate::proto::Attempt;
 use crate::providers::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError};
 use chain::{Resume, Seed};
+pub use context::{CallContext, Identity};
 pub use deadline::wall_clock;
 pub use error::CallError;
 pub use failure::Failure;
@@ -51,11 +58,14 @@ use health::Tracker;
 pub use log::to_proto_duration;
 pub use plan::MOCK_RESPONSE_DEPLOYMENT;
 use plan::{Plan, mock_answer, mock_committed, mock_completion};
+pub use reach::Reach;
 pub use table::{Router, SharedRouter};
 
 /// A call as the API layer hands it over: shape-validated, not yet resolved against the config.
 #[derive(Debug, Clone, Default)]
 pub struct CallRequest {
+    /// What the call may use, from the API layer.
+    pub context: CallContext,
     pub model: String,
     pub chat: ChatRequest,
     /// The request's `timeout`.

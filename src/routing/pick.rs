@@ -6,10 +6,11 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
+use super::capability::missing;
 use super::failure::Fault;
 use super::health::{Check, DeploymentState, Limits, Load, Unavailable};
 use super::policy::Candidate;
-use crate::config::{Capabilities, ModelGroup, RetryBudget, Strategy};
+use crate::config::{ModelGroup, RetryBudget, Strategy};
 use crate::providers::{Needs, Provider};
 
 /// A deployment's provider client and shared state.
@@ -216,43 +217,6 @@ impl Picker {
             retry_of_failed,
         }
     }
-}
-
-/// What [`missing`] names for an image by URL, which a Gemini deployment cannot take.
-pub const IMAGE_URLS: &str = "image_urls";
-
-/// What a request needs that a deployment lacking `capability` (as [`missing`] names it)
-/// does not take, for messages.
-pub fn lacking(capability: &str) -> &'static str {
-    match capability {
-        "supports_function_calling" => "tools (model_info.supports_function_calling)",
-        "supports_vision" => "images (model_info.supports_vision)",
-        "supports_response_schema" => "JSON answers (model_info.supports_response_schema)",
-        "supports_reasoning" => "a reasoning setting (model_info.supports_reasoning)",
-        _ => {
-            "images by URL (Gemini does not fetch them, nor does llm-router: send the image's bytes as image.data)"
-        }
-    }
-}
-
-/// The first capability the request needs that a deployment lacks: its `model_info` key, or
-/// [`IMAGE_URLS`].
-pub fn missing(needs: Needs, has: Capabilities) -> Option<&'static str> {
-    [
-        (
-            needs.function_calling && !has.function_calling,
-            "supports_function_calling",
-        ),
-        (needs.vision && !has.vision, "supports_vision"),
-        (
-            needs.response_schema && !has.response_schema,
-            "supports_response_schema",
-        ),
-        (needs.reasoning && !has.reasoning, "supports_reasoning"),
-        (needs.image_urls && !has.image_urls, IMAGE_URLS),
-    ]
-    .into_iter()
-    .find_map(|(lacks, key)| lacks.then_some(key))
 }
 
 /// The group's strategy's choice among available deployments.

@@ -7,16 +7,20 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use super::{
-    Answered, CallError, CallRequest, Committed, Router, deadline, log::to_proto_duration,
+    Answered, CallError, CallRequest, Committed, Router, context::CallContext, deadline,
+    log::to_proto_duration, reach::Reach,
 };
 use crate::config::{ModelGroup, StreamRecovery};
 use crate::proto::{Attempt, AttemptOutcome, FinishReason};
-use crate::providers::{Chunk, Completion, Needs, bounded, estimate_tokens};
+use crate::providers::{ChatRequest, Chunk, Completion, Needs, bounded, estimate_tokens};
 
 /// What one call will do, fixed before its first attempt.
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// The requested group first, then its fallbacks.
     pub chain: Vec<Arc<ModelGroup>>,
+    /// What the call may use: a switch to a special fallback list keeps to it.
+    pub context: CallContext,
     pub deadline: Instant,
     pub num_retries: Option<u32>,
     pub mock_timeout: bool,
@@ -25,9 +29,9 @@ pub struct Plan {
     pub streaming: bool,
     /// The prompt's size in tokens, estimated, for `tpm` limits.
     pub request_tokens: u64,
-    /// Whether `deadline` is the caller's own (its grpc-timeout or the request's timeout),
+    /// Whether `deadline` is the client's own (its grpc-timeout or the request's timeout),
     /// shorter than the router's: an attempt it cuts does not count against its deployment.
-    pub callers_deadline: bool,
+    pub client_deadline: bool,
     /// Whether an answer keeps what a recovery of its stream needs (the rest of its chain).
     pub resumable: bool,
     /// The call recovers a broken stream: its attempts are marked as such.
@@ -41,55 +45,20 @@ pub struct Plan {
 }
 
 impl Router {
-    /// Resolves a call against the config: its groups must exist and its switches be allowed.
+    /// Resolves a call against the config: its groups must exist and be the call's to use
+    /// ([`Reach`]), and its switches be allowed. The one constructor of a call's plan: a
+    /// recovery's is derived from it ([`Plan::for_recovery`]).
     pub(super) fn plan(&self, req: &CallRequest, streaming: bool) -> Result<Plan, CallError> {
         let cfg = self.config();
-        let known = || cfg.group_names().into_iter().map(String::from).collect();
-        let Some(requested) = cfg.group(&req.model) else {
-            return Err(CallError::ModelNotFound {
-                model: echo(&req.model),
-                known: known(),
-            });
-        };
+        let chain = Reach::new(cfg, &req.context).chain(&req.model, &req.fallbacks)?;
         if req.mock_timeout && !cfg.router.allow_mock_timeout {
             return Err(CallError::MockTimeoutDisabled);
         }
         if req.mock_response.is_some() && !cfg.router.allow_mock_response {
             return Err(CallError::MockResponseDisabled);
         }
-        let max = cfg.router.max_fallbacks as usize;
-        let mut chain = vec![requested.clone()];
-        if req.fallbacks.is_empty() {
-            // A configured chain longer than max_fallbacks is cut (check-config warns of it).
-            let configured = requested.fallbacks.iter().take(max);
-            chain.extend(configured.filter_map(|name| cfg.group(name).cloned()));
-        } else {
-            for (i, name) in req.fallbacks.iter().enumerate() {
-                let group = cfg.group(name).ok_or_else(|| CallError::InvalidArgument {
-                    field: format!("fallbacks[{i}]"),
-                    message: format!(
-                        "names unknown model group `{}`; known model groups: {}",
-                        echo(name),
-                        cfg.group_names().join(", ")
-                    ),
-                })?;
-                // A group named twice would only be tried twice: once is enough.
-                if !chain.iter().skip(1).any(|g| Arc::ptr_eq(g, group)) {
-                    chain.push(group.clone());
-                }
-            }
-            if chain.len() - 1 > max {
-                return Err(CallError::InvalidArgument {
-                    field: "fallbacks".into(),
-                    message: format!(
-                        "names {} model groups; router_settings.max_fallbacks allows at most {max}",
-                        chain.len() - 1
-                    ),
-                });
-            }
-        }
         let prompt_chars = req.chat.prompt_chars();
-        let callers_deadline = callers_deadline(req, cfg.router.timeout);
+        let client_deadline = client_deadline(req, cfg.router.timeout);
         // Streams only, and only when the caller or a group of the chain wants recovery.
         let resumable = streaming
             && match req.stream_recovery {
@@ -100,6 +69,7 @@ impl Router {
             };
         Ok(Plan {
             chain,
+            context: req.context.clone(),
             deadline: deadline::total_deadline(
                 Instant::now(),
                 req.client_timeout,
@@ -112,12 +82,42 @@ impl Router {
             stream_timeout: req.stream_timeout,
             streaming,
             request_tokens: estimate_tokens(prompt_chars),
-            callers_deadline,
+            client_deadline,
             resumable,
             recovery: false,
             continuation: false,
             needs: req.chat.needs(),
         })
+    }
+}
+
+impl Plan {
+    /// The plan of a recovery of this call's committed stream: the rest of its chain
+    /// (`chain`, already resolved for the call), within the same deadline and request limits,
+    /// for `chat` (the request, or its continuation with an assistant prefill).
+    pub fn for_recovery(
+        &self,
+        chain: Vec<Arc<ModelGroup>>,
+        chat: &ChatRequest,
+        continuation: bool,
+    ) -> Plan {
+        Plan {
+            chain,
+            context: self.context.clone(),
+            deadline: self.deadline,
+            num_retries: self.num_retries,
+            // The requested group's switch: a recovery never runs in it as such.
+            mock_timeout: false,
+            stream_timeout: self.stream_timeout,
+            streaming: true,
+            request_tokens: estimate_tokens(chat.prompt_chars()),
+            client_deadline: self.client_deadline,
+            // A recovered stream may break and recover again.
+            resumable: true,
+            recovery: true,
+            continuation,
+            needs: chat.needs(),
+        }
     }
 }
 
@@ -127,9 +127,9 @@ pub fn echo(name: &str) -> String {
     bounded(name, 128)
 }
 
-/// Whether the call's total deadline is the caller's own: its grpc-timeout or the request's
+/// Whether the call's total deadline is the client's own: its grpc-timeout or the request's
 /// `timeout`, shorter than the router's.
-pub fn callers_deadline(req: &CallRequest, router_timeout: Duration) -> bool {
+pub fn client_deadline(req: &CallRequest, router_timeout: Duration) -> bool {
     [req.client_timeout, req.timeout]
         .into_iter()
         .flatten()

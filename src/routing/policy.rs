@@ -175,21 +175,21 @@ mod tests {
                 "timeout",
                 Failure::Timeout {
                     first_chunk: false,
-                    by_caller: false,
+                    by_client: false,
                 },
             ),
             (
                 "caller's timeout",
                 Failure::Timeout {
                     first_chunk: false,
-                    by_caller: true,
+                    by_client: true,
                 },
             ),
             (
                 "first-chunk timeout",
                 Failure::Timeout {
                     first_chunk: true,
-                    by_caller: false,
+                    by_client: false,
                 },
             ),
             ("mock timeout", Failure::MockTimeout),

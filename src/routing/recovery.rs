@@ -14,12 +14,11 @@ use super::{
     Answered, CallFailure, CallRequest, Committed, Router,
     chain::{Resume, Seed},
     failure::Failure,
-    plan::{self, Plan},
     policy,
 };
 use crate::config::StreamRecovery;
 use crate::proto::{ChatMessage, Role};
-use crate::providers::{Chunk, estimate_tokens};
+use crate::providers::{ChatRequest, Chunk};
 
 /// Recoveries one stream may make. Each recovery walk starts its group's retries afresh, so a
 /// deployment that commits and breaks again and again could otherwise be recovered from until
@@ -34,8 +33,9 @@ pub type Recovering =
 /// carry one: the others keep nothing.
 pub struct Recovery {
     router: Arc<Router>,
-    /// The call as the caller sent it.
-    request: CallRequest,
+    /// The conversation as the caller sent it.
+    chat: ChatRequest,
+    /// The rest of the call's chain and its plan.
     resume: Resume,
     deadline: Instant,
     /// `Continue` or `Restart`, never `None`.
@@ -70,7 +70,7 @@ impl Recovery {
         }
         let mut recovery = Box::new(Recovery {
             router,
-            request,
+            chat: request.chat,
             resume,
             deadline: answered.deadline,
             mode,
@@ -137,7 +137,7 @@ impl Recovery {
 
     async fn walk(&mut self, broke: Failure) -> Result<Answered<Committed>, CallFailure> {
         let continuation = self.mode == StreamRecovery::Continue;
-        let mut chat = self.request.chat.clone();
+        let mut chat = self.chat.clone();
         if continuation {
             let prefill = self.delivered.trim_end();
             self.trimmed = self.delivered[prefill.len()..].to_string();
@@ -156,25 +156,10 @@ impl Recovery {
                 }),
             }
         }
-        let prompt_chars = chat.prompt_chars();
-        let plan = Plan {
-            chain: self.resume.chain.clone(),
-            deadline: self.deadline,
-            num_retries: self.request.num_retries,
-            mock_timeout: false,
-            stream_timeout: self.request.stream_timeout,
-            streaming: true,
-            request_tokens: estimate_tokens(prompt_chars),
-            callers_deadline: plan::callers_deadline(
-                &self.request,
-                self.router.config().router.timeout,
-            ),
-            // A recovered stream may break and recover again.
-            resumable: true,
-            recovery: true,
-            continuation,
-            needs: chat.needs(),
-        };
+        let plan = self
+            .resume
+            .plan
+            .for_recovery(self.resume.chain.clone(), &chat, continuation);
         let seed = Seed {
             deployment: self.resume.deployment,
             failure: broke,

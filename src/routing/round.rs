@@ -9,7 +9,7 @@ use tracing::{Instrument as _, field::Empty};
 
 use super::{
     Router,
-    deadline::{AttemptDeadlines, CallersLimits},
+    deadline::{AttemptDeadlines, ClientLimits},
     failure::Failure,
     health::{AttemptEnd, Tracker},
     log::{CallLog, entry},
@@ -159,7 +159,7 @@ where
                     let Some((no, result)) = ended else {
                         return Err(Failure::Timeout {
                             first_chunk: self.plan.streaming,
-                            by_caller: false,
+                            by_client: false,
                         });
                     };
                     let Some(mut r) = running.get_mut(no).and_then(Option::take) else {
@@ -279,8 +279,8 @@ where
             .streaming
             .then(|| plan.stream_timeout.or(deployment.stream_timeout))
             .flatten();
-        let callers = CallersLimits {
-            total: plan.callers_deadline,
+        let client = ClientLimits {
+            total: plan.client_deadline,
             stream_timeout: plan.stream_timeout.is_some(),
         };
         let deadlines = AttemptDeadlines::new(
@@ -288,7 +288,7 @@ where
             plan.deadline,
             deployment.timeout,
             stream_timeout,
-            callers,
+            client,
         );
         let span = tracing::info_span!(
             target: TARGET,

@@ -3,13 +3,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::time::Instant;
-use tonic::Code;
-
 use super::testkit::{CHAIN, call, ms, outcomes, router};
 use super::*;
-use crate::api::status::GrpcError as _;
+use crate::config::FailKind;
 use crate::proto::AttemptOutcome;
+use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_primary_falls_back_after_its_own_timeout() {
@@ -42,8 +40,10 @@ async fn deadline_exceeded_only_after_the_last_fallback() {
         ms(2000),
         "both groups waited out their 1s timeouts"
     );
-    assert_eq!(f.error.code(), Code::DeadlineExceeded);
-    assert_eq!(f.error.reason(), "FALLBACKS_EXHAUSTED");
+    assert_eq!(
+        ended(&f.error),
+        ("FallbacksExhausted", Some(FailKind::Timeout))
+    );
     assert_eq!(
         outcomes(&f.attempts),
         [
@@ -63,8 +63,7 @@ async fn the_total_deadline_bounds_the_whole_chain() {
     let f = r.complete(&req).await.unwrap_err();
     // 1500ms less the 20ms margin: the fallback's attempt is cut at the total deadline.
     assert_eq!(start.elapsed(), ms(1480));
-    assert_eq!(f.error.code(), Code::DeadlineExceeded);
-    assert_eq!(f.error.reason(), "DEADLINE_EXCEEDED");
+    assert_eq!(ended(&f.error), ("DeadlineExceeded", None));
     assert_eq!(f.attempts.len(), 2);
     assert_eq!(f.attempts[1].elapsed, Some(to_proto_duration(ms(480))));
 }
@@ -78,7 +77,7 @@ async fn the_client_deadline_is_the_earliest_and_wins() {
     req.timeout = Some(ms(5000));
     let f = r.complete(&req).await.unwrap_err();
     assert_eq!(start.elapsed(), ms(280));
-    assert_eq!(f.error.code(), Code::DeadlineExceeded);
+    assert_eq!(ended(&f.error), ("DeadlineExceeded", None));
 }
 
 #[tokio::test(start_paused = true)]
@@ -86,7 +85,10 @@ async fn retries_back_off_exponentially_within_the_group() {
     let r = router(CHAIN);
     let start = Instant::now();
     let f = r.complete(&call("flaky")).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::Unavailable);
+    assert_eq!(
+        ended(&f.error),
+        ("FallbacksExhausted", Some(FailKind::InternalServer))
+    );
     assert_eq!(f.attempts.len(), 3, "first attempt and num_retries 2");
     // Full-jitter backoff: retry 1 waits 50..100ms, retry 2 waits 100..200ms.
     let e = start.elapsed();
@@ -112,8 +114,11 @@ async fn retry_after_is_honoured_and_rate_limits_answer_resource_exhausted() {
     // The mock's Retry-After is 1s, longer than the backoff.
     assert_eq!(start.elapsed(), ms(1000));
     assert_eq!(f.attempts.len(), 2);
-    assert_eq!(f.error.code(), Code::ResourceExhausted);
-    assert_eq!(f.error.retry_delay(), Some(Duration::from_secs(1)));
+    assert_eq!(
+        ended(&f.error),
+        ("FallbacksExhausted", Some(FailKind::RateLimit))
+    );
+    assert_eq!(wait_hint(&f.error), Some(Duration::from_secs(1)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -129,7 +134,10 @@ async fn a_retry_after_longer_than_the_deadline_moves_on_at_once() {
         "no sleep that cannot fit in the deadline"
     );
     assert_eq!(f.attempts.len(), 1);
-    assert_eq!(f.error.code(), Code::ResourceExhausted);
+    assert_eq!(
+        ended(&f.error),
+        ("FallbacksExhausted", Some(FailKind::RateLimit))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -149,7 +157,10 @@ async fn auth_failures_skip_the_deployment_without_retrying_it() {
     req.fallbacks = vec![];
     let r2 = router(&CHAIN.replace("- badkey: [fast]", ""));
     let f = r2.complete(&req).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::FailedPrecondition);
+    assert_eq!(
+        ended(&f.error),
+        ("FallbacksExhausted", Some(FailKind::Authentication))
+    );
     assert_eq!(f.attempts.len(), 1);
 }
 
@@ -157,8 +168,7 @@ async fn auth_failures_skip_the_deployment_without_retrying_it() {
 async fn bad_requests_answer_invalid_argument_without_fallback() {
     let r = router(CHAIN);
     let f = r.complete(&call("badreq")).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::InvalidArgument);
-    assert_eq!(f.error.reason(), "UPSTREAM_REJECTED");
+    assert_eq!(ended(&f.error).0, "UpstreamRejected");
     assert_eq!(f.attempts.len(), 1, "the configured fallback is not tried");
 }
 
@@ -175,8 +185,7 @@ async fn context_window_errors_go_to_context_window_fallbacks() {
 
     let r2 = router(&CHAIN.replace("- small: [fast]", "- fast: [primary]"));
     let f = r2.complete(&call("small")).await.unwrap_err();
-    assert_eq!(f.error.reason(), "CONTEXT_WINDOW_EXCEEDED");
-    assert_eq!(f.error.code(), Code::InvalidArgument);
+    assert_eq!(ended(&f.error).0, "ContextWindowExceeded");
 }
 
 #[tokio::test(start_paused = true)]
@@ -211,7 +220,7 @@ async fn mock_timeout_without_fallbacks_ends_deadline_exceeded() {
         Duration::from_secs(5),
         "the deployment's own timeout"
     );
-    assert_eq!(f.error.code(), Code::DeadlineExceeded);
+    assert_eq!(ended(&f.error).1, Some(FailKind::Timeout));
     assert_eq!(
         outcomes(&f.attempts),
         [("fast-0".into(), AttemptOutcome::MockTimeout)]
@@ -227,14 +236,13 @@ async fn mock_timeout_is_refused_when_disabled() {
     let mut req = call("fast");
     req.mock_timeout = true;
     let f = r.complete(&req).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::FailedPrecondition);
+    assert_eq!(ended(&f.error).0, "MockTimeoutDisabled");
     assert!(f.attempts.is_empty());
     // Both test switches are off unless the config turns them on.
     let mut req = call("fast");
     req.mock_response = Some("canned".into());
     let f = r.complete(&req).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::FailedPrecondition);
-    assert_eq!(f.error.reason(), "MOCK_RESPONSE_DISABLED");
+    assert_eq!(ended(&f.error).0, "MockResponseDisabled");
 }
 
 #[tokio::test(start_paused = true)]
@@ -297,7 +305,7 @@ async fn mock_timeout_on_a_stream_waits_for_the_first_chunk_deadline() {
 async fn unknown_models_and_fallbacks_are_named() {
     let r = router(CHAIN);
     let f = r.complete(&call("nope")).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::NotFound);
+    assert_eq!(ended(&f.error).0, "ModelNotFound");
     assert!(
         f.error
             .message()
@@ -306,10 +314,10 @@ async fn unknown_models_and_fallbacks_are_named() {
     let mut req = call("fast");
     req.fallbacks = vec!["fast".into(), "ghost".into()];
     let f = r.complete(&req).await.unwrap_err();
-    assert_eq!(f.error.code(), Code::InvalidArgument);
-    assert!(
-        matches!(f.error, CallError::InvalidArgument { ref field, .. } if field == "fallbacks[1]")
-    );
+    assert!(matches!(
+        f.error,
+        CallError::UnknownFallback { index: 1, .. }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -434,13 +442,18 @@ async fn a_hedge_starts_at_hedge_after_and_its_first_chunk_wins() {
 async fn a_group_that_is_all_cooling_fails_at_once_and_says_when_it_returns() {
     let r = router(HEDGED);
     let first = r.complete(&call("down")).await.unwrap_err();
-    assert_eq!(first.error.code(), Code::Unavailable);
+    assert_eq!(
+        ended(&first.error),
+        ("FallbacksExhausted", Some(FailKind::InternalServer))
+    );
     tokio::time::advance(ms(500)).await;
     let start = Instant::now();
     let f = r.complete(&call("down")).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!(f.error.reason(), "ALL_DEPLOYMENTS_COOLING_DOWN");
-    assert_eq!(f.error.retry_delay(), Some(ms(1501)));
+    assert!(matches!(
+        f.error,
+        CallError::NoDeploymentAvailable { back_in, cooling: true } if back_in == ms(1500)
+    ));
     assert_eq!(
         outcomes(&f.attempts),
         [("down-0".into(), AttemptOutcome::CoolingDown)]
@@ -502,4 +515,29 @@ async fn without_context_window_fallbacks_a_context_window_error_goes_to_the_reg
             ("fast-0".into(), AttemptOutcome::Ok)
         ]
     );
+}
+
+/// How a call ended, in routing's terms: the error's variant and, when a failure ended it, the
+/// kind of that failure (the API layer's status tests map these to codes).
+fn ended(e: &CallError) -> (&'static str, Option<FailKind>) {
+    let (name, last) = match e {
+        CallError::FallbacksExhausted(f) => ("FallbacksExhausted", Some(f)),
+        CallError::UpstreamRejected(f) => ("UpstreamRejected", Some(f)),
+        CallError::ContextWindowExceeded(f) => ("ContextWindowExceeded", Some(f)),
+        CallError::ContentPolicyViolation(f) => ("ContentPolicyViolation", Some(f)),
+        CallError::DeadlineExceeded => ("DeadlineExceeded", None),
+        CallError::ModelNotFound { .. } => ("ModelNotFound", None),
+        CallError::MockTimeoutDisabled => ("MockTimeoutDisabled", None),
+        CallError::MockResponseDisabled => ("MockResponseDisabled", None),
+        other => panic!("unexpected end: {other:?}"),
+    };
+    (name, last.map(|f| f.class().kind))
+}
+
+/// The provider's wait hint carried by the failure that ended the call.
+fn wait_hint(e: &CallError) -> Option<Duration> {
+    match e {
+        CallError::FallbacksExhausted(f) => f.provider_wait_hint(),
+        _ => None,
+    }
 }

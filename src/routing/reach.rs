@@ -1,0 +1,94 @@
+//! Which model groups a call may reach: the requested group (by name or alias), then the
+//! request's own fallbacks or the configured chain, and a group's special fallback lists
+//! (context-window, content-policy). The one place that decides it: planning, the chain walk's
+//! switch to a special list and ListModels ask here, and a recovery walks only the rest of a
+//! chain planned here, so what a caller may use ([`CallContext::allows`]) is applied once.
+
+use std::sync::Arc;
+
+use super::{CallError, context::CallContext, plan::echo, policy::Special};
+use crate::config::{Config, ModelGroup};
+
+/// The groups of one config snapshot as one call may see them.
+pub struct Reach<'a> {
+    config: &'a Config,
+    context: &'a CallContext,
+}
+
+impl<'a> Reach<'a> {
+    pub fn new(config: &'a Config, context: &'a CallContext) -> Self {
+        Reach { config, context }
+    }
+
+    /// The groups the call may use, by name: what ListModels lists and errors name.
+    pub fn visible(&self) -> impl Iterator<Item = &'a Arc<ModelGroup>> + '_ {
+        self.config
+            .groups
+            .values()
+            .filter(|g| self.context.allows(g))
+    }
+
+    /// A group by name or alias, if it exists and the call may use it.
+    pub fn group(&self, name: &str) -> Option<&'a Arc<ModelGroup>> {
+        self.config.group(name).filter(|g| self.context.allows(g))
+    }
+
+    /// The names of the groups the call may use, sorted, for error messages.
+    fn known(&self) -> Vec<String> {
+        self.visible().map(|g| g.name.clone()).collect()
+    }
+
+    /// The call's chain: the requested group, then the request's `fallbacks` when it names
+    /// any (each must exist; a group named twice is tried once), else the group's configured
+    /// chain, cut at `router_settings.max_fallbacks`.
+    pub fn chain(
+        &self,
+        model: &str,
+        request_fallbacks: &[String],
+    ) -> Result<Vec<Arc<ModelGroup>>, CallError> {
+        let Some(requested) = self.group(model) else {
+            return Err(CallError::ModelNotFound {
+                model: echo(model),
+                known: self.known(),
+            });
+        };
+        let max = self.config.router.max_fallbacks as usize;
+        let mut chain = vec![requested.clone()];
+        if request_fallbacks.is_empty() {
+            // A configured chain longer than max_fallbacks is cut (check-config warns of it).
+            let configured = requested.fallbacks.iter().take(max);
+            chain.extend(configured.filter_map(|name| self.group(name).cloned()));
+            return Ok(chain);
+        }
+        for (index, name) in request_fallbacks.iter().enumerate() {
+            let group = self.group(name).ok_or_else(|| CallError::UnknownFallback {
+                index,
+                name: echo(name),
+                known: self.known(),
+            })?;
+            // A group named twice would only be tried twice: once is enough.
+            if !chain.iter().skip(1).any(|g| Arc::ptr_eq(g, group)) {
+                chain.push(group.clone());
+            }
+        }
+        if chain.len() - 1 > max {
+            return Err(CallError::TooManyFallbacks {
+                count: chain.len() - 1,
+                max,
+            });
+        }
+        Ok(chain)
+    }
+
+    /// `group`'s special fallback list, which replaces the rest of a chain.
+    pub fn special(&self, group: &ModelGroup, special: Special) -> Vec<Arc<ModelGroup>> {
+        let names = match special {
+            Special::ContextWindow => &group.context_window_fallbacks,
+            Special::ContentPolicy => &group.content_policy_fallbacks,
+        };
+        names
+            .iter()
+            .filter_map(|name| self.group(name).cloned())
+            .collect()
+    }
+}
