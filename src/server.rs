@@ -12,7 +12,10 @@ use crate::api::{ActiveCalls, RouterApi};
 use crate::config::Config;
 use crate::proto::router_service_server::RouterServiceServer;
 use crate::reload::ConfigFile;
-use crate::routing::{Router, SharedRouter};
+use crate::routing::{
+    Router, SharedRouter,
+    health::{HealthStore, LocalStore},
+};
 use crate::telemetry::{Metrics, admin};
 
 /// The descriptor set of `proto/`, served by reflection.
@@ -93,8 +96,10 @@ async fn serve(
     let server_settings = config.server.clone();
     let metrics = Arc::new(Metrics::new());
     let active = Arc::new(ActiveCalls::default());
+    // Deployments' health: kept in this process (every replica its own), across reloads.
+    let health: Arc<dyn HealthStore> = Arc::new(LocalStore::new());
     let routers = Arc::new(SharedRouter::new(
-        Router::new(config, metrics.clone()).map_err(ServeError::Setup)?,
+        Router::with_store(config, metrics.clone(), health).map_err(ServeError::Setup)?,
     ));
     // Stops watching however `serve` returns.
     let _watcher = reload.map(|r| {

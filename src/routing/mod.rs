@@ -25,7 +25,6 @@
 mod capability;
 mod chain;
 pub mod context;
-mod cooldown;
 pub mod deadline;
 pub mod error;
 pub mod failure;
@@ -149,7 +148,7 @@ impl Router {
             })
             .await?;
         if let (Some(t), Some(u)) = (&answered.tracker, &mut answered.value.usage) {
-            price(&t.deployment, u);
+            price(t.deployment(), u);
         }
         Ok(answered)
     }

@@ -2,22 +2,22 @@
 //! among the deployments that can take an attempt now, and what the call has already done
 //! with each deployment of the group.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::capability::missing;
 use super::failure::Fault;
-use super::health::{Check, DeploymentState, Limits, Load, Unavailable};
+use super::health::{Ask, Check, Health, Load, Unavailable};
 use super::policy::Candidate;
-use crate::config::{ModelGroup, RetryBudget, Strategy};
+use crate::config::{ModelGroup, Strategy};
 use crate::providers::{Needs, Provider};
 
-/// A deployment's provider client and shared state.
+/// A deployment's provider client and health.
 #[derive(Debug, Clone)]
 pub struct Slot {
     pub provider: Arc<Provider>,
-    pub state: Arc<DeploymentState>,
+    pub health: Arc<Health>,
 }
 
 /// What a pick compares, from the router's settings and the call.
@@ -36,8 +36,6 @@ pub struct Facts {
     pub pre_call_checks: bool,
     /// What the request needs: deployments without it are never picked.
     pub needs: Needs,
-    pub budget: Option<RetryBudget>,
-    pub latency_ttl: Duration,
     pub latency_buffer: f64,
 }
 
@@ -178,21 +176,15 @@ impl Picker {
                 ));
                 continue;
             }
-            let limits = Limits {
-                max_parallel: d.max_parallel_requests,
-                rpm: d.rpm,
-                tpm: d.tpm,
-                enforce_usage: self.group.strategy == Strategy::UsageBased,
+            let ask = Ask {
                 request_tokens: facts.request_tokens,
-                budget: facts.budget,
                 streaming: facts.streaming,
-                latency_ttl: facts.latency_ttl,
+                // The group's first attempt is an original request, never a retry: a
+                // deployment reached only through fallbacks must get one, or a budget drained
+                // there would never refill (successes refill it).
+                first_attempt: facts.first_attempt && !self.attempted,
             };
-            // The group's first attempt is an original request, never a retry: a deployment
-            // reached only through fallbacks must get one, or a budget drained there would
-            // never refill (successes refill it).
-            let first = facts.first_attempt && !self.attempted;
-            match slot.state.check(now, &limits, first) {
+            match slot.health.check(now, ask) {
                 Check::Available(load) if failed => again.push((i, load)),
                 Check::Available(load) => fresh.push((i, load)),
                 Check::Unavailable(why) => skipped.push((i, why)),
@@ -296,8 +288,9 @@ fn by_strategy(group: &ModelGroup, pool: &[(usize, Load)], latency_buffer: f64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CooldownPolicy;
-    use crate::routing::health::AttemptEnd;
+    use std::time::Duration;
+
+    use crate::routing::health::{AttemptEnd, lease};
     use crate::routing::testkit::router;
 
     /// Three deployments per group, one group per strategy.
@@ -332,8 +325,6 @@ router_settings:
             needs_prefill: false,
             pre_call_checks: false,
             needs: Needs::default(),
-            budget: None,
-            latency_ttl: Duration::from_secs(300),
             latency_buffer: 0.5,
         }
     }
@@ -354,25 +345,10 @@ router_settings:
 
     /// Reports a first-chunk latency sample on a deployment.
     fn measured(p: &Picker, idx: usize, ms: u64) {
-        p.slots[idx].state.report(
-            Instant::now(),
-            AttemptEnd::Ok {
-                elapsed: Duration::from_millis(ms),
-                output_tokens: None,
-            },
-            &CooldownPolicy {
-                enabled: false,
-                rule: crate::config::CooldownRule::FailureCount,
-                allowed_fails: 0,
-                per_kind: Default::default(),
-                cooldown_time: Duration::ZERO,
-                max_hint: Duration::ZERO,
-            },
-            Duration::ZERO,
-            None,
-            Duration::from_secs(300),
-            false,
-        );
+        p.slots[idx].health.report(AttemptEnd::Ok {
+            elapsed: Duration::from_millis(ms),
+            output_tokens: None,
+        });
     }
 
     #[tokio::test(start_paused = true)]
@@ -431,7 +407,7 @@ router_settings:
     async fn unavailable_deployments_are_skipped_and_reported() {
         let r = router(GROUPS);
         let mut p = picker(&r, "usage");
-        let _lease = p.slots[0].state.begin(Instant::now(), 0);
+        let _lease = lease(&p.slots[0].health.state, Instant::now(), 0);
         for _ in 0..10 {
             assert_ne!(
                 go(&p.pick(&facts())).0,
@@ -469,10 +445,10 @@ router_settings:
     async fn least_busy_picks_the_fewest_attempts_in_flight() {
         let r = router(GROUPS);
         let p = picker(&r, "busy");
-        let _a = p.slots[0].state.begin(Instant::now(), 0);
-        let _b = p.slots[1].state.begin(Instant::now(), 0);
-        let _c = p.slots[1].state.begin(Instant::now(), 0);
-        let _d = p.slots[2].state.begin(Instant::now(), 0);
+        let _a = lease(&p.slots[0].health.state, Instant::now(), 0);
+        let _b = lease(&p.slots[1].health.state, Instant::now(), 0);
+        let _c = lease(&p.slots[1].health.state, Instant::now(), 0);
+        let _d = lease(&p.slots[2].health.state, Instant::now(), 0);
         for _ in 0..10 {
             let (idx, _) = go(&picker(&r, "busy").pick(&facts()));
             assert!(idx == 0 || idx == 2, "b-1 has two in flight: {idx}");
@@ -530,9 +506,9 @@ router_settings: { routing_strategy: cost-based-routing }
     async fn usage_based_picks_the_fewest_tokens_this_minute() {
         let r = router(GROUPS);
         let p = picker(&r, "usage");
-        drop(p.slots[0].state.begin(Instant::now(), 500));
-        drop(p.slots[1].state.begin(Instant::now(), 20));
-        drop(p.slots[2].state.begin(Instant::now(), 300));
+        drop(lease(&p.slots[0].health.state, Instant::now(), 500));
+        drop(lease(&p.slots[1].health.state, Instant::now(), 20));
+        drop(lease(&p.slots[2].health.state, Instant::now(), 300));
         for _ in 0..10 {
             assert_eq!(go(&picker(&r, "usage").pick(&facts())).0, 1);
         }

@@ -11,7 +11,7 @@ use super::{
     Router,
     deadline::{AttemptDeadlines, ClientLimits},
     failure::Failure,
-    health::{AttemptEnd, Tracker},
+    health::{self, AttemptEnd, Tracker},
     log::{CallLog, entry},
     pick::{Facts, Pick, Picker},
     plan::Plan,
@@ -112,8 +112,6 @@ where
             needs_prefill: self.plan.continuation,
             pre_call_checks: r.pre_call_checks,
             needs: self.plan.needs,
-            budget: r.retry_budget,
-            latency_ttl: r.latency_ttl,
             latency_buffer: r.lowest_latency_buffer,
         }
     }
@@ -308,15 +306,10 @@ where
             http.response.status_code = Empty,
             error.type = Empty,
         );
-        let r = &self.router.config().router;
         let tracker = Tracker {
-            state: slot.state.clone(),
-            lease: (!how.mock).then(|| slot.state.begin(start, plan.request_tokens)),
-            deployment: deployment.clone(),
-            policy: r.cooldowns,
-            budget: r.retry_budget,
-            latency_ttl: r.latency_ttl,
-            metrics: self.router.metrics().clone(),
+            lease: (!how.mock)
+                .then(|| health::lease(&slot.health.state, start, plan.request_tokens)),
+            health: slot.health.clone(),
         };
         let until = deadlines.until_first_chunk();
         let fut = (self.attempt)(slot.provider.clone(), deadlines);

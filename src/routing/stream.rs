@@ -268,8 +268,10 @@ impl Inner {
         let (Some(t), Some(last), true) = (&tracker, self.attempts.last_mut(), skipped > 0) else {
             return false;
         };
-        t.metrics
-            .stream_events_skipped(&t.deployment.group, &t.deployment.id, skipped);
+        let d = t.deployment();
+        t.health
+            .metrics
+            .stream_events_skipped(&d.group, &d.id, skipped);
         let note = format!("skipped {skipped} malformed stream events");
         last.detail = if last.detail.is_empty() {
             note
@@ -469,7 +471,7 @@ impl Inner {
                 Poll::Ready(None) => {
                     st.done = true;
                     if let (Some(t), Some(u)) = (&st.tracker, &mut st.usage) {
-                        super::price(&t.deployment, u);
+                        super::price(t.deployment(), u);
                     }
                     let changed = st.release();
                     return Poll::Ready(Some(Ok(StreamItem::Finished {

@@ -4,11 +4,11 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::time::Instant;
-
-use super::health::DeploymentState;
+use super::health::{
+    DeploymentHealth, DeploymentKey, Health, HealthSettings, HealthStore, LocalStore,
+};
 use super::pick::{Picker, Slot};
-use crate::config::{Config, Deployment, ModelGroup};
+use crate::config::{Config, ModelGroup};
 use crate::providers::Provider;
 use crate::telemetry::Metrics;
 
@@ -22,7 +22,9 @@ pub struct Router {
     /// Per model group, in the order of the group's deployments.
     slots: HashMap<String, Arc<[Slot]>>,
     /// By deployment id.
-    states: HashMap<String, Arc<DeploymentState>>,
+    states: HashMap<String, Arc<Health>>,
+    /// Where deployments' health is kept, across reloads.
+    store: Arc<dyn HealthStore>,
     metrics: Arc<Metrics>,
 }
 
@@ -57,19 +59,31 @@ impl SharedRouter {
 }
 
 impl Router {
+    /// A router whose deployments' health is kept in this process.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Router, String> {
-        Self::build(config, metrics, None)
+        Self::with_store(config, metrics, Arc::new(LocalStore::new()))
     }
 
-    /// The router for a reloaded config. Deployments that kept their id and still point at the
-    /// same provider, model and base URL keep their state: a cooling deployment stays cooling.
+    /// A router whose deployments' health is kept in `store`.
+    pub fn with_store(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn HealthStore>,
+    ) -> Result<Router, String> {
+        Self::build(config, metrics, store, None)
+    }
+
+    /// The router for a reloaded config, on the same store. Deployments that kept their id and
+    /// still point at the same provider, model and base URL keep their state
+    /// ([`DeploymentKey`]): a cooling deployment stays cooling.
     pub fn reload(&self, config: Arc<Config>) -> Result<Router, String> {
-        Self::build(config, self.metrics.clone(), Some(self))
+        Self::build(config, self.metrics.clone(), self.store.clone(), Some(self))
     }
 
     fn build(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        store: Arc<dyn HealthStore>,
         previous: Option<&Router>,
     ) -> Result<Router, String> {
         let http = match previous {
@@ -89,56 +103,45 @@ impl Router {
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
         };
-        let now = Instant::now();
         let budget = config.router.retry_budget;
         let mut states = HashMap::new();
         let mut slots = HashMap::new();
+        let mut live = Vec::new();
         for group in config.groups.values() {
             let group_slots: Vec<Slot> = group
                 .deployments
                 .iter()
                 .map(|d| {
-                    let state = match previous.and_then(|p| p.kept_state(d)) {
-                        Some(state) => {
-                            state.configure_budget(budget);
-                            state
-                        }
-                        None => Arc::new(DeploymentState::new(now, budget)),
-                    };
-                    states.insert(d.id.clone(), state.clone());
+                    let key = DeploymentKey::of(d);
+                    let health = Arc::new(Health {
+                        state: store.deployment(&key, budget),
+                        settings: HealthSettings::of(d, group.strategy, &config.router),
+                        deployment: d.clone(),
+                        metrics: metrics.clone(),
+                    });
+                    live.push(key);
+                    states.insert(d.id.clone(), health.clone());
                     Slot {
                         provider: Provider::new(
                             d,
                             &http,
                             config.router.stream_max_malformed_events,
                         ),
-                        state,
+                        health,
                     }
                 })
                 .collect();
             slots.insert(group.name.clone(), group_slots.into());
         }
+        store.retain(&live);
         Ok(Router {
             config,
             http,
             slots,
             states,
+            store,
             metrics,
         })
-    }
-
-    /// This router's state for a deployment of a new config, if it is the same deployment.
-    fn kept_state(&self, d: &Deployment) -> Option<Arc<DeploymentState>> {
-        let old = self
-            .config
-            .groups
-            .values()
-            .flat_map(|g| g.deployments.iter())
-            .find(|o| o.id == d.id)?;
-        let same = old.provider.name() == d.provider.name()
-            && old.provider.api_base() == d.provider.api_base()
-            && old.upstream_model == d.upstream_model;
-        same.then(|| self.states.get(&d.id).cloned()).flatten()
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -150,8 +153,8 @@ impl Router {
     }
 
     /// A deployment's shared state, for ListModels and metrics.
-    pub fn deployment_state(&self, id: &str) -> Option<&Arc<DeploymentState>> {
-        self.states.get(id)
+    pub fn deployment_state(&self, id: &str) -> Option<&Arc<dyn DeploymentHealth>> {
+        self.states.get(id).map(|h| &h.state)
     }
 
     /// A picker for one call in `group`.

@@ -1,55 +1,151 @@
 //! What the router remembers about each deployment across calls: attempts in flight, failures
-//! and cooldowns (when one starts is the [`super::cooldown`] rules'), recent latency, usage
-//! this minute, and the retry budget. Shared by every call
-//! (and kept across config reloads, by deployment id), so each operation holds its lock only
-//! for a few field updates and never across an await.
+//! and cooldowns, recent latency, usage this minute, and the retry budget.
+//!
+//! The state sits behind [`HealthStore`], which hands out one [`DeploymentHealth`] per
+//! deployment; [`LocalStore`] keeps it in this process (what every replica does today), and a
+//! store shared across replicas implements the same two traits and passes the same suite
+//! (`suite.rs`). Their operations never wait: the hot path (a pick, an attempt's end inside a
+//! stream's poll, a lease dropped) runs them synchronously, so a store that lives elsewhere
+//! answers from a local view it keeps up to date in the background, and when that store is
+//! away each replica goes on with its own view (fail-open: routing never stops for want of
+//! shared state).
+//!
+//! The files: [`counters`] the plain counters of one deployment and how an attempt's end
+//! changes them, [`cooldown`] the rules that start a cooldown, [`window`] the wall-clock
+//! minutes usage counts in, [`local`] the in-process store. What a pick decides from a
+//! deployment's [`Snapshot`] is decided here, once, for every store ([`Health::check`]).
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+pub mod cooldown;
+pub mod counters;
+pub mod local;
+pub mod window;
+
+use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::cooldown::Minute;
-use crate::config::{CooldownPolicy, Deployment, FailKind, RetryBudget};
+use crate::config::{CooldownPolicy, Deployment, FailKind, RetryBudget, RouterSettings, Strategy};
 use crate::telemetry::Metrics;
+pub use counters::TIMEOUT_PENALTY_SECS;
+pub use local::LocalStore;
+pub use window::{MINUTE, WallClock};
 
-/// Length of the windows that `allowed_fails`, `rpm` and `tpm` count in.
-pub const MINUTE: Duration = Duration::from_secs(60);
+/// Where deployments' health is kept.
+pub trait HealthStore: Send + Sync + fmt::Debug {
+    /// The state of the deployment `key` names: the one it had when a config with the same
+    /// key was last built (a reload keeps a cooling deployment cooling), else a new one with a
+    /// full retry budget. `budget` is the config's `retry_budget`, which a kept state follows.
+    fn deployment(
+        &self,
+        key: &DeploymentKey,
+        budget: Option<RetryBudget>,
+    ) -> Arc<dyn DeploymentHealth>;
 
-/// Latency samples kept per deployment and kind; the moving average is over these.
-const LATENCY_SAMPLES: usize = 10;
-
-/// The latency sample a timeout counts as: far above any real answer, so that a deployment
-/// that timed out is chosen last until its sample expires.
-pub const TIMEOUT_PENALTY_SECS: f64 = 1000.0;
-
-/// One deployment's shared state.
-#[derive(Debug)]
-pub struct DeploymentState {
-    in_flight: AtomicU32,
-    inner: Mutex<Inner>,
+    /// Forgets deployments other than `live`, after a reload built its table.
+    fn retain(&self, live: &[DeploymentKey]);
 }
 
-#[derive(Debug)]
-struct Inner {
-    /// This minute's attempts, which decide when the deployment cools down.
-    minute: Minute,
-    cooling_until: Option<Instant>,
-    /// Time to first chunk of streamed attempts, in seconds.
-    first_chunk: VecDeque<(Instant, f64)>,
-    /// Seconds per output token of unary attempts.
-    per_token: VecDeque<(Instant, f64)>,
-    usage_since: Instant,
-    requests: u32,
-    tokens: u64,
-    /// gRFC A6 token bucket; `None` while no budget is configured.
-    budget: Option<f64>,
+/// One deployment's health, as the router reads and changes it. Every operation is quick and
+/// never waits (see the module docs).
+pub trait DeploymentHealth: Send + Sync + fmt::Debug {
+    /// What a pick reads at `now`; `latency` is the time to first chunk when `streaming`, else
+    /// the time per output token, over samples younger than `latency_ttl`.
+    fn snapshot(&self, now: Instant, streaming: bool, latency_ttl: Duration) -> Snapshot;
+
+    fn in_flight(&self) -> u32;
+
+    /// When the deployment's cooldown ends, if it is cooling at `now`.
+    fn cooling_until(&self, now: Instant) -> Option<Instant>;
+
+    /// The retry budget's tokens, when there is a budget.
+    fn budget_tokens(&self) -> Option<f64>;
+
+    /// Counts an attempt starting: in flight until [`release`](Self::release), and one request
+    /// with its estimated prompt tokens in this minute's usage. Called through [`lease`].
+    fn begin(&self, now: Instant, request_tokens: u64);
+
+    /// Ends an attempt's in-flight count (a [`Lease`] dropped).
+    fn release(&self);
+
+    /// Adds tokens a provider reported after the attempt began (a stream's output tokens).
+    fn add_tokens(&self, now: Instant, tokens: u64);
+
+    /// Takes in how an attempt ended. Returns the end of the cooldown it started (or
+    /// extended), if it did.
+    fn report(&self, now: Instant, end: AttemptEnd, settings: &HealthSettings) -> Option<Instant>;
+
+    /// Follows a reloaded `retry_budget`: a new budget starts full, a smaller one caps the
+    /// tokens, and none removes the bucket.
+    fn configure_budget(&self, budget: Option<RetryBudget>);
+}
+
+/// What names a deployment's state: its id and what it points at. A reload that changes the
+/// provider, the base URL or the upstream model starts it afresh: it is another deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeploymentKey {
+    pub id: String,
+    pub provider: &'static str,
+    pub api_base: String,
+    pub upstream_model: String,
+}
+
+impl DeploymentKey {
+    pub fn of(d: &Deployment) -> Self {
+        DeploymentKey {
+            id: d.id.clone(),
+            provider: d.provider.name(),
+            api_base: d.provider.api_base().to_string(),
+            upstream_model: d.upstream_model.clone(),
+        }
+    }
+}
+
+/// What a deployment's health is judged by in one config snapshot: fixed when the routing
+/// table is built, not passed with every report.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub cooldowns: CooldownPolicy,
+    /// The deployment's `cooldown_time`.
+    pub cooldown_time: Duration,
+    pub budget: Option<RetryBudget>,
+    pub latency_ttl: Duration,
+    /// The deployment is its group's only one (the failure-rate rule spares it).
+    pub alone: bool,
+    pub max_parallel: Option<u32>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    /// Only usage-based-routing holds a deployment to its rpm/tpm.
+    pub enforce_usage: bool,
+}
+
+impl HealthSettings {
+    pub fn of(d: &Deployment, strategy: Strategy, r: &RouterSettings) -> Self {
+        HealthSettings {
+            cooldowns: r.cooldowns,
+            cooldown_time: d.cooldown_time,
+            budget: r.retry_budget,
+            latency_ttl: r.latency_ttl,
+            alone: d.alone_in_group,
+            max_parallel: d.max_parallel_requests,
+            rpm: d.rpm,
+            tpm: d.tpm,
+            enforce_usage: strategy == Strategy::UsageBased,
+        }
+    }
+}
+
+/// A deployment's state as a pick reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub in_flight: u32,
+    pub cooling_until: Option<Instant>,
+    /// Requests and tokens in the current usage minute, which ends at `usage_until`.
+    pub requests: u32,
+    pub tokens: u64,
+    pub usage_until: Instant,
+    pub budget_tokens: Option<f64>,
+    /// Moving average latency in seconds; `None` when unmeasured.
+    pub latency: Option<f64>,
 }
 
 /// How an attempt ended, as the deployment's health sees it.
@@ -81,194 +177,6 @@ pub enum Unavailable {
     PromptTooLong { max_input_tokens: u64 },
 }
 
-impl DeploymentState {
-    pub fn new(now: Instant, budget: Option<RetryBudget>) -> DeploymentState {
-        DeploymentState {
-            in_flight: AtomicU32::new(0),
-            inner: Mutex::new(Inner {
-                minute: Minute::new(now),
-                cooling_until: None,
-                first_chunk: VecDeque::with_capacity(LATENCY_SAMPLES),
-                per_token: VecDeque::with_capacity(LATENCY_SAMPLES),
-                usage_since: now,
-                requests: 0,
-                tokens: 0,
-                budget: budget.map(|b| b.max_tokens),
-            }),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The state is plain counters: one a panicking thread left half-updated is still usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// When the deployment's cooldown ends, if it is cooling at `now`.
-    pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
-        self.lock().cooling_until.filter(|&u| u > now)
-    }
-
-    /// The retry budget's tokens, when there is a budget.
-    pub fn budget_tokens(&self) -> Option<f64> {
-        self.lock().budget
-    }
-
-    /// Whether the deployment can take an attempt at `now`, and the usage it would have.
-    pub fn check(&self, now: Instant, limits: &Limits, first_attempt: bool) -> Check {
-        let in_flight = self.in_flight();
-        let mut s = self.lock();
-        if let Some(until) = s.cooling_until.filter(|&u| u > now) {
-            return Check::Unavailable(Unavailable::CoolingDown { until });
-        }
-        if let Some(max) = limits.max_parallel
-            && in_flight >= max
-        {
-            // In-flight attempts end within their deadlines; a second is a fair guess.
-            return Check::Unavailable(Unavailable::AtCapacity {
-                until: now + Duration::from_secs(1),
-            });
-        }
-        s.roll_usage(now);
-        if limits.enforce_usage {
-            let over_rpm = limits.rpm.is_some_and(|rpm| s.requests >= rpm);
-            let over_tpm = limits
-                .tpm
-                .is_some_and(|tpm| s.tokens.saturating_add(limits.request_tokens) > tpm);
-            if over_rpm || over_tpm {
-                return Check::Unavailable(Unavailable::AtCapacity {
-                    until: s.usage_since + MINUTE,
-                });
-            }
-        }
-        if !first_attempt
-            && let (Some(tokens), Some(b)) = (s.budget, limits.budget)
-            && tokens <= b.max_tokens / 2.0
-        {
-            return Check::Unavailable(Unavailable::Throttled);
-        }
-        Check::Available(Load {
-            in_flight,
-            requests: s.requests,
-            tokens: s.tokens,
-            latency: if limits.streaming {
-                average(&s.first_chunk, now, limits.latency_ttl)
-            } else {
-                average(&s.per_token, now, limits.latency_ttl)
-            },
-        })
-    }
-
-    /// Counts an attempt starting: in flight until the returned lease is dropped, and one
-    /// request (with its estimated prompt tokens) in this minute's usage.
-    pub fn begin(self: &Arc<Self>, now: Instant, request_tokens: u64) -> Lease {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut s = self.lock();
-        s.roll_usage(now);
-        s.requests = s.requests.saturating_add(1);
-        s.tokens = s.tokens.saturating_add(request_tokens);
-        drop(s);
-        Lease(self.clone())
-    }
-
-    /// Follows a reloaded `retry_budget`: a new budget starts full, a smaller one caps the
-    /// tokens, and none removes the bucket.
-    pub fn configure_budget(&self, budget: Option<RetryBudget>) {
-        let mut s = self.lock();
-        s.budget = match (s.budget, budget) {
-            (_, None) => None,
-            (None, Some(b)) => Some(b.max_tokens),
-            (Some(t), Some(b)) => Some(t.min(b.max_tokens)),
-        };
-    }
-
-    /// Adds tokens a provider reported after the attempt began (a stream's output tokens).
-    pub fn add_tokens(&self, now: Instant, tokens: u64) {
-        let mut s = self.lock();
-        s.roll_usage(now);
-        s.tokens = s.tokens.saturating_add(tokens);
-    }
-
-    /// Takes in how an attempt ended. Returns the end of the cooldown it started (or
-    /// extended), if it did. `alone`: the deployment is its group's only one.
-    #[allow(clippy::too_many_arguments)]
-    pub fn report(
-        &self,
-        now: Instant,
-        end: AttemptEnd,
-        policy: &CooldownPolicy,
-        cooldown_time: Duration,
-        budget: Option<RetryBudget>,
-        latency_ttl: Duration,
-        alone: bool,
-    ) -> Option<Instant> {
-        let mut s = self.lock();
-        match end {
-            AttemptEnd::Ok {
-                elapsed,
-                output_tokens,
-            } => {
-                s.minute.answered(now);
-                if let (Some(tokens), Some(b)) = (s.budget.as_mut(), budget) {
-                    *tokens = (*tokens + b.token_ratio).min(b.max_tokens);
-                }
-                let secs = elapsed.as_secs_f64();
-                match output_tokens {
-                    None => push_sample(&mut s.first_chunk, now, secs, latency_ttl),
-                    Some(n) => push_sample(
-                        &mut s.per_token,
-                        now,
-                        secs / f64::from(n.max(1)),
-                        latency_ttl,
-                    ),
-                }
-                None
-            }
-            AttemptEnd::Failed { kind, wait_hint } => {
-                if !kind.is_request_fault()
-                    && let Some(tokens) = s.budget.as_mut()
-                {
-                    *tokens = (*tokens - 1.0).max(0.0);
-                }
-                if kind == FailKind::Timeout {
-                    // Either kind of latency: a timeout may be a stream's or a unary call's.
-                    push_sample(&mut s.first_chunk, now, TIMEOUT_PENALTY_SECS, latency_ttl);
-                    push_sample(&mut s.per_token, now, TIMEOUT_PENALTY_SECS, latency_ttl);
-                }
-                if !s.minute.failed(now, kind, policy, alone) {
-                    return None;
-                }
-                // Cooled again while cooling: the later end wins, never the earlier.
-                let hint = wait_hint.unwrap_or_default().min(policy.max_hint);
-                let until = now + cooldown_time.max(hint);
-                let until = s.cooling_until.map_or(until, |u| u.max(until));
-                s.cooling_until = Some(until);
-                // The count starts again once the deployment is back.
-                s.minute.restart(now);
-                Some(until)
-            }
-        }
-    }
-}
-
-/// A deployment's limits and the call's facts that a check needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_parallel: Option<u32>,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u64>,
-    /// Only usage-based-routing holds a deployment to its rpm/tpm.
-    pub enforce_usage: bool,
-    /// The call's estimated prompt tokens.
-    pub request_tokens: u64,
-    pub budget: Option<RetryBudget>,
-    pub streaming: bool,
-    pub latency_ttl: Duration,
-}
-
 /// What a strategy compares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
@@ -285,42 +193,47 @@ pub enum Check {
     Unavailable(Unavailable),
 }
 
-/// An attempt in flight on a deployment: dropping it ends the count.
-#[derive(Debug)]
-pub struct Lease(Arc<DeploymentState>);
+/// The call's facts a check needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    /// The call's estimated prompt tokens.
+    pub request_tokens: u64,
+    pub streaming: bool,
+    /// The group's first attempt in the call, which a retry budget never throttles.
+    pub first_attempt: bool,
+}
 
-/// An attempt's lease with the settings its end is recorded under, so that a committed stream
-/// can report how it ended long after the walk is done.
+/// One deployment's health in one config snapshot: its state in the store, the settings it is
+/// judged by, and where a cooldown is reported. Shared by the routing table's slot and every
+/// attempt's [`Tracker`].
 #[derive(Debug)]
-pub struct Tracker {
-    pub state: Arc<DeploymentState>,
-    /// The attempt's place in the deployment's in-flight count and usage; `None` for a
-    /// `mock_timeout` attempt, which never reaches the deployment and so holds no capacity.
-    pub lease: Option<Lease>,
-    /// The attempt's deployment: its `cooldown_time`, and the labels a cooldown is reported by.
+pub struct Health {
+    pub state: Arc<dyn DeploymentHealth>,
+    pub settings: HealthSettings,
+    /// The labels a cooldown is reported by.
     pub deployment: Arc<Deployment>,
-    pub policy: CooldownPolicy,
-    pub budget: Option<RetryBudget>,
-    pub latency_ttl: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-impl Tracker {
-    /// Reports how the attempt (or its committed stream) ended. A cooldown this starts (or
+impl Health {
+    /// Whether the deployment can take an attempt at `now`, and the load it would have.
+    pub fn check(&self, now: Instant, ask: Ask) -> Check {
+        let s = &self.settings;
+        judge(
+            &self.state.snapshot(now, ask.streaming, s.latency_ttl),
+            s,
+            ask,
+            now,
+        )
+    }
+
+    /// Reports how an attempt (or its committed stream) ended. A cooldown this starts (or
     /// extends) is counted, logged and given to the cooldown gauge here, whoever ended it.
     pub fn report(&self, end: AttemptEnd) {
-        let d = &self.deployment;
-        let Some(until) = self.state.report(
-            Instant::now(),
-            end,
-            &self.policy,
-            d.cooldown_time,
-            self.budget,
-            self.latency_ttl,
-            d.alone_in_group,
-        ) else {
+        let Some(until) = self.state.report(Instant::now(), end, &self.settings) else {
             return;
         };
+        let d = &self.deployment;
         self.metrics
             .cooldown(&d.group, &d.id, super::wall_clock(until));
         tracing::warn!(
@@ -330,50 +243,90 @@ impl Tracker {
             "deployment failed too often this minute (router_settings.allowed_fails, or the failure rate): cooling down"
         );
     }
-
-    pub fn add_tokens(&self, tokens: u64) {
-        self.state.add_tokens(Instant::now(), tokens);
-    }
 }
+
+/// Whether a deployment in the state `snap` can take the call's attempt at `now`: the one
+/// place that decides it, whatever store the state came from.
+pub fn judge(snap: &Snapshot, s: &HealthSettings, ask: Ask, now: Instant) -> Check {
+    if let Some(until) = snap.cooling_until {
+        return Check::Unavailable(Unavailable::CoolingDown { until });
+    }
+    if let Some(max) = s.max_parallel
+        && snap.in_flight >= max
+    {
+        // In-flight attempts end within their deadlines; a second is a fair guess.
+        return Check::Unavailable(Unavailable::AtCapacity {
+            until: now + Duration::from_secs(1),
+        });
+    }
+    if s.enforce_usage {
+        let over_rpm = s.rpm.is_some_and(|rpm| snap.requests >= rpm);
+        let over_tpm = s
+            .tpm
+            .is_some_and(|tpm| snap.tokens.saturating_add(ask.request_tokens) > tpm);
+        if over_rpm || over_tpm {
+            return Check::Unavailable(Unavailable::AtCapacity {
+                until: snap.usage_until,
+            });
+        }
+    }
+    if !ask.first_attempt
+        && let (Some(tokens), Some(b)) = (snap.budget_tokens, s.budget)
+        && tokens <= b.max_tokens / 2.0
+    {
+        return Check::Unavailable(Unavailable::Throttled);
+    }
+    Check::Available(Load {
+        in_flight: snap.in_flight,
+        requests: snap.requests,
+        tokens: snap.tokens,
+        latency: snap.latency,
+    })
+}
+
+/// Starts an attempt on a deployment: in flight until the lease is dropped.
+pub fn lease(state: &Arc<dyn DeploymentHealth>, now: Instant, request_tokens: u64) -> Lease {
+    state.begin(now, request_tokens);
+    Lease(state.clone())
+}
+
+/// An attempt in flight on a deployment: dropping it ends the count.
+#[derive(Debug)]
+pub struct Lease(Arc<dyn DeploymentHealth>);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.release();
     }
 }
 
-impl Inner {
-    fn roll_usage(&mut self, now: Instant) {
-        if now.duration_since(self.usage_since) >= MINUTE {
-            // Whole minutes since the window began, so windows stay aligned.
-            let minutes = now.duration_since(self.usage_since).as_secs() / 60;
-            self.usage_since += MINUTE * u32::try_from(minutes).unwrap_or(u32::MAX);
-            self.requests = 0;
-            self.tokens = 0;
-        }
+/// An attempt's lease with the health it reports to, so that a committed stream can report how
+/// it ended long after the walk is done.
+#[derive(Debug)]
+pub struct Tracker {
+    pub health: Arc<Health>,
+    /// The attempt's place in the deployment's in-flight count and usage; `None` for a
+    /// `mock_timeout` attempt, which never reaches the deployment and so holds no capacity.
+    pub lease: Option<Lease>,
+}
+
+impl Tracker {
+    pub fn report(&self, end: AttemptEnd) {
+        self.health.report(end);
+    }
+
+    pub fn add_tokens(&self, tokens: u64) {
+        self.health.state.add_tokens(Instant::now(), tokens);
+    }
+
+    /// The attempt's deployment.
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.health.deployment
     }
 }
 
-fn push_sample(samples: &mut VecDeque<(Instant, f64)>, now: Instant, value: f64, ttl: Duration) {
-    while samples
-        .front()
-        .is_some_and(|&(t, _)| now.duration_since(t) >= ttl)
-    {
-        samples.pop_front();
-    }
-    if samples.len() == LATENCY_SAMPLES {
-        samples.pop_front();
-    }
-    samples.push_back((now, value));
-}
-
-fn average(samples: &VecDeque<(Instant, f64)>, now: Instant, ttl: Duration) -> Option<f64> {
-    let (sum, n) = samples
-        .iter()
-        .filter(|&&(t, _)| now.duration_since(t) < ttl)
-        .fold((0.0, 0u32), |(sum, n), &(_, v)| (sum + v, n + 1));
-    (n > 0).then(|| sum / f64::from(n))
-}
-
+#[cfg(test)]
+#[macro_use]
+mod suite;
 #[cfg(test)]
 mod tests;

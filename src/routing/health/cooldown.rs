@@ -1,11 +1,11 @@
 //! When a failing deployment is stepped away from: the failures and successes of the current
 //! minute, and the two rules that read them, as in LiteLLM: the failure count when the config
-//! sets `allowed_fails` or `allowed_fails_policy`, else the failure rate. `health` keeps one
-//! of these per deployment, and what a cooldown lasts.
+//! sets `allowed_fails` or `allowed_fails_policy`, else the failure rate. A deployment's
+//! [`super::counters::Counters`] keep one, and decide what a cooldown lasts.
 
 use tokio::time::Instant;
 
-use super::health::MINUTE;
+use super::window::MINUTE;
 use crate::config::{
     ALL_FAILED_MIN_ATTEMPTS, CooldownPolicy, CooldownRule, FAILURE_RATE_MIN_ATTEMPTS,
     FAILURE_RATE_THRESHOLD, FailKind,
