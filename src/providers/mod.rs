@@ -6,10 +6,9 @@
 mod anthropic;
 mod chat;
 mod gemini;
-mod http;
 mod mock;
 mod openai;
-mod sse;
+pub mod transport;
 
 use std::{fmt, pin::Pin, sync::Arc, time::Duration};
 

@@ -12,7 +12,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
+use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
 use crate::proto::{FinishReason, ThinkingBlock, ThinkingDelta, ToolCall, ToolCallDelta, Usage};
@@ -73,7 +73,7 @@ impl AnthropicProvider {
             .endpoint
             .post(&self.url, &self.body(req, true), classify)
             .await?;
-        Ok(http::sse_stream(
+        Ok(transport::sse_stream(
             response,
             AnthropicEvents::default(),
             self.max_malformed_events,
@@ -163,7 +163,7 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
         );
     // The reset headers come with every response; they say when a limit resets, which is a
     // wait only for an answer that hit one.
-    let wait_hint = http::retry_after(headers).or_else(|| {
+    let wait_hint = transport::retry_after(headers).or_else(|| {
         rate_limited
             .then(|| ratelimit_reset(headers, SystemTime::now()))
             .flatten()
@@ -190,7 +190,7 @@ fn ratelimit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .fold(None, |max: Option<f64>, w| {
             Some(max.map_or(w, |m| m.max(w)))
         })
-        .and_then(http::seconds)
+        .and_then(transport::seconds)
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 time such as `2024-06-01T12:00:30.5Z` or

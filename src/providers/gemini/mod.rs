@@ -13,7 +13,7 @@ use serde_json::Value;
 mod body;
 
 use super::chat::new_call_id;
-use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
+use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::HttpProvider;
 use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
@@ -94,7 +94,7 @@ impl GeminiProvider {
             .endpoint
             .post(&self.stream_url, &self.body(req), classify)
             .await?;
-        Ok(http::sse_stream(
+        Ok(transport::sse_stream(
             response,
             GeminiEvents::default(),
             self.max_malformed_events,
@@ -115,8 +115,11 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
             .and_then(|d| d.retry_delay.as_deref())
             .and_then(parse_google_duration)
     });
-    let mut err =
-        ProviderError::from_status(status, http::retry_after(headers).or(retry_delay), body);
+    let mut err = ProviderError::from_status(
+        status,
+        transport::retry_after(headers).or(retry_delay),
+        body,
+    );
     let api_key_invalid = body.contains("API_KEY_INVALID") || body.contains("API key not valid");
     if status == 400 && api_key_invalid {
         err.kind = ErrorKind::Auth;
@@ -126,7 +129,7 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
 
 /// A protobuf JSON Duration such as `"37s"` or `"1.5s"`.
 fn parse_google_duration(s: &str) -> Option<Duration> {
-    http::seconds(s.strip_suffix('s')?.parse().ok()?)
+    transport::seconds(s.strip_suffix('s')?.parse().ok()?)
 }
 
 /// One response (or stream event), reduced to what llm-router passes on.

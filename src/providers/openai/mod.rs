@@ -10,7 +10,7 @@ mod body;
 
 use body::{ChatBody, StreamOptions};
 
-use super::http::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
+use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::{HttpProvider, Secret, providers::WireFormat};
 use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
@@ -107,7 +107,7 @@ impl OpenAiProvider {
             .endpoint
             .post(&self.url, &self.body(req, true), classify)
             .await?;
-        Ok(http::sse_stream(
+        Ok(transport::sse_stream(
             response,
             OpenAiEvents,
             self.max_malformed_events,
@@ -119,7 +119,7 @@ impl OpenAiProvider {
 /// OpenAI's status codes, plus its content-policy codes (Azure's `content_filter`, OpenAI's
 /// `content_policy_violation`), which go to `content_policy_fallbacks`.
 fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
-    let mut err = ProviderError::from_status(status, http::retry_after(headers), body);
+    let mut err = ProviderError::from_status(status, transport::retry_after(headers), body);
     if status == 400
         && (body.contains("\"content_filter\"") || body.contains("content_policy_violation"))
     {

@@ -1,7 +1,10 @@
 //! A minimal server-sent-events decoder: enough of the WHATWG format for provider streams
-//! (`data:` lines, multi-line data, comments, CRLF), fed with arbitrary byte splits.
+//! (`data:` lines, multi-line data, comments, CRLF), fed with arbitrary byte splits. The
+//! [`Framing`] of OpenAI, Anthropic and Gemini streams: each event is its data.
 
 use bytes::{Buf, BytesMut};
+
+use super::framed::Framing;
 
 #[derive(Default)]
 pub struct SseDecoder {
@@ -62,6 +65,25 @@ impl SseDecoder {
             }
             // `event:`, `id:`, `retry:` and `:` comments carry nothing OpenAI streams need.
         }
+    }
+}
+
+impl Framing for SseDecoder {
+    type Event = String;
+    type Data = str;
+
+    fn push(&mut self, bytes: &[u8]) {
+        SseDecoder::push(self, bytes);
+    }
+
+    fn next_event(&mut self) -> Result<Option<String>, String> {
+        SseDecoder::next_event(self)
+    }
+
+    fn finish(&mut self) -> Result<Option<String>, String> {
+        // A last event may lack its closing blank line.
+        SseDecoder::push(self, b"\n\n");
+        SseDecoder::next_event(self)
     }
 }
 
