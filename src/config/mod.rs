@@ -416,14 +416,11 @@ pub enum ProviderConfig {
 pub struct HttpProvider {
     /// The prefix as configured (`groq`, `azure`, ...).
     pub prefix: &'static str,
-    pub wire: providers::WireFormat,
+    /// The API's own settings, which say where requests go and how they are proven.
+    pub family: Family,
     /// Base URL without a trailing slash.
     pub api_base: String,
     pub api_key: Option<Secret>,
-    /// OpenAI's organization header.
-    pub organization: Option<String>,
-    /// Azure's `api-version`.
-    pub api_version: Option<String>,
     /// Sent on every request, after (and so replacing) the provider's own headers. Values are
     /// secrets: they often carry credentials.
     pub extra_headers: Vec<(String, Secret)>,
@@ -432,6 +429,44 @@ pub struct HttpProvider {
     /// Fields every request body starts from, where the request left them out: the
     /// deployment's extra `litellm_params` in the wire format's names (see [`params`]).
     pub body_defaults: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+/// The settings one provider API takes and no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Family {
+    OpenAi(OpenAiSettings),
+    Azure(AzureSettings),
+    Anthropic,
+    Gemini,
+}
+
+/// OpenAI and the OpenAI-compatible hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenAiSettings {
+    /// Sent as the `openai-organization` header.
+    pub organization: Option<String>,
+}
+
+/// Azure OpenAI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSettings {
+    /// The `api-version` query parameter.
+    pub api_version: String,
+}
+
+impl Family {
+    pub fn api(&self) -> providers::Api {
+        match self {
+            Family::OpenAi(_) => providers::Api::OpenAi,
+            Family::Azure(_) => providers::Api::Azure,
+            Family::Anthropic => providers::Api::Anthropic,
+            Family::Gemini => providers::Api::Gemini,
+        }
+    }
+
+    pub fn wire(&self) -> providers::WireFormat {
+        self.api().wire()
+    }
 }
 
 impl ProviderConfig {

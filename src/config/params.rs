@@ -137,7 +137,7 @@ pub fn sort(wire: Option<WireFormat>, params: &BTreeMap<String, Value>) -> Sorte
         match wire {
             // LiteLLM sends what OpenAI does not define to OpenAI-compatible hosts in
             // extra_body, which lands at the top level of the JSON: so does this.
-            WireFormat::OpenAi | WireFormat::Azure => {
+            WireFormat::OpenAi => {
                 out.body.insert(key.clone(), value.clone());
             }
             WireFormat::Anthropic => anthropic(key, value, &mut out),

@@ -1,10 +1,24 @@
 //! The provider catalogue: each `provider/` prefix a deployment's `litellm_params.model` may
-//! start with, the wire format it speaks, and its defaults. The OpenAI-compatible shortcuts are
+//! start with, the API it speaks (and through it, the wire format), and its defaults. The OpenAI-compatible shortcuts are
 //! just a default `api_base` and key variable on the OpenAI wire format.
 
-/// The wire formats llm-router speaks. Each has a module under `providers/`.
+/// The body and event formats llm-router speaks: what a request body and a streamed answer
+/// look like, whoever hosts the model. Each has a module under `providers/`, whose body builder
+/// and event parser another host of the same family (a cloud endpoint) can reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireFormat {
+    /// OpenAI's chat completions.
+    OpenAi,
+    /// Anthropic's Messages.
+    Anthropic,
+    /// Google's generateContent.
+    Gemini,
+}
+
+/// The provider API a catalogue entry speaks: where a request goes and how it is proven, over
+/// its [`WireFormat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
     /// `POST {api_base}/chat/completions`, bearer key.
     OpenAi,
     /// `POST {api_base}/openai/deployments/{model}/chat/completions?api-version=`, `api-key`.
@@ -15,10 +29,20 @@ pub enum WireFormat {
     Gemini,
 }
 
+impl Api {
+    pub fn wire(self) -> WireFormat {
+        match self {
+            Api::OpenAi | Api::Azure => WireFormat::OpenAi,
+            Api::Anthropic => WireFormat::Anthropic,
+            Api::Gemini => WireFormat::Gemini,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ProviderSpec {
     pub prefix: &'static str,
-    pub wire: WireFormat,
+    pub api: Api,
     /// Used when the deployment gives no `api_base`; `None` means `api_base` is required
     /// (unless `base_env` names a variable that is set).
     pub default_base: Option<&'static str>,
@@ -50,7 +74,7 @@ const fn compatible(
 ) -> ProviderSpec {
     ProviderSpec {
         prefix,
-        wire: WireFormat::OpenAi,
+        api: Api::OpenAi,
         default_base,
         base_env: None,
         key_env,
@@ -83,7 +107,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
     ),
     ProviderSpec {
         prefix: "azure",
-        wire: WireFormat::Azure,
+        api: Api::Azure,
         default_base: None,
         base_env: Some("AZURE_API_BASE"),
         key_env: Some("AZURE_API_KEY"),
@@ -93,7 +117,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
     },
     ProviderSpec {
         prefix: "anthropic",
-        wire: WireFormat::Anthropic,
+        api: Api::Anthropic,
         default_base: Some("https://api.anthropic.com"),
         base_env: None,
         key_env: Some("ANTHROPIC_API_KEY"),
@@ -103,7 +127,7 @@ pub const PROVIDERS: &[ProviderSpec] = &[
     },
     ProviderSpec {
         prefix: "gemini",
-        wire: WireFormat::Gemini,
+        api: Api::Gemini,
         default_base: Some("https://generativelanguage.googleapis.com/v1beta"),
         base_env: None,
         key_env: Some("GEMINI_API_KEY"),

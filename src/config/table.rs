@@ -43,8 +43,8 @@ fn http_summary(h: &HttpProvider) -> String {
     if h.api_key.is_some() {
         out.push_str(" key set");
     }
-    if let Some(v) = &h.api_version {
-        out.push_str(&format!(" api_version {v}"));
+    if let super::Family::Azure(azure) = &h.family {
+        out.push_str(&format!(" api_version {}", azure.api_version));
     }
     if !h.extra_headers.is_empty() {
         let names: Vec<&str> = h.extra_headers.iter().map(|(n, _)| n.as_str()).collect();

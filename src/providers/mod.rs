@@ -210,8 +210,8 @@ impl Provider {
         let max = max_malformed_events;
         Arc::new(match &deployment.provider {
             ProviderConfig::Mock(spec) => Provider::Mock(MockProvider::new(spec.clone())),
-            ProviderConfig::Http(cfg) => match cfg.wire {
-                WireFormat::OpenAi | WireFormat::Azure => {
+            ProviderConfig::Http(cfg) => match cfg.family.wire() {
+                WireFormat::OpenAi => {
                     Provider::OpenAi(OpenAiProvider::new(http.clone(), cfg, model, max))
                 }
                 WireFormat::Anthropic => {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use llm_router::config::{Config, ConfigError, ProviderConfig, Source};
+use llm_router::config::{
+    AzureSettings, Config, ConfigError, Family, OpenAiSettings, ProviderConfig, Source,
+};
 
 fn load(yaml: &str) -> Result<Config, ConfigError> {
     load_env(yaml, &[], &[])
@@ -556,10 +558,20 @@ model_list:
     };
     let azure = http("azure");
     assert_eq!(azure.api_base, "https://east.openai.azure.com");
-    assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(
+        azure.family,
+        Family::Azure(AzureSettings {
+            api_version: "2024-10-21".into()
+        })
+    );
     let openai = http("openai");
     assert_eq!(openai.api_base, "http://proxy.internal:4000/v1");
-    assert_eq!(openai.organization.as_deref(), Some("org-123"));
+    assert_eq!(
+        openai.family,
+        Family::OpenAi(OpenAiSettings {
+            organization: Some("org-123".into())
+        })
+    );
 
     // An unset variable is one error, naming the key and the variable.
     let err = load_env(yaml, &[], &[("AZURE_KEY", "k"), ("OPENAI_ORG", "o")])

@@ -145,7 +145,7 @@ pub(super) fn deployment(
         }
         prefill_by_default = spec.assistant_prefill;
         let mut http = http_provider(spec, params, &key, lookup_env, errs);
-        let defaults = extra_params(&key, Some(spec.wire), params, errs);
+        let defaults = extra_params(&key, Some(spec.api.wire()), params, errs);
         http.body_defaults = (!defaults.is_empty()).then(|| Arc::new(defaults));
         ProviderConfig::Http(http)
     };
@@ -361,27 +361,39 @@ fn http_provider(
         );
     }
 
-    if params.api_version.is_some() && spec.wire != WireFormat::Azure {
+    if params.api_version.is_some() && spec.api != Api::Azure {
         errs.add(
             key("litellm_params.api_version"),
             "only azure/ deployments take api_version",
         );
     }
-    let api_version = (spec.wire == WireFormat::Azure).then(|| {
-        let version_key = key("litellm_params.api_version");
-        params
-            .api_version
-            .as_deref()
-            .and_then(|v| env_string(v, &version_key, lookup_env, errs))
-            .or_else(|| lookup_env("AZURE_API_VERSION").filter(|v| !v.is_empty()))
-            .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string())
-    });
-    if params.organization.is_some() && spec.wire != WireFormat::OpenAi {
+    if params.organization.is_some() && spec.api != Api::OpenAi {
         errs.add(
             key("litellm_params.organization"),
             "only OpenAI-compatible deployments take organization",
         );
     }
+    let family = match spec.api {
+        Api::OpenAi => Family::OpenAi(OpenAiSettings {
+            organization: params
+                .organization
+                .as_deref()
+                .and_then(|v| env_string(v, &key("litellm_params.organization"), lookup_env, errs)),
+        }),
+        Api::Azure => {
+            let version_key = key("litellm_params.api_version");
+            Family::Azure(AzureSettings {
+                api_version: params
+                    .api_version
+                    .as_deref()
+                    .and_then(|v| env_string(v, &version_key, lookup_env, errs))
+                    .or_else(|| lookup_env("AZURE_API_VERSION").filter(|v| !v.is_empty()))
+                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
+            })
+        }
+        Api::Anthropic => Family::Anthropic,
+        Api::Gemini => Family::Gemini,
+    };
     if params.max_tokens == Some(0) {
         errs.add(key("litellm_params.max_tokens"), "must be at least 1");
     }
@@ -404,14 +416,9 @@ fn http_provider(
 
     HttpProvider {
         prefix: spec.prefix,
-        wire: spec.wire,
+        family,
         api_base,
         api_key,
-        organization: params
-            .organization
-            .as_deref()
-            .and_then(|v| env_string(v, &key("litellm_params.organization"), lookup_env, errs)),
-        api_version,
         extra_headers,
         default_max_tokens: params.max_tokens,
         body_defaults: None,

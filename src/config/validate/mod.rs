@@ -14,11 +14,11 @@ use std::{
 };
 
 use super::{
-    Capabilities, Config, ConfigError, CooldownPolicy, CooldownRule, Cost, Deployment, FailKind,
-    Hedge, HttpProvider, IgnoredKey, KeyError, MockFailure, MockSpec, ModelGroup, ProviderConfig,
-    RetryBudget, RetryPolicy, RouterSettings, Secret, ServerSettings, Strategy, StreamRecovery,
-    params,
-    providers::{self, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
+    AzureSettings, Capabilities, Config, ConfigError, CooldownPolicy, CooldownRule, Cost,
+    Deployment, FailKind, Family, Hedge, HttpProvider, IgnoredKey, KeyError, MockFailure, MockSpec,
+    ModelGroup, OpenAiSettings, ProviderConfig, RetryBudget, RetryPolicy, RouterSettings, Secret,
+    ServerSettings, Strategy, StreamRecovery, params,
+    providers::{self, Api, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
     raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock, RawRetryPolicy},
     why_ignored,
 };

@@ -12,7 +12,7 @@ use body::{ChatBody, StreamOptions};
 
 use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
-use crate::config::{HttpProvider, Secret, providers::WireFormat};
+use crate::config::{Family, HttpProvider, OpenAiSettings, Secret};
 use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
 
 #[derive(Debug)]
@@ -34,25 +34,28 @@ impl OpenAiProvider {
         max_malformed_events: u32,
     ) -> Self {
         let mut auth = Vec::new();
-        let url = match cfg.wire {
-            WireFormat::Azure => {
+        let url = match &cfg.family {
+            Family::Azure(azure) => {
                 if let Some(key) = &cfg.api_key {
                     auth.push(("api-key", key.clone()));
                 }
                 format!(
                     "{}/openai/deployments/{model}/chat/completions?api-version={}",
-                    cfg.api_base,
-                    cfg.api_version.as_deref().unwrap_or_default()
+                    cfg.api_base, azure.api_version
                 )
             }
-            _ => {
+            // The OpenAI-compatible hosts (only they reach this module besides Azure).
+            family => {
                 if let Some(key) = &cfg.api_key {
                     auth.push((
                         "authorization",
                         Secret::new(format!("Bearer {}", key.expose())),
                     ));
                 }
-                if let Some(org) = &cfg.organization {
+                if let Family::OpenAi(OpenAiSettings {
+                    organization: Some(org),
+                }) = family
+                {
                     auth.push(("openai-organization", Secret::new(org.clone())));
                 }
                 format!("{}/chat/completions", cfg.api_base)
@@ -328,11 +331,9 @@ mod tests {
             reqwest::Client::new(),
             &HttpProvider {
                 prefix: "openai",
-                wire: WireFormat::OpenAi,
+                family: Family::OpenAi(OpenAiSettings::default()),
                 api_base: "http://127.0.0.1:9/v1".into(),
                 api_key: None,
-                organization: None,
-                api_version: None,
                 extra_headers: Vec::new(),
                 default_max_tokens,
                 body_defaults: None,
