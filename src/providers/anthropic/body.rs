@@ -13,7 +13,7 @@ use crate::providers::{ChatRequest, ResponseFormat, ToolChoice};
 pub(super) const JSON_OBJECT_INSTRUCTION: &str =
     "Answer with one JSON object and nothing else: no prose, no code fences.";
 
-pub(super) fn body(model: &str, default_max_tokens: u32, req: &ChatRequest, stream: bool) -> Value {
+pub fn body(model: &str, default_max_tokens: u32, req: &ChatRequest, stream: bool) -> Value {
     let mut system: Vec<String> = req
         .messages
         .iter()

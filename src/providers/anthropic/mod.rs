@@ -4,18 +4,17 @@
 //! `message_delta`, `message_stop`, `ping`, `error`). 529 and `overloaded_error` are rate
 //! limits: retryable.
 
-mod body;
+pub mod body;
+pub mod messages;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
-use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
+use super::transport::{self, Endpoint, Target};
+use super::{ChatRequest, ChunkStream, Completion, ErrorKind, ProviderError};
 use crate::config::{HttpProvider, Secret, providers::DEFAULT_ANTHROPIC_MAX_TOKENS};
-use crate::proto::{FinishReason, ThinkingBlock, ThinkingDelta, ToolCall, ToolCallDelta, Usage};
 
 /// The API version llm-router speaks; a deployment can send another with `extra_headers`.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -63,9 +62,7 @@ impl AnthropicProvider {
             .post(&self.url, &self.body(req, false), classify)
             .await?;
         let body = self.endpoint.body(response).await?;
-        let msg: Message =
-            serde_json::from_str(&body).map_err(|e| malformed("message", e, &body))?;
-        Ok(completion(msg))
+        messages::parse_message(&body)
     }
 
     pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
@@ -75,86 +72,17 @@ impl AnthropicProvider {
             .await?;
         Ok(transport::sse_stream(
             response,
-            AnthropicEvents::default(),
+            messages::AnthropicEvents::default(),
             self.max_malformed_events,
             self.endpoint.secrets(),
         ))
     }
 }
 
-impl WireUsage {
-    /// The usage in the API's terms: Anthropic's `input_tokens` leaves out the prompt tokens
-    /// read from or written to its cache, which count here as prompt tokens too.
-    /// `stream_output`: a stream's output tokens, reported apart from its input.
-    fn into_proto(self, stream_output: Option<u32>) -> Usage {
-        let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt = self
-            .input_tokens
-            .saturating_add(cached)
-            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
-        let output = stream_output.unwrap_or(self.output_tokens);
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: output,
-            total_tokens: prompt.saturating_add(output),
-            cached_tokens: self.cache_read_input_tokens,
-            ..Default::default()
-        }
-    }
-}
-
-/// A message's content blocks as an answer: its text, tool calls and thinking, in order.
-fn completion(msg: Message) -> Completion {
-    let mut text = String::new();
-    let mut tool_calls = Vec::new();
-    let mut thinking = Vec::new();
-    for block in msg.content {
-        match block.kind.as_str() {
-            "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
-            "tool_use" => tool_calls.push(ToolCall {
-                id: block.id.unwrap_or_default(),
-                name: block.name.unwrap_or_default(),
-                arguments: block
-                    .input
-                    .map_or_else(|| "{}".to_string(), |v| v.to_string()),
-            }),
-            "thinking" => thinking.push(ThinkingBlock {
-                text: block.thinking.unwrap_or_default(),
-                signature: block.signature.unwrap_or_default(),
-                redacted: String::new(),
-            }),
-            "redacted_thinking" => thinking.push(ThinkingBlock {
-                redacted: block.data.unwrap_or_default(),
-                ..ThinkingBlock::default()
-            }),
-            _ => {}
-        }
-    }
-    Completion {
-        text,
-        tool_calls,
-        thinking,
-        finish_reason: stop_reason(msg.stop_reason.as_deref()),
-        usage: msg.usage.map(|u| u.into_proto(None)),
-    }
-}
-
-fn stop_reason(reason: Option<&str>) -> FinishReason {
-    match reason {
-        Some("end_turn" | "stop_sequence") => FinishReason::Stop,
-        Some("max_tokens") => FinishReason::Length,
-        Some("tool_use") => FinishReason::ToolCalls,
-        Some("refusal") => FinishReason::ContentFilter,
-        _ => FinishReason::Unspecified,
-    }
-}
-
 /// Anthropic's statuses: 529 (overloaded) and `overloaded_error` bodies are rate limits, waited
 /// out with `retry-after` or, failing that, the latest `anthropic-ratelimit-*-reset` time.
 fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
-    let error_type = serde_json::from_str::<ErrorBody>(body)
-        .ok()
-        .map(|b| b.error.kind);
+    let error_type = messages::error_type(body);
     let rate_limited = status == 429
         || status == 529
         || matches!(
@@ -243,238 +171,13 @@ fn parse_rfc3339(s: &str) -> Option<f64> {
     Some((days * 86_400 + hh * 3600 + mm * 60 - offset) as f64 + ss)
 }
 
-/// Reads the stream's events. Usage arrives in two parts: input tokens in `message_start`,
-/// output tokens in `message_delta`.
-#[derive(Default)]
-struct AnthropicEvents {
-    /// The stream's input usage, from `message_start`.
-    input: Option<WireUsage>,
-    /// Which content blocks are tool calls: the block index of each, in order (a call's
-    /// place here is its index in the API's tool-call pieces).
-    tool_blocks: Vec<u32>,
-    /// Which content blocks are thinking, likewise.
-    thinking_blocks: Vec<u32>,
-}
-
-impl AnthropicEvents {
-    /// A thinking piece for content block `block`, when it is one.
-    fn thinking(&self, block: u32, piece: ThinkingDelta) -> Option<Step> {
-        let index = self.thinking_blocks.iter().position(|&b| b == block)?;
-        Some(Step::Chunk(Chunk {
-            thinking: vec![ThinkingDelta {
-                index: index as u32,
-                ..piece
-            }],
-            ..Chunk::default()
-        }))
-    }
-}
-
-impl EventParser for AnthropicEvents {
-    fn event(&mut self, data: &str) -> Result<Step, ProviderError> {
-        let ev: Event = match serde_json::from_str(data) {
-            Ok(ev) => ev,
-            Err(e) => return Ok(malformed_event(e, data)),
-        };
-        match ev.kind.as_str() {
-            "message_start" => {
-                self.input = ev.message.and_then(|m| m.usage);
-                Ok(Step::Skip)
-            }
-            "content_block_start" => match ev.content_block {
-                Some(block) if block.kind == "thinking" || block.kind == "redacted_thinking" => {
-                    let at = ev.index.unwrap_or_default();
-                    self.thinking_blocks.push(at);
-                    // A thinking block's text and signature come in deltas; a redacted block's
-                    // data comes whole, here.
-                    let piece = ThinkingDelta {
-                        redacted: block.data.unwrap_or_default(),
-                        ..ThinkingDelta::default()
-                    };
-                    if piece.redacted.is_empty() {
-                        Ok(Step::Skip)
-                    } else {
-                        Ok(self.thinking(at, piece).unwrap_or(Step::Skip))
-                    }
-                }
-                Some(block) if block.kind == "tool_use" => {
-                    let index = self.tool_blocks.len() as u32;
-                    self.tool_blocks.push(ev.index.unwrap_or_default());
-                    Ok(Step::Chunk(Chunk {
-                        tool_calls: vec![ToolCallDelta {
-                            index,
-                            id: block.id.unwrap_or_default(),
-                            name: block.name.unwrap_or_default(),
-                            arguments: String::new(),
-                        }],
-                        ..Chunk::default()
-                    }))
-                }
-                _ => Ok(Step::Skip),
-            },
-            "content_block_delta" => match ev.delta {
-                Some(Delta {
-                    kind: Some(k),
-                    text: Some(text),
-                    ..
-                }) if k == "text_delta" => Ok(Step::Chunk(Chunk {
-                    delta: text,
-                    ..Chunk::default()
-                })),
-                Some(Delta {
-                    kind: Some(k),
-                    partial_json: Some(json),
-                    ..
-                }) if k == "input_json_delta" => {
-                    let block = ev.index.unwrap_or_default();
-                    let Some(index) = self.tool_blocks.iter().position(|&b| b == block) else {
-                        return Ok(malformed_event(
-                            "input_json_delta for no tool_use block",
-                            data,
-                        ));
-                    };
-                    Ok(Step::Chunk(Chunk {
-                        tool_calls: vec![ToolCallDelta {
-                            index: index as u32,
-                            arguments: json,
-                            ..ToolCallDelta::default()
-                        }],
-                        ..Chunk::default()
-                    }))
-                }
-                Some(Delta {
-                    kind: Some(k),
-                    thinking,
-                    signature,
-                    ..
-                }) if k == "thinking_delta" || k == "signature_delta" => {
-                    let piece = ThinkingDelta {
-                        text: thinking.unwrap_or_default(),
-                        signature: signature.unwrap_or_default(),
-                        ..ThinkingDelta::default()
-                    };
-                    match self.thinking(ev.index.unwrap_or_default(), piece) {
-                        Some(step) => Ok(step),
-                        None => Ok(malformed_event(
-                            "thinking delta for no thinking block",
-                            data,
-                        )),
-                    }
-                }
-                _ => Ok(Step::Skip),
-            },
-            "message_delta" => {
-                let reason = ev.delta.and_then(|d| d.stop_reason);
-                let usage = ev.usage.map(|u| {
-                    let input = self.input.clone().unwrap_or_default();
-                    input.into_proto(Some(u.output_tokens))
-                });
-                Ok(Step::Chunk(Chunk {
-                    delta: String::new(),
-                    finish_reason: reason.as_deref().map(|r| stop_reason(Some(r))),
-                    usage,
-                    ..Chunk::default()
-                }))
-            }
-            "message_stop" => Ok(Step::Done),
-            "error" => {
-                let kind = match ev.error.as_ref().map(|e| e.kind.as_str()) {
-                    Some("overloaded_error" | "rate_limit_error") => ErrorKind::RateLimited,
-                    _ => ErrorKind::Upstream,
-                };
-                Err(ProviderError::new(
-                    kind,
-                    200,
-                    format!("error event: {}", excerpt(data)),
-                ))
-            }
-            // ping, content_block_start/stop, and event types added after this was written.
-            _ => Ok(Step::Skip),
-        }
-    }
-
-    fn cut_short(&self) -> ProviderError {
-        ProviderError::new(
-            ErrorKind::Upstream,
-            200,
-            "stream ended before a stop_reason or message_stop",
-        )
-    }
-}
-
-#[derive(Deserialize)]
-struct Message {
-    // Required: a body without it is not an Anthropic message (an empty answer would hide that).
-    content: Vec<ContentBlock>,
-    stop_reason: Option<String>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct ContentBlock {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-    /// `tool_use` blocks: the call's id, function and arguments.
-    id: Option<String>,
-    name: Option<String>,
-    input: Option<Value>,
-    /// `thinking` blocks: the reasoning and its signature.
-    thinking: Option<String>,
-    signature: Option<String>,
-    /// `redacted_thinking` blocks: their opaque data.
-    data: Option<String>,
-}
-
-#[derive(Deserialize, Clone, Default)]
-struct WireUsage {
-    #[serde(default)]
-    input_tokens: u32,
-    #[serde(default)]
-    output_tokens: u32,
-    cache_read_input_tokens: Option<u32>,
-    cache_creation_input_tokens: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct Event {
-    #[serde(rename = "type")]
-    kind: String,
-    /// The content block a `content_block_*` event is about.
-    index: Option<u32>,
-    content_block: Option<ContentBlock>,
-    message: Option<Message>,
-    delta: Option<Delta>,
-    usage: Option<WireUsage>,
-    error: Option<ErrorDetail>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    text: Option<String>,
-    partial_json: Option<String>,
-    thinking: Option<String>,
-    signature: Option<String>,
-    stop_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(rename = "type")]
-    kind: String,
-}
-
 #[cfg(test)]
 mod tests {
+    use super::messages::AnthropicEvents;
     use super::*;
+    use crate::proto::FinishReason;
     use crate::providers::chat::fixture;
+    use crate::providers::transport::{EventParser, Step};
 
     #[test]
     fn rfc3339_times_parse_with_offsets_and_fractions() {
@@ -591,9 +294,8 @@ mod tests {
 
     #[test]
     fn tool_use_blocks_come_back_unary_and_streamed() {
-        let msg: Message =
-            serde_json::from_str(&fixture("anthropic/message_tool_use.json")).unwrap();
-        assert_eq!(msg.content.len(), 2);
+        let c = messages::parse_message(&fixture("anthropic/message_tool_use.json")).unwrap();
+        assert_eq!(c.tool_calls.len(), 1);
         let mut p = AnthropicEvents::default();
         let mut chunks = Vec::new();
         for data in crate::providers::chat::sse_data(&fixture("anthropic/stream_tool_use.sse")) {
@@ -683,9 +385,8 @@ mod tests {
 
     #[test]
     fn thinking_comes_back_unary_and_streamed_and_goes_back_unchanged() {
-        let msg: Message =
-            serde_json::from_str(&fixture("anthropic/message_thinking_tool_use.json")).unwrap();
-        let c = completion(msg);
+        let c =
+            messages::parse_message(&fixture("anthropic/message_thinking_tool_use.json")).unwrap();
         assert_eq!(c.finish_reason, FinishReason::ToolCalls);
         assert_eq!(c.thinking.len(), 2);
         assert!(c.thinking[0].text.starts_with("The user wants"));

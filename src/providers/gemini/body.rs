@@ -10,7 +10,7 @@ use crate::proto::{ChatMessage, Role, content_part::Part, image::Source};
 use crate::providers::chat::{arguments_object, base64, image_media_type, text_of};
 use crate::providers::{ChatRequest, ResponseFormat, ToolChoice};
 
-pub(super) fn body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Value {
+pub fn body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Value {
     let system: Vec<Value> = req
         .messages
         .iter()

@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-mod body;
+pub mod body;
 
 use super::chat::new_call_id;
 use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
@@ -61,32 +61,7 @@ impl GeminiProvider {
             .post(&self.unary_url, &self.body(req), classify)
             .await?;
         let body = self.endpoint.body(response).await?;
-        let r: Response =
-            serde_json::from_str(&body).map_err(|e| malformed("response", e, &body))?;
-        let piece = r.into_piece()?;
-        if piece.finish_reason.is_none() && piece.text.is_empty() && piece.calls.is_empty() {
-            return Err(ProviderError::new(
-                ErrorKind::Upstream,
-                200,
-                format!("response has no candidate: {}", excerpt(&body)),
-            ));
-        }
-        Ok(Completion {
-            text: piece.text,
-            tool_calls: piece
-                .calls
-                .into_iter()
-                .map(|c| ToolCall {
-                    id: c.id,
-                    name: c.name,
-                    arguments: c.arguments,
-                })
-                .collect(),
-            // Gemini's thought summaries are not its to send back: nothing is carried.
-            thinking: Vec::new(),
-            finish_reason: piece.finish_reason.unwrap_or(FinishReason::Unspecified),
-            usage: piece.usage,
-        })
+        parse_response(&body)
     }
 
     pub async fn stream(&self, req: &ChatRequest) -> Result<ChunkStream, ProviderError> {
@@ -101,6 +76,36 @@ impl GeminiProvider {
             self.endpoint.secrets(),
         ))
     }
+}
+
+/// A unary `generateContent` answer's body as a completion: the wire format's reading, which
+/// another host of Gemini models reuses.
+pub fn parse_response(body: &str) -> Result<Completion, ProviderError> {
+    let r: Response = serde_json::from_str(body).map_err(|e| malformed("response", e, body))?;
+    let piece = r.into_piece()?;
+    if piece.finish_reason.is_none() && piece.text.is_empty() && piece.calls.is_empty() {
+        return Err(ProviderError::new(
+            ErrorKind::Upstream,
+            200,
+            format!("response has no candidate: {}", excerpt(body)),
+        ));
+    }
+    Ok(Completion {
+        text: piece.text,
+        tool_calls: piece
+            .calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect(),
+        // Gemini's thought summaries are not its to send back: nothing is carried.
+        thinking: Vec::new(),
+        finish_reason: piece.finish_reason.unwrap_or(FinishReason::Unspecified),
+        usage: piece.usage,
+    })
 }
 
 /// Google's statuses, refined by the body: an invalid key is a 400 `API_KEY_INVALID` (an auth
@@ -224,7 +229,7 @@ fn finish_reason(reason: &str) -> FinishReason {
 
 /// Reads the stream's events: each carries whole function calls, numbered here in order.
 #[derive(Default)]
-struct GeminiEvents {
+pub struct GeminiEvents {
     calls: u32,
 }
 
