@@ -12,7 +12,7 @@ use super::{
 };
 use crate::config::{ModelGroup, StreamRecovery};
 use crate::proto::{Attempt, AttemptOutcome, FinishReason};
-use crate::providers::{ChatRequest, Chunk, Completion, Needs, bounded, estimate_tokens};
+use crate::providers::{ChatRequest, Chunk, Completion, Needs, estimate_tokens};
 
 /// What one call will do, fixed before its first attempt.
 #[derive(Debug, Clone)]
@@ -119,12 +119,6 @@ impl Plan {
             needs: chat.needs(),
         }
     }
-}
-
-/// A name from a request, as errors echo it: cut to 128 bytes, so that a caller cannot make
-/// the router send back (or log) whatever it sent.
-pub fn echo(name: &str) -> String {
-    bounded(name, 128)
 }
 
 /// Whether the call's total deadline is the client's own: its grpc-timeout or the request's

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use super::{CallError, context::CallContext, plan::echo, policy::Special};
+use super::{CallError, context::CallContext, policy::Special};
 use crate::config::{Config, ModelGroup};
+use crate::providers::bounded;
 
 /// The groups of one config snapshot as one call may see them.
 pub struct Reach<'a> {
@@ -91,4 +92,10 @@ impl<'a> Reach<'a> {
             .filter_map(|name| self.group(name).cloned())
             .collect()
     }
+}
+
+/// A name from a request, as errors echo it: cut to 128 bytes, so that a caller cannot make
+/// the router send back (or log) whatever it sent.
+pub fn echo(name: &str) -> String {
+    bounded(name, 128)
 }
