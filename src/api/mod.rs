@@ -18,10 +18,13 @@ use crate::proto::{
     ChatMessage, CompleteRequest, CompleteResponse, ListModelsRequest, ListModelsResponse, Role,
     StreamCompleteRequest, router_service_server::RouterService,
 };
-use crate::routing::{CallContext, SharedRouter, deadline::parse_grpc_timeout, recovery::Recovery};
+use crate::routing::{
+    CallContext, CallRequest, SharedRouter, deadline::parse_grpc_timeout, recovery::Recovery,
+};
+use error::ApiError;
 pub use record::{ActiveCalls, ActiveGuard};
 use record::{CallRecord, record_usage, rpc_span};
-use stream::{OnEnd, ResponseStream, StreamEnd};
+use stream::{Open, ResponseStream, StreamEnd};
 
 pub struct RouterApi {
     routers: Arc<SharedRouter>,
@@ -48,26 +51,40 @@ fn client_timeout<T>(req: &Request<T>) -> Option<Duration> {
 }
 
 impl RouterApi {
-    async fn complete_in(
+    /// The one admission point of a call: counted in flight, refused at the server's cap,
+    /// shape-validated, and given what it may use.
+    fn admit<T: request::Incoming>(
         &self,
-        request: Request<CompleteRequest>,
+        rpc: &'static str,
+        request: Request<T>,
         span: tracing::Span,
-    ) -> Result<Response<CompleteResponse>, Status> {
+        validate: fn(T, Option<Duration>) -> Result<CallRequest, ApiError>,
+    ) -> Result<(CallRecord, CallRequest), Status> {
         let r = request.get_ref();
         let mut record = CallRecord::start(
             &self.routers,
             &self.active,
-            "Complete",
-            &r.model,
-            &r.metadata,
+            rpc,
+            r.model(),
+            r.metadata(),
             span,
         );
         record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
         let context = call_context(&request);
-        let mut call = request::call_from_complete(request.into_inner(), client_timeout)
-            .map_err(|e| record.answer_failure(e))?;
+        let mut call =
+            validate(request.into_inner(), client_timeout).map_err(|e| record.answer_failure(e))?;
         call.context = context;
+        Ok((record, call))
+    }
+
+    async fn complete_in(
+        &self,
+        request: Request<CompleteRequest>,
+        span: tracing::Span,
+    ) -> Result<Response<CompleteResponse>, Status> {
+        let (mut record, call) =
+            self.admit("Complete", request, span, request::call_from_complete)?;
         let router = record.router.clone();
         let answered = router
             .complete(&call)
@@ -75,9 +92,6 @@ impl RouterApi {
             .map_err(|f| record.answer_failure(f))?;
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
-            router
-                .metrics()
-                .tokens(&answered.group, &answered.deployment, usage);
             record_usage(&record.span, usage);
         }
         record.finish(
@@ -107,21 +121,8 @@ impl RouterApi {
         request: Request<StreamCompleteRequest>,
         span: tracing::Span,
     ) -> Result<Response<ResponseStream>, Status> {
-        let r = request.get_ref();
-        let mut record = CallRecord::start(
-            &self.routers,
-            &self.active,
-            "StreamComplete",
-            &r.model,
-            &r.metadata,
-            span,
-        );
-        record.shed_if_overloaded()?;
-        let client_timeout = client_timeout(&request);
-        let context = call_context(&request);
-        let mut call = request::call_from_stream(request.into_inner(), client_timeout)
-            .map_err(|e| record.answer_failure(e))?;
-        call.context = context;
+        let (mut record, call) =
+            self.admit("StreamComplete", request, span, request::call_from_stream)?;
         let router = record.router.clone();
         // Everything before the first chunk, retries and fallbacks included, is answered as a
         // status: the response stream is only returned once the call has committed.
@@ -129,37 +130,27 @@ impl RouterApi {
             .stream(&call)
             .await
             .map_err(|f| record.answer_failure(f))?;
-        let idle = router.config().router.stream_idle_timeout;
-        let id = record.id.clone();
-        let active = record.active.take();
-        let metrics = router.metrics().clone();
-        // The record (and with it the RPC's span) lives until the stream ends.
-        let on_end: OnEnd = Box::new(move |end| {
-            if let Some(u) = &end.usage {
-                // Token counts of answers that finished, as for unary calls.
-                if end.how == StreamEnd::Finished {
-                    metrics.tokens(end.group, end.deployment, u);
+        let open = Open {
+            id: record.id.clone(),
+            idle: router.config().router.stream_idle_timeout,
+            gauge: router.metrics().stream_open(),
+            active: record.active.take(),
+            // The record (and with it the RPC's span) lives until the stream ends.
+            on_end: Box::new(move |end| {
+                if let Some(u) = &end.usage {
+                    record_usage(&record.span, u);
                 }
-                record_usage(&record.span, u);
-            }
-            let code = match end.how {
-                StreamEnd::Finished => tonic::Code::Ok,
-                StreamEnd::ClientGone => tonic::Code::Cancelled,
-                StreamEnd::Failed(code) => code,
-            };
-            record.finish(Some((end.group, end.deployment)), end.attempts, code);
-        });
+                let code = match end.how {
+                    StreamEnd::Finished => tonic::Code::Ok,
+                    StreamEnd::ClientGone => tonic::Code::Cancelled,
+                    StreamEnd::Failed(code) => code,
+                };
+                record.finish(Some((end.group, end.deployment)), end.attempts, code);
+            }),
+        };
         // The call's request is kept only by a stream that may recover.
         let recovery = Recovery::arm(router.clone(), call, &mut answered);
-        Ok(Response::new(stream::forward(
-            answered,
-            recovery,
-            id,
-            idle,
-            router.metrics(),
-            on_end,
-            active,
-        )))
+        Ok(Response::new(stream::forward(answered, recovery, open)))
     }
 }
 

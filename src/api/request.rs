@@ -166,6 +166,30 @@ pub fn call_from_complete(
     })
 }
 
+/// What admission reads of a request before validating it.
+pub trait Incoming {
+    fn model(&self) -> &str;
+    fn metadata(&self) -> &std::collections::HashMap<String, String>;
+}
+
+impl Incoming for CompleteRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        &self.metadata
+    }
+}
+
+impl Incoming for StreamCompleteRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        &self.metadata
+    }
+}
+
 /// The two request messages carry the same fields; one validation serves both.
 pub fn call_from_stream(
     r: StreamCompleteRequest,

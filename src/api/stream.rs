@@ -22,7 +22,7 @@ use crate::routing::{
     recovery::Recovery,
     stream::{CommittedStream, Piece, StreamItem},
 };
-use crate::telemetry::{Metrics, metrics::GaugeGuard};
+use crate::telemetry::metrics::GaugeGuard;
 
 /// How a committed stream ended, for the call's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,31 +50,39 @@ pub type OnEnd = Box<dyn FnOnce(Ended<'_>) + Send>;
 pub type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<StreamCompleteResponse, Status>> + Send>>;
 
+/// What the API layer keeps of a call while its stream is open.
+pub struct Open {
+    pub id: String,
+    /// `router_settings.stream_idle_timeout`.
+    pub idle: Duration,
+    /// Counts the stream open, until it is dropped.
+    pub gauge: GaugeGuard,
+    /// Counts the call in flight until tonic drops the stream, after its trailers.
+    pub active: Option<ActiveGuard>,
+    pub on_end: OnEnd,
+}
+
 /// The client's stream for a committed call. `recovery`: what the stream needs to recover if
 /// it breaks, when the call may.
 pub fn forward(
     answered: Answered<Committed>,
     recovery: Option<Box<Recovery>>,
-    id: String,
-    idle: Duration,
-    metrics: &Metrics,
-    on_end: OnEnd,
-    active: Option<ActiveGuard>,
+    open: Open,
 ) -> ResponseStream {
     let group = answered.group.clone();
     let deployment = answered.deployment.clone();
-    let inner = CommittedStream::new(answered, idle, recovery);
+    let inner = CommittedStream::new(answered, open.idle, recovery);
     let head_attempts = inner.attempts();
     Box::pin(Forward {
-        _open: metrics.stream_open(),
+        _open: open.gauge,
         attempts: head_attempts.len(),
         head_attempts: Some(head_attempts),
-        _active: active,
+        _active: open.active,
         inner,
-        id,
+        id: open.id,
         group,
         deployment,
-        on_end: Some(on_end),
+        on_end: Some(open.on_end),
     })
 }
 
@@ -224,11 +232,13 @@ mod tests {
         let items = stream::forward(
             a,
             None,
-            "id".into(),
-            idle,
-            &Arc::new(crate::telemetry::Metrics::new()),
-            on_end,
-            None,
+            stream::Open {
+                id: "id".into(),
+                idle: idle,
+                gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
+                active: None,
+                on_end,
+            },
         )
         .collect()
         .await;
@@ -345,11 +355,13 @@ mod tests {
         let mut s = stream::forward(
             a,
             None,
-            "id".into(),
-            ms(500),
-            &Arc::new(crate::telemetry::Metrics::new()),
-            on_end,
-            None,
+            stream::Open {
+                id: "id".into(),
+                idle: ms(500),
+                gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
+                active: None,
+                on_end,
+            },
         );
         s.next().await.unwrap().unwrap();
         drop(s);
@@ -404,11 +416,13 @@ server:
         let items = stream::forward(
             a,
             recovery,
-            "id".into(),
-            ms(500),
-            &Arc::new(crate::telemetry::Metrics::new()),
-            on_end,
-            None,
+            stream::Open {
+                id: "id".into(),
+                idle: ms(500),
+                gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
+                active: None,
+                on_end,
+            },
         )
         .collect()
         .await;

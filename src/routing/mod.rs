@@ -20,6 +20,7 @@
 //! - [`stream`]: a committed stream's idle and total timers, and the watchdog that ends it at
 //!   its deadline even when nobody reads it.
 //! - [`recovery`]: a committed stream that breaks, recovered through the rest of its chain.
+//! - [`usage`]: the one place an answer's usage is settled (cost, token metrics, `tpm`).
 //! - [`error`]: how a call fails, in routing's terms (the API layer picks gRPC codes).
 
 mod capability;
@@ -39,6 +40,7 @@ pub mod recovery;
 mod round;
 pub mod stream;
 mod table;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -148,7 +150,7 @@ impl Router {
             })
             .await?;
         if let (Some(t), Some(u)) = (&answered.tracker, &mut answered.value.usage) {
-            price(t.deployment(), u);
+            usage::answered(t, u);
         }
         Ok(answered)
     }
@@ -205,10 +207,3 @@ impl Router {
 pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
-
-/// Sets what an answer cost, when its deployment has a price.
-pub fn price(d: &crate::config::Deployment, usage: &mut crate::proto::Usage) {
-    usage.cost_usd = d
-        .cost
-        .map(|c| c.of(usage.prompt_tokens, usage.completion_tokens));
-}

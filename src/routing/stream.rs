@@ -262,8 +262,8 @@ impl Inner {
         let skipped = std::mem::take(&mut self.skipped_events);
         // Dropping the tracker ends the deployment's in-flight count.
         let tracker = self.tracker.take();
-        if let (Some(t), Some(u)) = (&tracker, &self.usage) {
-            t.add_tokens(u64::from(u.completion_tokens));
+        if let Some(t) = &tracker {
+            super::usage::released(t, self.usage.as_ref());
         }
         let (Some(t), Some(last), true) = (&tracker, self.attempts.last_mut(), skipped > 0) else {
             return false;
@@ -471,7 +471,7 @@ impl Inner {
                 Poll::Ready(None) => {
                     st.done = true;
                     if let (Some(t), Some(u)) = (&st.tracker, &mut st.usage) {
-                        super::price(t.deployment(), u);
+                        super::usage::answered(t, u);
                     }
                     let changed = st.release();
                     return Poll::Ready(Some(Ok(StreamItem::Finished {
