@@ -137,51 +137,42 @@ fn apply(
     }
 }
 
-/// Settings read once at start-up, which a reload cannot change.
+/// The settings read once at start-up, which a reload cannot change: the one list of them,
+/// each by its key and how its value reads. A reload that changes one says so, and the running
+/// value stays until a restart. A new start-up-only setting goes here.
+pub const RESTART_ONLY: &[(&str, fn(&Config) -> String)] = &[
+    ("server.listen", |c| c.server.listen.to_string()),
+    ("server.admin_listen", |c| {
+        format!("{:?}", c.server.admin_listen)
+    }),
+    ("server.max_concurrent_streams", |c| {
+        c.server.max_concurrent_streams.to_string()
+    }),
+    ("server.max_request_bytes", |c| {
+        c.server.max_request_bytes.to_string()
+    }),
+    ("telemetry.otlp_endpoint", |c| {
+        format!("{:?}", c.otlp_endpoint)
+    }),
+    ("telemetry.log_level", |c| c.log_level.clone()),
+];
+
+/// A config's values of the [`RESTART_ONLY`] settings, in that list's order.
 #[derive(Debug, Clone, PartialEq)]
-struct RestartOnly {
-    listen: std::net::SocketAddr,
-    admin_listen: Option<std::net::SocketAddr>,
-    max_concurrent_streams: u32,
-    max_request_bytes: usize,
-    otlp_endpoint: Option<String>,
-    log_level: String,
-}
+struct RestartOnly(Vec<String>);
 
 impl RestartOnly {
     fn of(c: &Config) -> RestartOnly {
-        RestartOnly {
-            listen: c.server.listen,
-            admin_listen: c.server.admin_listen,
-            max_concurrent_streams: c.server.max_concurrent_streams,
-            max_request_bytes: c.server.max_request_bytes,
-            otlp_endpoint: c.otlp_endpoint.clone(),
-            log_level: c.log_level.clone(),
-        }
+        RestartOnly(RESTART_ONLY.iter().map(|(_, read)| read(c)).collect())
     }
 
     /// The keys whose values differ.
     fn changes(&self, new: &RestartOnly) -> Vec<&'static str> {
-        [
-            (self.listen != new.listen, "server.listen"),
-            (self.admin_listen != new.admin_listen, "server.admin_listen"),
-            (
-                self.max_concurrent_streams != new.max_concurrent_streams,
-                "server.max_concurrent_streams",
-            ),
-            (
-                self.max_request_bytes != new.max_request_bytes,
-                "server.max_request_bytes",
-            ),
-            (
-                self.otlp_endpoint != new.otlp_endpoint,
-                "telemetry.otlp_endpoint",
-            ),
-            (self.log_level != new.log_level, "telemetry.log_level"),
-        ]
-        .into_iter()
-        .filter_map(|(changed, key)| changed.then_some(key))
-        .collect()
+        RESTART_ONLY
+            .iter()
+            .zip(self.0.iter().zip(&new.0))
+            .filter_map(|((key, _), (old, new))| (old != new).then_some(*key))
+            .collect()
     }
 }
 
@@ -206,5 +197,31 @@ impl Hangup {
             }
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!(
+            "model_list:\n  - {{ model_name: g, litellm_params: {{ model: mock/a }} }}\n{extra}"
+        );
+        Config::load(Source::Yaml(&yaml)).unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_each_start_up_setting_it_changed_and_no_other() {
+        let before = RestartOnly::of(&config("server: { listen: 127.0.0.1:7001 }\n"));
+        let after = RestartOnly::of(&config(
+            "server: { listen: 127.0.0.1:7002, max_request_bytes: 1024 }\nrouter_settings: { num_retries: 1 }\n",
+        ));
+        assert_eq!(
+            before.changes(&after),
+            ["server.listen", "server.max_request_bytes"]
+        );
+        assert!(before.changes(&before).is_empty());
+        assert_eq!(before.0.len(), RESTART_ONLY.len());
     }
 }

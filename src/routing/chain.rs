@@ -14,7 +14,7 @@ use super::{
     failure::{Failure, Fault},
     health::Unavailable,
     log::CallLog,
-    pick::{Pick, Picker},
+    pick::{Facts, Pick, Picker},
     plan::Plan,
     policy::{self, Decision, Leave, Position, Special},
     reach::Reach,
@@ -43,6 +43,32 @@ pub struct Resume {
     /// The answering deployment, in the first group.
     pub deployment: usize,
     pub switched: bool,
+}
+
+/// What the walk does next, as the current group's picker and the retry policy decided.
+enum Next {
+    /// Run an attempt on deployment `idx` of the current group, after `wait`.
+    Attempt {
+        idx: usize,
+        wait: Option<std::time::Duration>,
+    },
+    NextGroup,
+    SwitchTo(Special),
+    Stop(CallError),
+    /// No group is current, or nothing can be picked: the chain is done.
+    Exhausted,
+}
+
+/// Sleeps a retry's backoff, in its own span.
+async fn backoff_sleep(wait: std::time::Duration) {
+    tokio::time::sleep(wait)
+        .instrument(tracing::info_span!(
+            target: TARGET,
+            "backoff",
+            otel.name = "llmrouter.backoff",
+            llmrouter.backoff_ms = wait.as_millis() as u64,
+        ))
+        .await;
 }
 
 /// Where a call stands in its chain of model groups.
@@ -194,6 +220,67 @@ impl Chain {
         Some(self.current.insert(entered))
     }
 
+    /// What the call does next in the current group: the picker's choice, read by the retry
+    /// policy. Logs the deployments a move to the next group skipped.
+    fn next_step(
+        &mut self,
+        facts: &Facts,
+        plan: &Plan,
+        backoff: Backoff,
+        log: &mut CallLog,
+    ) -> Next {
+        let switched = self.switched;
+        let Some(group) = self.current.as_mut() else {
+            return Next::Exhausted;
+        };
+        let pick = group.pick.pick(facts);
+        if group.failure.is_none()
+            && let Pick::Nothing { skipped } = &pick
+            && !skipped.is_empty()
+            && skipped
+                .iter()
+                .all(|(_, why)| matches!(why, Unavailable::PromptTooLong { .. }))
+        {
+            // No model of the group can take the prompt: as LiteLLM's pre-call checks, the
+            // group fails on a context-window error, never sent; the policy decides next.
+            log.skipped(&group.pick.group, skipped);
+            group.failure = Some(Failure::prompt_too_long(plan.request_tokens));
+            return self.next_step(facts, plan, backoff, log);
+        }
+        let position = group.position(&pick, plan, switched, backoff);
+        // Nothing has failed yet in a group just entered.
+        let failed = group
+            .failure
+            .as_ref()
+            .map(|f| policy::fault(f, plan.continuation));
+        let (wait, counted) = match policy::decide(failed, &position) {
+            Decision::AttemptNow { counted } => (None, counted),
+            Decision::WaitThenRetry { wait, counted } => (Some(wait), counted),
+            Decision::NextGroup(why) => {
+                if let (Leave::NoDeploymentLeft, Pick::Nothing { skipped }) = (why, &pick) {
+                    log.skipped(&group.pick.group, skipped);
+                }
+                return Next::NextGroup;
+            }
+            Decision::SwitchTo(special) => return Next::SwitchTo(special),
+            Decision::Stop(end) => {
+                // Only a failure stops a call, so the group has one.
+                let error = group
+                    .failure
+                    .take()
+                    .map_or(CallError::DeadlineExceeded, |f| end.error(f));
+                return Next::Stop(error);
+            }
+        };
+        let Pick::Go { idx, .. } = pick else {
+            return Next::Exhausted;
+        };
+        if counted {
+            group.retries_done += 1;
+        }
+        Next::Attempt { idx, wait }
+    }
+
     /// Replaces the rest of the chain with the current group's special fallback list.
     fn switch_to(&mut self, special: Special, router: &Router, plan: &Plan) {
         let Some(current) = &self.current else {
@@ -273,74 +360,30 @@ impl Router {
         'groups: while chain.enter_next(self, plan, &mut call.log).is_some() {
             loop {
                 let facts = call.facts(false);
-                let Some(group) = chain.current.as_mut() else {
-                    break 'groups;
-                };
-                let pick = group.pick.pick(&facts);
-                if group.failure.is_none()
-                    && let Pick::Nothing { skipped } = &pick
-                    && !skipped.is_empty()
-                    && skipped
-                        .iter()
-                        .all(|(_, why)| matches!(why, Unavailable::PromptTooLong { .. }))
-                {
-                    // No model of the group can take the prompt: as LiteLLM's pre-call
-                    // checks, the group fails on a context-window error, never sent.
-                    call.log.skipped(&group.pick.group, skipped);
-                    group.failure = Some(Failure::prompt_too_long(plan.request_tokens));
-                    continue;
-                }
-                let position = group.position(&pick, plan, chain.switched, backoff);
-                // Nothing has failed yet in a group just entered.
-                let failed = group
-                    .failure
-                    .as_ref()
-                    .map(|f| policy::fault(f, plan.continuation));
-                let decision = policy::decide(failed, &position);
-                let (wait, counted) = match decision {
-                    Decision::AttemptNow { counted } => (None, counted),
-                    Decision::WaitThenRetry { wait, counted } => (Some(wait), counted),
-                    Decision::NextGroup(why) => {
-                        if let (Leave::NoDeploymentLeft, Pick::Nothing { skipped }) = (why, &pick) {
-                            call.log.skipped(&group.pick.group, skipped);
-                        }
-                        continue 'groups;
-                    }
-                    Decision::SwitchTo(special) => {
+                let (idx, wait) = match chain.next_step(&facts, plan, backoff, &mut call.log) {
+                    Next::Attempt { idx, wait } => (idx, wait),
+                    Next::NextGroup => continue 'groups,
+                    Next::SwitchTo(special) => {
                         chain.switch_to(special, self, plan);
                         continue 'groups;
                     }
-                    Decision::Stop(end) => {
-                        // Only a failure stops a call, so the group has one.
-                        let error = group
-                            .failure
-                            .take()
-                            .map_or(CallError::DeadlineExceeded, |f| end.error(f));
+                    Next::Stop(error) => {
                         return Err(CallFailure {
                             error,
                             attempts: call.log.attempts,
                         });
                     }
+                    Next::Exhausted => break 'groups,
                 };
-                let Pick::Go { idx, .. } = pick else {
-                    break 'groups;
-                };
-                if counted {
-                    group.retries_done += 1;
-                }
                 if let Some(wait) = wait {
-                    tokio::time::sleep(wait)
-                        .instrument(tracing::info_span!(
-                            target: TARGET,
-                            "backoff",
-                            otel.name = "llmrouter.backoff",
-                            llmrouter.backoff_ms = wait.as_millis() as u64,
-                        ))
-                        .await;
+                    backoff_sleep(wait).await;
                 }
                 if Instant::now() >= plan.deadline {
                     break 'groups;
                 }
+                let Some(group) = chain.current.as_mut() else {
+                    break 'groups;
+                };
                 if group.pick.has_failures() {
                     let d = &group.pick.group.deployments[idx];
                     self.metrics().retry(&group.pick.group.name, &d.id);
