@@ -1,6 +1,7 @@
 //! `model_list` entries: each deployment, its provider's settings and its secrets.
 
 use super::*;
+use crate::config::raw::RawModelInfo;
 
 /// A deployment on a provider llm-router cannot reach yet: refused, unless its group has
 /// others (then skipped with a warning), which is only known once every entry is read.
@@ -57,98 +58,11 @@ pub(super) fn deployment(
         }
     };
 
-    // The attempt limit: the deployment's own, else LiteLLM's per-attempt request_timeout,
-    // else the whole call's deadline.
-    let timeout = errs
-        .positive(&key("litellm_params.timeout"), params.timeout)
-        .or(router.attempt_timeout)
-        .unwrap_or(router.timeout);
-    if params.timeout.is_some() && timeout > router.timeout {
-        // Not an error: the call's total deadline caps it anyway. Worth saying, though.
-        errs.warn(format!(
-            "`{}` ({}) is longer than router_settings.timeout ({}), which caps it",
-            key("litellm_params.timeout"),
-            crate::config::duration::display(timeout),
-            crate::config::duration::display(router.timeout)
-        ));
-    }
-    let stream_timeout = errs
-        .positive(&key("litellm_params.stream_timeout"), params.stream_timeout)
-        .or(router.stream_timeout);
-    // LiteLLM's deployment-level num_retries retries the same call: max_retries here.
-    let (max_retries, retries_key) = match (params.max_retries, params.num_retries) {
-        (Some(n), _) => (n, "max_retries"),
-        (None, Some(n)) => (n, "num_retries"),
-        (None, None) => (router.num_retries, "max_retries"),
-    };
-    if max_retries > MAX_RETRIES_LIMIT {
-        errs.add(
-            key(&format!("litellm_params.{retries_key}")),
-            format!("must be at most {MAX_RETRIES_LIMIT}"),
-        );
-    }
-    // 0 stands for "not set" until the group's weights are settled (see shuffle_weights).
-    let weight = params.weight.unwrap_or(0);
-    if params.weight == Some(0) {
-        errs.add(key("litellm_params.weight"), "must be at least 1");
-    }
-    for (value, name) in [
-        (params.rpm.map(u64::from), "rpm"),
-        (params.tpm, "tpm"),
-        (
-            params.max_parallel_requests.map(u64::from),
-            "max_parallel_requests",
-        ),
-    ] {
-        if value == Some(0) {
-            errs.add(key(&format!("litellm_params.{name}")), "must be at least 1");
-        }
-    }
+    let (timeout, stream_timeout, max_retries) = attempt_limits(&key, params, router, errs);
+    let weight = capacity(&key, params, errs);
 
-    // The mock continues any prefix of its own answer (see MockProvider).
-    let mut prefill_by_default = true;
-    let provider_config = if provider == "mock" {
-        for (set, name) in [
-            (params.api_base.is_some(), "api_base"),
-            (params.api_key.is_some(), "api_key"),
-            (params.api_version.is_some(), "api_version"),
-            (params.organization.is_some(), "organization"),
-            (params.extra_headers.is_some(), "extra_headers"),
-        ] {
-            if set {
-                errs.add(
-                    key(&format!("litellm_params.{name}")),
-                    "mock deployments take no {name}".replace("{name}", name),
-                );
-            }
-        }
-        extra_params(&key, None, params, errs);
-        ProviderConfig::Mock(mock_spec(
-            &key("litellm_params.mock"),
-            params.mock.as_ref(),
-            errs,
-        ))
-    } else {
-        let Some(spec) = providers::lookup(provider) else {
-            // resolve_model only answers Known with a catalogued prefix.
-            errs.add(
-                key("litellm_params.model"),
-                format!("unknown provider `{provider}`"),
-            );
-            return None;
-        };
-        if params.mock.is_some() {
-            errs.add(
-                key("litellm_params.mock"),
-                "only mock/ deployments take a mock block",
-            );
-        }
-        prefill_by_default = spec.assistant_prefill;
-        let mut http = http_provider(spec, params, &key, lookup_env, errs);
-        let defaults = extra_params(&key, Some(spec.api.wire()), params, errs);
-        http.body_defaults = (!defaults.is_empty()).then(|| Arc::new(defaults));
-        ProviderConfig::Http(http)
-    };
+    let (provider_config, prefill_by_default) =
+        provider_config(provider, params, &key, lookup_env, errs)?;
 
     let id = match d.model_info.id.as_deref().map(str::trim) {
         Some("") => {
@@ -163,34 +77,7 @@ pub(super) fn deployment(
     if info.max_input_tokens == Some(0) {
         errs.add(key("model_info.max_input_tokens"), "must be at least 1");
     }
-    let price = |info_value: Option<f64>, param: Option<f64>, name: &str, errs: &mut Errors| {
-        let (value, at) = match (info_value, param) {
-            (Some(v), _) => (Some(v), format!("model_info.{name}")),
-            (None, v) => (v, format!("litellm_params.{name}")),
-        };
-        if let Some(v) = value
-            && !(v.is_finite() && (0.0..=1.0).contains(&v))
-        {
-            errs.add(key(&at), "must be a price in USD per token, from 0 to 1");
-        }
-        value
-    };
-    let input_cost = price(
-        info.input_cost_per_token,
-        params.input_cost_per_token,
-        "input_cost_per_token",
-        errs,
-    );
-    let output_cost = price(
-        info.output_cost_per_token,
-        params.output_cost_per_token,
-        "output_cost_per_token",
-        errs,
-    );
-    let cost = (input_cost.is_some() || output_cost.is_some()).then(|| Cost {
-        input: input_cost.unwrap_or(0.0),
-        output: output_cost.unwrap_or(0.0),
-    });
+    let cost = cost(&key, info, params, errs);
 
     Some(Deployment {
         id,
@@ -225,21 +112,180 @@ pub(super) fn deployment(
         cost,
         // Set once the group is complete.
         alone_in_group: false,
-        capabilities: {
-            let by_default = providers::default_capabilities(provider, upstream_model);
-            Capabilities {
-                function_calling: info
-                    .supports_function_calling
-                    .unwrap_or(by_default.function_calling),
-                vision: info.supports_vision.unwrap_or(by_default.vision),
-                response_schema: info
-                    .supports_response_schema
-                    .unwrap_or(by_default.response_schema),
-                reasoning: info.supports_reasoning.unwrap_or(by_default.reasoning),
-                image_urls: by_default.image_urls,
-            }
-        },
+        capabilities: capabilities(provider, upstream_model, info),
     })
+}
+
+/// The attempt limit (the deployment's own, else LiteLLM's per-attempt `request_timeout`, else
+/// the whole call's deadline), the first-chunk limit and the retries.
+fn attempt_limits(
+    key: &dyn Fn(&str) -> String,
+    params: &RawLitellmParams,
+    router: &RouterSettings,
+    errs: &mut Errors,
+) -> (Duration, Option<Duration>, u32) {
+    let timeout = errs
+        .positive(&key("litellm_params.timeout"), params.timeout)
+        .or(router.attempt_timeout)
+        .unwrap_or(router.timeout);
+    if params.timeout.is_some() && timeout > router.timeout {
+        // Not an error: the call's total deadline caps it anyway. Worth saying, though.
+        errs.warn(format!(
+            "`{}` ({}) is longer than router_settings.timeout ({}), which caps it",
+            key("litellm_params.timeout"),
+            crate::config::duration::display(timeout),
+            crate::config::duration::display(router.timeout)
+        ));
+    }
+    let stream_timeout = errs
+        .positive(&key("litellm_params.stream_timeout"), params.stream_timeout)
+        .or(router.stream_timeout);
+    // LiteLLM's deployment-level num_retries retries the same call: max_retries here.
+    let (max_retries, retries_key) = match (params.max_retries, params.num_retries) {
+        (Some(n), _) => (n, "max_retries"),
+        (None, Some(n)) => (n, "num_retries"),
+        (None, None) => (router.num_retries, "max_retries"),
+    };
+    if max_retries > MAX_RETRIES_LIMIT {
+        errs.add(
+            key(&format!("litellm_params.{retries_key}")),
+            format!("must be at most {MAX_RETRIES_LIMIT}"),
+        );
+    }
+    (timeout, stream_timeout, max_retries)
+}
+
+/// The weight (0 until the group's weights are settled) and the capacity limits' checks.
+fn capacity(key: &dyn Fn(&str) -> String, params: &RawLitellmParams, errs: &mut Errors) -> u32 {
+    // 0 stands for "not set" until the group's weights are settled (see shuffle_weights).
+    let weight = params.weight.unwrap_or(0);
+    if params.weight == Some(0) {
+        errs.add(key("litellm_params.weight"), "must be at least 1");
+    }
+    for (value, name) in [
+        (params.rpm.map(u64::from), "rpm"),
+        (params.tpm, "tpm"),
+        (
+            params.max_parallel_requests.map(u64::from),
+            "max_parallel_requests",
+        ),
+    ] {
+        if value == Some(0) {
+            errs.add(key(&format!("litellm_params.{name}")), "must be at least 1");
+        }
+    }
+    weight
+}
+
+/// The deployment's provider: the mock, or an HTTP provider of the catalogue with its base,
+/// key, headers and family settings. Also whether its models continue an assistant prefill by
+/// default.
+fn provider_config(
+    provider: &str,
+    params: &RawLitellmParams,
+    key: &dyn Fn(&str) -> String,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<(ProviderConfig, bool)> {
+    // The mock continues any prefix of its own answer (see MockProvider).
+    let mut prefill_by_default = true;
+    let provider_config = if provider == "mock" {
+        for (set, name) in [
+            (params.api_base.is_some(), "api_base"),
+            (params.api_key.is_some(), "api_key"),
+            (params.api_version.is_some(), "api_version"),
+            (params.organization.is_some(), "organization"),
+            (params.extra_headers.is_some(), "extra_headers"),
+        ] {
+            if set {
+                errs.add(
+                    key(&format!("litellm_params.{name}")),
+                    "mock deployments take no {name}".replace("{name}", name),
+                );
+            }
+        }
+        extra_params(key, None, params, errs);
+        ProviderConfig::Mock(mock_spec(
+            &key("litellm_params.mock"),
+            params.mock.as_ref(),
+            errs,
+        ))
+    } else {
+        let Some(spec) = providers::lookup(provider) else {
+            // resolve_model only answers Known with a catalogued prefix.
+            errs.add(
+                key("litellm_params.model"),
+                format!("unknown provider `{provider}`"),
+            );
+            return None;
+        };
+        if params.mock.is_some() {
+            errs.add(
+                key("litellm_params.mock"),
+                "only mock/ deployments take a mock block",
+            );
+        }
+        prefill_by_default = spec.assistant_prefill;
+        let mut http = http_provider(spec, params, key, lookup_env, errs);
+        let defaults = extra_params(key, Some(spec.api.wire()), params, errs);
+        http.body_defaults = (!defaults.is_empty()).then(|| Arc::new(defaults));
+        ProviderConfig::Http(http)
+    };
+    Some((provider_config, prefill_by_default))
+}
+
+/// The price per token, from `model_info` or `litellm_params`, when one is set.
+fn cost(
+    key: &dyn Fn(&str) -> String,
+    info: &RawModelInfo,
+    params: &RawLitellmParams,
+    errs: &mut Errors,
+) -> Option<Cost> {
+    let price = |info_value: Option<f64>, param: Option<f64>, name: &str, errs: &mut Errors| {
+        let (value, at) = match (info_value, param) {
+            (Some(v), _) => (Some(v), format!("model_info.{name}")),
+            (None, v) => (v, format!("litellm_params.{name}")),
+        };
+        if let Some(v) = value
+            && !(v.is_finite() && (0.0..=1.0).contains(&v))
+        {
+            errs.add(key(&at), "must be a price in USD per token, from 0 to 1");
+        }
+        value
+    };
+    let input_cost = price(
+        info.input_cost_per_token,
+        params.input_cost_per_token,
+        "input_cost_per_token",
+        errs,
+    );
+    let output_cost = price(
+        info.output_cost_per_token,
+        params.output_cost_per_token,
+        "output_cost_per_token",
+        errs,
+    );
+    (input_cost.is_some() || output_cost.is_some()).then(|| Cost {
+        input: input_cost.unwrap_or(0.0),
+        output: output_cost.unwrap_or(0.0),
+    })
+}
+
+/// What the deployment can do: its provider's defaults for the model, with `model_info`'s
+/// `supports_*` over them.
+fn capabilities(provider: &str, upstream_model: &str, info: &RawModelInfo) -> Capabilities {
+    let by_default = providers::default_capabilities(provider, upstream_model);
+    Capabilities {
+        function_calling: info
+            .supports_function_calling
+            .unwrap_or(by_default.function_calling),
+        vision: info.supports_vision.unwrap_or(by_default.vision),
+        response_schema: info
+            .supports_response_schema
+            .unwrap_or(by_default.response_schema),
+        reasoning: info.supports_reasoning.unwrap_or(by_default.reasoning),
+        image_urls: by_default.image_urls,
+    }
 }
 
 /// Sorts the deployment's `litellm_params` llm-router has no field for: a typo of one it has

@@ -164,182 +164,43 @@ pub(super) fn validate(
 
     let server = server_settings(&raw, &mut errs);
     let router = router_settings(&raw, &mut errs);
-
-    // Deployments, grouped by model_name in file order.
-    let mut members: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
-    let mut skipped = Vec::new();
-    if raw.model_list.is_empty() {
-        errs.add("model_list", "must list at least one deployment");
-    }
-    for (i, d) in raw.model_list.iter().enumerate() {
-        let position = members
-            .get(d.model_name.as_deref().unwrap_or(""))
-            .map_or(0, Vec::len);
-        if let Some(dep) = deployment(i, d, position, &router, lookup_env, &mut errs, &mut skipped)
-        {
-            if !ids.insert(dep.id.clone()) {
-                errs.add(
-                    format!("model_list[{i}].model_info.id"),
-                    format!("duplicate deployment id `{}`", dep.id),
-                );
-            }
-            members.entry(dep.group.clone()).or_default().push(dep);
-        }
-    }
-
-    for Skipped {
-        index,
-        group,
-        reason,
-    } in skipped
-    {
-        let at = format!("model_list[{index}].litellm_params.model");
-        if members.contains_key(&group) {
-            errs.warn(format!(
-                "`{at}`: skipped, its group `{group}` has other deployments: {reason}"
-            ));
-        } else {
-            errs.add(at, reason);
-        }
-    }
-
-    // LiteLLM's Router takes each of these from router_settings, else from litellm_settings.
-    let rs = &raw.router_settings;
-    let ls = &raw.litellm_settings;
-    let mut fallback_list = |router, litellm, name: &str| {
-        let (list, key): (Option<&Vec<_>>, _) = chosen(router, litellm, name);
-        fallback_map(list.map(Vec::as_slice), &key, &members, &mut errs)
-    };
-    let fallbacks = fallback_list(&rs.fallbacks, &ls.fallbacks, "fallbacks");
-    let cw_fallbacks = fallback_list(
-        &rs.context_window_fallbacks,
-        &ls.context_window_fallbacks,
-        "context_window_fallbacks",
-    );
-    let cp_fallbacks = fallback_list(
-        &rs.content_policy_fallbacks,
-        &ls.content_policy_fallbacks,
-        "content_policy_fallbacks",
-    );
+    let members = model_list(&raw, &router, lookup_env, &mut errs);
+    let lists = FallbackLists::read(&raw, &members, &mut errs);
     let group_settings = group_settings(&raw, &router, &members, &mut errs);
-    let (default_fallbacks, default_key) = chosen(
-        &rs.default_fallbacks,
-        &ls.default_fallbacks,
-        "default_fallbacks",
-    );
-    let default_fallbacks = default_fallbacks.cloned().unwrap_or_default();
-    for (j, name) in default_fallbacks.iter().enumerate() {
-        if !members.contains_key(name) {
-            errs.add(format!("{default_key}[{j}]"), unknown_group(name, &members));
-        }
-    }
     let (every_group_retry_policy, retry_policies) = retry_policies(&raw, &members, &mut errs);
     let aliases = aliases(&raw, &members, &mut errs);
-    let otlp_endpoint = raw
-        .telemetry
-        .otlp_endpoint
-        .clone()
-        .filter(|e| !e.trim().is_empty());
-    if let Some(e) = &otlp_endpoint {
-        if e.starts_with("https://") {
-            // The exporter is built without TLS (no second TLS stack for one connection):
-            // refused here, rather than failing when the server starts.
-            errs.add(
-                "telemetry.otlp_endpoint",
-                "https:// is not supported: send traces over http:// to a collector beside the pod (or through a mesh that adds TLS)",
-            );
-        } else if !e.starts_with("http://") {
-            errs.add(
-                "telemetry.otlp_endpoint",
-                format!("`{e}` is not an http URL such as http://otel-collector:4317"),
-            );
-        }
-    }
-
-    let log_level = raw
-        .telemetry
-        .log_level
-        .clone()
-        .unwrap_or_else(|| "info".to_string());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        errs.add(
-            "telemetry.log_level",
-            format!("`{log_level}` is not a log filter such as `info` or `info,llm_router=debug`"),
-        );
-    }
+    let (otlp_endpoint, log_level) = telemetry(&raw, &mut errs);
 
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid(errs.0));
     }
 
-    let own_fallbacks = |name: &str| -> Vec<String> {
-        fallbacks.get(name).cloned().unwrap_or_else(|| {
-            default_fallbacks
-                .iter()
-                .filter(|g| *g != name)
-                .cloned()
-                .collect()
-        })
-    };
-    let max = router.max_fallbacks as usize;
     let mut refusals_end = Vec::new();
     let groups = members
         .into_iter()
-        .map(|(name, mut deps)| {
-            shuffle_weights(&mut deps);
-            let alone = deps.len() == 1;
-            for d in deps.iter_mut() {
-                d.alone_in_group = alone;
-            }
-            let GroupSettings {
-                strategy,
-                hedge,
-                stream_recovery,
-            } = group_settings.get(&name).copied().unwrap_or(GroupSettings {
+        .map(|(name, deps)| {
+            let settings = group_settings.get(&name).copied().unwrap_or(GroupSettings {
                 strategy: router.routing_strategy,
                 hedge: router.hedge,
                 stream_recovery: router.stream_recovery,
             });
-            if strategy == Strategy::UsageBased
-                && deps.iter().all(|d| d.rpm.is_none() && d.tpm.is_none())
-            {
-                errs.warn(format!(
-                    "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
-                ));
-            }
-            if strategy == Strategy::CostBased && deps.iter().any(|d| d.cost.is_none()) {
-                errs.warn(format!(
-                    "model group `{name}` uses cost-based-routing but not all its deployments have a price (model_info.input_cost_per_token, output_cost_per_token): those without one are picked last"
-                ));
-            }
-            let (chain, cut) = transitive_fallbacks(&name, &own_fallbacks, max);
-            if let Some(after) = cut {
-                errs.warn(format!(
-                    "model group `{name}` has more fallbacks (its own and theirs) than router_settings.max_fallbacks ({max}): its chain is cut after `{after}`"
-                ));
-            }
             let retry_policy = retry_policies
                 .get(&name)
                 .copied()
                 .unwrap_or(every_group_retry_policy);
-            no_time_for_fallbacks(&name, &deps, &chain, &retry_policy, &router, &mut errs);
-            let cp = cp_fallbacks.get(&name).cloned().unwrap_or_default();
-            if cp.is_empty() && !chain.is_empty() {
-                refusals_end.push(name.clone());
-            }
-            let group = ModelGroup {
-                context_window_fallbacks: cw_fallbacks.get(&name).cloned().unwrap_or_default(),
-                content_policy_fallbacks: cp,
-                fallbacks: chain,
-                deployments: deps.into_iter().map(Arc::new).collect(),
-                name: name.clone(),
-                strategy,
-                hedge,
+            let group = model_group(
+                name,
+                deps,
+                settings,
                 retry_policy,
-                stream_recovery,
-            };
-            (name, Arc::new(group))
+                &lists,
+                &router,
+                &mut errs,
+            );
+            if group.content_policy_fallbacks.is_empty() && !group.fallbacks.is_empty() {
+                refusals_end.push(group.name.clone());
+            }
+            (group.name.clone(), Arc::new(group))
         })
         .collect();
     let mut divergences = router_divergences(&router);
@@ -365,6 +226,204 @@ pub(super) fn validate(
         otlp_endpoint,
         log_level,
     })
+}
+
+/// `model_list`: each deployment validated, grouped by `model_name` in file order. Deployments
+/// on providers llm-router cannot reach are refused, or skipped when their group has others.
+fn model_list(
+    raw: &RawConfig,
+    router: &RouterSettings,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> BTreeMap<String, Vec<Deployment>> {
+    let mut members: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    let mut skipped = Vec::new();
+    if raw.model_list.is_empty() {
+        errs.add("model_list", "must list at least one deployment");
+    }
+    for (i, d) in raw.model_list.iter().enumerate() {
+        let position = members
+            .get(d.model_name.as_deref().unwrap_or(""))
+            .map_or(0, Vec::len);
+        if let Some(dep) = deployment(i, d, position, router, lookup_env, errs, &mut skipped) {
+            if !ids.insert(dep.id.clone()) {
+                errs.add(
+                    format!("model_list[{i}].model_info.id"),
+                    format!("duplicate deployment id `{}`", dep.id),
+                );
+            }
+            members.entry(dep.group.clone()).or_default().push(dep);
+        }
+    }
+    for Skipped {
+        index,
+        group,
+        reason,
+    } in skipped
+    {
+        let at = format!("model_list[{index}].litellm_params.model");
+        if members.contains_key(&group) {
+            errs.warn(format!(
+                "`{at}`: skipped, its group `{group}` has other deployments: {reason}"
+            ));
+        } else {
+            errs.add(at, reason);
+        }
+    }
+    members
+}
+
+/// The fallback lists, each from `router_settings`, else `litellm_settings`, as LiteLLM's
+/// Router takes them.
+struct FallbackLists {
+    fallbacks: BTreeMap<String, Vec<String>>,
+    context_window: BTreeMap<String, Vec<String>>,
+    content_policy: BTreeMap<String, Vec<String>>,
+    default: Vec<String>,
+}
+
+impl FallbackLists {
+    fn read(
+        raw: &RawConfig,
+        members: &BTreeMap<String, Vec<Deployment>>,
+        errs: &mut Errors,
+    ) -> FallbackLists {
+        let rs = &raw.router_settings;
+        let ls = &raw.litellm_settings;
+        let mut list = |router, litellm, name: &str| {
+            let (list, key): (Option<&Vec<_>>, _) = chosen(router, litellm, name);
+            fallback_map(list.map(Vec::as_slice), &key, members, errs)
+        };
+        let fallbacks = list(&rs.fallbacks, &ls.fallbacks, "fallbacks");
+        let context_window = list(
+            &rs.context_window_fallbacks,
+            &ls.context_window_fallbacks,
+            "context_window_fallbacks",
+        );
+        let content_policy = list(
+            &rs.content_policy_fallbacks,
+            &ls.content_policy_fallbacks,
+            "content_policy_fallbacks",
+        );
+        let (default, default_key) = chosen(
+            &rs.default_fallbacks,
+            &ls.default_fallbacks,
+            "default_fallbacks",
+        );
+        let default = default.cloned().unwrap_or_default();
+        for (j, name) in default.iter().enumerate() {
+            if !members.contains_key(name) {
+                errs.add(format!("{default_key}[{j}]"), unknown_group(name, members));
+            }
+        }
+        FallbackLists {
+            fallbacks,
+            context_window,
+            content_policy,
+            default,
+        }
+    }
+
+    /// A group's own fallbacks: its entry in `fallbacks`, else `default_fallbacks` (less
+    /// itself).
+    fn own(&self, name: &str) -> Vec<String> {
+        self.fallbacks.get(name).cloned().unwrap_or_else(|| {
+            self.default
+                .iter()
+                .filter(|g| *g != name)
+                .cloned()
+                .collect()
+        })
+    }
+}
+
+/// One model group from its validated deployments and settings, with the warnings its
+/// combination of them deserves.
+fn model_group(
+    name: String,
+    mut deps: Vec<Deployment>,
+    settings: GroupSettings,
+    retry_policy: RetryPolicy,
+    lists: &FallbackLists,
+    router: &RouterSettings,
+    errs: &mut Errors,
+) -> ModelGroup {
+    shuffle_weights(&mut deps);
+    let alone = deps.len() == 1;
+    for d in deps.iter_mut() {
+        d.alone_in_group = alone;
+    }
+    let GroupSettings {
+        strategy,
+        hedge,
+        stream_recovery,
+    } = settings;
+    if strategy == Strategy::UsageBased && deps.iter().all(|d| d.rpm.is_none() && d.tpm.is_none()) {
+        errs.warn(format!(
+            "model group `{name}` uses usage-based-routing but none of its deployments sets rpm or tpm: usage is balanced, no limit is enforced"
+        ));
+    }
+    if strategy == Strategy::CostBased && deps.iter().any(|d| d.cost.is_none()) {
+        errs.warn(format!(
+            "model group `{name}` uses cost-based-routing but not all its deployments have a price (model_info.input_cost_per_token, output_cost_per_token): those without one are picked last"
+        ));
+    }
+    let max = router.max_fallbacks as usize;
+    let (chain, cut) = transitive_fallbacks(&name, &|n: &str| lists.own(n), max);
+    if let Some(after) = cut {
+        errs.warn(format!(
+            "model group `{name}` has more fallbacks (its own and theirs) than router_settings.max_fallbacks ({max}): its chain is cut after `{after}`"
+        ));
+    }
+    no_time_for_fallbacks(&name, &deps, &chain, &retry_policy, router, errs);
+    ModelGroup {
+        context_window_fallbacks: lists.context_window.get(&name).cloned().unwrap_or_default(),
+        content_policy_fallbacks: lists.content_policy.get(&name).cloned().unwrap_or_default(),
+        fallbacks: chain,
+        deployments: deps.into_iter().map(Arc::new).collect(),
+        name,
+        strategy,
+        hedge,
+        retry_policy,
+        stream_recovery,
+    }
+}
+
+/// `telemetry`: the OTLP endpoint (http only) and the log filter.
+fn telemetry(raw: &RawConfig, errs: &mut Errors) -> (Option<String>, String) {
+    let otlp_endpoint = raw
+        .telemetry
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.trim().is_empty());
+    if let Some(e) = &otlp_endpoint {
+        if e.starts_with("https://") {
+            // The exporter is built without TLS (no second TLS stack for one connection):
+            // refused here, rather than failing when the server starts.
+            errs.add(
+                "telemetry.otlp_endpoint",
+                "https:// is not supported: send traces over http:// to a collector beside the pod (or through a mesh that adds TLS)",
+            );
+        } else if !e.starts_with("http://") {
+            errs.add(
+                "telemetry.otlp_endpoint",
+                format!("`{e}` is not an http URL such as http://otel-collector:4317"),
+            );
+        }
+    }
+    let log_level = raw
+        .telemetry
+        .log_level
+        .clone()
+        .unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        errs.add(
+            "telemetry.log_level",
+            format!("`{log_level}` is not a log filter such as `info` or `info,llm_router=debug`"),
+        );
+    }
+    (otlp_endpoint, log_level)
 }
 
 fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
