@@ -2,6 +2,12 @@
 //! a [`ChunkStream`], and every failure into a [`ProviderError`] whose [`ErrorKind`] the routing
 //! layer uses to decide what happens next. Providers know nothing of deadlines: the routing layer
 //! drops their futures when time runs out, which closes the upstream request.
+//!
+//! What a request's bytes are (its body, its answer, its events) is the wire format's module;
+//! where they go and how they are proven and read off the connection is [`transport`]'s: the
+//! endpoint with its auth step, and a framed-stream reader generic over the framing. A cloud
+//! that hosts a known family (Anthropic's or Gemini's models) is that family's body builder and
+//! event parser on another endpoint and framing.
 
 mod anthropic;
 mod chat;

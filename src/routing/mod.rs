@@ -14,9 +14,10 @@
 //!   [`capability`] what a request needs of a deployment, and how a lack is named.
 //! - [`round`]: one attempt and its hedges, raced ([`race`]), each logged ([`log`]).
 //! - [`deadline`]: the arithmetic of total, attempt and first-chunk deadlines, and backoff.
-//! - [`health`]: what is remembered of each deployment across calls: in-flight attempts,
-//!   cooldowns, latency, usage and the retry budget; [`cooldown`] the rules that say when a
-//!   deployment cools down.
+//! - [`health`]: what is remembered of each deployment across calls (in-flight attempts,
+//!   cooldowns, latency, usage and the retry budget), behind a store trait with an in-process
+//!   implementation; the rules that say when a deployment cools down, and the wall-clock
+//!   minutes usage counts in.
 //! - [`stream`]: a committed stream's idle and total timers, and the watchdog that ends it at
 //!   its deadline even when nobody reads it.
 //! - [`recovery`]: a committed stream that breaks, recovered through the rest of its chain.
@@ -35,7 +36,7 @@ mod pick;
 mod plan;
 pub mod policy;
 mod race;
-mod reach;
+pub mod reach;
 pub mod recovery;
 mod round;
 pub mod stream;
