@@ -218,6 +218,17 @@ mod tests {
     use crate::routing::testkit::{CHAIN, call, ms, router};
 
     /// Reads a committed stream to its end: every item, and how the stream said it ended.
+
+    /// What the API keeps of an open call, for a test: no call slot, a fresh gauge.
+    fn open(idle: Duration, on_end: stream::OnEnd) -> stream::Open {
+        stream::Open {
+            id: "id".into(),
+            idle,
+            gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
+            active: None,
+            on_end,
+        }
+    }
     async fn drain(
         a: Answered<Committed>,
         idle: Duration,
@@ -229,19 +240,7 @@ mod tests {
         let ended = Arc::new(std::sync::Mutex::new(None));
         let e = ended.clone();
         let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
-        let items = stream::forward(
-            a,
-            None,
-            stream::Open {
-                id: "id".into(),
-                idle: idle,
-                gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
-                active: None,
-                on_end,
-            },
-        )
-        .collect()
-        .await;
+        let items = stream::forward(a, None, open(idle, on_end)).collect().await;
         let end = *ended.lock().unwrap();
         (items, end)
     }
@@ -352,17 +351,7 @@ mod tests {
         let ended = Arc::new(std::sync::Mutex::new(None));
         let e = ended.clone();
         let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
-        let mut s = stream::forward(
-            a,
-            None,
-            stream::Open {
-                id: "id".into(),
-                idle: ms(500),
-                gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
-                active: None,
-                on_end,
-            },
-        );
+        let mut s = stream::forward(a, None, open(ms(500), on_end));
         s.next().await.unwrap().unwrap();
         drop(s);
         assert_eq!(*ended.lock().unwrap(), Some(stream::StreamEnd::ClientGone));
@@ -413,19 +402,9 @@ server:
         let ended = Arc::new(std::sync::Mutex::new(None));
         let e = ended.clone();
         let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
-        let items = stream::forward(
-            a,
-            recovery,
-            stream::Open {
-                id: "id".into(),
-                idle: ms(500),
-                gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
-                active: None,
-                on_end,
-            },
-        )
-        .collect()
-        .await;
+        let items = stream::forward(a, recovery, open(ms(500), on_end))
+            .collect()
+            .await;
         let end = *ended.lock().unwrap();
         (items, end, r)
     }
