@@ -137,10 +137,13 @@ fn apply(
     }
 }
 
+/// How a setting's value reads, to compare two configs by.
+pub type ReadSetting = fn(&Config) -> String;
+
 /// The settings read once at start-up, which a reload cannot change: the one list of them,
 /// each by its key and how its value reads. A reload that changes one says so, and the running
 /// value stays until a restart. A new start-up-only setting goes here.
-pub const RESTART_ONLY: &[(&str, fn(&Config) -> String)] = &[
+pub const RESTART_ONLY: &[(&str, ReadSetting)] = &[
     ("server.listen", |c| c.server.listen.to_string()),
     ("server.admin_listen", |c| {
         format!("{:?}", c.server.admin_listen)

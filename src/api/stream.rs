@@ -217,8 +217,6 @@ mod tests {
     use crate::routing::CallError;
     use crate::routing::testkit::{CHAIN, call, ms, router};
 
-    /// Reads a committed stream to its end: every item, and how the stream said it ended.
-
     /// What the API keeps of an open call, for a test: no call slot, a fresh gauge.
     fn open(idle: Duration, on_end: stream::OnEnd) -> stream::Open {
         stream::Open {
@@ -229,6 +227,8 @@ mod tests {
             on_end,
         }
     }
+
+    /// Reads a committed stream to its end: every item, and how the stream said it ended.
     async fn drain(
         a: Answered<Committed>,
         idle: Duration,

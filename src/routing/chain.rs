@@ -52,7 +52,8 @@ enum Next {
         idx: usize,
         wait: Option<std::time::Duration>,
     },
-    NextGroup,
+    /// Leave the current group for the next one in the chain.
+    Leave,
     SwitchTo(Special),
     Stop(CallError),
     /// No group is current, or nothing can be picked: the chain is done.
@@ -260,7 +261,7 @@ impl Chain {
                 if let (Leave::NoDeploymentLeft, Pick::Nothing { skipped }) = (why, &pick) {
                     log.skipped(&group.pick.group, skipped);
                 }
-                return Next::NextGroup;
+                return Next::Leave;
             }
             Decision::SwitchTo(special) => return Next::SwitchTo(special),
             Decision::Stop(end) => {
@@ -362,7 +363,7 @@ impl Router {
                 let facts = call.facts(false);
                 let (idx, wait) = match chain.next_step(&facts, plan, backoff, &mut call.log) {
                     Next::Attempt { idx, wait } => (idx, wait),
-                    Next::NextGroup => continue 'groups,
+                    Next::Leave => continue 'groups,
                     Next::SwitchTo(special) => {
                         chain.switch_to(special, self, plan);
                         continue 'groups;

@@ -73,9 +73,4 @@ impl Auth {
             }
         }
     }
-
-    /// Whether the step needs the request's parsed URL (a signature covers it).
-    pub fn needs_url(&self) -> bool {
-        matches!(self, Auth::Sign(_))
-    }
 }

@@ -194,8 +194,8 @@ async fn next_chunk<F: Framing, P: EventParser<F::Data>>(
             }
             None => {
                 // A last event may lack its terminator.
-                match st.framing.finish() {
-                    Ok(Some(event)) => match st.read(&event) {
+                if let Ok(Some(event)) = st.framing.finish() {
+                    match st.read(&event) {
                         Then::Yield(chunk) => {
                             st.bytes = Box::pin(stream::empty());
                             return st.chunk(chunk);
@@ -203,8 +203,7 @@ async fn next_chunk<F: Framing, P: EventParser<F::Data>>(
                         Then::End => return None,
                         Then::Next => {}
                         Then::Fail(e) => return st.fail(e),
-                    },
-                    Ok(None) | Err(_) => {}
+                    }
                 }
                 // The body ended without the format's end marker: a complete answer if a finish
                 // reason came, else a stream cut short.

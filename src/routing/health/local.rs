@@ -3,7 +3,7 @@
 //! shared, and the behaviour every other store is measured against (`suite`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU32, Ordering},
@@ -67,6 +67,7 @@ impl HealthStore for LocalStore {
     }
 
     fn retain(&self, live: &[DeploymentKey]) {
+        let live: HashSet<&DeploymentKey> = live.iter().collect();
         let mut map = self.deployments.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| live.contains(k));
     }
