@@ -1182,3 +1182,41 @@ async fn an_error_event_quoting_the_key_reaches_the_caller_redacted() {
     assert!(!everything.contains(key), "{everything}");
     assert!(everything.contains("<redacted>"), "{everything}");
 }
+
+/// Whether `text` holds any 8 characters in a row of `key`: a part of it, not only the whole.
+fn holds_part_of(text: &str, key: &str) -> bool {
+    let key: Vec<char> = key.chars().collect();
+    key.windows(8)
+        .any(|w| text.contains(&w.iter().collect::<String>()))
+}
+
+#[tokio::test]
+async fn a_key_the_excerpt_cut_goes_through_is_redacted_whole_unary_and_streamed() {
+    let (up, r) = setup().await;
+    let key = KEYS.iter().find(|(k, _)| *k == "OPENAI_KEY").unwrap().1;
+    // Error details keep the first 512 bytes of a body: with this much before it, the key
+    // straddles the cut at every one of its characters (and lies wholly before and after it).
+    for pad in 480..=515 {
+        let body = format!("{} Bearer {key} is not valid", "x".repeat(pad));
+        up.set("gpt-4o-mini", Behaviour::status(401, &body));
+        let status = r.client().complete(complete("gpt")).await.unwrap_err();
+        let everything = format!("{} {:?}", status.message(), attempt_log(&status));
+        assert!(!holds_part_of(&everything, key), "pad {pad}: {everything}");
+    }
+    for pad in 460..=505 {
+        let padding = "x".repeat(pad);
+        up.set(
+            "gpt-4o-mini",
+            Behaviour::sse_fixture_edited("openai/stream.sse", move |events| {
+                let mut out = events[..2].to_vec();
+                out.push(format!(
+                    "data: {{\"error\":{{\"message\":\"{padding} key {key} was revoked\"}}}}\n\n"
+                ));
+                out
+            }),
+        );
+        let status = collect(&r, "gpt").await.unwrap_err();
+        let everything = format!("{} {:?}", status.message(), attempt_log(&status));
+        assert!(!holds_part_of(&everything, key), "pad {pad}: {everything}");
+    }
+}

@@ -28,6 +28,12 @@ pub trait Framing: Send + 'static {
 
     /// The body ended: the last event, if the framing lets one end without its terminator.
     fn finish(&mut self) -> Result<Option<Self::Event>, String>;
+
+    /// `event` with every secret in it replaced, when it holds one; `None` when it holds none.
+    /// An event that fails to parse (or is an error) is read again redacted, so that the
+    /// excerpt its error keeps is cut from text that holds no secret, not one the cut went
+    /// through.
+    fn redacted(event: &Self::Data, secrets: &[Secret]) -> Option<Self::Event>;
 }
 
 /// What one event means to a stream.
@@ -124,9 +130,16 @@ impl<F: Framing, P: EventParser<F::Data>> StreamState<F, P> {
         Some((Ok(chunk), self))
     }
 
-    /// Reads one event.
+    /// Reads one event. One the format cannot read, or that is an error, is read again with
+    /// the deployment's secrets taken out first (see [`Framing::redacted`]).
     fn read(&mut self, event: &F::Data) -> Then {
-        match self.parser.event(event) {
+        let mut step = self.parser.event(event);
+        if matches!(step, Err(_) | Ok(Step::Malformed(_)))
+            && let Some(clean) = F::redacted(event, &self.secrets)
+        {
+            step = self.parser.event(&clean);
+        }
+        match step {
             Ok(Step::Chunk(chunk)) => Then::Yield(chunk),
             Ok(Step::Skip) => Then::Next,
             Ok(Step::Malformed(detail)) => match self.malformed(detail) {

@@ -170,7 +170,9 @@ impl Endpoint {
             return Ok(response);
         }
         let headers = response.headers().clone();
-        let body = read_prefix(response, MAX_ERROR_BODY).await;
+        // Redacted whole, before any excerpt is cut from it: a secret the cut went through
+        // would no longer be recognised, and its first part would reach the caller.
+        let body = redact(&read_prefix(response, MAX_ERROR_BODY).await);
         let mut err = classify(status.as_u16(), &headers, &body);
         err.detail = redact(&err.detail);
         Err(err)
@@ -270,7 +272,7 @@ pub fn sse_stream<P: EventParser>(
     )
 }
 
-fn redact(secrets: &[Secret], text: &str) -> String {
+pub(crate) fn redact(secrets: &[Secret], text: &str) -> String {
     let mut out = text.to_string();
     for s in secrets {
         out = out.replace(s.expose(), "<redacted>");

@@ -5,6 +5,7 @@
 use bytes::{Buf, BytesMut};
 
 use super::framed::Framing;
+use crate::config::Secret;
 
 #[derive(Default)]
 pub struct SseDecoder {
@@ -78,6 +79,13 @@ impl Framing for SseDecoder {
 
     fn next_event(&mut self) -> Result<Option<String>, String> {
         SseDecoder::next_event(self)
+    }
+
+    fn redacted(event: &str, secrets: &[Secret]) -> Option<String> {
+        secrets
+            .iter()
+            .any(|s| !s.expose().is_empty() && event.contains(s.expose()))
+            .then(|| super::redact(secrets, event))
     }
 
     fn finish(&mut self) -> Result<Option<String>, String> {

@@ -273,6 +273,12 @@ impl Framing for LengthPrefixed {
     fn finish(&mut self) -> Result<Option<Vec<u8>>, String> {
         Ok(None)
     }
+
+    fn redacted(frame: &[u8], secrets: &[Secret]) -> Option<Vec<u8>> {
+        let text = String::from_utf8_lossy(frame);
+        let clean = super::redact(secrets, &text);
+        (clean != text).then(|| clean.into_bytes())
+    }
 }
 
 /// Reads frames as text; `!` is unreadable, `.` the end marker, `$` a finish.
