@@ -133,6 +133,7 @@ impl RouterApi {
         let open = Open {
             id: record.id.clone(),
             idle: router.config().router.stream_idle_timeout,
+            max_retry_delay: router.config().router.cooldowns.max_hint,
             gauge: router.metrics().stream_open(),
             active: record.active.take(),
             // The record (and with it the RPC's span) lives until the stream ends.

@@ -185,7 +185,8 @@ impl CallRecord {
     /// Reports a failure and turns it into the status to answer with.
     pub(super) fn answer_failure(&mut self, f: impl Into<Failed>) -> Status {
         let f = f.into();
-        let status = call_status(&f.error, &f.attempts);
+        let cap = self.router.config().router.cooldowns.max_hint;
+        let status = call_status(&f.error, &f.attempts, cap);
         self.finish(None, f.attempts.len(), status.code());
         status
     }

@@ -227,12 +227,21 @@ fn bounded_log(attempts: &[Attempt]) -> AttemptLog {
     }
 }
 
-pub fn call_status(error: &impl GrpcError, attempts: &[Attempt]) -> Status {
+/// The status a failure is answered with. `max_retry_delay` caps the RetryInfo delay, whatever
+/// it comes from (a provider's hint, a cooldown, a limit's minute): the router's own
+/// `max_cooldown_from_hint`, the longest it would itself keep away from a deployment on a
+/// provider's word, so that a client honouring RetryInfo never waits longer than that.
+pub fn call_status(
+    error: &impl GrpcError,
+    attempts: &[Attempt],
+    max_retry_delay: Duration,
+) -> Status {
     let Grpc {
         code,
         reason,
         retry_delay,
     } = error.grpc();
+    let retry_delay = retry_delay.map(|d| d.min(max_retry_delay));
     let message = error.message();
 
     let mut metadata = HashMap::new();
@@ -339,7 +348,11 @@ mod tests {
         assert_eq!(bounded_log(&short).attempts.len(), 64);
         assert_eq!(bounded_log(&short).omitted, 0);
         let long: Vec<_> = (0..1000).map(attempt).collect();
-        let status = call_status(&CallError::DeadlineExceeded, &long);
+        let status = call_status(
+            &CallError::DeadlineExceeded,
+            &long,
+            Duration::from_secs(300),
+        );
         let log = attempt_log(&status).unwrap();
         assert_eq!(log.attempts.len(), 64);
         assert_eq!(log.omitted, 936);

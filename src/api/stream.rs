@@ -55,6 +55,8 @@ pub struct Open {
     pub id: String,
     /// `router_settings.stream_idle_timeout`.
     pub idle: Duration,
+    /// The cap on a status's RetryInfo (`router_settings.max_cooldown_from_hint`).
+    pub max_retry_delay: Duration,
     /// Counts the stream open, until it is dropped.
     pub gauge: GaugeGuard,
     /// Counts the call in flight until tonic drops the stream, after its trailers.
@@ -80,6 +82,7 @@ pub fn forward(
         _active: open.active,
         inner,
         id: open.id,
+        max_retry_delay: open.max_retry_delay,
         group,
         deployment,
         on_end: Some(open.on_end),
@@ -88,6 +91,7 @@ pub fn forward(
 
 struct Forward {
     inner: CommittedStream,
+    max_retry_delay: Duration,
     /// The attempts made, for the first message, until it is sent.
     head_attempts: Option<Vec<Attempt>>,
     id: String,
@@ -193,7 +197,7 @@ impl Stream for Forward {
             }
             Err(failure) => {
                 this.attempts = failure.attempts.len();
-                let status = call_status(&failure.error, &failure.attempts);
+                let status = call_status(&failure.error, &failure.attempts, this.max_retry_delay);
                 this.end(StreamEnd::Failed(failure.error.code()));
                 Err(status)
             }
@@ -222,6 +226,7 @@ mod tests {
         stream::Open {
             id: "id".into(),
             idle,
+            max_retry_delay: Duration::from_secs(300),
             gauge: Arc::new(crate::telemetry::Metrics::new()).stream_open(),
             active: None,
             on_end,

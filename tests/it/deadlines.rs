@@ -555,3 +555,36 @@ async fn mock_timeout_is_refused_when_the_config_disallows_it() {
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(reason(&status), "MOCK_TIMEOUT_DISABLED");
 }
+
+#[tokio::test]
+async fn a_providers_hint_of_years_reaches_the_caller_as_no_more_than_the_routers_own_cap() {
+    let up = Upstream::start().await;
+    let hint = |n| Behaviour::Status {
+        code: 429,
+        body: r#"{"error":{"message":"come back in a few years"}}"#.into(),
+        retry_after: Some(n),
+    };
+    up.set("retried", hint(99_999_999));
+    // The default cap: max_cooldown_from_hint, 5 minutes.
+    let r = TestRouter::start_with_env(&config(&up, ""), &[("TEST_KEY", "k")]).await;
+    let mut req = complete("retried");
+    req.num_retries = Some(0);
+    let status = r.client().complete(req.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(300)), "was a day");
+    // A configured cap, and the same cap on a cooldown's RetryInfo: the deployment cooled for
+    // 2s on that hint, and the next call is told 2s at most.
+    let r = TestRouter::start_with_env(
+        &config(&up, "  max_cooldown_from_hint: 2s\n  allowed_fails: 0"),
+        &[("TEST_KEY", "k")],
+    )
+    .await;
+    let status = r.client().complete(req.clone()).await.unwrap_err();
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(2)));
+    let status = r.client().complete(req).await.unwrap_err();
+    assert_eq!(reason(&status), "ALL_DEPLOYMENTS_COOLING_DOWN", "{status:?}");
+    let delay = status.get_details_retry_info().unwrap().retry_delay.unwrap();
+    assert!(delay <= Duration::from_secs(2), "{delay:?}");
+}
