@@ -443,7 +443,12 @@ impl Inner {
             }
             match st.rest.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    st.last_chunk = Instant::now();
+                    // Only what reaches the caller (text, tool-call or thinking pieces, a
+                    // finish reason) resets the idle timer: usage-only and empty events would
+                    // keep a stream open to its deadline while the caller receives nothing.
+                    if chunk.commits() {
+                        st.last_chunk = Instant::now();
+                    }
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
                     st.skipped_events += chunk.skipped_events;

@@ -588,3 +588,40 @@ async fn a_providers_hint_of_years_reaches_the_caller_as_no_more_than_the_router
     let delay = status.get_details_retry_info().unwrap().retry_delay.unwrap();
     assert!(delay <= Duration::from_secs(2), "{delay:?}");
 }
+
+#[tokio::test]
+async fn events_that_carry_nothing_do_not_feed_the_idle_timer() {
+    let (up, r) = setup().await;
+    // A first word, then a second of usage-only events 5ms apart (each would reset a timer
+    // that counted events), then more text.
+    let content = |text: &str| {
+        format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+        )
+    };
+    let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10}}\n\n";
+    let mut body = content("first ");
+    for _ in 0..200 {
+        body.push_str(usage);
+    }
+    body.push_str(&content("late"));
+    body.push_str("data: [DONE]\n\n");
+    up.set(
+        "streamy",
+        Behaviour::Sse {
+            body,
+            cut_after: None,
+        },
+    );
+    let mut s = r
+        .client()
+        .stream_complete(stream_req("streamy"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.message().await.unwrap().unwrap().delta, "first ");
+    let start = Instant::now();
+    let status = s.message().await.unwrap_err();
+    assert_between(start.elapsed(), ms(400) - ms(50), ms(400) + SLACK);
+    assert_eq!(reason(&status), "STREAM_IDLE_TIMEOUT", "{status:?}");
+}
