@@ -209,21 +209,62 @@ fn exhausted_code(last: &Failure) -> Code {
 /// (`grpc-status-details-bin`), which must stay far below what clients and proxies accept.
 const MAX_LOGGED_ATTEMPTS: usize = 64;
 
-/// The log as a status carries it: whole when short, else its first and last halves and how
-/// many entries were left out between them.
+/// The AttemptLog's budget in a status, encoded. With the message (at most
+/// [`MAX_MESSAGE_BYTES`], carried twice: in `grpc-message` and inside the details) and the
+/// details' base64, a status's trailers stay under 8 KiB, the soft limit of grpc's C-core
+/// (Python, Ruby, C++) and of grpc-java, whatever the chain.
+const MAX_LOG_BYTES: usize = 3 * 1024;
+
+/// A status message's bound: the message names the failure; the log and traces have the rest.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Each entry's `detail` is cut to these lengths in turn while the log is over its budget,
+/// before any entry is left out: every attempt's outcome is worth more than one's words.
+const DETAIL_CUTS: [usize; 2] = [160, 48];
+
+/// The log as a status carries it: whole when it fits; else with shorter details, then with
+/// fewer entries (its first and last halves, the deciding attempt last, and `omitted` counting
+/// the rest), until it fits [`MAX_LOG_BYTES`].
 fn bounded_log(attempts: &[Attempt]) -> AttemptLog {
-    if attempts.len() <= MAX_LOGGED_ATTEMPTS {
+    let mut keep = attempts.len().min(MAX_LOGGED_ATTEMPTS);
+    let mut log = ends(attempts, keep, None);
+    for cut in DETAIL_CUTS {
+        if log.encoded_len() <= MAX_LOG_BYTES {
+            return log;
+        }
+        log = ends(attempts, keep, Some(cut));
+    }
+    let last_cut = Some(DETAIL_CUTS[DETAIL_CUTS.len() - 1]);
+    // The first and the last attempt always stay.
+    while log.encoded_len() > MAX_LOG_BYTES && keep > 2 {
+        keep -= 1;
+        log = ends(attempts, keep, last_cut);
+    }
+    log
+}
+
+/// The first and last halves of `attempts` (`keep` entries in all), details cut to `cut`.
+fn ends(attempts: &[Attempt], keep: usize, cut: Option<usize>) -> AttemptLog {
+    let shorten = |a: &Attempt| match cut {
+        Some(max) if a.detail.len() > max => Attempt {
+            detail: crate::providers::bounded(&a.detail, max),
+            ..a.clone()
+        },
+        _ => a.clone(),
+    };
+    if attempts.len() <= keep {
         return AttemptLog {
-            attempts: attempts.to_vec(),
+            attempts: attempts.iter().map(shorten).collect(),
             omitted: 0,
         };
     }
-    let half = MAX_LOGGED_ATTEMPTS / 2;
-    let mut kept = attempts[..half].to_vec();
-    kept.extend_from_slice(&attempts[attempts.len() - half..]);
+    let head = keep.div_ceil(2);
+    let tail = keep - head;
+    let mut kept: Vec<Attempt> = attempts[..head].iter().map(shorten).collect();
+    kept.extend(attempts[attempts.len() - tail..].iter().map(shorten));
     AttemptLog {
         attempts: kept,
-        omitted: u32::try_from(attempts.len() - MAX_LOGGED_ATTEMPTS).unwrap_or(u32::MAX),
+        omitted: u32::try_from(attempts.len() - keep).unwrap_or(u32::MAX),
     }
 }
 
@@ -242,7 +283,7 @@ pub fn call_status(
         retry_delay,
     } = error.grpc();
     let retry_delay = retry_delay.map(|d| d.min(max_retry_delay));
-    let message = error.message();
+    let message = crate::providers::bounded(&error.message(), MAX_MESSAGE_BYTES);
 
     let mut metadata = HashMap::new();
     metadata.insert("attempts".to_string(), attempts.len().to_string());
@@ -368,5 +409,66 @@ mod tests {
             "{}",
             status.details().len()
         );
+    }
+
+    /// What a status's trailers weigh as a client receives them: `grpc-message`
+    /// percent-encoded (at worst three bytes a byte) and the details in base64.
+    fn trailer_bytes(status: &Status) -> usize {
+        status.message().len() * 3 + status.details().len().div_ceil(3) * 4
+    }
+
+    #[test]
+    fn a_status_stays_under_8_kib_whatever_the_chain_and_keeps_its_ends() {
+        let page = format!(
+            "HTTP 503: <html><body>{}</body></html>",
+            "Service Unavailable ".repeat(100)
+        );
+        let attempt = |i: usize| Attempt {
+            model: format!("fallback-group-{}", i / 11),
+            deployment: format!("fallback-group-{}/deployment-{}", i / 11, i % 11),
+            outcome: crate::proto::AttemptOutcome::UpstreamError as i32,
+            elapsed: Some(to_proto_duration(Duration::from_millis(1234))),
+            upstream_status: 503,
+            detail: crate::providers::bounded(&page, 512),
+            ..Attempt::default()
+        };
+        for n in [1, 12, 66, 1000] {
+            let attempts: Vec<_> = (0..n).map(attempt).collect();
+            let last = attempts.last().unwrap().clone();
+            let error = CallError::FallbacksExhausted(Failure::Provider(
+                crate::providers::ProviderError::from_status(503, None, &page),
+            ));
+            let status = call_status(&error, &attempts, Duration::from_secs(300));
+            assert!(
+                trailer_bytes(&status) < 8 * 1024,
+                "{n} attempts: {}",
+                trailer_bytes(&status)
+            );
+            let log = attempt_log(&status).unwrap();
+            assert_eq!(log.attempts.len() + log.omitted as usize, n, "{n}");
+            assert_eq!(log.attempts[0].deployment, "fallback-group-0/deployment-0");
+            let kept_last = log.attempts.last().unwrap();
+            assert_eq!(
+                (
+                    &kept_last.deployment,
+                    kept_last.outcome,
+                    kept_last.upstream_status
+                ),
+                (&last.deployment, last.outcome, 503),
+                "the deciding attempt stays, {n}"
+            );
+            if n == 1 {
+                assert_eq!(
+                    log.attempts[0].detail, last.detail,
+                    "one attempt keeps its words"
+                );
+            }
+        }
+        // A message longer than its bound (a recovery that failed, say) is cut.
+        let long = CallError::StreamInterrupted {
+            detail: "x".repeat(10_000),
+        };
+        let status = call_status(&long, &[], Duration::from_secs(300));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES + '…'.len_utf8());
     }
 }

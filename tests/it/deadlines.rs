@@ -572,7 +572,11 @@ async fn a_providers_hint_of_years_reaches_the_caller_as_no_more_than_the_router
     let status = r.client().complete(req.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     let retry = status.get_details_retry_info().expect("RetryInfo");
-    assert_eq!(retry.retry_delay, Some(Duration::from_secs(300)), "was a day");
+    assert_eq!(
+        retry.retry_delay,
+        Some(Duration::from_secs(300)),
+        "was a day"
+    );
     // A configured cap, and the same cap on a cooldown's RetryInfo: the deployment cooled for
     // 2s on that hint, and the next call is told 2s at most.
     let r = TestRouter::start_with_env(
@@ -584,8 +588,16 @@ async fn a_providers_hint_of_years_reaches_the_caller_as_no_more_than_the_router
     let retry = status.get_details_retry_info().expect("RetryInfo");
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(2)));
     let status = r.client().complete(req).await.unwrap_err();
-    assert_eq!(reason(&status), "ALL_DEPLOYMENTS_COOLING_DOWN", "{status:?}");
-    let delay = status.get_details_retry_info().unwrap().retry_delay.unwrap();
+    assert_eq!(
+        reason(&status),
+        "ALL_DEPLOYMENTS_COOLING_DOWN",
+        "{status:?}"
+    );
+    let delay = status
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
     assert!(delay <= Duration::from_secs(2), "{delay:?}");
 }
 
@@ -595,9 +607,7 @@ async fn events_that_carry_nothing_do_not_feed_the_idle_timer() {
     // A first word, then a second of usage-only events 5ms apart (each would reset a timer
     // that counted events), then more text.
     let content = |text: &str| {
-        format!(
-            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
-        )
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n")
     };
     let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10}}\n\n";
     let mut body = content("first ");
