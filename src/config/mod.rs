@@ -274,6 +274,9 @@ pub struct RouterSettings {
     pub stream_max_malformed_events: u32,
     /// How committed streams recover when they break; groups may override it. Default none.
     pub stream_recovery: StreamRecovery,
+    /// The most delivered text a `continue` recovery keeps, in bytes, to send back as the
+    /// continuation's prefill: past it a stream recovers only by restart. Default 1 MiB.
+    pub stream_recovery_max_bytes: usize,
     /// Fallback groups one call may try after the requested one (LiteLLM's `max_fallbacks`,
     /// default 5): a request's `fallbacks` may name no more, a configured chain is cut there.
     pub max_fallbacks: u32,

@@ -150,6 +150,9 @@ pub struct RawRouterSettings {
     /// How a committed stream that breaks recovers: `none`, `continue` or `restart`
     /// (llm-router's own).
     pub stream_recovery: Option<String>,
+    /// The most text, in bytes, a `continue` recovery keeps of what a stream delivered, to
+    /// send back as its prefill (llm-router's own).
+    pub stream_recovery_max_bytes: Option<u64>,
     /// Fallback groups one call may try (LiteLLM's key and default, 5).
     pub max_fallbacks: Option<u32>,
     pub num_retries: Option<u32>,

@@ -63,12 +63,13 @@ impl Config {
         let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
         let _ = writeln!(
             out,
-            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}, allow_mock_response {}",
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, stream_recovery_max_bytes {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}, allow_mock_response {}",
             d(r.timeout),
             r.stream_timeout.map_or("none".into(), d),
             d(r.stream_idle_timeout),
             r.stream_max_malformed_events,
             r.stream_recovery.name(),
+            r.stream_recovery_max_bytes,
             r.num_retries,
             d(r.min_retry_wait),
             d(r.retry_backoff_initial),

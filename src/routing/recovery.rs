@@ -40,8 +40,14 @@ pub struct Recovery {
     deadline: Instant,
     /// `Continue` or `Restart`, never `None`.
     pub mode: StreamRecovery,
-    /// The answer's text so far (`Continue` only: what the prefill repeats).
+    /// The answer's text so far (`Continue` only: what the prefill repeats), while it is within
+    /// `max_delivered`.
     delivered: String,
+    /// `router_settings.stream_recovery_max_bytes`: past it the text is let go, and the
+    /// stream no longer recovers by continuing.
+    max_delivered: usize,
+    /// The text delivered outgrew `max_delivered`.
+    outgrown: bool,
     /// Whether tool-call or thinking pieces were delivered: a continuation cannot carry them on
     /// (a prefill is text), so such a stream recovers only by restart.
     delivered_structure: bool,
@@ -68,6 +74,7 @@ impl Recovery {
         if mode == StreamRecovery::None {
             return None;
         }
+        let max_delivered = router.config().router.stream_recovery_max_bytes;
         let mut recovery = Box::new(Recovery {
             router,
             chat: request.chat,
@@ -75,6 +82,8 @@ impl Recovery {
             deadline: answered.deadline,
             mode,
             delivered: String::new(),
+            max_delivered,
+            outgrown: false,
             delivered_structure: false,
             trimmed: String::new(),
             span: tracing::Span::current(),
@@ -87,9 +96,17 @@ impl Recovery {
     /// Notes what a chunk delivered to the caller.
     pub fn delivered(&mut self, chunk: &Chunk) {
         self.delivered_structure |= chunk.has_structure();
-        if self.mode == StreamRecovery::Continue {
-            self.delivered.push_str(&chunk.delta);
+        if self.mode != StreamRecovery::Continue || self.outgrown {
+            return;
         }
+        if self.delivered.len() + chunk.delta.len() > self.max_delivered {
+            // Kept no longer: a stream's whole answer must not be held (and sent back) for a
+            // recovery that could no longer be an ordinary request.
+            self.outgrown = true;
+            self.delivered = String::new();
+            return;
+        }
+        self.delivered.push_str(&chunk.delta);
     }
 
     /// Why another recovery may not start, if it may not.
@@ -99,6 +116,12 @@ impl Recovery {
                 "the stream had delivered tool-call or thinking pieces, which a continuation cannot carry on (ask for STREAM_RECOVERY_RESTART)"
                     .to_string(),
             );
+        }
+        if self.mode == StreamRecovery::Continue && self.outgrown {
+            return Some(format!(
+                "the stream had delivered more than router_settings.stream_recovery_max_bytes ({} bytes) of text, more than a continuation sends back (ask for STREAM_RECOVERY_RESTART)",
+                self.max_delivered
+            ));
         }
         if self.started >= MAX_RECOVERIES {
             return Some(format!(

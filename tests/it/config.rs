@@ -615,3 +615,15 @@ fn the_readmes_configs_load_without_warnings() {
     }
     assert!(seen >= 2, "the README's configs were found");
 }
+
+#[test]
+fn the_text_a_continue_keeps_is_bounded_and_defaults_to_1_mib() {
+    assert_eq!(
+        load(MINIMAL).unwrap().router.stream_recovery_max_bytes,
+        1 << 20
+    );
+    for bad in ["0", "1023", "17000000"] {
+        let keys = error_keys(&format!("{MINIMAL}  stream_recovery_max_bytes: {bad}\n"));
+        assert_eq!(keys, ["router_settings.stream_recovery_max_bytes"], "{bad}");
+    }
+}

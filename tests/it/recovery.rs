@@ -518,3 +518,71 @@ async fn a_hedge_that_won_and_then_broke_recovers_from_its_own_group_on() {
     assert!(resumed.attempts[1].hedge);
     assert_eq!(up.counts("slow").requests, 1);
 }
+
+#[tokio::test]
+async fn a_continue_keeps_no_more_than_its_limit_of_delivered_text() {
+    let up = Upstream::start().await;
+    up.set("rest", Behaviour::ok("and the rest."));
+    let base = up.base();
+    let r = TestRouter::start(&format!(
+        r#"
+model_list:
+  - model_name: long
+    litellm_params: {{ model: openai/long, api_base: "{base}" }}
+  - model_name: rest
+    litellm_params: {{ model: openai/rest, api_base: "{base}" }}
+    model_info: {{ supports_assistant_prefill: true }}
+router_settings:
+  num_retries: 0
+  stream_recovery: continue
+  stream_recovery_max_bytes: 1024
+  fallbacks:
+    - long: [rest]
+"#
+    ))
+    .await;
+    // 64 bytes of text an event; the connection is reset after `events` of them.
+    let word = "w".repeat(63) + " ";
+    let breaking_after = |events: usize| {
+        let mut body = String::new();
+        for _ in 0..events + 1 {
+            body.push_str(&format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n"
+            ));
+        }
+        Behaviour::Sse {
+            body,
+            cut_after: Some(events),
+        }
+    };
+    // 640 bytes delivered: within the limit, so the stream continues on `rest` from them.
+    up.set("long", breaking_after(10));
+    let (messages, status) = run(&r, stream_req("long")).await;
+    assert!(status.is_none(), "{status:?}");
+    assert!(messages.iter().any(|m| m.resumed));
+    assert_eq!(up.counts("rest").requests, 1);
+    // 1,280 bytes: over it. The text was let go; no continuation is sent, and the stream ends
+    // with its break, saying why it did not recover.
+    up.set("long", breaking_after(20));
+    let (messages, status) = run(&r, stream_req("long")).await;
+    assert_eq!(text(&messages).len(), 20 * 64);
+    let status = status.expect("the break ends the stream");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("stream_recovery_max_bytes (1024 bytes)"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(up.counts("rest").requests, 1, "no continuation was sent");
+    // A caller that takes restarts still recovers, from the fallback's first word.
+    let req = StreamCompleteRequest {
+        stream_recovery: StreamRecovery::Restart as i32,
+        ..stream_req("long")
+    };
+    let (messages, status) = run(&r, req).await;
+    assert!(status.is_none(), "{status:?}");
+    assert!(messages.iter().any(|m| m.restart));
+    assert_eq!(up.counts("rest").requests, 2);
+}

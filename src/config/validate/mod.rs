@@ -39,6 +39,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// One or two unreadable events are a provider's hiccup; more are a broken stream.
 const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
+/// What a `continue` recovery keeps of a stream's text by default, and at most: a prefill well
+/// under a request's default size, so that a continuation is a request like any other.
+const DEFAULT_RECOVERY_MAX_BYTES: usize = 1 << 20;
+const RECOVERY_MAX_BYTES_LIMIT: u64 = 16 << 20;
 /// LiteLLM's default.
 const DEFAULT_MAX_FALLBACKS: u32 = 5;
 const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 4096;

@@ -40,6 +40,17 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
         errs,
     )
     .unwrap_or(StreamRecovery::None);
+    let stream_recovery_max_bytes = match rs.stream_recovery_max_bytes {
+        None => DEFAULT_RECOVERY_MAX_BYTES,
+        Some(n) if (1024..=RECOVERY_MAX_BYTES_LIMIT).contains(&n) => n as usize,
+        Some(_) => {
+            errs.add(
+                "router_settings.stream_recovery_max_bytes",
+                format!("must be from 1024 to {RECOVERY_MAX_BYTES_LIMIT} (16 MiB)"),
+            );
+            DEFAULT_RECOVERY_MAX_BYTES
+        }
+    };
     let max_fallbacks = rs.max_fallbacks.unwrap_or(DEFAULT_MAX_FALLBACKS);
     if max_fallbacks > MAX_FALLBACKS_LIMIT {
         errs.add(
@@ -108,6 +119,7 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
         stream_timeout,
         stream_idle_timeout,
         stream_max_malformed_events,
+        stream_recovery_max_bytes,
         stream_recovery,
         max_fallbacks,
         num_retries,
