@@ -57,6 +57,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod listen;
 pub mod providers;
 pub mod reload;
 pub mod routing;

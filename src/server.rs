@@ -4,12 +4,12 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::{ActiveCalls, RouterApi};
 use crate::config::Config;
+use crate::listen::Acceptor;
 use crate::proto::router_service_server::RouterServiceServer;
 use crate::reload::ConfigFile;
 use crate::routing::{
@@ -148,7 +148,7 @@ async fn serve(
             RouterServiceServer::new(RouterApi::new(routers.clone(), active.clone()))
                 .max_decoding_message_size(server_settings.max_request_bytes),
         )
-        .serve_with_incoming_shutdown(incoming(listener), async {
+        .serve_with_incoming_shutdown(incoming(listener, metrics.clone()), async {
             let _ = stopped.await;
         });
     tokio::pin!(serve);
@@ -222,16 +222,19 @@ impl Drop for AbortOnDrop {
 /// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay` setting does
 /// not apply to an incoming stream we provide, and with Nagle on, a response's frames can wait
 /// for the client's delayed ACK: up to 40ms on a call whose deadline is the product.
+/// The gRPC port's connections, accepted with backoff when resources run out (see
+/// [`crate::listen`]).
 fn incoming(
     listener: TcpListener,
+    metrics: Arc<Metrics>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
+    let acceptor = Acceptor::new(listener, "grpc", metrics);
+    futures_util::stream::unfold(acceptor, |mut acceptor| async move {
+        let conn = acceptor.accept().await;
         if let Err(e) = conn.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        Ok(conn)
+        Some((Ok(conn), acceptor))
     })
 }
 

@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
 use super::Metrics;
+use crate::listen::Acceptor;
 
 /// How long a client of the admin port may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,15 +26,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Out of file descriptors, the port backs off instead of spinning (see `listen`).
+    let mut acceptor = Acceptor::new(listener, "admin", metrics.clone());
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin port: accept failed");
-                    continue;
-                }
-            },
+        let stream = tokio::select! {
+            stream = acceptor.accept() => stream,
             () = &mut shutdown => return,
         };
         let (metrics, ready) = (metrics.clone(), ready.clone());

@@ -97,6 +97,12 @@ pub struct Metrics {
     cooldown_until: Family<DeploymentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     shed: Family<RpcLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    accept_errors: Family<PortLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,7 +229,14 @@ impl Metrics {
             "Config reloads by result: applied, or rejected (the previous config kept serving)",
             reloads.clone(),
         );
+        let accept_errors = Family::default();
+        registry.register(
+            "accept_errors",
+            "Connections a port failed to accept (out of file descriptors, buffers or memory), by port: grpc or admin",
+            accept_errors.clone(),
+        );
         Metrics {
+            accept_errors,
             hedges,
             stream_events_skipped,
             stream_recoveries,
@@ -365,6 +378,11 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.cooldown_until.get_or_create(&labels).set(unix);
+    }
+
+    /// A port failed to accept a connection for want of resources.
+    pub fn accept_error(&self, port: &'static str) {
+        self.accept_errors.get_or_create(&PortLabels { port }).inc();
     }
 
     pub fn shed(&self, rpc: &'static str) {

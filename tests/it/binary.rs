@@ -348,3 +348,110 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config() {
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CPU time a process has used, from `/proc/<pid>/stat` (user and system, in clock ticks of
+/// 10 ms on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_both_ports_back_off_quietly_and_serve_again() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    // The binary under `ulimit -n 64`, its log lines counted.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n 64 && exec {BIN} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"),
+        ])
+        .env("LLMROUTER_LOG_FORMAT", "text")
+        .env_remove("LLMROUTER_CONFIG")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (addr, admin) = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        let field = |name: &str| {
+            line.split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(String::from)
+        };
+        if let (Some(a), Some(b)) = (field("addr"), field("admin_addr")) {
+            break (a, b);
+        }
+    };
+    let logged = Arc::new(AtomicUsize::new(0));
+    let count = logged.clone();
+    std::thread::spawn(move || {
+        for _ in lines {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // More connections than descriptors: the rest wait in the listeners' backlogs, and every
+    // accept fails until one closes.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(std::net::TcpStream::connect(&addr).unwrap());
+    }
+    for _ in 0..3 {
+        held.push(std::net::TcpStream::connect(&admin).unwrap());
+    }
+    tokio::time::sleep(ms(500)).await;
+    let (cpu, log) = (cpu_ticks(child.id()), logged.load(Ordering::Relaxed));
+    tokio::time::sleep(ms(2000)).await;
+    let cpu = cpu_ticks(child.id()) - cpu;
+    let log = logged.load(Ordering::Relaxed) - log;
+    // Spinning, it burned a core (200 ticks in 2 s) and logged hundreds of thousands of lines.
+    assert!(cpu < 40, "{cpu} ticks of CPU in 2s at the descriptor limit");
+    assert!(log <= 8, "{log} log lines in 2s at the descriptor limit");
+    // Once the connections close, both ports serve again.
+    drop(held);
+    let started = Instant::now();
+    let mut client = loop {
+        match RouterServiceClient::connect(format!("http://{addr}")).await {
+            Ok(c) => break c,
+            Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(ms(100)).await
+            }
+            Err(e) => panic!("the gRPC port did not come back: {e}"),
+        }
+    };
+    let resp = client
+        .complete(complete("chat"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deployment, "chat-primary");
+    let metrics = loop {
+        use std::io::{Read, Write};
+        let fetched = std::net::TcpStream::connect(&admin).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match fetched {
+            Ok(text) if text.starts_with("HTTP/1.1 200") => break text,
+            _ if started.elapsed() < Duration::from_secs(5) => tokio::time::sleep(ms(100)).await,
+            other => panic!("the admin port did not come back: {other:?}"),
+        }
+    };
+    assert!(
+        metrics.contains("llmrouter_accept_errors_total{port=\"grpc\"}"),
+        "{metrics}"
+    );
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(20));
+}
