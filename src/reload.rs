@@ -154,6 +154,9 @@ pub const RESTART_ONLY: &[(&str, ReadSetting)] = &[
     ("server.max_request_bytes", |c| {
         c.server.max_request_bytes.to_string()
     }),
+    ("server.max_pending_request_bytes", |c| {
+        c.server.max_pending_request_bytes.to_string()
+    }),
     ("telemetry.otlp_endpoint", |c| {
         format!("{:?}", c.otlp_endpoint)
     }),

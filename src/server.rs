@@ -7,7 +7,10 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::{ActiveCalls, RouterApi};
+use crate::api::{
+    ActiveCalls, RouterApi,
+    pending::{PendingBytes, PendingLayer},
+};
 use crate::config::Config;
 use crate::listen::Acceptor;
 use crate::proto::router_service_server::RouterServiceServer;
@@ -138,9 +141,14 @@ async fn serve(
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     // Listener-level settings apply from start-up; a reload that changes them logs that they
     // need a restart.
+    // What requests being received may hold is bounded across connections (`pending`), not
+    // by fewer streams per connection: a client over its connection's streams queues on its
+    // side, where calls over max_concurrent_calls must be refused at once.
+    let pending = PendingBytes::new(server_settings.max_pending_request_bytes);
     let serve = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(server_settings.max_concurrent_streams))
+        .layer(PendingLayer(pending))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

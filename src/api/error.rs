@@ -11,6 +11,9 @@ pub enum ApiError {
     InvalidArgument { field: String, message: String },
     /// The server is at `server.max_concurrent_calls`: refused before any work.
     Overloaded { limit: u32 },
+    /// The request's bytes would take the bytes being received across the server past
+    /// `server.max_pending_request_bytes`: refused as they arrive.
+    PendingBytesExhausted { limit: usize },
     /// Routing failed the call.
     Call(CallError),
 }
@@ -36,6 +39,9 @@ impl ApiError {
             ApiError::InvalidArgument { field, message } => format!("`{field}` {message}"),
             ApiError::Overloaded { limit } => format!(
                 "the router is at server.max_concurrent_calls ({limit} calls in flight); retry shortly or elsewhere"
+            ),
+            ApiError::PendingBytesExhausted { limit } => format!(
+                "the router is receiving more request bytes than server.max_pending_request_bytes ({limit}) allows; retry shortly or elsewhere"
             ),
             ApiError::Call(e) => e.message(),
         }

@@ -4,6 +4,7 @@
 mod content;
 pub mod error;
 mod models;
+pub mod pending;
 mod record;
 pub mod request;
 pub mod status;

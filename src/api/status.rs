@@ -162,7 +162,7 @@ impl GrpcError for ApiError {
                 reason: "INVALID_ARGUMENT",
                 retry_delay: None,
             },
-            ApiError::Overloaded { .. } => Grpc {
+            ApiError::Overloaded { .. } | ApiError::PendingBytesExhausted { .. } => Grpc {
                 code: Code::ResourceExhausted,
                 reason: "OVERLOADED",
                 retry_delay: Some(OVERLOADED_RETRY_DELAY),
@@ -178,7 +178,7 @@ impl GrpcError for ApiError {
     fn bad_field(&self) -> Option<(String, String)> {
         match self {
             ApiError::InvalidArgument { field, message } => Some((field.clone(), message.clone())),
-            ApiError::Overloaded { .. } => None,
+            ApiError::Overloaded { .. } | ApiError::PendingBytesExhausted { .. } => None,
             ApiError::Call(e) => e.bad_field(),
         }
     }
@@ -188,7 +188,7 @@ impl GrpcError for ApiError {
             ApiError::InvalidArgument { field, .. } => {
                 metadata.insert("field".to_string(), field.clone());
             }
-            ApiError::Overloaded { .. } => {}
+            ApiError::Overloaded { .. } | ApiError::PendingBytesExhausted { .. } => {}
             ApiError::Call(e) => e.annotate(metadata),
         }
     }

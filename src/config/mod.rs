@@ -79,6 +79,10 @@ pub struct ServerSettings {
     /// Largest request message accepted; a larger one is answered RESOURCE_EXHAUSTED.
     /// Default 4 MiB.
     pub max_request_bytes: usize,
+    /// Request bytes being received and not yet handed to a call, summed over every stream of
+    /// every connection: a request whose bytes would go past it is answered
+    /// RESOURCE_EXHAUSTED at once. Default 16 MiB; never below `max_request_bytes`.
+    pub max_pending_request_bytes: usize,
     /// How often the config file is read to see whether it changed (SIGHUP reloads at once).
     /// Default 2s.
     pub config_watch_interval: Duration,

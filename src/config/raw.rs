@@ -289,6 +289,8 @@ pub struct RawServer {
     pub max_concurrent_streams: Option<u32>,
     /// Largest request message accepted, in bytes.
     pub max_request_bytes: Option<u64>,
+    /// Request bytes being received and not yet handed to a call, across all connections.
+    pub max_pending_request_bytes: Option<u64>,
     /// How often the config file is checked for changes.
     #[serde(default, deserialize_with = "dur")]
     pub config_watch_interval: Option<Duration>,

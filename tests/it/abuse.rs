@@ -471,3 +471,92 @@ router_settings:
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One raw HTTP/2 Complete request that announces `len` bytes and sends all but the last: a
+/// request the server buffers and can never finish. Returns the response's gRPC status, if
+/// one comes within `wait`.
+async fn unfinished_request(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+    len: usize,
+    wait: Duration,
+) -> tokio::task::JoinHandle<Option<String>> {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://router/llmrouter.v1.RouterService/Complete")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let ready = sender.clone().ready().await.unwrap();
+    *sender = ready;
+    let (response, mut body) = sender.send_request(request, false).unwrap();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    frame.extend(std::iter::repeat_n(b'x', len - 1));
+    body.send_data(bytes::Bytes::from(frame), false).unwrap();
+    tokio::spawn(async move {
+        let _keep = body;
+        let response = tokio::time::timeout(wait, response).await.ok()?.ok()?;
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    })
+}
+
+#[tokio::test]
+async fn unfinished_requests_hold_no_more_than_the_pending_bytes_bound() {
+    let dir = std::env::temp_dir().join(format!("llm-router-pending-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pending.yaml");
+    std::fs::write(
+        &path,
+        "model_list:\n  - { model_name: chat, litellm_params: { model: mock/a } }\nserver:\n  max_request_bytes: 1048576\n  max_pending_request_bytes: 4194304\n",
+    )
+    .unwrap();
+    let (mut child, addr, _) = crate::common::process::spawn_with_env(
+        &["serve", "--config", path.to_str().unwrap()],
+        &[
+            ("RUST_LOG", "warn"),
+            ("MALLOC_MMAP_THRESHOLD_", "131072"),
+            ("MALLOC_ARENA_MAX", "2"),
+        ],
+    );
+    let idle = crate::chaos::rss_kib(child.id());
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    // 40 requests of 1 MiB on one connection, none finished: 40 MiB if all were buffered.
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        answers.push(unfinished_request(&mut sender, 1 << 20, Duration::from_secs(5)).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = crate::chaos::rss_kib(child.id());
+    let mut refused = 0;
+    for a in answers {
+        if a.await.unwrap().as_deref() == Some("8") {
+            refused += 1;
+        }
+    }
+    // Four fit under the 4 MiB bound, less a frame or so; the rest are RESOURCE_EXHAUSTED as
+    // their bytes arrive, and their buffers freed.
+    assert!(refused >= 35, "{refused} of 40 refused");
+    let grew = during.saturating_sub(idle);
+    eprintln!("unfinished requests: {refused} of 40 refused, RSS grew by {grew} KiB");
+    assert!(
+        grew < 12 * 1024,
+        "RSS grew by {grew} KiB holding unfinished requests"
+    );
+    // Other calls go on.
+    let mut client = llm_router::proto::router_service_client::RouterServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    assert!(client.complete(complete("chat")).await.is_ok());
+    crate::common::process::sigterm(&child);
+    crate::common::process::wait_exit(&mut child, Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
+}

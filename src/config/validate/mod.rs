@@ -39,6 +39,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// One or two unreadable events are a provider's hiccup; more are a broken stream.
 const DEFAULT_MAX_MALFORMED_EVENTS: u32 = 3;
+/// Request bytes in flight before their calls start, by default: four requests of the default
+/// largest size, far under the chart's memory limit whatever the number of connections.
+const DEFAULT_MAX_PENDING_REQUEST_BYTES: usize = 16 << 20;
+const MAX_PENDING_REQUEST_BYTES_LIMIT: u64 = 1 << 30;
 /// What a `continue` recovery keeps of a stream's text by default, and at most: a prefill well
 /// under a request's default size, so that a continuation is a request like any other.
 const DEFAULT_RECOVERY_MAX_BYTES: usize = 1 << 20;
@@ -485,6 +489,21 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
             DEFAULT_MAX_REQUEST_BYTES
         }
     };
+    let max_pending_request_bytes = match s.max_pending_request_bytes {
+        None => DEFAULT_MAX_PENDING_REQUEST_BYTES.max(max_request_bytes),
+        Some(n) if n >= max_request_bytes as u64 && n <= MAX_PENDING_REQUEST_BYTES_LIMIT => {
+            n as usize
+        }
+        Some(_) => {
+            errs.add(
+                "server.max_pending_request_bytes",
+                format!(
+                    "must be from server.max_request_bytes ({max_request_bytes}) to {MAX_PENDING_REQUEST_BYTES_LIMIT} (1 GiB): no request could arrive under less"
+                ),
+            );
+            DEFAULT_MAX_PENDING_REQUEST_BYTES.max(max_request_bytes)
+        }
+    };
     ServerSettings {
         listen,
         admin_listen,
@@ -502,6 +521,7 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
             .max_concurrent_streams
             .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
         max_request_bytes,
+        max_pending_request_bytes,
         config_watch_interval: errs
             .positive("server.config_watch_interval", s.config_watch_interval)
             .unwrap_or(DEFAULT_CONFIG_WATCH_INTERVAL),
