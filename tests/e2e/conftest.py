@@ -3,44 +3,23 @@ generates a Python client from proto/ with grpcio-tools, as a service owner woul
 
 import importlib
 import importlib.resources
-import os
 import pathlib
-import re
 import shutil
-import subprocess
 import sys
-import threading
 
 import pytest
+
+import router
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def server(llm_router_bin):
-    """The address of a running llm-router; stopped with SIGTERM at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER")}
-    env["RUST_LOG"] = "info"
-    env["LLMROUTER_LOG_FORMAT"] = "text"
-    proc = subprocess.Popen(
-        [str(llm_router_bin), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    addr = None
-    for line in proc.stderr:
-        m = re.search(r"addr=(\S+)", line)
-        if m:
-            addr = m.group(1)
-            break
-    assert addr, "the server logged its address"
-    # Keep draining stderr so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    """The address of a running llm-router on its built-in config; stopped with SIGTERM at the end."""
+    proc, addr = router.start(llm_router_bin)
     yield addr
-    proc.terminate()
-    assert proc.wait(timeout=20) == 0, "the server exits 0 on SIGTERM"
+    router.stop(proc)
 
 
 @pytest.fixture(scope="session")

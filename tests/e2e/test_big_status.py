@@ -3,15 +3,12 @@ grpcio client with default options: the router's status (its code, ErrorInfo and
 reaches the client, not the library's own RESOURCE_EXHAUSTED for trailers over its 8 KiB limit."""
 
 import http.server
-import os
-import re
-import subprocess
 import threading
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+import router as binary
 
 GROUPS = 6
 RETRIES = 10  # 11 attempts a group (no retry budget): 66 in all
@@ -64,24 +61,9 @@ def router(llm_router_bin, outage, tmp_path):
         "  retry_budget: { max_tokens: 0 }\n"
         f"  fallbacks:\n    - g0: [{chain}]\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER")}
-    env["LLMROUTER_LOG_FORMAT"] = "text"
-    proc = subprocess.Popen(
-        [str(llm_router_bin), "--config", str(config), "--listen", "127.0.0.1:0",
-         "--admin-listen", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-    )
-    addr = None
-    for line in proc.stderr:
-        m = re.search(r"addr=(\S+)", line)
-        if m:
-            addr = m.group(1)
-            break
-    assert addr, "the server logged its address"
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, addr = binary.start(llm_router_bin, "--config", str(config))
     yield addr
-    proc.terminate()
-    assert proc.wait(timeout=20) == 0
+    binary.stop(proc)
 
 
 def test_a_default_grpcio_client_reads_the_status_of_a_long_failed_chain(router, stubs):
@@ -95,14 +77,7 @@ def test_a_default_grpcio_client_reads_the_status_of_a_long_failed_chain(router,
                 stub.Complete(request, timeout=30)
             err = e.value
             assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
-            status = rpc_status.from_call(err)
-            assert status is not None, "grpc-status-details-bin reached the client"
-            info, log = error_details_pb2.ErrorInfo(), pb2.AttemptLog()
-            for d in status.details:
-                if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    d.Unpack(info)
-                elif d.Is(pb2.AttemptLog.DESCRIPTOR):
-                    d.Unpack(log)
+            info, log = binary.details(err, pb2)
             assert info.reason == "FALLBACKS_EXHAUSTED"
             # The whole count, though the log may leave some out.
             assert info.metadata["attempts"] == str(GROUPS * (RETRIES + 1))

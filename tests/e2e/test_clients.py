@@ -8,8 +8,8 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from router import details
 
 HI = [{"role": "ROLE_USER", "content": "Hi"}]
 
@@ -175,19 +175,6 @@ def test_python_typed_responses(client):
     hanging = next(g for g in groups if g.name == "hanging")
     assert list(hanging.fallbacks) == ["chat-backup"]
     assert hanging.deployments[0].timeout.ToTimedelta().total_seconds() == 1.0
-
-
-def details(err, pb2):
-    """The ErrorInfo and AttemptLog details of a failed call."""
-    status = rpc_status.from_call(err)
-    assert status is not None, "the error carries grpc-status-details-bin"
-    info, log = error_details_pb2.ErrorInfo(), pb2.AttemptLog()
-    for d in status.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            d.Unpack(info)
-        elif d.Is(pb2.AttemptLog.DESCRIPTOR):
-            d.Unpack(log)
-    return info, log
 
 
 def test_python_deadline_gives_deadline_exceeded_with_the_attempt_log(client):

@@ -366,37 +366,16 @@ async fn out_of_file_descriptors_both_ports_back_off_quietly_and_serve_again() {
         atomic::{AtomicUsize, Ordering},
     };
     // The binary under `ulimit -n 64`, its log lines counted.
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!("ulimit -n 64 && exec {BIN} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"),
-        ])
-        .env("LLMROUTER_LOG_FORMAT", "text")
-        .env_remove("LLMROUTER_CONFIG")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (addr, admin) = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        let field = |name: &str| {
-            line.split(&format!(" {name}="))
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .map(String::from)
-        };
-        if let (Some(a), Some(b)) = (field("addr"), field("admin_addr")) {
-            break (a, b);
-        }
-    };
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!("ulimit -n 64 && exec {BIN} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"),
+    ])
+    .env("RUST_LOG", "info");
     let logged = Arc::new(AtomicUsize::new(0));
     let count = logged.clone();
-    std::thread::spawn(move || {
-        for _ in lines {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
+    let (mut child, addr, admin) = crate::common::process::start(sh, move |_| {
+        count.fetch_add(1, Ordering::Relaxed);
     });
     // More connections than descriptors: the rest wait in the listeners' backlogs, and every
     // accept fails until one closes.

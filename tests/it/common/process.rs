@@ -19,13 +19,24 @@ pub fn spawn(args: &[&str]) -> (Child, String) {
 /// Starts the binary with `args` and `env` on ephemeral ports; returns it with the gRPC and
 /// admin addresses it logged.
 pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        // The address is logged at info: a quieter level would hide it from `start`.
+        .env("RUST_LOG", "info");
+    start(cmd, |_| {})
+}
+
+/// Runs `cmd` (the binary, or a shell that execs it), logging as text; returns it with the
+/// gRPC and admin addresses it logged. Every later log line goes to `on_line`.
+pub fn start(
+    mut cmd: Command,
+    mut on_line: impl FnMut(String) + Send + 'static,
+) -> (Child, String, String) {
+    let mut child = cmd
         .env("LLMROUTER_LOG_FORMAT", "text")
         .env_remove("LLMROUTER_CONFIG")
-        .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -46,7 +57,11 @@ pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Child, String, St
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            on_line(line);
+        }
+    });
     (child, addr, admin)
 }
 
