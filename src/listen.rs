@@ -98,21 +98,15 @@ fn per_connection(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_backoff_doubles_from_10ms_to_1s() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut a = Acceptor::new(l, "grpc", Arc::new(Metrics::new()));
-            let mut seen = Vec::new();
-            for _ in 0..9 {
-                a.backoff = a.next_backoff();
-                seen.push(a.backoff.as_millis());
-            }
-            assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
-        });
+    #[tokio::test]
+    async fn the_backoff_doubles_from_10ms_to_1s() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut a = Acceptor::new(l, "grpc", Arc::new(Metrics::new()));
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            a.backoff = a.next_backoff();
+            seen.push(a.backoff.as_millis());
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
     }
 }

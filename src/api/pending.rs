@@ -52,7 +52,8 @@ impl PendingBytes {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
 }

@@ -27,7 +27,7 @@ pub fn released(tracker: &Tracker, usage: Option<&Usage>) {
 }
 
 /// Sets what an answer cost, when its deployment has a price.
-pub fn price(d: &Deployment, usage: &mut Usage) {
+fn price(d: &Deployment, usage: &mut Usage) {
     usage.cost_usd = d
         .cost
         .map(|c| c.of(usage.prompt_tokens, usage.completion_tokens));
