@@ -7,12 +7,18 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use tonic::service::interceptor::InterceptedService;
+
 use crate::api::{
     ActiveCalls, RouterApi,
     pending::{PendingBytes, PendingLayer},
+    reflection_guard,
 };
 use crate::config::Config;
-use crate::listen::Acceptor;
+use crate::listen::{
+    conn::incoming,
+    tls::{Rotating, ServerTls},
+};
 use crate::proto::router_service_server::RouterServiceServer;
 use crate::reload::ConfigFile;
 use crate::routing::{
@@ -138,6 +144,20 @@ async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Setup(e.to_string()))?;
 
+    // TLS files are read again every config watch interval: a rotated certificate is used by
+    // the next connection, and a broken one is logged and ignored.
+    let tls = match &server_settings.tls {
+        None => None,
+        Some(t) => {
+            let first = ServerTls::load(t)
+                .map_err(|e| ServeError::Setup(format!("`{}` {}", e.key, e.message)))?;
+            Some(Arc::new(Rotating::new(t.clone(), first)))
+        }
+    };
+    let _tls_watcher = tls
+        .clone()
+        .map(|t| AbortOnDrop(tokio::spawn(t.watch(server_settings.config_watch_interval))));
+
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     // Listener-level settings apply from start-up; a reload that changes them logs that they
     // need a restart.
@@ -150,13 +170,19 @@ async fn serve(
         .max_concurrent_streams(Some(server_settings.max_concurrent_streams))
         .layer(PendingLayer(pending))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(
+            reflection_v1,
+            reflection_guard(routers.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1alpha,
+            reflection_guard(routers.clone()),
+        ))
         .add_service(
             RouterServiceServer::new(RouterApi::new(routers.clone(), active.clone()))
                 .max_decoding_message_size(server_settings.max_request_bytes),
         )
-        .serve_with_incoming_shutdown(incoming(listener, metrics.clone()), async {
+        .serve_with_incoming_shutdown(incoming(listener, metrics.clone(), tls), async {
             let _ = stopped.await;
         });
     tokio::pin!(serve);
@@ -225,25 +251,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay` setting does
-/// not apply to an incoming stream we provide, and with Nagle on, a response's frames can wait
-/// for the client's delayed ACK: up to 40ms on a call whose deadline is the product.
-/// The gRPC port's connections, accepted with backoff when resources run out (see
-/// [`crate::listen`]).
-fn incoming(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    let acceptor = Acceptor::new(listener, "grpc", metrics);
-    futures_util::stream::unfold(acceptor, |mut acceptor| async move {
-        let conn = acceptor.accept().await;
-        if let Err(e) = conn.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        Some((Ok(conn), acceptor))
-    })
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -14,6 +14,9 @@ pub enum ApiError {
     /// The request's bytes would take the bytes being received across the server past
     /// `server.max_pending_request_bytes`: refused as they arrive.
     PendingBytesExhausted { limit: usize },
+    /// No credential where one is required, or one that proves nothing. `why` never says
+    /// which part of a key was wrong.
+    Unauthenticated { why: &'static str },
     /// Routing failed the call.
     Call(CallError),
 }
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::PendingBytesExhausted { limit } => format!(
                 "the router is receiving more request bytes than server.max_pending_request_bytes ({limit}) allows; retry shortly or elsewhere"
             ),
+            ApiError::Unauthenticated { why } => why.to_string(),
             ApiError::Call(e) => e.message(),
         }
     }

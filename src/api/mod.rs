@@ -1,6 +1,7 @@
 //! The gRPC surface: `llmrouter.v1.RouterService`. Validates requests, hands them to the
 //! router, and turns answers and failures into messages and statuses.
 
+mod auth;
 mod content;
 pub mod error;
 mod models;
@@ -19,12 +20,10 @@ use crate::proto::{
     ChatMessage, CompleteRequest, CompleteResponse, ListModelsRequest, ListModelsResponse, Role,
     StreamCompleteRequest, router_service_server::RouterService,
 };
-use crate::routing::{
-    CallContext, CallRequest, SharedRouter, deadline::parse_grpc_timeout, recovery::Recovery,
-};
+use crate::routing::{CallRequest, SharedRouter, deadline::parse_grpc_timeout, recovery::Recovery};
 use error::ApiError;
 pub use record::{ActiveCalls, ActiveGuard};
-use record::{CallRecord, record_usage, rpc_span};
+use record::{CallRecord, rpc_span};
 use stream::{Open, ResponseStream, StreamEnd};
 
 pub struct RouterApi {
@@ -38,12 +37,6 @@ impl RouterApi {
     }
 }
 
-/// What a call may use. Nobody is identified yet: every call is anonymous, and may use every
-/// model group, as before callers were told apart.
-fn call_context<T>(_req: &Request<T>) -> CallContext {
-    CallContext::anonymous()
-}
-
 fn client_timeout<T>(req: &Request<T>) -> Option<Duration> {
     req.metadata()
         .get("grpc-timeout")
@@ -52,8 +45,8 @@ fn client_timeout<T>(req: &Request<T>) -> Option<Duration> {
 }
 
 impl RouterApi {
-    /// The one admission point of a call: counted in flight, refused at the server's cap,
-    /// shape-validated, and given what it may use.
+    /// The one admission point of a call: counted in flight, its caller worked out, refused
+    /// at the server's cap, shape-validated, and held to its caller's policy.
     fn admit<T: request::Incoming>(
         &self,
         rpc: &'static str,
@@ -70,12 +63,18 @@ impl RouterApi {
             r.metadata(),
             span,
         );
+        let context = auth::call_context(&record.router.config().auth, &request)
+            .map_err(|e| record.answer_failure(e))?;
+        record.identified(&context);
         record.shed_if_overloaded()?;
         let client_timeout = client_timeout(&request);
-        let context = call_context(&request);
         let mut call =
             validate(request.into_inner(), client_timeout).map_err(|e| record.answer_failure(e))?;
         call.context = context;
+        record.lease = record
+            .router
+            .admit(&call)
+            .map_err(|e| record.answer_failure(ApiError::Call(e)))?;
         Ok((record, call))
     }
 
@@ -93,7 +92,7 @@ impl RouterApi {
             .map_err(|f| record.answer_failure(f))?;
         let completion = answered.value;
         if let Some(usage) = &completion.usage {
-            record_usage(&record.span, usage);
+            record.settle(usage);
         }
         record.finish(
             Some((&answered.group, &answered.deployment)),
@@ -140,7 +139,7 @@ impl RouterApi {
             // The record (and with it the RPC's span) lives until the stream ends.
             on_end: Box::new(move |end| {
                 if let Some(u) = &end.usage {
-                    record_usage(&record.span, u);
+                    record.settle(u);
                 }
                 let code = match end.how {
                     StreamEnd::Finished => tonic::Code::Ok,
@@ -184,8 +183,30 @@ impl RouterService for RouterApi {
         &self,
         request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        let context = call_context(&request);
         let router = self.routers.current();
+        let context = auth::call_context(&router.config().auth, &request)
+            .map_err(|e| status::call_status(&e, &[], router.config().router.cooldowns.max_hint))?;
         Ok(Response::new(models::list(&router, &context)))
+    }
+}
+
+/// Server reflection for recognised callers only, when `auth.reflection` is `authenticated`;
+/// open otherwise (and health checks are always open, for probes).
+pub fn reflection_guard(
+    routers: Arc<SharedRouter>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let router = routers.current();
+        let auth = &router.config().auth;
+        if !auth.reflection_requires_auth {
+            return Ok(request);
+        }
+        match auth::call_context(auth, &request) {
+            Ok(c) if c.identity.is_some() => Ok(request),
+            Ok(_) => Err(Status::unauthenticated(
+                "server reflection is for authenticated callers (auth.reflection)",
+            )),
+            Err(e) => Err(Status::unauthenticated(e.message())),
+        }
     }
 }

@@ -17,7 +17,7 @@ use super::error::{ApiError, Failed};
 use super::status::call_status;
 use crate::proto;
 use crate::providers::cut;
-use crate::routing::{Router, SharedRouter};
+use crate::routing::{CallContext, CallerName, Router, SharedRouter, callers::CallerLease};
 use crate::telemetry::{
     metrics::{GaugeGuard, UNKNOWN_GROUP, code_name},
     traces::{self, TARGET},
@@ -90,6 +90,10 @@ pub(super) struct CallRecord {
     pub(super) in_flight_at_start: usize,
     /// The request's `metadata`, bounded, for the log line; empty when it has none.
     pub(super) labels: String,
+    /// Who is calling, once known.
+    pub(super) caller: CallerName,
+    /// The call's place in its caller's limits, held to its end.
+    pub(super) lease: Option<CallerLease>,
     _in_flight: GaugeGuard,
     /// Taken by a committed stream, which holds it until tonic lets go of the stream: that is
     /// after its last message and trailers, so that shutdown never cuts them off.
@@ -119,6 +123,8 @@ impl CallRecord {
             active: Some(active),
             in_flight_at_start,
             labels: labels(metadata),
+            caller: CallerName::Unauthenticated,
+            lease: None,
             router,
             rpc,
             id: new_id(),
@@ -143,6 +149,7 @@ impl CallRecord {
         tracing::info!(
             rpc = self.rpc,
             id = %self.id,
+            caller = self.caller.as_str(),
             model = group,
             deployment = deployment.unwrap_or(""),
             attempts,
@@ -154,6 +161,7 @@ impl CallRecord {
         self.router.metrics().call_finished(
             self.rpc,
             group,
+            self.caller.as_str(),
             deployment,
             code,
             elapsed.as_secs_f64(),
@@ -167,6 +175,25 @@ impl CallRecord {
         if code != tonic::Code::Ok {
             span.record("error.type", code_name(code));
             span.record("otel.status_code", "ERROR");
+        }
+    }
+
+    /// The call's caller is known: its name labels the call from here on.
+    pub(super) fn identified(&mut self, context: &CallContext) {
+        if context.caller != CallerName::Unauthenticated {
+            self.span.record("enduser.id", context.caller.as_str());
+        }
+        self.caller = context.caller.clone();
+    }
+
+    /// The call's real usage: on its span, and settled with its caller's limits.
+    pub(super) fn settle(&mut self, usage: &proto::Usage) {
+        self.span
+            .record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+        self.span
+            .record("gen_ai.usage.output_tokens", usage.completion_tokens);
+        if let Some(lease) = &mut self.lease {
+            lease.settle(usage);
         }
     }
 
@@ -251,6 +278,7 @@ pub(super) fn rpc_span<T>(rpc: &'static str, request: &Request<T>, model: &str) 
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         error.type = Empty,
+        enduser.id = Empty,
         llmrouter.deadline_ms = Empty,
         llmrouter.attempts = Empty,
     );
@@ -258,12 +286,6 @@ pub(super) fn rpc_span<T>(rpc: &'static str, request: &Request<T>, model: &str) 
         traces::set_parent_from(&span, request.metadata());
     }
     span
-}
-
-/// Records a provider's token counts on an RPC span.
-pub(super) fn record_usage(span: &tracing::Span, usage: &proto::Usage) {
-    span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
-    span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
 }
 
 #[cfg(test)]

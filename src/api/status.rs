@@ -14,7 +14,7 @@ use tonic_types::pb;
 use super::error::ApiError;
 use crate::config::FailKind;
 use crate::proto::{Attempt, AttemptLog};
-use crate::routing::{CallError, Failure, to_proto_duration};
+use crate::routing::{CallError, Denied, Failure, callers::Limit, to_proto_duration};
 
 pub const ATTEMPT_LOG_TYPE_URL: &str = "type.googleapis.com/llmrouter.v1.AttemptLog";
 
@@ -121,6 +121,21 @@ impl GrpcError for CallError {
             CallError::CapabilityUnsupported { .. } => {
                 (Code::FailedPrecondition, "CAPABILITY_UNSUPPORTED", None)
             }
+            CallError::PermissionDenied { .. } => {
+                (Code::PermissionDenied, "PERMISSION_DENIED", None)
+            }
+            CallError::CallerLimited { refusal, .. } => (
+                Code::ResourceExhausted,
+                match refusal.limit {
+                    Limit::Rpm(_) | Limit::Tpm(_) => "CALLER_RATE_LIMITED",
+                    Limit::Parallel(_) => "CALLER_CONCURRENCY_LIMITED",
+                    Limit::Budget { .. } => "CALLER_BUDGET_EXCEEDED",
+                },
+                // Rounded up to the millisecond, so that a client that waits it is let in.
+                Some(Duration::from_millis(
+                    refusal.retry_after.as_millis() as u64 + 1,
+                )),
+            ),
         };
         Grpc {
             code,
@@ -148,6 +163,17 @@ impl GrpcError for CallError {
             CallError::CapabilityUnsupported { capability } => {
                 ("capability", capability.to_string())
             }
+            CallError::PermissionDenied { caller, denied } => {
+                metadata.insert("caller".to_string(), caller.clone());
+                match denied {
+                    Denied::Group(g) => ("model", g.clone()),
+                    Denied::Field { field, .. } => ("field", field.to_string()),
+                }
+            }
+            CallError::CallerLimited { caller, refusal } => {
+                metadata.insert("caller".to_string(), caller.clone());
+                ("limit", refusal.key().to_string())
+            }
             _ => return,
         };
         metadata.insert(key.to_string(), value);
@@ -167,6 +193,11 @@ impl GrpcError for ApiError {
                 reason: "OVERLOADED",
                 retry_delay: Some(OVERLOADED_RETRY_DELAY),
             },
+            ApiError::Unauthenticated { .. } => Grpc {
+                code: Code::Unauthenticated,
+                reason: "UNAUTHENTICATED",
+                retry_delay: None,
+            },
             ApiError::Call(e) => e.grpc(),
         }
     }
@@ -178,7 +209,9 @@ impl GrpcError for ApiError {
     fn bad_field(&self) -> Option<(String, String)> {
         match self {
             ApiError::InvalidArgument { field, message } => Some((field.clone(), message.clone())),
-            ApiError::Overloaded { .. } | ApiError::PendingBytesExhausted { .. } => None,
+            ApiError::Overloaded { .. }
+            | ApiError::PendingBytesExhausted { .. }
+            | ApiError::Unauthenticated { .. } => None,
             ApiError::Call(e) => e.bad_field(),
         }
     }
@@ -188,7 +221,9 @@ impl GrpcError for ApiError {
             ApiError::InvalidArgument { field, .. } => {
                 metadata.insert("field".to_string(), field.clone());
             }
-            ApiError::Overloaded { .. } | ApiError::PendingBytesExhausted { .. } => {}
+            ApiError::Overloaded { .. }
+            | ApiError::PendingBytesExhausted { .. }
+            | ApiError::Unauthenticated { .. } => {}
             ApiError::Call(e) => e.annotate(metadata),
         }
     }

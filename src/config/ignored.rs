@@ -34,7 +34,7 @@ pub const IGNORED_LITELLM_KEYS: &[(&str, &str)] = &[
     ),
     (
         "general_settings",
-        "the LiteLLM proxy's server settings (master_key, database, alerting): llm-router has no keys or database of its own; callers are authenticated by the mesh",
+        "the LiteLLM proxy's server settings (master_key, database, alerting): llm-router has no database; callers, their keys and limits are in `callers:` and `auth:`",
     ),
     (
         "environment_variables",

@@ -9,6 +9,7 @@
 //! sorts a deployment's provider parameters, [`providers`] is the catalogue of prefixes, and
 //! `table` prints the result for check-config.
 
+pub mod auth;
 pub mod duration;
 mod ignored;
 mod load;
@@ -51,10 +52,14 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Log filter when RUST_LOG is unset (`telemetry.log_level`, default `info`).
     pub log_level: String,
+    /// Who may call and what each caller may use (`auth`, `callers`).
+    pub auth: auth::Auth,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// TLS on the gRPC port (`server.tls`); plaintext when `None`.
+    pub tls: Option<TlsSettings>,
     /// gRPC listen address. Default `127.0.0.1:50051`.
     pub listen: SocketAddr,
     /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`). Default `127.0.0.1:9090`;
@@ -87,6 +92,9 @@ pub struct ServerSettings {
     /// Default 2s.
     pub config_watch_interval: Duration,
 }
+
+/// `server.tls`, defined beside the TLS code that reads it.
+pub use crate::listen::tls::TlsSettings;
 
 /// How a group chooses among its deployments (`routing_strategy`, LiteLLM's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,61 @@ pub struct RawConfig {
     /// `router_settings` in precedence; the rest are listed as not supported here.
     #[serde(default)]
     pub litellm_settings: RawLitellmSettings,
+    /// How callers are recognised (llm-router's own).
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// Who may call and how much: LiteLLM's virtual-key fields, kept in the config.
+    #[serde(default)]
+    pub callers: Vec<RawCaller>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAuth {
+    /// Refuse calls without a recognised caller (default false).
+    pub required: Option<bool>,
+    /// `open` (default) or `authenticated`: who may use server reflection.
+    pub reflection: Option<String>,
+    /// A header set by a proxy in front of the router that names the caller.
+    pub trusted_header: Option<RawTrustedHeader>,
+    /// The policy of proven identities that no caller lists.
+    pub default: Option<RawCaller>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTrustedHeader {
+    /// `x-forwarded-client-cert`, `l5d-client-id`, or another header's name.
+    pub name: Option<String>,
+    /// Addresses or CIDR ranges of the peers whose header is believed.
+    pub trusted_peers: Option<Vec<String>>,
+}
+
+/// One caller (or, under `auth.default`, the policy without `name`, `identities`, `keys`).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCaller {
+    pub name: Option<String>,
+    /// SPIFFE ids, certificate names or trusted-header values that are this caller.
+    pub identities: Option<Vec<String>>,
+    /// `os.environ/NAME`, `file:PATH` or `sha256:HEX`.
+    pub keys: Option<Vec<String>>,
+    /// Model groups (or aliases) it may call; unset or empty for all.
+    pub models: Option<Vec<String>>,
+    pub rpm_limit: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub max_parallel_requests: Option<u32>,
+    /// USD per `budget_duration`.
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    /// Request switches it may use.
+    pub allow: Option<RawKnobs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawKnobs {
+    pub mock: Option<bool>,
+    pub fallbacks: Option<bool>,
+    pub max_num_retries: Option<u32>,
+    pub stream_recovery: Option<bool>,
+    pub hedging: Option<bool>,
 }
 
 /// The routing keys of LiteLLM's `litellm_settings`: each is the default for its
@@ -294,4 +349,18 @@ pub struct RawServer {
     /// How often the config file is checked for changes.
     #[serde(default, deserialize_with = "dur")]
     pub config_watch_interval: Option<Duration>,
+    /// TLS on the gRPC port (llm-router's own).
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    /// PEM certificate chain, the server's first.
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<String>,
+    /// PEM bundle of the CAs that sign client certificates: mTLS.
+    pub client_ca_file: Option<String>,
+    /// `required` (default with a client CA) or `optional`.
+    pub client_auth: Option<String>,
 }

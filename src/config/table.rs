@@ -53,7 +53,98 @@ fn http_summary(h: &HttpProvider) -> String {
     out
 }
 
+/// One caller's policy on a line: what it may call, its limits and switches. Identities are
+/// listed (they are names, not secrets); keys are only counted.
+fn policy_summary(p: &auth::CallerPolicy) -> String {
+    let mut out = format!(
+        "models {}",
+        p.models.as_ref().map_or("all".to_string(), |m| m
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "))
+    );
+    for (key, v) in [
+        ("rpm_limit", p.rpm_limit),
+        ("tpm_limit", p.tpm_limit),
+        (
+            "max_parallel_requests",
+            p.max_parallel_requests.map(u64::from),
+        ),
+    ] {
+        if let Some(v) = v {
+            out.push_str(&format!(", {key} {v}"));
+        }
+    }
+    if let Some(b) = &p.budget {
+        out.push_str(&format!(
+            ", max_budget {} USD per {}",
+            b.max_usd,
+            b.period.name()
+        ));
+    }
+    let k = &p.knobs;
+    out.push_str(&format!(
+        "; allow mock {}, fallbacks {}, max_num_retries {}, stream_recovery {}, hedging {}",
+        k.mock, k.fallbacks, k.max_num_retries, k.stream_recovery, k.hedging
+    ));
+    out
+}
+
 impl Config {
+    /// Who may call: `auth` and each caller's policy.
+    fn auth_summary(&self) -> String {
+        use std::fmt::Write as _;
+        let a = &self.auth;
+        let mut out = String::new();
+        if a.is_off() {
+            let _ = writeln!(
+                out,
+                "auth: off (no callers configured; every call is served unauthenticated)"
+            );
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "auth: required {}, reflection {}, trusted_header {}",
+            a.required,
+            if a.reflection_requires_auth {
+                "authenticated"
+            } else {
+                "open"
+            },
+            a.trusted_header
+                .as_ref()
+                .map_or("none".to_string(), |h| format!(
+                    "{} from {}",
+                    h.name,
+                    h.trusted_peers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+        );
+        for c in &a.callers {
+            let _ = writeln!(
+                out,
+                "  caller {}: identities [{}], {} key(s); {}",
+                c.name,
+                c.identities.join(", "),
+                c.key_count,
+                policy_summary(c)
+            );
+        }
+        if let Some(d) = &a.default {
+            let _ = writeln!(
+                out,
+                "  default (proven identities no caller lists): {}",
+                policy_summary(d)
+            );
+        }
+        out
+    }
+
     /// The resolved routing table, as `check-config` prints it. Never shows a key.
     pub fn routing_table(&self) -> String {
         use std::fmt::Write as _;
@@ -115,6 +206,27 @@ impl Config {
             s.max_concurrent_streams,
             s.max_request_bytes,
         );
+        if let Some(t) = &s.tls {
+            let _ = writeln!(
+                out,
+                "server.tls: cert_file {}, key_file {}, client certificates {}",
+                t.cert_file.display(),
+                t.key_file.display(),
+                match &t.client_ca_file {
+                    None => "not asked for".to_string(),
+                    Some(ca) => format!(
+                        "{} against {}",
+                        if t.client_auth_required {
+                            "required"
+                        } else {
+                            "optional"
+                        },
+                        ca.display()
+                    ),
+                }
+            );
+        }
+        out.push_str(&self.auth_summary());
         for g in self.groups.values() {
             let _ = writeln!(
                 out,

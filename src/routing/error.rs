@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::failure::Failure;
+use super::{callers::Refusal, context::Denied, failure::Failure};
 use crate::config::StreamRecovery;
 
 #[derive(Debug, Clone)]
@@ -49,6 +49,10 @@ pub enum CallError {
     NoDeploymentAvailable { back_in: Duration, cooling: bool },
     /// The request needs a capability (its `model_info` key) no deployment of the chain has.
     CapabilityUnsupported { capability: &'static str },
+    /// The caller's policy does not grant the group or the request field.
+    PermissionDenied { caller: String, denied: Denied },
+    /// The caller is at one of its limits (rate, tokens, concurrency, budget).
+    CallerLimited { caller: String, refusal: Refusal },
 }
 
 impl CallError {
@@ -146,6 +150,15 @@ impl CallError {
                 "no deployment of the model group or its fallbacks takes {}, which the request has; nothing was sent",
                 super::capability::lacking(capability)
             ),
+            CallError::PermissionDenied {
+                caller,
+                denied: Denied::Group(group),
+            } => format!("caller `{caller}` may not use model group `{group}` (callers[].models)"),
+            CallError::PermissionDenied {
+                caller,
+                denied: Denied::Field { field, why },
+            } => format!("caller `{caller}`: `{field}` {why}"),
+            CallError::CallerLimited { caller, refusal } => refusal.message(caller),
         }
     }
 }

@@ -4,7 +4,9 @@
 //! - [`table`]: the [`Router`], the routing table of one config snapshot with a provider client
 //!   and shared state per deployment; [`SharedRouter`] swaps it on reload.
 //! - [`context`]: what a call may use, built by the API layer; [`reach`] the one place that
-//!   resolves the model groups a call may reach (requested, aliases, fallbacks, special lists).
+//!   resolves the model groups a call may reach (requested, aliases, fallbacks, special lists);
+//!   [`callers`] what each caller has used against its limits, behind a store trait with an
+//!   in-process implementation, and [`Router::admit`] the one place a call is held to them.
 //! - [`plan`]: the call's plan: its chain of model groups, total deadline and overrides.
 //! - [`chain`]: the walk over the chain, carrying out what [`policy`] decides.
 //! - [`policy`]: the one place that decides what the call does next after a failure: retry
@@ -24,6 +26,7 @@
 //! - [`usage`]: the one place an answer's usage is settled (cost, token metrics, `tpm`).
 //! - [`error`]: how a call fails, in routing's terms (the API layer picks gRPC codes).
 
+pub mod callers;
 mod capability;
 mod chain;
 pub mod context;
@@ -52,7 +55,7 @@ use crate::config::StreamRecovery;
 use crate::proto::Attempt;
 use crate::providers::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError};
 use chain::{Resume, Seed};
-pub use context::{CallContext, Identity};
+pub use context::{CallContext, CallerName, Denied, Identity};
 pub use deadline::wall_clock;
 pub use error::CallError;
 pub use failure::Failure;

@@ -6,7 +6,11 @@
 
 use std::sync::Arc;
 
-use super::{CallError, context::CallContext, policy::Special};
+use super::{
+    CallError,
+    context::{CallContext, Denied},
+    policy::Special,
+};
 use crate::config::{Config, ModelGroup};
 use crate::providers::bounded;
 
@@ -39,20 +43,31 @@ impl<'a> Reach<'a> {
         self.visible().map(|g| g.name.clone()).collect()
     }
 
+    /// The requested group: PERMISSION_DENIED when it exists and the caller may not use it.
+    pub fn requested(&self, model: &str) -> Result<&'a Arc<ModelGroup>, CallError> {
+        match self.config.group(model) {
+            None => Err(CallError::ModelNotFound {
+                model: echo(model),
+                known: self.known(),
+            }),
+            Some(g) if !self.context.allows(g) => Err(CallError::PermissionDenied {
+                caller: self.context.caller.as_str().to_string(),
+                denied: Denied::Group(echo(model)),
+            }),
+            Some(g) => Ok(g),
+        }
+    }
+
     /// The call's chain: the requested group, then the request's `fallbacks` when it names
     /// any (each must exist; a group named twice is tried once), else the group's configured
-    /// chain, cut at `router_settings.max_fallbacks`.
+    /// chain, cut at `router_settings.max_fallbacks`. A fallback the caller may not use is
+    /// skipped (and logged), never sent.
     pub fn chain(
         &self,
         model: &str,
         request_fallbacks: &[String],
     ) -> Result<Vec<Arc<ModelGroup>>, CallError> {
-        let Some(requested) = self.group(model) else {
-            return Err(CallError::ModelNotFound {
-                model: echo(model),
-                known: self.known(),
-            });
-        };
+        let requested = self.requested(model)?;
         let max = self.config.router.max_fallbacks as usize;
         let mut chain = vec![requested.clone()];
         if request_fallbacks.is_empty() {
@@ -62,11 +77,22 @@ impl<'a> Reach<'a> {
             return Ok(chain);
         }
         for (index, name) in request_fallbacks.iter().enumerate() {
-            let group = self.group(name).ok_or_else(|| CallError::UnknownFallback {
-                index,
-                name: echo(name),
-                known: self.known(),
-            })?;
+            let group = self
+                .config
+                .group(name)
+                .ok_or_else(|| CallError::UnknownFallback {
+                    index,
+                    name: echo(name),
+                    known: self.known(),
+                })?;
+            if !self.context.allows(group) {
+                tracing::info!(
+                    caller = self.context.caller.as_str(),
+                    fallback = %group.name,
+                    "request fallback skipped: the caller may not use this group"
+                );
+                continue;
+            }
             // A group named twice would only be tried twice: once is enough.
             if !chain.iter().skip(1).any(|g| Arc::ptr_eq(g, group)) {
                 chain.push(group.clone());

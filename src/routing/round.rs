@@ -140,7 +140,8 @@ where
         let (r, fut) = self.launch(pick, idx, first);
         running.push(Some(r));
         pending.push(fut);
-        let hedge = pick.group.hedge;
+        // A caller without hedging runs one attempt at a time whatever its groups say.
+        let hedge = pick.group.hedge.filter(|_| self.plan.context.hedging());
         let mut hedges = 0u32;
         let mut hedge_at = hedge.map(|h| Instant::now() + h.after);
         loop {
@@ -310,6 +311,7 @@ where
             lease: (!how.mock)
                 .then(|| health::lease(&slot.health.state, start, plan.request_tokens)),
             health: slot.health.clone(),
+            caller: plan.context.caller.clone(),
         };
         let until = deadlines.until_first_chunk();
         let fut = (self.attempt)(slot.provider.clone(), deadlines);

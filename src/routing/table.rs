@@ -4,10 +4,12 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use super::callers::{CallerLease, CallerState, CallerStore, Limits, LocalCallers};
 use super::health::{
     DeploymentHealth, DeploymentKey, Health, HealthSettings, HealthStore, LocalStore,
 };
 use super::pick::{Picker, Slot};
+use super::{CallError, CallRequest, Reach};
 use crate::config::{Config, ModelGroup};
 use crate::providers::Provider;
 use crate::telemetry::Metrics;
@@ -25,6 +27,9 @@ pub struct Router {
     states: HashMap<String, Arc<Health>>,
     /// Where deployments' health is kept, across reloads.
     store: Arc<dyn HealthStore>,
+    /// Where callers' usage is kept, across reloads; and each configured caller's, by name.
+    caller_store: Arc<dyn CallerStore>,
+    callers: HashMap<String, Arc<dyn CallerState>>,
     metrics: Arc<Metrics>,
 }
 
@@ -64,26 +69,44 @@ impl Router {
         Self::with_store(config, metrics, Arc::new(LocalStore::new()))
     }
 
-    /// A router whose deployments' health is kept in `store`.
+    /// A router whose deployments' health is kept in `store`, and callers' usage in this
+    /// process.
     pub fn with_store(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         store: Arc<dyn HealthStore>,
     ) -> Result<Router, String> {
-        Self::build(config, metrics, store, None)
+        Self::with_stores(config, metrics, store, Arc::new(LocalCallers::new()))
+    }
+
+    /// A router whose deployments' health is kept in `store` and callers' usage in `callers`.
+    pub fn with_stores(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn HealthStore>,
+        callers: Arc<dyn CallerStore>,
+    ) -> Result<Router, String> {
+        Self::build(config, metrics, store, callers, None)
     }
 
     /// The router for a reloaded config, on the same store. Deployments that kept their id and
     /// still point at the same provider, model and base URL keep their state
     /// ([`DeploymentKey`]): a cooling deployment stays cooling.
     pub fn reload(&self, config: Arc<Config>) -> Result<Router, String> {
-        Self::build(config, self.metrics.clone(), self.store.clone(), Some(self))
+        Self::build(
+            config,
+            self.metrics.clone(),
+            self.store.clone(),
+            self.caller_store.clone(),
+            Some(self),
+        )
     }
 
     fn build(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         store: Arc<dyn HealthStore>,
+        caller_store: Arc<dyn CallerStore>,
         previous: Option<&Router>,
     ) -> Result<Router, String> {
         let http = match previous {
@@ -134,14 +157,47 @@ impl Router {
             slots.insert(group.name.clone(), group_slots.into());
         }
         store.retain(&live);
+        // Usage counted so far stays with callers that keep their name.
+        let auth = &config.auth;
+        let policies = auth.callers.iter().chain(&auth.default);
+        let callers: HashMap<String, Arc<dyn CallerState>> = policies
+            .map(|p| (p.name.clone(), caller_store.caller(&p.name)))
+            .collect();
+        caller_store.retain(&callers.keys().map(String::as_str).collect::<Vec<_>>());
         Ok(Router {
             config,
             http,
             slots,
             states,
             store,
+            caller_store,
+            callers,
             metrics,
         })
+    }
+
+    /// The one place a call is held to its caller's policy before any work: the switches it
+    /// may use, the group it asks for, and its limits. Admitted, it gets a lease that counts
+    /// it in flight until dropped and settles its usage; `None` when its caller has no limits.
+    pub fn admit(&self, call: &CallRequest) -> Result<Option<CallerLease>, CallError> {
+        let context = &call.context;
+        let Some(policy) = &context.policy else {
+            return Ok(None);
+        };
+        context.permit(call)?;
+        Reach::new(&self.config, context).requested(&call.model)?;
+        let limits = Limits::of(policy);
+        let Some(state) = self.callers.get(&policy.name).filter(|_| limits.any()) else {
+            return Ok(None);
+        };
+        let tokens = crate::providers::estimate_tokens(call.chat.prompt_chars());
+        state
+            .admit(tokio::time::Instant::now(), &limits, tokens)
+            .map_err(|refusal| CallError::CallerLimited {
+                caller: context.caller.as_str().to_string(),
+                refusal,
+            })?;
+        Ok(Some(CallerLease::new(state.clone(), tokens, policy.budget)))
     }
 
     pub fn config(&self) -> &Arc<Config> {

@@ -13,7 +13,10 @@ use crate::proto::Usage;
 pub fn answered(tracker: &Tracker, usage: &mut Usage) {
     let d = tracker.deployment();
     price(d, usage);
-    tracker.health.metrics.tokens(&d.group, &d.id, usage);
+    tracker
+        .health
+        .metrics
+        .tokens(&d.group, &d.id, tracker.caller.as_str(), usage);
 }
 
 /// A streamed attempt let go of its deployment (finished, broken or abandoned): the output

@@ -22,6 +22,8 @@ pub const UNKNOWN_GROUP: &str = "unknown";
 struct CallLabels {
     rpc: &'static str,
     model_group: String,
+    /// The caller's config name, `unauthenticated` or `unknown`: bounded by the config.
+    caller: String,
     code: &'static str,
 }
 
@@ -29,6 +31,7 @@ struct CallLabels {
 struct CallDurationLabels {
     rpc: &'static str,
     model_group: String,
+    caller: String,
     /// The deployment that answered, `none` when the call failed.
     deployment: String,
 }
@@ -44,6 +47,13 @@ struct AttemptLabels {
 struct DeploymentLabels {
     model_group: String,
     deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    model_group: String,
+    deployment: String,
+    caller: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,7 +97,7 @@ pub struct Metrics {
     fallbacks: Family<FallbackLabels, Counter>,
     time_to_first_chunk: HistogramFamily<DeploymentLabels>,
     tokens: Family<TokenLabels, Counter>,
-    cost: Family<DeploymentLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     in_flight: Family<RpcLabels, Gauge>,
     streams_open: Gauge,
     hedges: Family<DeploymentLabels, Counter>,
@@ -270,6 +280,7 @@ impl Metrics {
         &self,
         rpc: &'static str,
         group: &str,
+        caller: &str,
         deployment: Option<&str>,
         code: tonic::Code,
         secs: f64,
@@ -278,6 +289,7 @@ impl Metrics {
             .get_or_create(&CallLabels {
                 rpc,
                 model_group: group.to_string(),
+                caller: caller.to_string(),
                 code: code_name(code),
             })
             .inc();
@@ -285,6 +297,7 @@ impl Metrics {
             .get_or_create(&CallDurationLabels {
                 rpc,
                 model_group: group.to_string(),
+                caller: caller.to_string(),
                 deployment: deployment.unwrap_or("none").to_string(),
             })
             .observe(secs);
@@ -321,11 +334,15 @@ impl Metrics {
             .observe(secs);
     }
 
-    /// Counts an answer's tokens, and its cost when it has one.
-    pub fn tokens(&self, group: &str, deployment: &str, usage: &Usage) {
+    /// Counts an answer's tokens, and its cost (by caller) when it has one.
+    pub fn tokens(&self, group: &str, deployment: &str, caller: &str, usage: &Usage) {
         if let Some(cost) = usage.cost_usd {
             self.cost
-                .get_or_create(&deployment_labels(group, deployment))
+                .get_or_create(&CostLabels {
+                    model_group: group.to_string(),
+                    deployment: deployment.to_string(),
+                    caller: caller.to_string(),
+                })
                 .inc_by(cost);
         }
         for (direction, n) in [
@@ -477,12 +494,20 @@ mod tests {
     #[test]
     fn exposition_names_and_labels() {
         let m = Metrics::new();
-        m.call_finished("Complete", "chat", Some("chat-1"), tonic::Code::Ok, 0.2);
+        m.call_finished(
+            "Complete",
+            "chat",
+            "search",
+            Some("chat-1"),
+            tonic::Code::Ok,
+            0.2,
+        );
         m.attempt("chat", "chat-1", AttemptOutcome::FirstChunkTimeout);
         m.fallback("chat", "backup");
         m.tokens(
             "chat",
             "chat-1",
+            "search",
             &Usage {
                 prompt_tokens: 3,
                 completion_tokens: 5,
@@ -501,7 +526,7 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(
-                "llmrouter_calls_total{rpc=\"Complete\",model_group=\"chat\",code=\"OK\"} 1"
+                "llmrouter_calls_total{rpc=\"Complete\",model_group=\"chat\",caller=\"search\",code=\"OK\"} 1"
             ),
             "{text}"
         );
@@ -509,7 +534,7 @@ mod tests {
         assert!(text.contains("llmrouter_fallbacks_total{from=\"chat\",to=\"backup\"} 1"));
         assert!(
             text.contains(
-                "llmrouter_cost_usd_total{model_group=\"chat\",deployment=\"chat-1\"} 0.25"
+                "llmrouter_cost_usd_total{model_group=\"chat\",deployment=\"chat-1\",caller=\"search\"} 0.25"
             ),
             "{text}"
         );
@@ -517,7 +542,7 @@ mod tests {
             text.contains("llmrouter_tokens_total{deployment=\"chat-1\",direction=\"output\"} 5")
         );
         assert!(text.contains("llmrouter_calls_in_flight{rpc=\"StreamComplete\"} 0"));
-        assert!(text.contains("llmrouter_call_duration_seconds_bucket{le=\"0.32\",rpc=\"Complete\",model_group=\"chat\",deployment=\"chat-1\"} 1")
-            || text.contains("llmrouter_call_duration_seconds_count{rpc=\"Complete\",model_group=\"chat\",deployment=\"chat-1\"} 1"), "{text}");
+        assert!(text.contains("llmrouter_call_duration_seconds_bucket{le=\"0.32\",rpc=\"Complete\",model_group=\"chat\",caller=\"search\",deployment=\"chat-1\"} 1")
+            || text.contains("llmrouter_call_duration_seconds_count{rpc=\"Complete\",model_group=\"chat\",caller=\"search\",deployment=\"chat-1\"} 1"), "{text}");
     }
 }

@@ -970,7 +970,7 @@ model_list:
         .lines()
         .find(|l| {
             l.starts_with(
-                "llmrouter_cost_usd_total{model_group=\"priced\",deployment=\"priced-1\"}",
+                "llmrouter_cost_usd_total{model_group=\"priced\",deployment=\"priced-1\",caller=\"unauthenticated\"}",
             )
         })
         .unwrap_or_else(|| panic!("{metrics}"));

@@ -10,6 +10,7 @@ mod common;
 mod abuse;
 mod api;
 mod binary;
+mod callers;
 mod chaos;
 mod config;
 mod deadlines;

@@ -93,28 +93,28 @@ async fn metrics_follow_a_scripted_set_of_calls() {
     assert_eq!(
         get(
             &m,
-            r#"llmrouter_calls_total{rpc="Complete",model_group="backup",code="OK"}"#
+            r#"llmrouter_calls_total{rpc="Complete",model_group="backup",caller="unauthenticated",code="OK"}"#
         ),
         1.0
     );
     assert_eq!(
         get(
             &m,
-            r#"llmrouter_calls_total{rpc="StreamComplete",model_group="backup",code="OK"}"#
+            r#"llmrouter_calls_total{rpc="StreamComplete",model_group="backup",caller="unauthenticated",code="OK"}"#
         ),
         1.0
     );
     assert_eq!(
         get(
             &m,
-            r#"llmrouter_calls_total{rpc="Complete",model_group="unknown",code="NOT_FOUND"}"#
+            r#"llmrouter_calls_total{rpc="Complete",model_group="unknown",caller="unauthenticated",code="NOT_FOUND"}"#
         ),
         1.0
     );
     assert_eq!(
         get(
             &m,
-            r#"llmrouter_calls_total{rpc="Complete",model_group="backup",code="DEADLINE_EXCEEDED"}"#
+            r#"llmrouter_calls_total{rpc="Complete",model_group="backup",caller="unauthenticated",code="DEADLINE_EXCEEDED"}"#
         ),
         1.0
     );
@@ -157,12 +157,12 @@ async fn metrics_follow_a_scripted_set_of_calls() {
     );
     let call_count = get(
         &m,
-        r#"llmrouter_call_duration_seconds_count{rpc="Complete",model_group="backup",deployment="backup-1"}"#,
+        r#"llmrouter_call_duration_seconds_count{rpc="Complete",model_group="backup",caller="unauthenticated",deployment="backup-1"}"#,
     );
     assert_eq!(call_count, 1.0);
     let call_sum = get(
         &m,
-        r#"llmrouter_call_duration_seconds_sum{rpc="Complete",model_group="backup",deployment="backup-1"}"#,
+        r#"llmrouter_call_duration_seconds_sum{rpc="Complete",model_group="backup",caller="unauthenticated",deployment="backup-1"}"#,
     );
     assert!(
         call_sum >= 0.4,
@@ -216,7 +216,7 @@ async fn in_flight_counts_open_streams_and_cancelled_calls_are_counted() {
     loop {
         let m = parse(&r.admin_get("/metrics").await.1);
         let cancelled = m
-            .get(r#"llmrouter_calls_total{rpc="Complete",model_group="primary",code="CANCELLED"}"#);
+            .get(r#"llmrouter_calls_total{rpc="Complete",model_group="primary",caller="unauthenticated",code="CANCELLED"}"#);
         let stream_gone = m.get("llmrouter_streams_open") == Some(&0.0);
         if cancelled == Some(&1.0) && stream_gone {
             break;

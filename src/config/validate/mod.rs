@@ -23,6 +23,7 @@ use super::{
     why_ignored,
 };
 
+mod auth;
 mod chain;
 mod deployment;
 mod router;
@@ -177,6 +178,7 @@ pub(super) fn validate(
     let group_settings = group_settings(&raw, &router, &members, &mut errs);
     let (every_group_retry_policy, retry_policies) = retry_policies(&raw, &members, &mut errs);
     let aliases = aliases(&raw, &members, &mut errs);
+    let auth = auth::auth(&raw, &members, &aliases, lookup_env, &mut errs);
     let (otlp_endpoint, log_level) = telemetry(&raw, &mut errs);
 
     if !errs.0.is_empty() {
@@ -233,6 +235,7 @@ pub(super) fn validate(
         warnings: errs.1,
         otlp_endpoint,
         log_level,
+        auth,
     })
 }
 
@@ -504,7 +507,9 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
             DEFAULT_MAX_PENDING_REQUEST_BYTES.max(max_request_bytes)
         }
     };
+    let tls = s.tls.as_ref().and_then(|t| tls_settings(t, errs));
     ServerSettings {
+        tls,
         listen,
         admin_listen,
         deadline_margin,
@@ -526,6 +531,53 @@ fn server_settings(raw: &RawConfig, errs: &mut Errors) -> ServerSettings {
             .positive("server.config_watch_interval", s.config_watch_interval)
             .unwrap_or(DEFAULT_CONFIG_WATCH_INTERVAL),
     }
+}
+
+/// `server.tls`: the files must be there and hold what they should; the server reads them
+/// again whenever they change.
+fn tls_settings(t: &super::raw::RawTls, errs: &mut Errors) -> Option<super::TlsSettings> {
+    let path = |errs: &mut Errors, key: &str, v: &Option<String>, required: bool| match v
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") => {
+            if required {
+                errs.add(key, "is required with server.tls");
+            }
+            None
+        }
+        Some(p) => Some(std::path::PathBuf::from(p)),
+    };
+    let cert_file = path(errs, "server.tls.cert_file", &t.cert_file, true);
+    let key_file = path(errs, "server.tls.key_file", &t.key_file, true);
+    let client_ca_file = path(errs, "server.tls.client_ca_file", &t.client_ca_file, false);
+    let client_auth_required = match t.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            errs.add(
+                "server.tls.client_auth",
+                format!("`{other}` is not one of: required, optional"),
+            );
+            true
+        }
+    };
+    if t.client_auth.is_some() && client_ca_file.is_none() {
+        errs.add(
+            "server.tls.client_auth",
+            "needs server.tls.client_ca_file: client certificates are checked against it",
+        );
+    }
+    let settings = super::TlsSettings {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        client_ca_file,
+        client_auth_required,
+    };
+    if let Err(e) = crate::listen::tls::ServerTls::load(&settings) {
+        errs.add(e.key, e.message);
+    }
+    Some(settings)
 }
 
 /// simple-shuffle weights: explicit `weight`s, else every deployment's `rpm`, else every one's

@@ -308,6 +308,8 @@ pub struct Tracker {
     /// The attempt's place in the deployment's in-flight count and usage; `None` for a
     /// `mock_timeout` attempt, which never reaches the deployment and so holds no capacity.
     pub lease: Option<Lease>,
+    /// Whose call the attempt is: its cost is counted by caller.
+    pub caller: crate::routing::CallerName,
 }
 
 impl Tracker {

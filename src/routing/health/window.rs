@@ -35,14 +35,23 @@ impl WallClock {
         WallClock { at, since_epoch }
     }
 
-    /// The wall-clock minute `at` falls in, counted from the Unix epoch.
-    pub fn minute(&self, at: Instant) -> u64 {
-        let t = if at >= self.at {
+    /// Time since the Unix epoch at `at`.
+    fn since_epoch(&self, at: Instant) -> Duration {
+        if at >= self.at {
             self.since_epoch.saturating_add(at - self.at)
         } else {
             self.since_epoch.saturating_sub(self.at - at)
-        };
-        t.as_secs() / MINUTE.as_secs()
+        }
+    }
+
+    /// The wall-clock minute `at` falls in, counted from the Unix epoch.
+    pub fn minute(&self, at: Instant) -> u64 {
+        self.since_epoch(at).as_secs() / MINUTE.as_secs()
+    }
+
+    /// Whole seconds since the Unix epoch at `at`.
+    pub fn unix_secs(&self, at: Instant) -> u64 {
+        self.since_epoch(at).as_secs()
     }
 
     /// When wall-clock minute `minute` ends, on the steady clock.

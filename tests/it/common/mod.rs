@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod process;
 pub mod upstream;
 
@@ -50,6 +51,7 @@ impl TestRouter {
     }
 
     async fn serve(config: Config, reload: Option<llm_router::reload::ConfigFile>) -> TestRouter {
+        let config_tls = config.server.tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -72,9 +74,18 @@ impl TestRouter {
                     .unwrap(),
             }
         });
-        let client = RouterServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        // A TLS port is for a client made by the test (`TestRouter::tls_client`).
+        let client = if config_tls {
+            RouterServiceClient::new(
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_lazy(),
+            )
+        } else {
+            RouterServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+        };
         TestRouter {
             addr,
             admin_addr,
@@ -82,6 +93,28 @@ impl TestRouter {
             shutdown: Some(tx),
             task,
         }
+    }
+
+    /// A client over TLS that trusts `ca_pem` and, with `identity`, presents that certificate
+    /// (PEM certificate, PEM key).
+    pub async fn tls_client(
+        &self,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<RouterServiceClient<Channel>, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let channel = Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(RouterServiceClient::new(channel))
     }
 
     pub async fn start(yaml: &str) -> TestRouter {

@@ -5,6 +5,9 @@
 //! accepted connection), is logged at most once a second with how many failed since, and is
 //! counted in `llmrouter_accept_errors_total`. The connections already open keep being served.
 
+pub mod conn;
+pub mod tls;
+
 use std::{io, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
