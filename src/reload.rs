@@ -157,6 +157,7 @@ pub const RESTART_ONLY: &[(&str, ReadSetting)] = &[
     ("server.max_pending_request_bytes", |c| {
         c.server.max_pending_request_bytes.to_string()
     }),
+    ("server.tls", |c| format!("{:?}", c.server.tls)),
     ("telemetry.otlp_endpoint", |c| {
         format!("{:?}", c.otlp_endpoint)
     }),

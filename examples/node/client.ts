@@ -6,11 +6,20 @@
 // default config:
 //
 //     npx tsx client.ts 127.0.0.1:50051
+//
+// Against a router with TLS (`server.tls`) and callers: `--ca` the CA that signed the server's
+// certificate, `--cert`/`--key` a client certificate for mTLS, and the API key, if any, from
+// the environment (never the command line, where other users of the machine can read it):
+//
+//     LLMROUTER_API_KEY=... npx tsx client.ts llm-router:50051 --ca ca.pem
 
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { ConnectError, createClient } from "@connectrpc/connect";
+import type { Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
 
 import {
   AttemptLogSchema,
@@ -20,10 +29,42 @@ import {
   RouterService,
 } from "./gen/llmrouter/v1/router_pb.js";
 
-const address = process.argv[2] ?? "127.0.0.1:50051";
+const { values: flags, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    ca: { type: "string" },
+    cert: { type: "string" },
+    key: { type: "string" },
+    "server-name": { type: "string" },
+  },
+});
+const address = positionals[0] ?? "127.0.0.1:50051";
+const apiKey = process.env.LLMROUTER_API_KEY;
+if (apiKey && !flags.ca) {
+  throw new Error("an API key goes over TLS only: give --ca");
+}
+// The key goes with every call as `authorization: Bearer`.
+const withKey: Interceptor = (next) => async (req) => {
+  if (apiKey) {
+    req.header.set("authorization", `Bearer ${apiKey}`);
+  }
+  return next(req);
+};
+const read = (path?: string) => (path ? readFileSync(path) : undefined);
 const client = createClient(
   RouterService,
-  createGrpcTransport({ baseUrl: `http://${address}` }),
+  createGrpcTransport({
+    baseUrl: flags.ca ? `https://${address}` : `http://${address}`,
+    nodeOptions: flags.ca
+      ? {
+          ca: read(flags.ca),
+          cert: read(flags.cert),
+          key: read(flags.key),
+          servername: flags["server-name"],
+        }
+      : undefined,
+    interceptors: [withKey],
+  }),
 );
 
 interface Call {

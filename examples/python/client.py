@@ -5,9 +5,17 @@ call that fails and reads the AttemptLog from the status details. Stubs are gene
 proto/ with grpcio-tools when it starts (see README.md). Against the built-in default config:
 
     python examples/python/client.py 127.0.0.1:50051
+
+Against a router with TLS (`server.tls`) and callers: `--ca` the CA that signed the server's
+certificate, `--cert`/`--key` a client certificate for mTLS, and the API key, if any, from the
+environment (never the command line, where other users of the machine can read it):
+
+    LLMROUTER_API_KEY=... python examples/python/client.py llm-router:50051 --ca ca.pem
 """
 
+import argparse
 import importlib
+import os
 import importlib.resources
 import json
 import pathlib
@@ -97,11 +105,39 @@ def failed_call(pb2, stub):
     sys.exit("the call should have failed")
 
 
+def channel(args):
+    """A plaintext channel, or TLS (with a client certificate for mTLS) when --ca is given; the
+    API key in LLMROUTER_API_KEY goes with every call as `authorization: Bearer`."""
+    key = os.environ.get("LLMROUTER_API_KEY")
+    if not args.ca:
+        if key:
+            sys.exit("an API key goes over TLS only: give --ca")
+        return grpc.insecure_channel(args.address)
+    read = lambda path: pathlib.Path(path).read_bytes() if path else None
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca),
+        private_key=read(args.key),
+        certificate_chain=read(args.cert),
+    )
+    if key:
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.access_token_call_credentials(key)
+        )
+    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    return grpc.secure_channel(args.address, creds, options)
+
+
 def main():
-    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("address", nargs="?", default="127.0.0.1:50051")
+    parser.add_argument("--ca", help="PEM CA bundle that signed the server's certificate")
+    parser.add_argument("--cert", help="PEM client certificate, for mTLS")
+    parser.add_argument("--key", help="PEM client key, for mTLS")
+    parser.add_argument("--server-name", help="the name the server's certificate is for")
+    args = parser.parse_args()
     pb2, pb2_grpc = generate_stubs()
-    with grpc.insecure_channel(address) as channel:
-        stub = pb2_grpc.RouterServiceStub(channel)
+    with channel(args) as ch:
+        stub = pb2_grpc.RouterServiceStub(ch)
         streamed_tool_call(pb2, stub)
         failed_call(pb2, stub)
 

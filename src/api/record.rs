@@ -161,7 +161,7 @@ impl CallRecord {
         self.router.metrics().call_finished(
             self.rpc,
             group,
-            self.caller.as_str(),
+            self.caller.label(),
             deployment,
             code,
             elapsed.as_secs_f64(),

@@ -41,6 +41,15 @@ pub enum CallerName {
 }
 
 impl CallerName {
+    /// As a metric label: borrowed (free) for calls of no listed caller.
+    pub fn label(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            CallerName::Named(n) => std::borrow::Cow::Owned(n.to_string()),
+            CallerName::Unauthenticated => std::borrow::Cow::Borrowed("unauthenticated"),
+            CallerName::Unknown => std::borrow::Cow::Borrowed("unknown"),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             CallerName::Unauthenticated => "unauthenticated",

@@ -16,7 +16,7 @@ pub fn answered(tracker: &Tracker, usage: &mut Usage) {
     tracker
         .health
         .metrics
-        .tokens(&d.group, &d.id, tracker.caller.as_str(), usage);
+        .tokens(&d.group, &d.id, tracker.caller.label(), usage);
 }
 
 /// A streamed attempt let go of its deployment (finished, broken or abandoned): the output

@@ -13,6 +13,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use std::borrow::Cow;
+
 use crate::proto::{AttemptOutcome, Usage};
 
 /// The model group label for requests naming no configured group.
@@ -23,7 +25,7 @@ struct CallLabels {
     rpc: &'static str,
     model_group: String,
     /// The caller's config name, `unauthenticated` or `unknown`: bounded by the config.
-    caller: String,
+    caller: Cow<'static, str>,
     code: &'static str,
 }
 
@@ -31,7 +33,7 @@ struct CallLabels {
 struct CallDurationLabels {
     rpc: &'static str,
     model_group: String,
-    caller: String,
+    caller: Cow<'static, str>,
     /// The deployment that answered, `none` when the call failed.
     deployment: String,
 }
@@ -53,7 +55,7 @@ struct DeploymentLabels {
 struct CostLabels {
     model_group: String,
     deployment: String,
-    caller: String,
+    caller: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -280,7 +282,7 @@ impl Metrics {
         &self,
         rpc: &'static str,
         group: &str,
-        caller: &str,
+        caller: Cow<'static, str>,
         deployment: Option<&str>,
         code: tonic::Code,
         secs: f64,
@@ -289,7 +291,7 @@ impl Metrics {
             .get_or_create(&CallLabels {
                 rpc,
                 model_group: group.to_string(),
-                caller: caller.to_string(),
+                caller: caller.clone(),
                 code: code_name(code),
             })
             .inc();
@@ -297,7 +299,7 @@ impl Metrics {
             .get_or_create(&CallDurationLabels {
                 rpc,
                 model_group: group.to_string(),
-                caller: caller.to_string(),
+                caller,
                 deployment: deployment.unwrap_or("none").to_string(),
             })
             .observe(secs);
@@ -335,13 +337,13 @@ impl Metrics {
     }
 
     /// Counts an answer's tokens, and its cost (by caller) when it has one.
-    pub fn tokens(&self, group: &str, deployment: &str, caller: &str, usage: &Usage) {
+    pub fn tokens(&self, group: &str, deployment: &str, caller: Cow<'static, str>, usage: &Usage) {
         if let Some(cost) = usage.cost_usd {
             self.cost
                 .get_or_create(&CostLabels {
                     model_group: group.to_string(),
                     deployment: deployment.to_string(),
-                    caller: caller.to_string(),
+                    caller,
                 })
                 .inc_by(cost);
         }
@@ -497,7 +499,7 @@ mod tests {
         m.call_finished(
             "Complete",
             "chat",
-            "search",
+            "search".into(),
             Some("chat-1"),
             tonic::Code::Ok,
             0.2,
@@ -507,7 +509,7 @@ mod tests {
         m.tokens(
             "chat",
             "chat-1",
-            "search",
+            "search".into(),
             &Usage {
                 prompt_tokens: 3,
                 completion_tokens: 5,
