@@ -6,6 +6,8 @@
 //!
 //! Reading the text, rather than watching for file events, is what works with Kubernetes:
 //! a mounted ConfigMap is updated by swapping a symlink, which inotify on the file never sees.
+//! The files callers' keys are read from (`file:PATH`, a mounted Secret) are read with it, so
+//! that a rotated key applies without a restart.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -27,6 +29,15 @@ pub(crate) fn snapshot(file: &ConfigFile) -> Option<Vec<u8>> {
     std::fs::read(&file.path).ok()
 }
 
+/// The contents of the key files `config` read keys from (`None` for one unreadable now).
+async fn key_files(config: &Config) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(config.auth.key_files.len());
+    for path in &config.auth.key_files {
+        out.push(tokio::fs::read(path).await.ok());
+    }
+    out
+}
+
 /// Watches the file until the task is aborted. `last` is the text the running config came from.
 pub(crate) async fn watch(
     file: ConfigFile,
@@ -43,6 +54,7 @@ pub(crate) async fn watch(
         .map(|c| RestartOnly::of(&c));
     let mut hangup = Hangup::new(file.on_sighup);
     let mut unreadable = false;
+    let mut last_keys = key_files(routers.current().config()).await;
     loop {
         let interval = routers.current().config().server.config_watch_interval;
         let forced = tokio::select! {
@@ -67,11 +79,20 @@ pub(crate) async fn watch(
                 continue;
             }
         };
-        if !forced && last.as_ref() == Some(&text) {
+        let keys = key_files(routers.current().config()).await;
+        let keys_changed = keys != last_keys;
+        if !forced && !keys_changed && last.as_ref() == Some(&text) {
             continue;
         }
         last = Some(text.clone());
-        let why = if forced { "SIGHUP" } else { "file changed" };
+        last_keys = keys;
+        let why = if forced {
+            "SIGHUP"
+        } else if keys_changed {
+            "key file changed"
+        } else {
+            "file changed"
+        };
         if let Some(applied) = apply(&file, &text, file_config.as_ref(), &routers, &metrics, why) {
             file_config = Some(applied);
         }

@@ -62,6 +62,8 @@ pub struct Auth {
     pub default: Option<Arc<CallerPolicy>>,
     keys: Vec<(KeyDigest, usize)>,
     identities: HashMap<String, usize>,
+    /// The files keys were read from (`file:PATH`): a reload watches them with the config.
+    pub key_files: Vec<std::path::PathBuf>,
 }
 
 /// A header that carries the caller's identity, set by a proxy in front of the router.
@@ -359,6 +361,7 @@ impl Auth {
             default,
             keys,
             identities,
+            key_files: Vec::new(),
         }
     }
 

@@ -40,6 +40,21 @@ SCENARIOS = {
     },
     "existing-configmap": {"existingConfigMap": "my-router-config"},
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "tls-and-callers": {
+        "mesh": {"provider": "istio"},
+        "tls": {"enabled": True, "secretName": "llm-router-tls", "clientAuth": "optional"},
+        "auth": {
+            "required": True,
+            "reflection": "authenticated",
+            "trustedHeader": {"name": "x-forwarded-client-cert", "trustedPeers": ["127.0.0.6/32"]},
+            "keySecrets": ["team-keys"],
+        },
+        "config": {
+            "callers": [
+                {"name": "ranker", "identities": ["spiffe://cluster.local/ns/search/sa/ranker"], "models": ["chat"], "rpm_limit": 600},
+            ],
+        },
+    },
 }
 
 # Custom resources have no schema in kubernetes-validate; their shape is checked by hand below.
@@ -105,6 +120,13 @@ def test_the_rendered_config_passes_check_config(chart_path, scenario, llm_route
         # The keys come from Secrets in the cluster; stand-ins let check-config resolve them.
         run_env = {"OPENAI_API_KEY": "stand-in", "ANTHROPIC_API_KEY": "stand-in"}
         run_env.update({k: v for k, v in env.items() if k.startswith("LLMROUTER__") and v is not None})
+        # The TLS Secret is mounted in the cluster; stand-in files here.
+        if "LLMROUTER__SERVER__TLS__CERT_FILE" in run_env:
+            stand_in = _stand_in_tls(tempfile.mkdtemp())
+            run_env["LLMROUTER__SERVER__TLS__CERT_FILE"] = stand_in["cert"]
+            run_env["LLMROUTER__SERVER__TLS__KEY_FILE"] = stand_in["key"]
+            if "LLMROUTER__SERVER__TLS__CLIENT_CA_FILE" in run_env:
+                run_env["LLMROUTER__SERVER__TLS__CLIENT_CA_FILE"] = stand_in["cert"]
         result = subprocess.run(
             [str(llm_router_bin), "check-config", f.name], capture_output=True, text=True, env=run_env, timeout=30
         )
@@ -115,6 +137,63 @@ def test_the_rendered_config_passes_check_config(chart_path, scenario, llm_route
     if scenario == "default":
         # The chart's own config is an example to copy: nothing in it should need a warning.
         assert "\nwarnings:" not in result.stdout, result.stdout
+
+
+def _stand_in_tls(d):
+    """A self-signed certificate (also a CA) and its key, as PEM files in `d`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    paths = {"cert": f"{d}/tls.crt", "key": f"{d}/tls.key"}
+    with open(paths["cert"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["key"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+def test_tls_secret_key_secrets_and_auth_values(chart_path):
+    docs = render(chart_path, SCENARIOS["tls-and-callers"])
+    c = container(docs)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LLMROUTER__SERVER__TLS__CERT_FILE"] == "/etc/llm-router/tls/tls.crt"
+    assert env["LLMROUTER__SERVER__TLS__KEY_FILE"] == "/etc/llm-router/tls/tls.key"
+    assert env["LLMROUTER__SERVER__TLS__CLIENT_CA_FILE"] == "/etc/llm-router/client-ca/ca.crt"
+    assert env["LLMROUTER__SERVER__TLS__CLIENT_AUTH"] == "optional"
+    volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "llm-router-tls"
+    assert volumes["client-ca"]["secret"]["secretName"] == "llm-router-tls"
+    assert volumes["keys-team-keys"]["secret"] == {"secretName": "team-keys"}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["keys-team-keys"] == "/etc/llm-router/keys/team-keys"
+    # The kubelet's gRPC probes are plaintext: with TLS on, the admin port answers them.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert ("Pod", "rel-llm-router-test-health") not in docs
+    config = yaml.safe_load(docs[("ConfigMap", "rel-llm-router")]["data"]["config.yaml"])
+    assert config["auth"] == {
+        "required": True,
+        "reflection": "authenticated",
+        "trusted_header": {"name": "x-forwarded-client-cert", "trusted_peers": ["127.0.0.6/32"]},
+    }
+    assert config["callers"][0]["name"] == "ranker"
+    # The chart's default stays unauthenticated, over plaintext.
+    default = render(chart_path, {})
+    assert "auth" not in yaml.safe_load(default[("ConfigMap", "rel-llm-router")]["data"]["config.yaml"])
+    assert not any(e["name"].startswith("LLMROUTER__SERVER__TLS") for e in container(default)["env"])
 
 
 def test_grpc_probes_service_and_mesh_protocol(chart_path):
@@ -204,6 +283,8 @@ def test_provider_keys_come_only_from_secrets(chart_path):
         ({"providerKeys": {"env": [{"name": "OPENAI_API_KEY", "value": "sk-inline"}]}}, "'/providerKeys/env/0': additional properties 'value' not allowed"),
         ({"shutdown": {"preStopSleepSeconds": -1, "drainSeconds": 5, "graceSeconds": 25, "marginSeconds": 5}}, "'/shutdown/preStopSleepSeconds'"),
         ({"config": {"model_list": []}}, "'/config/model_list'"),
+        ({"tls": {"enabled": True}}, "'/tls/secretName'"),
+        ({"tls": {"clientAuth": "yes"}}, "'/tls/clientAuth': value must be one of"),
     ],
 )
 def test_bad_values_fail_the_schema_naming_the_key(chart_path, values, expected):

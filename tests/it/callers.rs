@@ -871,3 +871,51 @@ async fn served_certificate(
         .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
+
+#[tokio::test]
+async fn a_key_file_rotated_on_disk_applies_without_a_restart() {
+    let up = Upstream::start().await;
+    up.set("chat", Behaviour::ok("hello"));
+    let dir = certs::dir("callers-key-file");
+    certs::write(&dir, "search.key", &format!("{SEARCH_KEY}\n"));
+    let path = certs::write(
+        &dir,
+        "config.yaml",
+        &format!(
+            r#"
+model_list:
+  - model_name: chat
+    litellm_params: {{ model: openai/chat, api_base: "{base}", api_key: sk-upstream, max_retries: 0 }}
+server: {{ config_watch_interval: 50ms }}
+auth: {{ required: true }}
+callers:
+  - name: search
+    keys: ["file:{key}"]
+"#,
+            base = up.base(),
+            key = dir.join("search.key").display(),
+        ),
+    );
+    let r = TestRouter::start_reloading(&path).await;
+    let mut c = r.client();
+    c.complete(with_key(complete("chat"), SEARCH_KEY))
+        .await
+        .unwrap();
+    // The Secret is updated: the new key works and the old one stops, with no config change.
+    certs::write(&dir, "search.key", BATCH_KEY);
+    let until = Instant::now() + Duration::from_secs(5);
+    while c
+        .complete(with_key(complete("chat"), BATCH_KEY))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < until, "the rotated key was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = c
+        .complete(with_key(complete("chat"), SEARCH_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let _ = std::fs::remove_dir_all(&dir);
+}

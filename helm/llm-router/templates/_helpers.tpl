@@ -54,3 +54,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $s := .Values.shutdown }}
 {{- add $s.preStopSleepSeconds $s.drainSeconds $s.graceSeconds $s.marginSeconds }}
 {{- end }}
+
+{{/* The router config: .Values.config, with .Values.auth filled into its `auth` where it does
+not set a key itself. */}}
+{{- define "llm-router.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- $auth := dict }}
+{{- if .Values.auth.required }}{{- $_ := set $auth "required" true }}{{- end }}
+{{- if ne .Values.auth.reflection "open" }}{{- $_ := set $auth "reflection" .Values.auth.reflection }}{{- end }}
+{{- with .Values.auth.trustedHeader.name }}
+{{- $_ := set $auth "trusted_header" (dict "name" . "trusted_peers" $.Values.auth.trustedHeader.trustedPeers) }}
+{{- end }}
+{{- if $auth }}
+{{- $_ := set $config "auth" (merge (default dict (get $config "auth")) $auth) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}

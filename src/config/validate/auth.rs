@@ -59,6 +59,7 @@ pub(super) fn auth(
     let mut names = BTreeSet::new();
     let mut identities: BTreeMap<String, String> = BTreeMap::new();
     let mut keys: Vec<(KeyDigest, usize)> = Vec::new();
+    let mut key_files = Vec::new();
     let mut callers = Vec::new();
     for (i, c) in raw.callers.iter().enumerate().take(MAX_CALLERS) {
         let at = format!("callers[{i}]");
@@ -97,6 +98,9 @@ pub(super) fn auth(
         let mut key_count = 0;
         for (j, source) in c.keys.iter().flatten().enumerate() {
             let key = format!("{at}.keys[{j}]");
+            if let Some(path) = source.trim().strip_prefix(FILE_PREFIX) {
+                key_files.push(std::path::PathBuf::from(path.trim()));
+            }
             let Some(digest) = key_digest(source, &key, lookup_env, errs) else {
                 continue;
             };
@@ -163,14 +167,16 @@ pub(super) fn auth(
             "callers name identities, but nothing proves one: set server.tls.client_ca_file (mTLS) or auth.trusted_header (a mesh's header)".to_string(),
         );
     }
-    Auth::new(
+    let mut auth = Auth::new(
         required,
         reflection_requires_auth,
         trusted_header,
         callers,
         default,
         keys,
-    )
+    );
+    auth.key_files = key_files;
+    auth
 }
 
 /// Whether an error was already reported under `at` (so that a caller with a bad key is not
