@@ -2,7 +2,7 @@
 # Runs every test, installing what it needs; safe to run on a fresh machine:
 #   1. cargo test: unit, paused-clock and integration tests against the real server;
 #   2. pytest: the Helm chart rendered and validated offline (tests/helm), and real clients,
-#      grpcurl, a generated Python client and the examples/ clients (Python, TypeScript),
+#      grpcurl, a generated Python client and the examples/ clients (Python, TypeScript, Go),
 #      against the real binary (tests/e2e);
 #   3. buf lint on proto/, and buf breaking against the proto's previous version.
 # Ends with one line counting every test: "all tests: N passed, N failed".
@@ -33,6 +33,9 @@ fi
 
 echo "==> examples/node: npm ci, and its stubs generated from proto/ (buf generate)"
 (cd examples/node && npm ci --no-audit --no-fund --loglevel=error && npx --no-install buf generate)
+
+echo "==> examples/go: built offline with Debian's Go and grpc-go packages"
+examples/go/build.sh
 
 echo "==> pytest: Helm chart and real clients"
 LLMROUTER_BIN="$PWD/target/debug/llm-router" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/helm tests/e2e 2>&1 | tee "$pytest_log"

@@ -29,6 +29,15 @@ def test_python_client(server):
     assert run([sys.executable, "examples/python/client.py", server], ROOT) == EXPECTED
 
 
+GO_CLIENT = ROOT / "examples" / "go" / "client"
+
+
+def test_go_client(server):
+    if not GO_CLIENT.is_file():
+        pytest.fail("run examples/go/build.sh first (scripts/test.sh does)")
+    assert run([str(GO_CLIENT), server], ROOT) == EXPECTED
+
+
 def test_typescript_client(server):
     node = ROOT / "examples" / "node"
     if not (node / "node_modules").is_dir() or not (node / "gen").is_dir():

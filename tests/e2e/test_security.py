@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import router
-from test_examples import EXPECTED
+from test_examples import EXPECTED, GO_CLIENT
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RANKER = "spiffe://cluster.local/ns/search/sa/ranker"
@@ -219,3 +219,12 @@ def test_typescript_example_over_tls_with_a_key(secure, pki):
     assert run_example(cmd, node, {"LLMROUTER_API_KEY": API_KEY}) == EXPECTED
     mtls = cmd + ["--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
     assert run_example(mtls, node) == EXPECTED
+
+
+def test_go_example_over_tls_with_a_key_and_with_mtls(secure, pki):
+    if not GO_CLIENT.is_file():
+        pytest.fail("run examples/go/build.sh first (scripts/test.sh does)")
+    cmd = [str(GO_CLIENT), "-ca", str(pki / "ca.pem"), secure]
+    assert run_example(cmd, ROOT, {"LLMROUTER_API_KEY": API_KEY}) == EXPECTED
+    mtls = [str(GO_CLIENT), "-ca", str(pki / "ca.pem"), "-cert", str(pki / "client.pem"), "-key", str(pki / "client.key"), secure]
+    assert run_example(mtls, ROOT) == EXPECTED
