@@ -3,6 +3,8 @@
 //!
 //! A request follows the modules in order:
 //!
+//! - [`listen`]: accepting connections on both ports, TLS on the gRPC port (rotated from disk)
+//!   and what each connection proved.
 //! - [`server`]: the tonic server, health, reflection and graceful shutdown; [`server::run`] is
 //!   the entry point that `main` and the integration tests both call. It chooses where
 //!   deployments' health is kept ([`routing::health::HealthStore`]) and hands it to the router,
@@ -33,14 +35,17 @@
 //!
 //! Where the platform's next pieces go:
 //!
-//! - **Who is calling** (identity, per-caller policy and budgets): the API builds each call's
-//!   [`routing::CallContext`] (`api::call_context`, the identity slot empty today); what a
-//!   caller may reach is decided in [`routing::Reach`] alone, for planning, special fallback
-//!   lists, recovery and ListModels; what a caller spent is settled in `routing::usage`.
+//! - **Who is calling** is worked out in one place (`api::auth`: the connection's client
+//!   certificate, read once per connection by [`listen`], a trusted proxy's header, or an API
+//!   key), into the call's [`routing::CallContext`] with its caller's policy; what a caller may
+//!   reach is decided in [`routing::Reach`] alone, its switches in
+//!   [`routing::CallContext::permit`], and its limits in [`routing::Router::admit`], against a
+//!   [`routing::callers::CallerStore`] (the local one is [`routing::callers::LocalCallers`]).
 //! - **State shared across replicas**: a second implementation of
 //!   [`routing::health::HealthStore`] (the local one is [`routing::health::LocalStore`]), which
-//!   passes the same suite (`routing/health/suite.rs`) and is chosen in [`server`]. Usage
-//!   counts in wall-clock minutes, which replicas agree on.
+//!   passes the same suite (`routing/health/suite.rs`) and is chosen in [`server`], and of
+//!   [`routing::callers::CallerStore`]. Usage counts in wall-clock minutes and budgets in
+//!   epoch-aligned periods, which replicas agree on.
 //! - **Signed providers** (Bedrock, Vertex AI): an auth step on the endpoint
 //!   (`providers::transport::auth`: a signer over the final bytes, or a refreshing token
 //!   source), a framing for AWS's event-stream beside SSE (`providers::transport::framed`),

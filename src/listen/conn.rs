@@ -119,7 +119,7 @@ impl AsyncWrite for Conn {
 /// to an incoming stream we provide, and with Nagle on a response's frames can wait for the
 /// client's delayed ACK, up to 40ms on a call whose deadline is the product. With `tls`, each
 /// connection's handshake runs in its own task (a slow client holds up nobody else's) within
-/// [`HANDSHAKE_TIMEOUT`]; a failed handshake closes that connection only.
+/// `HANDSHAKE_TIMEOUT`; a failed handshake closes that connection only.
 pub fn incoming(
     listener: TcpListener,
     metrics: Arc<Metrics>,

@@ -228,3 +228,33 @@ def test_go_example_over_tls_with_a_key_and_with_mtls(secure, pki):
     assert run_example(cmd, ROOT, {"LLMROUTER_API_KEY": API_KEY}) == EXPECTED
     mtls = [str(GO_CLIENT), "-ca", str(pki / "ca.pem"), "-cert", str(pki / "client.pem"), "-key", str(pki / "client.key"), secure]
     assert run_example(mtls, ROOT) == EXPECTED
+
+
+@pytest.fixture(scope="module")
+def meshed(llm_router_bin, tmp_path_factory):
+    """The built-in config behind a (pretend) sidecar on loopback: its header is trusted."""
+    config = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    config["auth"] = {
+        "required": True,
+        "trusted_header": {"name": "x-forwarded-client-cert", "trusted_peers": ["127.0.0.1/32"]},
+    }
+    config["callers"] = [{"name": "ranker", "identities": [RANKER], "models": ["chat"]}]
+    path = tmp_path_factory.mktemp("mesh") / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc, addr = router.start(llm_router_bin, "--config", str(path))
+    yield addr
+    router.stop(proc)
+
+
+def test_grpcurl_with_the_mesh_header(grpcurl, meshed):
+    xfcc = f"x-forwarded-client-cert: By=spiffe://cluster.local/ns/llm/sa/router;URI={RANKER}"
+    ok = grpcurl_call(grpcurl, meshed, "-plaintext", "-H", xfcc)
+    assert ok.returncode == 0, ok.stderr
+    none = grpcurl_call(grpcurl, meshed, "-plaintext")
+    assert "Unauthenticated" in none.stderr, none.stderr
+    other = subprocess.run(
+        [grpcurl, "-plaintext", "-H", xfcc, "-d", CALL.replace('"chat"', '"story"'), meshed,
+         "llmrouter.v1.RouterService/Complete"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert "PermissionDenied" in other.stderr, other.stderr

@@ -183,6 +183,7 @@ def test_tls_secret_key_secrets_and_auth_values(chart_path):
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert ("Pod", "rel-llm-router-test-health") not in docs
+    assert docs[("Service", "rel-llm-router")]["spec"]["ports"][0]["appProtocol"] == "tls"
     config = yaml.safe_load(docs[("ConfigMap", "rel-llm-router")]["data"]["config.yaml"])
     assert config["auth"] == {
         "required": True,

@@ -602,18 +602,49 @@ fn the_readmes_configs_load_without_warnings() {
     ]
     .iter()
     .map(|k| (*k, "stand-in"))
+    .chain([("SEARCH_KEY", "sk-stand-in-0123456789abcdef")])
     .collect();
+    // The files the security examples name, as stand-ins: a CA-signed server certificate, its
+    // CA, and caller keys.
+    let dir = crate::common::certs::dir("readme-configs");
+    let ca = crate::common::certs::Ca::new("stand-in CA");
+    let server = ca.server();
+    crate::common::certs::write(&dir, "tls.crt", &server.cert_pem);
+    crate::common::certs::write(&dir, "tls.key", &server.key_pem);
+    crate::common::certs::write(&dir, "ca.crt", &ca.pem());
+    for key in ["search", "batch"] {
+        crate::common::certs::write(&dir, key, "sk-stand-in-key-0123456789");
+    }
+    let at = |yaml: &str| {
+        yaml.replace("/etc/tls/", &format!("{}/", dir.display()))
+            .replace(
+                "/etc/llm-router/keys/team-keys/",
+                &format!("{}/", dir.display()),
+            )
+    };
     let mut seen = 0;
+    let mut security = 0;
     for block in readme.split("```yaml\n").skip(1) {
         let yaml = block.split("```").next().unwrap();
-        if !yaml.contains("model_list:") {
+        let yaml = if yaml.contains("model_list:") {
+            at(yaml)
+        } else if yaml.lines().any(|l| l.starts_with("callers:")) {
+            // The security model's snippets, on a group they name.
+            security += 1;
+            format!(
+                "model_list:\n  - model_name: chat\n    litellm_params: {{ model: mock/chat, timeout: 10s }}\n{}",
+                at(yaml)
+            )
+        } else {
             continue;
-        }
+        };
         seen += 1;
-        let cfg = load_env(yaml, &[], &keys).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let cfg = load_env(&yaml, &[], &keys).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert!(cfg.warnings.is_empty(), "{:?}\n{yaml}", cfg.warnings);
     }
     assert!(seen >= 2, "the README's configs were found");
+    assert_eq!(security, 3, "the security model's three configs were found");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
