@@ -7,7 +7,10 @@
 //!   cargo bench --bench gateway -- --only overhead --rates 1000 --seconds 5
 //!
 //! `--rates` (comma-separated) and `--seconds` set the unary load, `--stream-rate` the streams
-//! (0: none), `--streams` how many `scale` holds open. For profiling, `LLMROUTER_BENCH_WRAP` is
+//! (0: none), `--streams` how many `scale` holds open. `--security key|tls|mtls` runs
+//! llm-router with a caller identified by an API key (with limits it never reaches), with TLS
+//! on its port, or with mTLS and a caller identified by its certificate; default `plain`, no
+//! callers (the baseline forwarder stays plaintext either way). For profiling, `LLMROUTER_BENCH_WRAP` is
 //! a command that both measured processes are started under, such as
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-{name}` (with low `--rates`), where
 //! `{name}` becomes `llm-router` or `baseline`. The tiny run under `cargo test` fails if any
@@ -77,6 +80,14 @@ fn main() {
     if let Some(s) = flag("--seconds") {
         scale.seconds = s.parse().expect("--seconds: a number");
     }
+    let security = match flag("--security").as_deref() {
+        None | Some("plain") => Security::Plain,
+        Some("key") => Security::Key,
+        Some("tls") => Security::Tls,
+        Some("mtls") => Security::Mtls,
+        Some(other) => panic!("--security: plain, key, tls or mtls, not {other}"),
+    };
+    let _ = SECURITY.set(SecuritySetup::new(security));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -208,11 +219,116 @@ fn set_upstream(up: &Upstream, latency: Duration, chunks: usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// How llm-router is called: plaintext, an API key, TLS, mTLS.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Security {
+    Plain,
+    Key,
+    Tls,
+    Mtls,
+}
+
+/// The run's security mode with its key and certificates (made here, in a temporary folder).
+struct SecuritySetup {
+    mode: Security,
+    dir: std::path::PathBuf,
+    ca_pem: String,
+    client: (String, String),
+}
+
+static SECURITY: std::sync::OnceLock<SecuritySetup> = std::sync::OnceLock::new();
+const BENCH_KEY: &str = "sk-bench-0123456789abcdef0123456789";
+const BENCH_SPIFFE: &str = "spiffe://bench/caller";
+
+fn security() -> &'static SecuritySetup {
+    SECURITY.get_or_init(|| SecuritySetup::new(Security::Plain))
+}
+
+impl SecuritySetup {
+    fn new(mode: Security) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let dir = std::env::temp_dir().join(format!("llm-router-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let issue = |san: SanType| {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = vec![san];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let server = issue(SanType::DnsName("localhost".try_into().unwrap()));
+        let client = issue(SanType::URI(BENCH_SPIFFE.try_into().unwrap()));
+        std::fs::write(dir.join("server.pem"), &server.0).unwrap();
+        std::fs::write(dir.join("server.key"), &server.1).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        SecuritySetup {
+            mode,
+            dir,
+            ca_pem: ca.pem(),
+            client,
+        }
+    }
+
+    fn tls(&self) -> bool {
+        matches!(self.mode, Security::Tls | Security::Mtls)
+    }
+
+    /// What the router's config adds: `server.tls` lines (under `server:`), and `auth`/`callers`.
+    fn config(&self) -> (String, String) {
+        let d = self.dir.display();
+        let digest = ring::digest::digest(&ring::digest::SHA256, BENCH_KEY.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        // Limits a caller would have, set so that the run never reaches them.
+        let limits = "rpm_limit: 100000000, tpm_limit: 100000000000, max_parallel_requests: 100000, max_budget: 1000000, budget_duration: 30d";
+        match self.mode {
+            Security::Plain => (String::new(), String::new()),
+            Security::Key => (
+                String::new(),
+                format!(
+                    "auth: {{ required: true }}\ncallers:\n  - {{ name: bench, keys: [\"sha256:{hex}\"], {limits} }}\n"
+                ),
+            ),
+            Security::Tls => (
+                format!("  tls: {{ cert_file: {d}/server.pem, key_file: {d}/server.key }}\n"),
+                String::new(),
+            ),
+            Security::Mtls => (
+                format!(
+                    "  tls: {{ cert_file: {d}/server.pem, key_file: {d}/server.key, client_ca_file: {d}/ca.pem }}\n"
+                ),
+                format!(
+                    "auth: {{ required: true }}\ncallers:\n  - {{ name: bench, identities: [\"{BENCH_SPIFFE}\"], {limits} }}\n"
+                ),
+            ),
+        }
+    }
+}
+
+/// A request as the run's callers send it: with the API key in key mode.
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if security().mode == Security::Key {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {BENCH_KEY}").parse().unwrap(),
+        );
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
 // Processes under test.
 
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Its port speaks TLS (llm-router under `--security tls|mtls`).
+    tls: bool,
 }
 
 impl Server {
@@ -276,13 +392,32 @@ impl Server {
     }
 
     async fn clients(&self, n: usize) -> Vec<RouterServiceClient<Channel>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let sec = security();
         let mut out = Vec::new();
         for _ in 0..n {
-            out.push(
-                RouterServiceClient::connect(format!("http://{}", self.addr))
+            let channel = if self.tls {
+                let mut tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&sec.ca_pem))
+                    .domain_name("localhost");
+                if sec.mode == Security::Mtls {
+                    tls = tls.identity(Identity::from_pem(&sec.client.0, &sec.client.1));
+                }
+                Channel::from_shared(format!("https://{}", self.addr))
+                    .unwrap()
+                    .tls_config(tls)
+                    .unwrap()
+                    .connect()
                     .await
-                    .unwrap(),
-            );
+                    .unwrap()
+            } else {
+                Channel::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap()
+            };
+            out.push(RouterServiceClient::new(channel));
         }
         out
     }
@@ -411,7 +546,11 @@ async fn llm_router(config: &str) -> Server {
         .spawn()
         .unwrap();
     wait_serving(addr).await;
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        tls: security().tls(),
+    }
 }
 
 /// The baseline: this executable in its forwarder role.
@@ -429,10 +568,15 @@ async fn baseline(upstream: &Upstream) -> Server {
     .spawn()
     .unwrap();
     wait_serving(addr).await;
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        tls: false,
+    }
 }
 
 fn router_config(upstream: &Upstream) -> String {
+    let (server_tls, auth) = security().config();
     format!(
         r#"
 model_list:
@@ -449,7 +593,7 @@ model_list:
 server:
   # The scale part holds 10,000 streams: above the default bound of 4096 calls.
   max_concurrent_calls: 20000
-router_settings:
+{server_tls}{auth}router_settings:
   timeout: 60s
   stream_idle_timeout: 30s
   # The timer parts call the hanging deployment on purpose, thousands of times: with cooldowns
@@ -706,7 +850,7 @@ async fn unary_grpc(clients: Arc<Vec<RouterServiceClient<Channel>>>, i: usize) -
         max_tokens: Some(20),
         ..Default::default()
     };
-    c.complete(req).await.ok()?;
+    c.complete(request(req)).await.ok()?;
     Some(start.elapsed())
 }
 
@@ -745,7 +889,7 @@ async fn stream_grpc(
         max_tokens: Some(chunks as u32),
         ..Default::default()
     };
-    let mut s = c.stream_complete(req).await.ok()?.into_inner();
+    let mut s = c.stream_complete(request(req)).await.ok()?.into_inner();
     s.message().await.ok()??;
     let ttfc = start.elapsed();
     while s.message().await.ok()?.is_some() {}
@@ -776,7 +920,7 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
                 max_tokens: Some(1),
                 ..Default::default()
             };
-            let mut s = c.stream_complete(req).await.ok()?.into_inner();
+            let mut s = c.stream_complete(request(req)).await.ok()?.into_inner();
             s.message().await.ok()??;
             let at = start.elapsed();
             while s.message().await.ok()?.is_some() {}
@@ -827,7 +971,7 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
                     ..Default::default()
                 };
                 let start = Instant::now();
-                c.complete(req).await.ok()?;
+                c.complete(request(req)).await.ok()?;
                 Some(start.elapsed())
             })
         })
@@ -852,7 +996,7 @@ async fn timers(upstream: &Upstream, scale: &Scale) {
             let mut c = clients[i % clients.len()].clone();
             let req = hang_request(Duration::from_secs(1));
             let start = Instant::now();
-            let r = c.complete(req).await;
+            let r = c.complete(request(req)).await;
             (r.err().map(|s| s.code()) == Some(tonic::Code::DeadlineExceeded))
                 .then(|| start.elapsed())
         }
@@ -894,7 +1038,7 @@ async fn deadline_burst(clients: &Arc<Vec<RouterServiceClient<Channel>>>, n: usi
             let mut c = clients[i % clients.len()].clone();
             let req = hang_request(Duration::from_millis(200));
             let start = Instant::now();
-            let r = c.complete(req).await;
+            let r = c.complete(request(req)).await;
             (start.elapsed(), r.err().map(|s| s.code()))
         }));
     }
@@ -1004,7 +1148,7 @@ async fn hold(server: &Server, n: usize) -> Held {
                 max_tokens: Some(3),
                 ..Default::default()
             };
-            let Ok(resp) = c.stream_complete(req).await else {
+            let Ok(resp) = c.stream_complete(request(req)).await else {
                 return;
             };
             let mut s = resp.into_inner();

@@ -384,7 +384,7 @@ impl Auth {
         found.map(|i| &self.callers[i])
     }
 
-    /// The caller a proven identity names, else the default policy (if any).
+    /// The caller a proven identity names, if one lists it.
     pub fn caller_by_identity(&self, identity: &str) -> Option<&Arc<CallerPolicy>> {
         self.identities.get(identity).map(|i| &self.callers[*i])
     }

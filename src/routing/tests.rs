@@ -439,6 +439,44 @@ async fn a_hedge_starts_at_hedge_after_and_its_first_chunk_wins() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_caller_without_hedging_runs_one_attempt_at_a_time() {
+    use crate::config::auth::{CallerPolicy, Knobs};
+    let r = router(HEDGED);
+    let mut req = call("stuck");
+    req.context = super::CallContext {
+        identity: None,
+        caller: super::CallerName::Named("batch".into()),
+        policy: Some(Arc::new(CallerPolicy {
+            name: "batch".into(),
+            identities: Vec::new(),
+            key_count: 1,
+            models: None,
+            rpm_limit: None,
+            tpm_limit: None,
+            max_parallel_requests: None,
+            budget: None,
+            knobs: Knobs {
+                hedging: false,
+                ..Knobs::default()
+            },
+        })),
+    };
+    let start = Instant::now();
+    let a = r.stream(&req).await.unwrap();
+    // No hedge at 300ms: the primary runs out its 5s, then the chain falls back.
+    assert_eq!(start.elapsed(), ms(5100));
+    assert_eq!(a.deployment, "fast-0");
+    assert!(a.attempts.iter().all(|at| !at.hedge), "{:?}", a.attempts);
+    assert_eq!(
+        outcomes(&a.attempts),
+        [
+            ("stuck-0".into(), AttemptOutcome::Timeout),
+            ("fast-0".into(), AttemptOutcome::Ok)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_group_that_is_all_cooling_fails_at_once_and_says_when_it_returns() {
     let r = router(HEDGED);
     let first = r.complete(&call("down")).await.unwrap_err();

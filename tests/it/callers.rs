@@ -919,3 +919,40 @@ callers:
     assert_eq!(e.code(), Code::Unauthenticated);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_config_prints_each_callers_policy_and_never_a_key() {
+    let yaml = config(
+        "http://127.0.0.1:9/v1",
+        "auth:\n  required: true\n  trusted_header: { name: l5d-client-id, trusted_peers: [127.0.0.1/32] }\n  default: { models: [chat], rpm_limit: 5 }",
+        "    rpm_limit: 3\n    identities: [spiffe://t/search]\n    max_budget: 2.5\n    budget_duration: 1mo\n    allow: { hedging: false }",
+        "",
+    );
+    let cfg = Config::load_with_env(Source::Yaml(&yaml), Vec::new(), |k| {
+        (k == "SEARCH_KEY").then(|| SEARCH_KEY.to_string())
+    })
+    .unwrap();
+    let table = cfg.routing_table();
+    assert!(
+        table.contains(
+            "auth: required true, reflection open, trusted_header l5d-client-id from 127.0.0.1/32"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains("caller search: identities [spiffe://t/search], 1 key(s); models chat, rpm_limit 3, max_budget 2.5 USD per 1mo; allow mock false, fallbacks true, max_num_retries 10, stream_recovery true, hedging false"),
+        "{table}"
+    );
+    assert!(
+        table.contains("caller batch: identities [], 1 key(s); models all"),
+        "{table}"
+    );
+    assert!(
+        table.contains("default (proven identities no caller lists): models chat, rpm_limit 5"),
+        "{table}"
+    );
+    assert!(
+        !table.contains(SEARCH_KEY) && !table.contains(&sha256_hex(BATCH_KEY)),
+        "{table}"
+    );
+}
