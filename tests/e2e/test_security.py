@@ -117,7 +117,7 @@ def secure(llm_router_bin, pki):
         "client_ca_file": str(pki / "ca.pem"),
         "client_auth": "optional",
     }
-    config["auth"] = {"required": True}
+    config["auth"] = {"required": True, "reflection": "authenticated"}
     # The examples ask for mock_timeout, a test switch each caller must be granted.
     config["callers"] = [
         {"name": "ranker", "identities": [RANKER], "allow": {"mock": True}},
@@ -160,6 +160,18 @@ def test_grpcurl_with_mtls_and_with_a_key(grpcurl, secure, pki):
     # Plaintext against the TLS port gets nowhere.
     plain = grpcurl_call(grpcurl, secure, "-plaintext")
     assert plain.returncode != 0
+
+
+def test_reflection_is_for_authenticated_callers(grpcurl, secure, pki):
+    listing = [grpcurl, "-cacert", str(pki / "ca.pem")]
+    refused = subprocess.run([*listing, secure, "list"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+    keyed = subprocess.run(
+        [*listing, "-H", f"authorization: Bearer {API_KEY}", secure, "list"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert keyed.returncode == 0, keyed.stderr
+    assert "llmrouter.v1.RouterService" in keyed.stdout
 
 
 def channel(addr, pki, client=None):
