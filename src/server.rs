@@ -121,13 +121,36 @@ async fn serve(
         )))
     });
 
+    // TLS files are read again every config watch interval: a rotated certificate is used by
+    // the next connection, and a broken one is logged and ignored.
+    let tls = match &server_settings.tls {
+        None => None,
+        Some(t) => {
+            let first = ServerTls::load(t)
+                .map_err(|e| ServeError::Setup(format!("`{}` {}", e.key, e.message)))?;
+            Some(Arc::new(Rotating::new(t.clone(), first)))
+        }
+    };
+    let _tls_watcher = tls
+        .clone()
+        .map(|t| AbortOnDrop(tokio::spawn(t.watch(server_settings.config_watch_interval))));
+    let admin_tls = tls
+        .clone()
+        .filter(|_| server_settings.tls.as_ref().is_some_and(|t| t.admin));
+
     // The admin port reports ready until shutdown begins, and runs until the process ends.
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(true);
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = admin_listener.map(|l| {
-        tokio::spawn(admin::serve(l, metrics.clone(), ready_rx, async {
-            let _ = admin_stopped.await;
-        }))
+        tokio::spawn(admin::serve(
+            l,
+            metrics.clone(),
+            ready_rx,
+            admin_tls,
+            async {
+                let _ = admin_stopped.await;
+            },
+        ))
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -143,20 +166,6 @@ async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| ServeError::Setup(e.to_string()))?;
-
-    // TLS files are read again every config watch interval: a rotated certificate is used by
-    // the next connection, and a broken one is logged and ignored.
-    let tls = match &server_settings.tls {
-        None => None,
-        Some(t) => {
-            let first = ServerTls::load(t)
-                .map_err(|e| ServeError::Setup(format!("`{}` {}", e.key, e.message)))?;
-            Some(Arc::new(Rotating::new(t.clone(), first)))
-        }
-    };
-    let _tls_watcher = tls
-        .clone()
-        .map(|t| AbortOnDrop(tokio::spawn(t.watch(server_settings.config_watch_interval))));
 
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     // Listener-level settings apply from start-up; a reload that changes them logs that they

@@ -363,4 +363,6 @@ pub struct RawTls {
     pub client_ca_file: Option<String>,
     /// `required` (default with a client CA) or `optional`.
     pub client_auth: Option<String>,
+    /// Serve the admin port over HTTPS with the same certificate.
+    pub admin: Option<bool>,
 }

@@ -209,9 +209,10 @@ impl Config {
         if let Some(t) = &s.tls {
             let _ = writeln!(
                 out,
-                "server.tls: cert_file {}, key_file {}, client certificates {}",
+                "server.tls: cert_file {}, key_file {}, admin port {}, client certificates {}",
                 t.cert_file.display(),
                 t.key_file.display(),
+                if t.admin { "https" } else { "plaintext" },
                 match &t.client_ca_file {
                     None => "not asked for".to_string(),
                     Some(ca) => format!(

@@ -32,6 +32,9 @@ pub struct TlsSettings {
     /// With a client CA: whether a client without a certificate is refused (`client_auth:
     /// required`, the default) or let in to authenticate otherwise (`optional`).
     pub client_auth_required: bool,
+    /// `admin: true`: the admin port serves HTTPS with the same certificate (never asking for
+    /// a client certificate: probes and scrapers have none). Default false: plaintext.
+    pub admin: bool,
 }
 
 /// Why a TLS file set did not load: the config key of the file at fault and what is wrong.
@@ -44,6 +47,8 @@ pub struct LoadError {
 /// One loaded set of files: what connections are accepted with.
 pub struct ServerTls {
     pub config: Arc<ServerConfig>,
+    /// The admin port's: the same certificate, HTTP/1.1, no client certificates.
+    pub admin: Arc<ServerConfig>,
     /// The files' bytes, to see when they change.
     seen: Vec<Vec<u8>>,
 }
@@ -71,12 +76,18 @@ impl ServerTls {
     /// Reads and checks the files `s` names.
     pub fn load(s: &TlsSettings) -> Result<ServerTls, LoadError> {
         let seen = read_all(s)?;
-        let config = build(s, &seen)?;
-        Ok(ServerTls { config, seen })
+        let (config, admin) = build(s, &seen)?;
+        Ok(ServerTls {
+            config,
+            admin,
+            seen,
+        })
     }
 }
 
-fn build(s: &TlsSettings, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, LoadError> {
+type Configs = (Arc<ServerConfig>, Arc<ServerConfig>);
+
+fn build(s: &TlsSettings, files: &[Vec<u8>]) -> Result<Configs, LoadError> {
     let err = |key: &'static str, message: String| LoadError { key, message };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files[0])
         .collect::<Result<_, _>>()
@@ -99,9 +110,22 @@ fn build(s: &TlsSettings, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, LoadEr
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err("server.tls", e.to_string()))?;
+    let builder = || {
+        ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err("server.tls", e.to_string()))
+    };
+    let mut admin = builder()?
+        .with_no_client_auth()
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| {
+            err(
+                "server.tls.key_file",
+                format!("does not go with server.tls.cert_file: {e}"),
+            )
+        })?;
+    admin.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let builder = builder()?;
     let builder = match &s.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(_) => {
@@ -146,7 +170,7 @@ fn build(s: &TlsSettings, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, LoadEr
     })?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), Arc::new(admin)))
 }
 
 /// The TLS config new connections are accepted with, replaced when the files change.
@@ -172,6 +196,15 @@ impl Rotating {
             .clone()
     }
 
+    /// The config for the admin port's next connection.
+    pub fn admin_config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .admin
+            .clone()
+    }
+
     /// Reads the files once; when they changed and load, new connections use them. Returns
     /// whether a new set took over.
     pub fn refresh(&self) -> bool {
@@ -186,9 +219,10 @@ impl Rotating {
             return false;
         }
         match build(&self.settings, &files) {
-            Ok(config) => {
+            Ok((config, admin)) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = ServerTls {
                     config,
+                    admin,
                     seen: files,
                 };
                 tracing::info!("TLS files changed: new connections use the new certificate");

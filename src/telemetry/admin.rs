@@ -1,6 +1,6 @@
 //! The admin HTTP port (`server.admin_listen`): `/metrics` for Prometheus, `/healthz` and
-//! `/readyz` for tools that do not speak gRPC health. Plain HTTP/1.1 on hyper, which tonic
-//! already brings.
+//! `/readyz` for tools that do not speak gRPC health. HTTP/1.1 on hyper, which tonic already
+//! brings: plaintext, or HTTPS with the gRPC port's certificate (`server.tls.admin`).
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -11,18 +11,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
 use super::Metrics;
-use crate::listen::Acceptor;
+use crate::listen::{Acceptor, tls::Rotating};
 
 /// How long a client of the admin port may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves until `shutdown` completes. `ready` is true while the server takes calls.
+/// Serves until `shutdown` completes. `ready` is true while the server takes calls. With
+/// `tls`, connections are HTTPS with its current certificate.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
+    tls: Option<Arc<Rotating>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -34,6 +36,7 @@ pub async fn serve(
             () = &mut shutdown => return,
         };
         let (metrics, ready) = (metrics.clone(), ready.clone());
+        let tls = tls.as_ref().map(|t| t.admin_config());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let response = respond(&req, &metrics, *ready.borrow());
@@ -41,12 +44,24 @@ pub async fn serve(
             });
             // Errors here are a scraper hanging up; nothing to do about them. A client that
             // opens a connection and sends its request's headers slowly, or never, is cut off
-            // after HEADER_READ_TIMEOUT instead of holding a task and a socket for good.
-            let _ = hyper::server::conn::http1::Builder::new()
+            // after HEADER_READ_TIMEOUT instead of holding a task and a socket for good (the
+            // TLS handshake included).
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .clone();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await
+                    {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+            }
         });
     }
 }

@@ -180,8 +180,15 @@ def test_tls_secret_key_secrets_and_auth_values(chart_path):
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["keys-team-keys"] == "/etc/llm-router/keys/team-keys"
     # The kubelet's gRPC probes are plaintext: with TLS on, the admin port answers them.
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin", "scheme": "HTTP"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin", "scheme": "HTTP"}
+    # tls.admin: the admin port is HTTPS as well, and so are the probes and the scrape.
+    admin = render(chart_path, {**SCENARIOS["tls-and-callers"], "tls": {**SCENARIOS["tls-and-callers"]["tls"], "admin": True},
+                                "metrics": {"serviceMonitor": {"enabled": True, "tlsConfig": {"serverName": "llm-router"}}}})
+    assert container(admin)["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert {"name": "LLMROUTER__SERVER__TLS__ADMIN", "value": "true"} in container(admin)["env"]
+    endpoint = admin[("ServiceMonitor", "rel-llm-router")]["spec"]["endpoints"][0]
+    assert (endpoint["scheme"], endpoint["tlsConfig"]) == ("https", {"serverName": "llm-router"})
     assert ("Pod", "rel-llm-router-test-health") not in docs
     assert docs[("Service", "rel-llm-router")]["spec"]["ports"][0]["appProtocol"] == "tls"
     config = yaml.safe_load(docs[("ConfigMap", "rel-llm-router")]["data"]["config.yaml"])

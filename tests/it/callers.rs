@@ -664,6 +664,10 @@ fn caller_config_errors_name_their_key_and_never_a_key() {
 }
 
 fn tls_config(base: &str, dir: &std::path::Path, client_auth: &str) -> String {
+    tls_config_with(base, dir, client_auth, false)
+}
+
+fn tls_config_with(base: &str, dir: &std::path::Path, client_auth: &str, admin: bool) -> String {
     format!(
         r#"
 model_list:
@@ -676,6 +680,7 @@ server:
     key_file: {d}/server.key
     client_ca_file: {d}/ca.pem
     client_auth: {client_auth}
+    admin: {admin}
 auth: {{ required: true }}
 callers:
   - name: ranker
@@ -759,7 +764,24 @@ async fn with_optional_client_auth_a_client_without_a_certificate_uses_a_key() {
     certs::write(&dir, "ca.pem", &ca.pem());
     certs::write(&dir, "server.pem", &server.cert_pem);
     certs::write(&dir, "server.key", &server.key_pem);
-    let r = TestRouter::start(&tls_config(&up.base(), &dir, "optional")).await;
+    let r = TestRouter::start(&tls_config_with(&up.base(), &dir, "optional", true)).await;
+    // `admin: true`: the admin port is HTTPS with the same certificate, and asks for none.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let ready = https
+        .get(format!("https://localhost:{}/readyz", r.admin_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(
+        reqwest::get(format!("http://{}/readyz", r.admin_addr))
+            .await
+            .is_err(),
+        "plaintext on the HTTPS admin port"
+    );
     let c = r.tls_client(&ca.pem(), None).await.unwrap();
     let e = call_ok(c.clone(), Request::new(complete("chat")))
         .await

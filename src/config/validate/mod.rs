@@ -573,6 +573,7 @@ fn tls_settings(t: &super::raw::RawTls, errs: &mut Errors) -> Option<super::TlsS
         key_file: key_file?,
         client_ca_file,
         client_auth_required,
+        admin: t.admin.unwrap_or(false),
     };
     if let Err(e) = crate::listen::tls::ServerTls::load(&settings) {
         errs.add(e.key, e.message);
