@@ -396,4 +396,62 @@ mod tests {
             None
         );
     }
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::DnsName("localhost".try_into().unwrap())];
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_kubernetes_secret_swap_is_picked_up_and_a_broken_one_is_not() {
+        use std::os::unix::fs::symlink;
+        // A mounted Secret: the files are symlinks into `..data`, itself a symlink to a
+        // timestamped folder, which the kubelet swaps with a rename.
+        let dir = std::env::temp_dir().join(format!("llm-router-tls-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |version: &str, (cert, key): &(String, String)| {
+            let d = dir.join(version);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("tls.crt"), cert).unwrap();
+            std::fs::write(d.join("tls.key"), key).unwrap();
+        };
+        let swap = |version: &str| {
+            let tmp = dir.join("..data_tmp");
+            let _ = std::fs::remove_file(&tmp);
+            symlink(version, &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        };
+        let first = pair();
+        write("..2026_12_03_1", &first);
+        swap("..2026_12_03_1");
+        symlink("..data/tls.crt", dir.join("tls.crt")).unwrap();
+        symlink("..data/tls.key", dir.join("tls.key")).unwrap();
+        let settings = TlsSettings {
+            cert_file: dir.join("tls.crt"),
+            key_file: dir.join("tls.key"),
+            client_ca_file: None,
+            client_auth_required: true,
+            admin: false,
+        };
+        let rotating = Rotating::new(settings.clone(), ServerTls::load(&settings).unwrap());
+        let before = rotating.config();
+        assert!(!rotating.refresh(), "nothing changed");
+
+        // A new Secret whose key does not match its certificate: kept out.
+        let (cert, _) = pair();
+        let (_, other_key) = pair();
+        write("..2026_12_03_2", &(cert, other_key));
+        swap("..2026_12_03_2");
+        assert!(!rotating.refresh());
+        assert!(Arc::ptr_eq(&before, &rotating.config()));
+
+        let second = pair();
+        write("..2026_12_03_3", &second);
+        swap("..2026_12_03_3");
+        assert!(rotating.refresh(), "the swapped Secret is picked up");
+        assert!(!Arc::ptr_eq(&before, &rotating.config()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
