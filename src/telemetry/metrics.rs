@@ -33,7 +33,6 @@ struct CallLabels {
 struct CallDurationLabels {
     rpc: &'static str,
     model_group: String,
-    caller: Cow<'static, str>,
     /// The deployment that answered, `none` when the call failed.
     deployment: String,
 }
@@ -291,7 +290,7 @@ impl Metrics {
             .get_or_create(&CallLabels {
                 rpc,
                 model_group: group.to_string(),
-                caller: caller.clone(),
+                caller,
                 code: code_name(code),
             })
             .inc();
@@ -299,7 +298,6 @@ impl Metrics {
             .get_or_create(&CallDurationLabels {
                 rpc,
                 model_group: group.to_string(),
-                caller,
                 deployment: deployment.unwrap_or("none").to_string(),
             })
             .observe(secs);
@@ -544,7 +542,7 @@ mod tests {
             text.contains("llmrouter_tokens_total{deployment=\"chat-1\",direction=\"output\"} 5")
         );
         assert!(text.contains("llmrouter_calls_in_flight{rpc=\"StreamComplete\"} 0"));
-        assert!(text.contains("llmrouter_call_duration_seconds_bucket{le=\"0.32\",rpc=\"Complete\",model_group=\"chat\",caller=\"search\",deployment=\"chat-1\"} 1")
-            || text.contains("llmrouter_call_duration_seconds_count{rpc=\"Complete\",model_group=\"chat\",caller=\"search\",deployment=\"chat-1\"} 1"), "{text}");
+        assert!(text.contains("llmrouter_call_duration_seconds_bucket{le=\"0.32\",rpc=\"Complete\",model_group=\"chat\",deployment=\"chat-1\"} 1")
+            || text.contains("llmrouter_call_duration_seconds_count{rpc=\"Complete\",model_group=\"chat\",deployment=\"chat-1\"} 1"), "{text}");
     }
 }

@@ -157,12 +157,12 @@ async fn metrics_follow_a_scripted_set_of_calls() {
     );
     let call_count = get(
         &m,
-        r#"llmrouter_call_duration_seconds_count{rpc="Complete",model_group="backup",caller="unauthenticated",deployment="backup-1"}"#,
+        r#"llmrouter_call_duration_seconds_count{rpc="Complete",model_group="backup",deployment="backup-1"}"#,
     );
     assert_eq!(call_count, 1.0);
     let call_sum = get(
         &m,
-        r#"llmrouter_call_duration_seconds_sum{rpc="Complete",model_group="backup",caller="unauthenticated",deployment="backup-1"}"#,
+        r#"llmrouter_call_duration_seconds_sum{rpc="Complete",model_group="backup",deployment="backup-1"}"#,
     );
     assert!(
         call_sum >= 0.4,

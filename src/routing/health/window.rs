@@ -36,6 +36,7 @@ impl WallClock {
     }
 
     /// Time since the Unix epoch at `at`.
+    #[inline]
     fn since_epoch(&self, at: Instant) -> Duration {
         if at >= self.at {
             self.since_epoch.saturating_add(at - self.at)
