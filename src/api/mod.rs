@@ -1,7 +1,7 @@
 //! The gRPC surface: `llmrouter.v1.RouterService`. Validates requests, hands them to the
 //! router, and turns answers and failures into messages and statuses.
 
-mod auth;
+pub mod auth;
 mod content;
 pub mod error;
 mod models;
