@@ -65,6 +65,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+const CALLER_KEY: &str = "sk-otel-0123456789abcdef";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_call_exports_its_span_tree() {
     // The collector.
@@ -105,8 +107,15 @@ router_settings:
   fallbacks:
     - primary: [backup]
     - cuts: [backup]
+callers:
+  - {{ name: search, keys: ["sha256:{digest}"] }}
 "#,
-        base = up.base()
+        base = up.base(),
+        digest = ring::digest::digest(&ring::digest::SHA256, CALLER_KEY.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
     );
     let r = TestRouter::start(&yaml).await;
 
@@ -117,6 +126,10 @@ router_settings:
     req.metadata_mut().insert(
         "traceparent",
         format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {CALLER_KEY}").parse().unwrap(),
     );
     let resp = r.client().complete(req).await.unwrap().into_inner();
     assert_eq!(resp.model, "backup");
@@ -155,6 +168,9 @@ router_settings:
     assert_eq!(a["gen_ai.usage.output_tokens"], "3");
     assert_eq!(a["rpc.grpc.status_code"], "0");
     assert_eq!(a["llmrouter.attempts"], "2");
+    // Who called, by the config's name for the caller: never its key.
+    assert_eq!(a["enduser.id"], "search");
+    assert!(a.values().all(|v| !v.contains(CALLER_KEY)));
     assert!(
         a["llmrouter.deadline_ms"].parse::<u64>().unwrap() > 500_000,
         "router timeout 600s"
