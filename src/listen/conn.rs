@@ -137,15 +137,19 @@ pub fn incoming(
 async fn accept_loop(mut acceptor: Acceptor, tls: Option<Arc<Rotating>>, tx: mpsc::Sender<Conn>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
+        // Only handshakes take a permit: a plaintext connection is handed over at once.
+        let permit = match &tls {
+            Some(_) => match handshakes.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            },
+            None => None,
         };
         let conn = acceptor.accept().await;
         if let Err(e) = conn.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let Some(tls) = &tls else {
-            drop(permit);
             if tx.send(Conn::Plain(conn)).await.is_err() {
                 return;
             }
