@@ -79,7 +79,7 @@ pub fn call_context<T>(auth: &Auth, req: &Request<T>) -> Result<CallContext, Api
 }
 
 fn named(p: &Arc<CallerPolicy>, identity: Option<Arc<str>>) -> CallContext {
-    let name: Arc<str> = Arc::from(p.name.as_str());
+    let name = p.name.clone();
     CallContext {
         identity: Some(Identity(identity.unwrap_or_else(|| name.clone()))),
         caller: CallerName::Named(name),

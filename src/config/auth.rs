@@ -151,8 +151,8 @@ impl fmt::Display for Cidr {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallerPolicy {
     /// The caller's name: its label in metrics, logs and traces. `default` for the policy
-    /// of identities no caller lists.
-    pub name: String,
+    /// of identities no caller lists. Shared, so that a call names its caller without a copy.
+    pub name: Arc<str>,
     /// Identities (SPIFFE ids, certificate names, trusted-header values) that are this caller.
     pub identities: Vec<String>,
     /// How many API keys it has (the digests are held by [`Auth`]).
@@ -347,6 +347,7 @@ impl Auth {
         callers: Vec<Arc<CallerPolicy>>,
         default: Option<Arc<CallerPolicy>>,
         keys: Vec<(KeyDigest, usize)>,
+        key_files: Vec<std::path::PathBuf>,
     ) -> Auth {
         let identities = callers
             .iter()
@@ -361,7 +362,7 @@ impl Auth {
             default,
             keys,
             identities,
-            key_files: Vec::new(),
+            key_files,
         }
     }
 
@@ -472,14 +473,15 @@ mod tests {
                 (KeyDigest::of(b"key-of-a-0123456789"), 0),
                 (KeyDigest::of(b"key-of-b-0123456789"), 1),
             ],
+            Vec::new(),
         );
         assert_eq!(
-            auth.caller_by_key(b"key-of-b-0123456789").unwrap().name,
+            &*auth.caller_by_key(b"key-of-b-0123456789").unwrap().name,
             "b"
         );
         assert!(auth.caller_by_key(b"key-of-b-012345678").is_none());
         assert!(auth.caller_by_key(b"").is_none());
-        assert_eq!(auth.caller_by_identity("spiffe://t/a").unwrap().name, "a");
+        assert_eq!(&*auth.caller_by_identity("spiffe://t/a").unwrap().name, "a");
         assert!(auth.caller_by_identity("spiffe://t/c").is_none());
         assert!(!format!("{auth:?}").contains("key-of"));
     }

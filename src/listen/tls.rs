@@ -115,15 +115,16 @@ fn build(s: &TlsSettings, files: &[Vec<u8>]) -> Result<Configs, LoadError> {
             .with_safe_default_protocol_versions()
             .map_err(|e| err("server.tls", e.to_string()))
     };
+    let mismatch = |e: rustls::Error| {
+        err(
+            "server.tls.key_file",
+            format!("does not go with server.tls.cert_file: {e}"),
+        )
+    };
     let mut admin = builder()?
         .with_no_client_auth()
         .with_single_cert(certs.clone(), key.clone_key())
-        .map_err(|e| {
-            err(
-                "server.tls.key_file",
-                format!("does not go with server.tls.cert_file: {e}"),
-            )
-        })?;
+        .map_err(mismatch)?;
     admin.alpn_protocols = vec![b"http/1.1".to_vec()];
     let builder = builder()?;
     let builder = match &s.client_ca_file {
@@ -162,12 +163,7 @@ fn build(s: &TlsSettings, files: &[Vec<u8>]) -> Result<Configs, LoadError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        err(
-            "server.tls.key_file",
-            format!("does not go with server.tls.cert_file: {e}"),
-        )
-    })?;
+    let mut config = builder.with_single_cert(certs, key).map_err(mismatch)?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((Arc::new(config), Arc::new(admin)))

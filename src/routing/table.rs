@@ -161,7 +161,7 @@ impl Router {
         let auth = &config.auth;
         let policies = auth.callers.iter().chain(&auth.default);
         let callers: HashMap<String, Arc<dyn CallerState>> = policies
-            .map(|p| (p.name.clone(), caller_store.caller(&p.name)))
+            .map(|p| (p.name.to_string(), caller_store.caller(&p.name)))
             .collect();
         caller_store.retain(&callers.keys().map(String::as_str).collect::<Vec<_>>());
         Ok(Router {
@@ -187,7 +187,7 @@ impl Router {
         context.permit(call)?;
         Reach::new(&self.config, context).requested(&call.model)?;
         let limits = Limits::of(policy);
-        let Some(state) = self.callers.get(&policy.name).filter(|_| limits.any()) else {
+        let Some(state) = self.callers.get(&*policy.name).filter(|_| limits.any()) else {
             return Ok(None);
         };
         let tokens = crate::providers::estimate_tokens(call.chat.prompt_chars());

@@ -167,16 +167,15 @@ pub(super) fn auth(
             "callers name identities, but nothing proves one: set server.tls.client_ca_file (mTLS) or auth.trusted_header (a mesh's header)".to_string(),
         );
     }
-    let mut auth = Auth::new(
+    Auth::new(
         required,
         reflection_requires_auth,
         trusted_header,
         callers,
         default,
         keys,
-    );
-    auth.key_files = key_files;
-    auth
+        key_files,
+    )
 }
 
 /// Whether an error was already reported under `at` (so that a caller with a bad key is not
@@ -429,7 +428,7 @@ fn policy(
         }
     }
     CallerPolicy {
-        name,
+        name: Arc::from(name),
         identities,
         key_count,
         models,
