@@ -332,6 +332,23 @@ impl Default for Knobs {
 pub const MAX_NUM_RETRIES: u32 = 10;
 
 impl CallerPolicy {
+    /// A policy named `name` with no identities, limits or group list, and the default
+    /// switches: what tests start from.
+    #[cfg(test)]
+    pub(crate) fn unlimited(name: &str) -> Self {
+        CallerPolicy {
+            name: name.into(),
+            identities: Vec::new(),
+            key_count: 0,
+            models: None,
+            rpm_limit: None,
+            tpm_limit: None,
+            max_parallel_requests: None,
+            budget: None,
+            knobs: Knobs::default(),
+        }
+    }
+
     /// Whether the caller may call `group` (a group's name, not an alias).
     pub fn allows_group(&self, group: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(group))
@@ -452,15 +469,9 @@ mod tests {
     fn keys_match_by_digest() {
         let policy = |name: &str| {
             Arc::new(CallerPolicy {
-                name: name.into(),
                 identities: vec![format!("spiffe://t/{name}")],
                 key_count: 1,
-                models: None,
-                rpm_limit: None,
-                tpm_limit: None,
-                max_parallel_requests: None,
-                budget: None,
-                knobs: Knobs::default(),
+                ..CallerPolicy::unlimited(name)
             })
         };
         let auth = Auth::new(

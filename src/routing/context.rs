@@ -28,6 +28,10 @@ pub struct CallContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity(pub Arc<str>);
 
+/// The labels of calls of no listed caller; no caller may take these names.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+pub const UNKNOWN: &str = "unknown";
+
 /// A caller as labels show it: bounded by the config, never a key or a raw header.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CallerName {
@@ -45,15 +49,15 @@ impl CallerName {
     pub fn label(&self) -> std::borrow::Cow<'static, str> {
         match self {
             CallerName::Named(n) => std::borrow::Cow::Owned(n.to_string()),
-            CallerName::Unauthenticated => std::borrow::Cow::Borrowed("unauthenticated"),
-            CallerName::Unknown => std::borrow::Cow::Borrowed("unknown"),
+            CallerName::Unauthenticated => std::borrow::Cow::Borrowed(UNAUTHENTICATED),
+            CallerName::Unknown => std::borrow::Cow::Borrowed(UNKNOWN),
         }
     }
 
     pub fn as_str(&self) -> &str {
         match self {
-            CallerName::Unauthenticated => "unauthenticated",
-            CallerName::Unknown => "unknown",
+            CallerName::Unauthenticated => UNAUTHENTICATED,
+            CallerName::Unknown => UNKNOWN,
             CallerName::Named(n) => n,
         }
     }

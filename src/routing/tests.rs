@@ -447,18 +447,11 @@ async fn a_caller_without_hedging_runs_one_attempt_at_a_time() {
         identity: None,
         caller: super::CallerName::Named("batch".into()),
         policy: Some(Arc::new(CallerPolicy {
-            name: "batch".into(),
-            identities: Vec::new(),
-            key_count: 1,
-            models: None,
-            rpm_limit: None,
-            tpm_limit: None,
-            max_parallel_requests: None,
-            budget: None,
             knobs: Knobs {
                 hedging: false,
                 ..Knobs::default()
             },
+            ..CallerPolicy::unlimited("batch")
         })),
     };
     let start = Instant::now();
