@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test, installing what it needs; safe to run on a fresh machine:
-#   1. cargo test: unit, paused-clock and integration tests against the real server;
+#   1. cargo test: unit, paused-clock and integration tests against the real server (and,
+#      for state shared across replicas, real redis-server processes on free ports);
 #   2. pytest: the Helm chart rendered and validated offline (tests/helm), and real clients,
 #      grpcurl, a generated Python client and the examples/ clients (Python, TypeScript, Go),
 #      against the real binary (tests/e2e);
@@ -21,6 +22,16 @@ need() {
 need cargo "install Rust (rustup.rs)"
 need python3 "install Python 3.9+"
 need npx "install Node.js and npm (e.g. apt-get install nodejs npm)"
+
+echo "==> redis-server (Debian's package), which the shared-state tests start on free ports"
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh needs root to apt-get install redis-server (or install it yourself)" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
+fi
+redis-server --version
 
 echo "==> cargo test"
 cargo test --locked --all-targets 2>&1 | tee "$cargo_log"

@@ -67,6 +67,7 @@ pub mod providers;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shared;
 pub mod telemetry;
 
 /// Types generated from `proto/llmrouter/v1/router.proto`.

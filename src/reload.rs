@@ -179,6 +179,11 @@ pub const RESTART_ONLY: &[(&str, ReadSetting)] = &[
         c.server.max_pending_request_bytes.to_string()
     }),
     ("server.tls", |c| format!("{:?}", c.server.tls)),
+    ("router_settings.redis_*", |c| {
+        c.shared_state
+            .as_ref()
+            .map_or_else(String::new, |s| s.describe())
+    }),
     ("telemetry.otlp_endpoint", |c| {
         format!("{:?}", c.otlp_endpoint)
     }),

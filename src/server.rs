@@ -23,8 +23,10 @@ use crate::proto::router_service_server::RouterServiceServer;
 use crate::reload::ConfigFile;
 use crate::routing::{
     Router, SharedRouter,
+    callers::{CallerStore, LocalCallers},
     health::{HealthStore, LocalStore},
 };
+use crate::shared::SharedStore;
 use crate::telemetry::{Metrics, admin};
 
 /// The descriptor set of `proto/`, served by reflection.
@@ -105,10 +107,19 @@ async fn serve(
     let server_settings = config.server.clone();
     let metrics = Arc::new(Metrics::new());
     let active = Arc::new(ActiveCalls::default());
-    // Deployments' health: kept in this process (every replica its own), across reloads.
-    let health: Arc<dyn HealthStore> = Arc::new(LocalStore::new());
+    // Deployments' health and callers' usage, across reloads: shared with the other replicas
+    // through Redis when the config names one, else kept in this process.
+    let (health, callers): (Arc<dyn HealthStore>, Arc<dyn CallerStore>) = match &config.shared_state
+    {
+        Some(settings) => {
+            tracing::info!(redis = %settings.shown, "state is shared through Redis");
+            let store = SharedStore::start(settings.clone(), metrics.clone());
+            (store.clone(), store)
+        }
+        None => (Arc::new(LocalStore::new()), Arc::new(LocalCallers::new())),
+    };
     let routers = Arc::new(SharedRouter::new(
-        Router::with_store(config, metrics.clone(), health).map_err(ServeError::Setup)?,
+        Router::with_stores(config, metrics.clone(), health, callers).map_err(ServeError::Setup)?,
     ));
     // Stops watching however `serve` returns.
     let _watcher = reload.map(|r| {

@@ -1,5 +1,5 @@
 //! The crate's shape, checked: no two modules import each other (directly or round a longer
-//! loop), and no layer reaches up (server -> reload -> api -> routing -> providers -> config,
+//! loop), and no layer reaches up (server -> reload -> api, shared -> routing -> providers -> config,
 //! with telemetry, listen, proto and codec below them all). Read from the source files themselves:
 //! `use crate::...` and `use super::...` trees and `crate::`/`super::` paths in code, each
 //! resolved to the longest module file that exists. Test-only modules (`#[cfg(test)] mod x;`
@@ -376,7 +376,7 @@ fn layer(top: &str) -> Option<u32> {
         "config" => 1,
         "providers" => 2,
         "routing" => 3,
-        "api" => 4,
+        "api" | "shared" => 4,
         "reload" => 5,
         "server" => 6,
         _ => return None,

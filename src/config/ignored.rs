@@ -5,8 +5,6 @@
 /// Why keys have no effect, where several share a reason (`params` uses them too).
 pub const CHAT_ONLY: &str = "llm-router serves chat completions only";
 pub const NO_CACHE: &str = "llm-router has no response cache";
-pub const NO_REDIS: &str =
-    "state is per replica: llm-router shares no cooldowns or usage through Redis";
 pub const USE_TELEMETRY: &str =
     "logging callbacks: use OpenTelemetry traces (telemetry.otlp_endpoint) and /metrics";
 pub const NO_BUDGETS: &str =
@@ -53,10 +51,6 @@ pub const IGNORED_LITELLM_KEYS: &[(&str, &str)] = &[
     ("assistant_settings", CHAT_ONLY),
     ("callback_settings", USE_TELEMETRY),
     ("model_list.*.model_info", "informational only"),
-    ("router_settings.redis_host", NO_REDIS),
-    ("router_settings.redis_port", NO_REDIS),
-    ("router_settings.redis_password", NO_REDIS),
-    ("router_settings.redis_url", NO_REDIS),
     (
         "router_settings.optional_pre_call_checks",
         "only enable_pre_call_checks (context windows) is supported",

@@ -17,6 +17,7 @@ pub mod params;
 pub mod providers;
 mod raw;
 mod secret;
+pub mod shared;
 mod table;
 mod validate;
 
@@ -54,6 +55,9 @@ pub struct Config {
     pub log_level: String,
     /// Who may call and what each caller may use (`auth`, `callers`).
     pub auth: auth::Auth,
+    /// Where state shared by every replica is kept (`router_settings.redis_*`); `None` when
+    /// each replica keeps its own.
+    pub shared_state: Option<shared::SharedState>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +160,16 @@ pub enum FailKind {
 
 impl FailKind {
     pub const COUNT: usize = 6;
+
+    /// Every kind, in [`index`](Self::index) order.
+    pub const ALL: [FailKind; FailKind::COUNT] = [
+        FailKind::BadRequest,
+        FailKind::Authentication,
+        FailKind::Timeout,
+        FailKind::RateLimit,
+        FailKind::ContentPolicy,
+        FailKind::InternalServer,
+    ];
 
     pub fn index(self) -> usize {
         self as usize

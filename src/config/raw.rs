@@ -260,6 +260,20 @@ pub struct RawRouterSettings {
     /// Time allowed to open a TCP/TLS connection to a provider, apart from the request deadline.
     #[serde(default, deserialize_with = "dur")]
     pub connect_timeout: Option<Duration>,
+    /// LiteLLM's Redis keys: where state shared by every replica is kept.
+    pub redis_url: Option<String>,
+    pub redis_host: Option<String>,
+    /// A number, or text such as `os.environ/REDIS_PORT`.
+    pub redis_port: Option<RawPort>,
+    pub redis_password: Option<String>,
+    /// llm-router's own: the key prefix, how often replicas sync, how long one exchange may
+    /// take, and a CA bundle for `rediss://`.
+    pub redis_namespace: Option<String>,
+    #[serde(default, deserialize_with = "dur")]
+    pub redis_sync_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub redis_timeout: Option<Duration>,
+    pub redis_ca_file: Option<String>,
 }
 
 /// LiteLLM's `routing_strategy_args` (for latency-based-routing).
@@ -365,4 +379,12 @@ pub struct RawTls {
     pub client_auth: Option<String>,
     /// Serve the admin port over HTTPS with the same certificate.
     pub admin: Option<bool>,
+}
+
+/// A port as LiteLLM configs write it: a number, or text (`"6379"`, `os.environ/REDIS_PORT`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Number(u64),
+    Text(String),
 }

@@ -192,6 +192,14 @@ impl Config {
                 b.max_tokens, b.token_ratio
             )),
         );
+        let _ = writeln!(
+            out,
+            "state: {}",
+            self.shared_state.as_ref().map_or(
+                "per replica (no router_settings.redis_url or redis_host): each replica keeps its own cooldowns, usage, in-flight counts and caller limits".to_string(),
+                |s| s.describe()
+            )
+        );
         let s = &self.server;
         let _ = writeln!(
             out,

@@ -80,7 +80,15 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: bool) -> Response<
     }
     match req.uri().path() {
         "/metrics" => reply(StatusCode::OK, OPENMETRICS, metrics.encode()),
-        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        // Liveness only: the shared store's state is a detail, never a reason to fail.
+        "/healthz" => reply(
+            StatusCode::OK,
+            TEXT,
+            match metrics.shared_state_detail() {
+                Some(detail) => format!("ok\nshared_state: {detail}\n"),
+                None => "ok\n".into(),
+            },
+        ),
         "/readyz" if ready => reply(StatusCode::OK, TEXT, "ready\n".into()),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n".into()),
         _ => reply(

@@ -109,6 +109,17 @@ pub struct Metrics {
     shed: Family<RpcLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     accept_errors: Family<PortLabels, Counter>,
+    shared_state_errors: Family<SharedErrorLabels, Counter>,
+    shared_state_up: Gauge,
+    shared_state_syncs: Counter,
+    /// What /healthz says of the shared store: `None` when there is none.
+    shared_state_detail: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SharedErrorLabels {
+    /// `timeout`, `connection` or `reply`.
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -246,7 +257,29 @@ impl Metrics {
             "Connections a port failed to accept (out of file descriptors, buffers or memory), by port: grpc or admin",
             accept_errors.clone(),
         );
+        let shared_state_errors = Family::default();
+        registry.register(
+            "shared_state_errors",
+            "Exchanges with the shared store (router_settings.redis_*) that failed, by kind (timeout, connection, reply): the replica went on with its own state for that interval",
+            shared_state_errors.clone(),
+        );
+        let shared_state_up = Gauge::default();
+        registry.register(
+            "shared_state_up",
+            "1 while the last exchange with the shared store succeeded, 0 while this replica counts alone (and when no store is configured)",
+            shared_state_up.clone(),
+        );
+        let shared_state_syncs = Counter::default();
+        registry.register(
+            "shared_state_syncs",
+            "Exchanges with the shared store that succeeded",
+            shared_state_syncs.clone(),
+        );
         Metrics {
+            shared_state_errors,
+            shared_state_up,
+            shared_state_syncs,
+            shared_state_detail: std::sync::Mutex::new(None),
             accept_errors,
             hedges,
             stream_events_skipped,
@@ -267,6 +300,35 @@ impl Metrics {
             in_flight,
             streams_open,
         }
+    }
+
+    /// An exchange with the shared store succeeded.
+    pub fn shared_state_synced(&self) {
+        self.shared_state_syncs.inc();
+        self.shared_state_up.set(1);
+    }
+
+    /// An exchange with the shared store failed: `kind` is `timeout`, `connection` or `reply`.
+    pub fn shared_state_error(&self, kind: &'static str) {
+        self.shared_state_errors
+            .get_or_create(&SharedErrorLabels { kind })
+            .inc();
+        self.shared_state_up.set(0);
+    }
+
+    /// What /healthz says of the shared store (one line, no credentials).
+    pub fn set_shared_state_detail(&self, detail: String) {
+        *self
+            .shared_state_detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(detail);
+    }
+
+    pub fn shared_state_detail(&self) -> Option<String> {
+        self.shared_state_detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The Prometheus/OpenMetrics text exposition.

@@ -172,12 +172,12 @@ model_list:
 #[test]
 fn litellm_keys_are_accepted_and_listed_as_ignored() {
     let cfg = load(&format!(
-        "{MINIMAL}  routing_strategy: simple-shuffle\n  redis_host: localhost\nlitellm_settings:\n  drop_params: true\ngeneral_settings:\n  master_key: sk-1234\n"
+        "{MINIMAL}  routing_strategy: simple-shuffle\n  cache_responses: true\nlitellm_settings:\n  drop_params: true\ngeneral_settings:\n  master_key: sk-1234\n"
     ))
     .unwrap();
     let ignored: Vec<&str> = cfg.ignored_keys.iter().map(|k| k.key.as_str()).collect();
     assert!(
-        ignored.contains(&"router_settings.redis_host"),
+        ignored.contains(&"router_settings.cache_responses"),
         "{ignored:?}"
     );
     assert!(
@@ -186,7 +186,7 @@ fn litellm_keys_are_accepted_and_listed_as_ignored() {
     );
     assert!(ignored.contains(&"general_settings"), "{ignored:?}");
     let table = cfg.routing_table();
-    assert!(table.contains("router_settings.redis_host"));
+    assert!(table.contains("router_settings.cache_responses"));
     assert!(
         !table.contains("sk-1234"),
         "ignored sections are named, never printed"

@@ -638,7 +638,7 @@ router_settings:
         (Duration::from_secs(5), Some(Duration::from_millis(1500)), 1)
     );
 
-    // 9. usage-based routing v2 with tpm/rpm and Redis keys (state stays per replica).
+    // 9. usage-based routing v2 with tpm/rpm and Redis keys.
     let cfg = load(
         r#"
 model_list:
@@ -656,11 +656,10 @@ router_settings:
         "usage-based-routing"
     );
     assert!(cfg.router.pre_call_checks);
-    assert!(
-        cfg.ignored_keys
-            .iter()
-            .any(|k| k.key == "router_settings.redis_host")
-    );
+    // LiteLLM's Redis keys mean what they mean there: usage is shared through Redis.
+    let shared = cfg.shared_state.as_ref().expect("redis_host shares state");
+    assert_eq!(shared.shown, "redis://redis:6379/0");
+    assert!(cfg.ignored_keys.iter().all(|k| !k.key.contains("redis")));
 
     // 10. Content-policy fallbacks and cooldown settings.
     let cfg = load(

@@ -19,4 +19,5 @@ mod metrics;
 mod providers;
 mod recovery;
 mod routing;
+mod shared;
 mod tools;

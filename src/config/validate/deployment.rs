@@ -483,7 +483,7 @@ fn env_string(
     resolve_secret(value, key, lookup_env, errs).map(|s| s.expose().to_string())
 }
 
-fn resolve_secret(
+pub(super) fn resolve_secret(
     value: &str,
     key: &str,
     lookup_env: &dyn Fn(&str) -> Option<String>,

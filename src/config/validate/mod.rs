@@ -27,6 +27,7 @@ mod auth;
 mod chain;
 mod deployment;
 mod router;
+mod shared;
 
 use chain::{
     aliases, chosen, fallback_map, no_time_for_fallbacks, retry_policies, transitive_fallbacks,
@@ -180,6 +181,7 @@ pub(super) fn validate(
     let aliases = aliases(&raw, &members, &mut errs);
     let auth = auth::auth(&raw, &members, &aliases, lookup_env, &mut errs);
     let (otlp_endpoint, log_level) = telemetry(&raw, &mut errs);
+    let shared_state = shared::shared_state(&raw, lookup_env, &mut errs);
 
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid(errs.0));
@@ -236,6 +238,7 @@ pub(super) fn validate(
         otlp_endpoint,
         log_level,
         auth,
+        shared_state,
     })
 }
 

@@ -7,7 +7,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{CallerState, CallerStore, Limit, Limits, PARALLEL_RETRY_DELAY, Refusal};
+use super::{CallerState, CallerStore, Limit, Limits, Others, PARALLEL_RETRY_DELAY, Refusal};
 use crate::config::auth::Budget;
 use crate::routing::health::WallClock;
 
@@ -63,8 +63,10 @@ struct LocalCaller {
     usage: Mutex<Usage>,
 }
 
+/// One caller's usage as this process counted it, and how admission reads it with what
+/// other replicas counted ([`Others`]); a shared store keeps one as its local view.
 #[derive(Debug, Default)]
-struct Usage {
+pub struct Usage {
     /// The wall-clock minute `requests` and `tokens` count in.
     minute: u64,
     requests: u64,
@@ -91,6 +93,106 @@ impl Usage {
             self.spent = 0.0;
         }
     }
+
+    /// Counts a call in if `limits` allow it at `now`, with `others` (what other replicas
+    /// counted, for the minute and period they name) added to this process's counts.
+    pub fn admit(
+        &mut self,
+        clock: &WallClock,
+        now: Instant,
+        limits: &Limits,
+        tokens: u64,
+        others: &Others,
+    ) -> Result<(), Refusal> {
+        let minute = clock.minute(now);
+        let until_minute_end = || clock.minute_end(minute).saturating_duration_since(now);
+        self.at_minute(minute);
+        let (o_requests, o_tokens) = if others.minute == minute {
+            (others.requests, others.tokens)
+        } else {
+            (0, 0)
+        };
+        if let Some(n) = limits.parallel
+            && self.in_flight.saturating_add(others.in_flight) >= n
+        {
+            return Err(Refusal {
+                limit: Limit::Parallel(n),
+                retry_after: PARALLEL_RETRY_DELAY,
+            });
+        }
+        if let Some(n) = limits.rpm
+            && self.requests.saturating_add(o_requests) >= n
+        {
+            return Err(Refusal {
+                limit: Limit::Rpm(n),
+                retry_after: until_minute_end(),
+            });
+        }
+        // As LiteLLM's: refused once the minute's tokens reached the limit, so that a prompt
+        // larger than the limit alone still gets through at the start of a minute.
+        if let Some(n) = limits.tpm
+            && self.tokens.saturating_add(o_tokens) >= n
+        {
+            return Err(Refusal {
+                limit: Limit::Tpm(n),
+                retry_after: until_minute_end(),
+            });
+        }
+        if let Some(budget) = limits.budget {
+            let unix = clock.unix_secs(now);
+            let (period, ends) = budget.period.window(unix);
+            self.at_period(period);
+            let o_spent = if others.period == period {
+                others.spent
+            } else {
+                0.0
+            };
+            if self.spent + o_spent >= budget.max_usd {
+                return Err(Refusal {
+                    limit: Limit::Budget { budget, ends },
+                    retry_after: std::time::Duration::from_secs(ends.saturating_sub(unix)),
+                });
+            }
+        }
+        self.requests += 1;
+        self.tokens = self.tokens.saturating_add(tokens);
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    pub fn release(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Corrects the tokens of `now`'s minute by `delta`.
+    pub fn add_tokens(&mut self, clock: &WallClock, now: Instant, delta: i64) {
+        // A call that settles in a later minute counts its difference there.
+        self.at_minute(clock.minute(now));
+        self.tokens = self.tokens.saturating_add_signed(delta);
+    }
+
+    /// Adds `usd` to the period of `budget` that `now` is in.
+    pub fn spend(&mut self, clock: &WallClock, now: Instant, budget: &Budget, usd: f64) {
+        let (period, _) = budget.period.window(clock.unix_secs(now));
+        self.at_period(period);
+        if usd.is_finite() && usd > 0.0 {
+            self.spent += usd;
+        }
+    }
+
+    /// This process's spend in the period of `budget` that `now` is in.
+    pub fn spent(&self, clock: &WallClock, now: Instant, budget: &Budget) -> f64 {
+        let (period, _) = budget.period.window(clock.unix_secs(now));
+        if self.period == period {
+            self.spent
+        } else {
+            0.0
+        }
+    }
 }
 
 impl LocalCaller {
@@ -101,78 +203,23 @@ impl LocalCaller {
 
 impl CallerState for LocalCaller {
     fn admit(&self, now: Instant, limits: &Limits, tokens: u64) -> Result<(), Refusal> {
-        let minute = self.clock.minute(now);
-        let until_minute_end = || self.clock.minute_end(minute).saturating_duration_since(now);
-        let mut u = self.lock();
-        u.at_minute(minute);
-        if let Some(n) = limits.parallel
-            && u.in_flight >= n
-        {
-            return Err(Refusal {
-                limit: Limit::Parallel(n),
-                retry_after: PARALLEL_RETRY_DELAY,
-            });
-        }
-        if let Some(n) = limits.rpm
-            && u.requests >= n
-        {
-            return Err(Refusal {
-                limit: Limit::Rpm(n),
-                retry_after: until_minute_end(),
-            });
-        }
-        // As LiteLLM's: refused once the minute's tokens reached the limit, so that a prompt
-        // larger than the limit alone still gets through at the start of a minute.
-        if let Some(n) = limits.tpm
-            && u.tokens >= n
-        {
-            return Err(Refusal {
-                limit: Limit::Tpm(n),
-                retry_after: until_minute_end(),
-            });
-        }
-        if let Some(budget) = limits.budget {
-            let unix = self.clock.unix_secs(now);
-            let (period, ends) = budget.period.window(unix);
-            u.at_period(period);
-            if u.spent >= budget.max_usd {
-                return Err(Refusal {
-                    limit: Limit::Budget { budget, ends },
-                    retry_after: std::time::Duration::from_secs(ends.saturating_sub(unix)),
-                });
-            }
-        }
-        u.requests += 1;
-        u.tokens = u.tokens.saturating_add(tokens);
-        u.in_flight += 1;
-        Ok(())
+        self.lock()
+            .admit(&self.clock, now, limits, tokens, &Others::NONE)
     }
 
     fn release(&self) {
-        let mut u = self.lock();
-        u.in_flight = u.in_flight.saturating_sub(1);
+        self.lock().release();
     }
 
     fn add_tokens(&self, now: Instant, delta: i64) {
-        let minute = self.clock.minute(now);
-        let mut u = self.lock();
-        // A call that settles in a later minute counts its difference there.
-        u.at_minute(minute);
-        u.tokens = u.tokens.saturating_add_signed(delta);
+        self.lock().add_tokens(&self.clock, now, delta);
     }
 
     fn spend(&self, now: Instant, budget: &Budget, usd: f64) {
-        let (period, _) = budget.period.window(self.clock.unix_secs(now));
-        let mut u = self.lock();
-        u.at_period(period);
-        if usd.is_finite() && usd > 0.0 {
-            u.spent += usd;
-        }
+        self.lock().spend(&self.clock, now, budget, usd);
     }
 
     fn spent(&self, now: Instant, budget: &Budget) -> f64 {
-        let (period, _) = budget.period.window(self.clock.unix_secs(now));
-        let u = self.lock();
-        if u.period == period { u.spent } else { 0.0 }
+        self.lock().spent(&self.clock, now, budget)
     }
 }

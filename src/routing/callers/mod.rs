@@ -20,7 +20,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use crate::config::auth::{Budget, CallerPolicy, utc};
-pub use local::LocalCallers;
+pub use local::{LocalCallers, Usage};
 
 /// Where callers' usage is kept.
 pub trait CallerStore: Send + Sync + fmt::Debug {
@@ -72,6 +72,31 @@ impl Limits {
     pub fn any(&self) -> bool {
         self.rpm.is_some() || self.tpm.is_some() || self.parallel.is_some() || self.budget.is_some()
     }
+}
+
+/// What other replicas counted for a caller, as a shared store last read it: the minute its
+/// requests and tokens are of, and the budget period its spend is of, so that counts of a
+/// minute or period that has ended are never held against the current one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Others {
+    pub minute: u64,
+    pub requests: u64,
+    pub tokens: u64,
+    pub in_flight: u32,
+    pub period: u64,
+    pub spent: f64,
+}
+
+impl Others {
+    /// Nothing counted elsewhere (minute and period that never match: epoch 0 is long past).
+    pub const NONE: Others = Others {
+        minute: u64::MAX,
+        requests: 0,
+        tokens: 0,
+        in_flight: 0,
+        period: u64::MAX,
+        spent: 0.0,
+    };
 }
 
 /// How long a caller at its concurrency limit is told to wait: calls end all the time.

@@ -11,6 +11,41 @@ use crate::config::{
     FAILURE_RATE_THRESHOLD, FailKind,
 };
 
+/// Attempts other replicas made on a deployment this minute, by how they ended, as a shared
+/// store reports them: a rule counts them with this replica's own. Raw counts by kind,
+/// whatever the policy, so that every replica can read them by its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub fails: [u32; FailKind::COUNT],
+    pub oks: u32,
+}
+
+impl Tally {
+    /// No other replica's attempts: what a store that shares nothing counts with.
+    pub const NONE: Tally = Tally {
+        fails: [0; FailKind::COUNT],
+        oks: 0,
+    };
+
+    /// The failures that count against `kind`'s allowance under `policy`: its own kind's when
+    /// `allowed_fails_policy` names it, else every kind's that shares `allowed_fails` (every
+    /// kind that counts, under the failure-rate rule).
+    fn counted_with(&self, kind: FailKind, policy: &CooldownPolicy) -> u32 {
+        if policy.rule == CooldownRule::FailureCount && policy.per_kind[kind.index()].is_some() {
+            return self.fails[kind.index()];
+        }
+        FailKind::ALL
+            .iter()
+            .filter(|&&k| {
+                policy.allowed(k).is_some()
+                    && (policy.rule == CooldownRule::FailureRate
+                        || policy.per_kind[k.index()].is_none())
+            })
+            .map(|k| self.fails[k.index()])
+            .fold(0u32, u32::saturating_add)
+    }
+}
+
 /// One deployment's attempts in the current minute, as the cooldown rules count them.
 #[derive(Debug)]
 pub struct Minute {
@@ -52,14 +87,16 @@ impl Minute {
         self.oks = self.oks.saturating_add(1);
     }
 
-    /// Counts a failure of `kind`; whether it cools the deployment down. `alone`: the
-    /// deployment is its group's only one.
+    /// Counts a failure of `kind`; whether it cools the deployment down, counting `others`
+    /// (other replicas' attempts this minute) with this replica's. `alone`: the deployment is
+    /// its group's only one.
     pub fn failed(
         &mut self,
         now: Instant,
         kind: FailKind,
         policy: &CooldownPolicy,
         alone: bool,
+        others: &Tally,
     ) -> bool {
         self.roll(now);
         if !policy.enabled {
@@ -76,11 +113,17 @@ impl Minute {
                     &mut self.shared
                 };
                 *count += 1;
-                *count > allowed
+                count.saturating_add(others.counted_with(kind, policy)) > allowed
             }
             CooldownRule::FailureRate => {
                 self.shared += 1;
-                failure_rate_cools(kind, self.shared, self.oks, alone)
+                failure_rate_cools(
+                    kind,
+                    self.shared
+                        .saturating_add(others.counted_with(kind, policy)),
+                    self.oks.saturating_add(others.oks),
+                    alone,
+                )
             }
         }
     }

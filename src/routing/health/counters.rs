@@ -7,7 +7,7 @@ use std::{collections::VecDeque, time::Duration};
 
 use tokio::time::Instant;
 
-use super::cooldown::Minute;
+use super::cooldown::{Minute, Tally};
 use super::window::WallClock;
 use super::{AttemptEnd, HealthSettings, Snapshot};
 use crate::config::{FailKind, RetryBudget};
@@ -106,9 +106,16 @@ impl Counters {
         };
     }
 
-    /// Takes in how an attempt ended. Returns the end of the cooldown it started (or
-    /// extended), if it did.
-    pub fn report(&mut self, now: Instant, end: AttemptEnd, s: &HealthSettings) -> Option<Instant> {
+    /// Takes in how an attempt ended, with `others` (other replicas' attempts this minute)
+    /// counting towards a cooldown. Returns the end of the cooldown it started (or extended),
+    /// if it did.
+    pub fn report(
+        &mut self,
+        now: Instant,
+        end: AttemptEnd,
+        s: &HealthSettings,
+        others: &Tally,
+    ) -> Option<Instant> {
         match end {
             AttemptEnd::Ok {
                 elapsed,
@@ -151,7 +158,7 @@ impl Counters {
                         s.latency_ttl,
                     );
                 }
-                if !self.minute.failed(now, kind, &s.cooldowns, s.alone) {
+                if !self.minute.failed(now, kind, &s.cooldowns, s.alone, others) {
                     return None;
                 }
                 // Cooled again while cooling: the later end wins, never the earlier.
@@ -164,6 +171,17 @@ impl Counters {
                 Some(until)
             }
         }
+    }
+
+    /// Honours a cooldown another replica entered, ending at `until`: the later end wins, and
+    /// the count starts again as it does for a cooldown entered here. Whether it was new.
+    pub fn adopt_cooldown(&mut self, now: Instant, until: Instant) -> bool {
+        if until <= now || self.cooling_until.is_some_and(|u| u >= until) {
+            return false;
+        }
+        self.cooling_until = Some(until);
+        self.minute.restart(now);
+        true
     }
 
     fn roll_usage(&mut self, now: Instant, clock: &WallClock) {

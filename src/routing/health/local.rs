@@ -13,6 +13,7 @@ use std::{
 
 use tokio::time::Instant;
 
+use super::cooldown::Tally;
 use super::counters::Counters;
 use super::window::WallClock;
 use super::{AttemptEnd, DeploymentHealth, DeploymentKey, HealthSettings, HealthStore, Snapshot};
@@ -122,7 +123,7 @@ impl DeploymentHealth for LocalDeployment {
     }
 
     fn report(&self, now: Instant, end: AttemptEnd, settings: &HealthSettings) -> Option<Instant> {
-        self.lock().report(now, end, settings)
+        self.lock().report(now, end, settings, &Tally::NONE)
     }
 
     fn configure_budget(&self, budget: Option<RetryBudget>) {

@@ -329,6 +329,6 @@ impl Tracker {
 
 #[cfg(test)]
 #[macro_use]
-mod suite;
+pub(crate) mod suite;
 #[cfg(test)]
 mod tests;

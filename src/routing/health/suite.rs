@@ -565,3 +565,6 @@ macro_rules! health_store_suite {
         }
     };
 }
+
+/// For the stores of other modules (the shared store runs the suite too).
+pub(crate) use health_store_suite;

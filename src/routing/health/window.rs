@@ -55,6 +55,21 @@ impl WallClock {
         self.since_epoch(at).as_secs()
     }
 
+    /// Milliseconds since the Unix epoch at `at`: how a shared store writes an instant, so
+    /// that every replica reads the same one.
+    pub fn unix_ms(&self, at: Instant) -> u64 {
+        u64::try_from(self.since_epoch(at).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The steady-clock instant of `ms` milliseconds since the Unix epoch.
+    pub fn at_unix_ms(&self, ms: u64) -> Instant {
+        let t = Duration::from_millis(ms);
+        match t.checked_sub(self.since_epoch) {
+            Some(ahead) => crate::routing::deadline::after(self.at, ahead),
+            None => self.at.checked_sub(self.since_epoch - t).unwrap_or(self.at),
+        }
+    }
+
     /// When wall-clock minute `minute` ends, on the steady clock.
     pub fn minute_end(&self, minute: u64) -> Instant {
         let end = Duration::from_secs(minute.saturating_add(1).saturating_mul(MINUTE.as_secs()));

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod process;
+pub mod redis_server;
 pub mod upstream;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
