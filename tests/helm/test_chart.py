@@ -55,6 +55,15 @@ SCENARIOS = {
             ],
         },
     },
+    "shared-state": {
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 10},
+        "sharedState": {"redis": {
+            "url": "rediss://redis.platform.svc:6380/0",
+            "passwordSecret": {"name": "redis-auth", "key": "password"},
+            "caSecret": {"name": "redis-ca", "key": "ca.crt"},
+            "syncInterval": "50ms",
+        }},
+    },
 }
 
 # Custom resources have no schema in kubernetes-validate; their shape is checked by hand below.
@@ -127,10 +136,18 @@ def test_the_rendered_config_passes_check_config(chart_path, scenario, llm_route
             run_env["LLMROUTER__SERVER__TLS__KEY_FILE"] = stand_in["key"]
             if "LLMROUTER__SERVER__TLS__CLIENT_CA_FILE" in run_env:
                 run_env["LLMROUTER__SERVER__TLS__CLIENT_CA_FILE"] = stand_in["cert"]
+        # Likewise the Redis password's Secret and CA bundle.
+        if "LLMROUTER__ROUTER_SETTINGS__REDIS_PASSWORD" in run_env:
+            run_env["LLMROUTER_REDIS_PASSWORD"] = "stand-in"
+        if "LLMROUTER__ROUTER_SETTINGS__REDIS_CA_FILE" in run_env:
+            run_env["LLMROUTER__ROUTER_SETTINGS__REDIS_CA_FILE"] = _stand_in_tls(tempfile.mkdtemp())["cert"]
         result = subprocess.run(
             [str(llm_router_bin), "check-config", f.name], capture_output=True, text=True, env=run_env, timeout=30
         )
     assert result.returncode == 0, result.stderr
+    if "LLMROUTER__ROUTER_SETTINGS__REDIS_URL" in run_env:
+        assert "state: shared through rediss://redis.platform.svc:6380/0 (namespace `prod/rel-llm-router`" in result.stdout, result.stdout
+        assert "stand-in" not in result.stdout
     assert "config OK" in result.stdout
     assert "listen 0.0.0.0:50051, admin_listen 0.0.0.0:9090" in result.stdout, "the chart's addresses apply"
     assert "drain_period 5s, shutdown_grace 25s" in result.stdout
@@ -317,3 +334,31 @@ def test_metrics_port_and_service_monitor(chart_path):
     assert sm["spec"]["endpoints"] == [{"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
     assert sm["spec"]["selector"]["matchLabels"] == deployment(docs)["spec"]["selector"]["matchLabels"]
     assert ("ServiceMonitor", "rel-llm-router") not in render(chart_path, {})
+
+
+def test_shared_state_values_set_litellms_redis_keys_with_the_password_from_a_secret(chart_path):
+    docs = render(chart_path, SCENARIOS["shared-state"])
+    c = container(docs)
+    env = {e["name"]: e for e in c["env"]}
+    value = lambda name: env[name].get("value")
+    assert value("LLMROUTER__ROUTER_SETTINGS__REDIS_URL") == "rediss://redis.platform.svc:6380/0"
+    # Keys are namespaced by release, so two releases on one Redis never mix.
+    assert value("LLMROUTER__ROUTER_SETTINGS__REDIS_NAMESPACE") == "prod/rel-llm-router"
+    assert value("LLMROUTER__ROUTER_SETTINGS__REDIS_SYNC_INTERVAL") == "50ms"
+    assert "LLMROUTER__ROUTER_SETTINGS__REDIS_TIMEOUT" not in env
+    assert env["LLMROUTER_REDIS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "redis-auth", "key": "password"}}
+    assert value("LLMROUTER__ROUTER_SETTINGS__REDIS_PASSWORD") == "os.environ/LLMROUTER_REDIS_PASSWORD"
+    assert value("LLMROUTER__ROUTER_SETTINGS__REDIS_CA_FILE") == "/etc/llm-router/redis-ca/ca.crt"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["redis-ca"] == "/etc/llm-router/redis-ca"
+    volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["redis-ca"]["secret"]["secretName"] == "redis-ca"
+    # Off by default: nothing of it is rendered.
+    default = container(render(chart_path, {}))
+    assert not any("REDIS" in e["name"] for e in default["env"])
+
+
+def test_a_redis_url_with_a_password_is_refused_by_the_schema(chart_path):
+    with pytest.raises(Exception) as e:
+        render(chart_path, {"sharedState": {"redis": {"url": "redis://:hunter2@redis:6379"}}})
+    assert "sharedState" in str(e.value) or "url" in str(e.value)

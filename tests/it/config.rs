@@ -658,3 +658,119 @@ fn the_text_a_continue_keeps_is_bounded_and_defaults_to_1_mib() {
         assert_eq!(keys, ["router_settings.stream_recovery_max_bytes"], "{bad}");
     }
 }
+
+#[test]
+fn redis_settings_are_litellms_keys_and_never_show_a_password() {
+    // redis_host / redis_port / redis_password, the port as text from the environment.
+    let cfg = load_env(
+        &format!(
+            "{MINIMAL}  redis_host: os.environ/REDIS_HOST\n  redis_port: os.environ/REDIS_PORT\n  redis_password: os.environ/REDIS_PASSWORD\n"
+        ),
+        &[],
+        &[
+            ("REDIS_HOST", "redis.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_PASSWORD", "hunter2-redis-secret"),
+        ],
+    )
+    .unwrap();
+    let shared = cfg.shared_state.as_ref().unwrap();
+    assert_eq!(shared.shown, "redis://redis.internal:6380/0");
+    assert_eq!(shared.sync_interval, Duration::from_millis(100));
+    assert_eq!(shared.timeout, Duration::from_millis(250));
+    let table = cfg.routing_table();
+    assert!(
+        table.contains("state: shared through redis://redis.internal:6380/0 (namespace derived from the model list, sync every 100ms, timeout 250ms)"),
+        "{table}"
+    );
+    let everything = format!("{cfg:?}\n{table}");
+    assert!(!everything.contains("hunter2"), "{everything}");
+
+    // redis_url, with the password in it, overridden from the environment as any key is.
+    let cfg = load_env(
+        MINIMAL,
+        &[
+            (
+                "LLMROUTER__ROUTER_SETTINGS__REDIS_URL",
+                "rediss://:url-secret-pw@cache.example:6390/2",
+            ),
+            ("LLMROUTER__ROUTER_SETTINGS__REDIS_NAMESPACE", "team-a"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let shared = cfg.shared_state.as_ref().unwrap();
+    assert_eq!(shared.shown, "rediss://cache.example:6390/2");
+    assert_eq!(shared.namespace.as_deref(), Some("team-a"));
+    let everything = format!("{cfg:?}\n{}", cfg.routing_table());
+    assert!(!everything.contains("url-secret-pw"), "{everything}");
+
+    // Without them, every replica counts alone, and check-config says so.
+    let table = load(MINIMAL).unwrap().routing_table();
+    assert!(table.contains("state: per replica"), "{table}");
+}
+
+#[test]
+fn bad_redis_settings_name_their_key_and_never_echo_the_url() {
+    let bad = |extra: &str| -> Vec<(String, String)> {
+        match load(&format!("{MINIMAL}{extra}")) {
+            Err(ConfigError::Invalid(errors)) => {
+                errors.into_iter().map(|e| (e.key, e.message)).collect()
+            }
+            Err(other) => panic!("expected key errors, got {other}"),
+            Ok(_) => panic!("expected {extra:?} to be rejected"),
+        }
+    };
+    let key = |extra: &str| bad(extra).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let errs = bad("  redis_url: http://:pw-in-url@host:6379\n");
+    assert_eq!(errs[0].0, "router_settings.redis_url");
+    assert!(!errs[0].1.contains("pw-in-url"), "{errs:?}");
+    assert_eq!(
+        key("  redis_url: redis://h:1\n  redis_host: h\n"),
+        ["router_settings.redis_host"]
+    );
+    assert_eq!(
+        key("  redis_url: redis://h:1\n  redis_port: 2\n"),
+        ["router_settings.redis_port"]
+    );
+    assert_eq!(
+        key("  redis_host: h\n  redis_port: 70000\n"),
+        ["router_settings.redis_port"]
+    );
+    assert_eq!(
+        key("  redis_host: h\n  redis_port: six\n"),
+        ["router_settings.redis_port"]
+    );
+    assert_eq!(
+        key("  redis_host: redis://h\n"),
+        ["router_settings.redis_host"]
+    );
+    assert_eq!(key("  redis_port: 6379\n"), ["router_settings.redis_port"]);
+    assert_eq!(
+        key("  redis_host: h\n  redis_sync_interval: 1ms\n  redis_timeout: 1m\n"),
+        [
+            "router_settings.redis_sync_interval",
+            "router_settings.redis_timeout"
+        ]
+    );
+    assert_eq!(
+        key("  redis_host: h\n  redis_ca_file: /etc/ca.pem\n"),
+        ["router_settings.redis_ca_file"]
+    );
+    assert_eq!(
+        key("  redis_url: rediss://h:1/#insecure\n"),
+        ["router_settings.redis_url"]
+    );
+    assert_eq!(
+        key("  redis_url: redis://:a-pw@h:1\n  redis_password: another\n"),
+        ["router_settings.redis_password"]
+    );
+    assert_eq!(
+        key("  redis_host: h\n  redis_namespace: \"has space\"\n"),
+        ["router_settings.redis_namespace"]
+    );
+    assert_eq!(
+        key("  redis_url: os.environ/NOT_SET_ANYWHERE\n"),
+        ["router_settings.redis_url"]
+    );
+}

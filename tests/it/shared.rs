@@ -519,3 +519,53 @@ async fn keys_expire_hold_no_secret_and_a_second_config_keeps_its_own() {
     counts.sort();
     assert_eq!(counts, [0, 1, 3]);
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_password_from_the_environment() {
+    let dir = crate::common::certs::dir("redis-tls");
+    let ca = crate::common::certs::Ca::new("redis test CA");
+    let server = ca.server();
+    let cert = crate::common::certs::write(&dir, "redis.crt", &server.cert_pem);
+    let key = crate::common::certs::write(&dir, "redis.key", &server.key_pem);
+    let ca_file = crate::common::certs::write(&dir, "ca.pem", &ca.pem());
+    let password = "redis-password-0123456789";
+    let redis = RedisServer::start_tls(
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        Some(password),
+    );
+    let up = Upstream::start().await;
+    up.set("u", Behaviour::ok("fine"));
+    let yaml = |password_var: &str| {
+        format!(
+            "model_list:\n{}router_settings:\n  redis_url: rediss://localhost:{}/0\n  redis_password: os.environ/{password_var}\n  redis_ca_file: {}\n  redis_sync_interval: 20ms\n",
+            dep("g", "d", "u", &up, ""),
+            redis.port,
+            ca_file.display()
+        )
+    };
+    let env = [("GOOD", password), ("BAD", "not-the-redis-password-42")];
+    let good = Replica::start(&yaml("GOOD"), &env).await;
+    good.wait_shared(true).await;
+    good.call(complete("g")).await.unwrap();
+    let health = good.admin_get("/healthz").await;
+    assert!(health.contains("rediss://localhost:"), "{health}");
+
+    // A wrong password: the replica serves alone, and says why without either password.
+    let bad = Replica::start(&yaml("BAD"), &env).await;
+    bad.wait_shared(false).await;
+    bad.call(complete("g")).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let health = loop {
+        let h = bad.admin_get("/healthz").await;
+        if h.contains("unreachable since") || Instant::now() > until {
+            break h;
+        }
+        tokio::time::sleep(ms(20)).await;
+    };
+    assert!(health.contains("unreachable since"), "{health}");
+    for secret in [password, env[1].1] {
+        assert!(!health.contains(secret), "{health}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,7 @@ const SYNC_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(10));
 const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(10));
 const DEFAULT_PORT: u16 = 6379;
-const MAX_NAMESPACE_LEN: usize = 64;
+const MAX_NAMESPACE_LEN: usize = 128;
 
 pub(super) fn shared_state(
     raw: &RawConfig,

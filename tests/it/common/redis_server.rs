@@ -12,17 +12,46 @@ use std::{
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// More flags (TLS, a password); with TLS the port speaks only TLS.
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new(), false)
+    }
+
+    /// Starts a server that speaks only TLS with `cert`/`key` (PEM files), and asks for
+    /// `password` when one is given.
+    pub fn start_tls(cert: &str, key: &str, password: Option<&str>) -> RedisServer {
+        let mut extra = vec![
+            "--tls-cert-file".to_string(),
+            cert.to_string(),
+            "--tls-key-file".to_string(),
+            key.to_string(),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        if let Some(p) = password {
+            extra.extend(["--requirepass".to_string(), p.to_string()]);
+        }
+        Self::start_with(extra, true)
+    }
+
+    fn start_with(extra: Vec<String>, tls: bool) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra,
+            tls,
+        };
         server.restart();
         server
     }
@@ -42,10 +71,18 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
+        let port = self.port.to_string();
+        let (plain, tls) = if self.tls {
+            ("0", port.as_str())
+        } else {
+            (port.as_str(), "0")
+        };
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.port.to_string(),
+                plain,
+                "--tls-port",
+                tls,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -55,6 +92,7 @@ impl RedisServer {
                 "--protected-mode",
                 "yes",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -80,6 +118,10 @@ impl RedisServer {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls {
+            // Listening is as far as a plaintext probe can tell.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
