@@ -602,7 +602,10 @@ fn the_readmes_configs_load_without_warnings() {
     ]
     .iter()
     .map(|k| (*k, "stand-in"))
-    .chain([("SEARCH_KEY", "sk-stand-in-0123456789abcdef")])
+    .chain([
+        ("SEARCH_KEY", "sk-stand-in-0123456789abcdef"),
+        ("REDIS_PASSWORD", "stand-in"),
+    ])
     .collect();
     // The files the security examples name, as stand-ins: a CA-signed server certificate, its
     // CA, and caller keys.
@@ -624,6 +627,7 @@ fn the_readmes_configs_load_without_warnings() {
     };
     let mut seen = 0;
     let mut security = 0;
+    let mut shared = 0;
     for block in readme.split("```yaml\n").skip(1) {
         let yaml = block.split("```").next().unwrap();
         let yaml = if yaml.contains("model_list:") {
@@ -635,6 +639,12 @@ fn the_readmes_configs_load_without_warnings() {
                 "model_list:\n  - model_name: chat\n    litellm_params: {{ model: mock/chat, timeout: 10s }}\n{}",
                 at(yaml)
             )
+        } else if yaml.starts_with("router_settings:") && yaml.contains("redis_url") {
+            // Shared state's snippet, on a group of its own.
+            shared += 1;
+            format!(
+                "model_list:\n  - model_name: chat\n    litellm_params: {{ model: mock/chat, timeout: 10s }}\n{yaml}"
+            )
         } else {
             continue;
         };
@@ -644,6 +654,7 @@ fn the_readmes_configs_load_without_warnings() {
     }
     assert!(seen >= 2, "the README's configs were found");
     assert_eq!(security, 3, "the security model's three configs were found");
+    assert_eq!(shared, 1, "shared state's config was found");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
