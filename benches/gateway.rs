@@ -10,7 +10,9 @@
 //! (0: none), `--streams` how many `scale` holds open. `--security key|tls|mtls` runs
 //! llm-router with a caller identified by an API key (with limits it never reaches), with TLS
 //! on its port, or with mTLS and a caller identified by its certificate; default `plain`, no
-//! callers (the baseline forwarder stays plaintext either way). For profiling, `LLMROUTER_BENCH_WRAP` is
+//! callers (the baseline forwarder stays plaintext either way). `--redis` starts a
+//! `redis-server` on a free port (stopped at the end) and has llm-router share its state
+//! through it (`router_settings.redis_url`). For profiling, `LLMROUTER_BENCH_WRAP` is
 //! a command that both measured processes are started under, such as
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-{name}` (with low `--rates`), where
 //! `{name}` becomes `llm-router` or `baseline`. The tiny run under `cargo test` fails if any
@@ -88,6 +90,8 @@ fn main() {
         Some(other) => panic!("--security: plain, key, tls or mtls, not {other}"),
     };
     let _ = SECURITY.set(SecuritySetup::new(security));
+    let redis = args.iter().any(|a| a == "--redis").then(BenchRedis::start);
+    let _ = REDIS_URL.set(redis.as_ref().map(|r| r.url.clone()));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,6 +115,7 @@ fn main() {
             streams_held(&upstream, &scale).await;
         }
     });
+    drop(redis);
     let problems = PROBLEMS.lock().unwrap();
     if !problems.is_empty() {
         // Under `cargo test` this is the check that every path still works end to end; a
@@ -121,6 +126,56 @@ fn main() {
         } else {
             panic!("calls that failed or did not complete:\n  {all}");
         }
+    }
+}
+
+/// The `redis_url` llm-router shares its state through, under `--redis`.
+static REDIS_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// A `redis-server` of this run's own, on a free loopback port with no persistence; stopped
+/// (by its PID, a child of this process) when dropped.
+struct BenchRedis {
+    child: Child,
+    url: String,
+}
+
+impl BenchRedis {
+    fn start() -> BenchRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("--redis needs redis-server (Debian's package)");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BenchRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        }
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -594,7 +649,7 @@ server:
   # The scale part holds 10,000 streams: above the default bound of 4096 calls.
   max_concurrent_calls: 20000
 {server_tls}{auth}router_settings:
-  timeout: 60s
+{redis}  timeout: 60s
   stream_idle_timeout: 30s
   # The timer parts call the hanging deployment on purpose, thousands of times: with cooldowns
   # on it would be skipped after a few failures (the feature working), and the timers would
@@ -603,7 +658,12 @@ server:
   fallbacks:
     - hang: [fast]
 "#,
-        base = upstream.base()
+        base = upstream.base(),
+        redis = REDIS_URL
+            .get()
+            .cloned()
+            .flatten()
+            .map_or(String::new(), |url| format!("  redis_url: {url}\n")),
     )
 }
 

@@ -71,19 +71,20 @@ impl SharedCaller {
         }
     }
 
-    pub fn take(&self, now: Instant, args: &mut Vec<String>) -> CallerSent {
+    pub fn take(&self, now: Instant, args: &mut String) -> CallerSent {
         let minute = self.clock.minute(now);
         let mut v = self.lock();
         let (period, left_ms) = self.period(v.budget.as_ref(), now);
         let requests = v.requests.take(minute, args);
         let spend = v.spend.take(period, args);
-        args.push(v.usage.in_flight().to_string());
+        let in_flight = v.usage.in_flight();
         let ttl = if v.budget.is_some() {
             left_ms.saturating_add(60_000).max(KEY_TTL_MS)
         } else {
             KEY_TTL_MS
         };
-        args.push(ttl.to_string());
+        use std::fmt::Write as _;
+        let _ = write!(args, " {in_flight} {ttl}");
         CallerSent { requests, spend }
     }
 

@@ -84,15 +84,19 @@ impl SharedDeployment {
     }
 
     /// The script's arguments for this deployment at `now`, and what they carry.
-    pub fn take(&self, now: Instant, args: &mut Vec<String>) -> DeploymentSent {
+    pub fn take(&self, now: Instant, args: &mut String) -> DeploymentSent {
         let minute = self.clock.minute(now);
         let mut v = self.lock();
         let usage = v.usage.take(minute, args);
         let fails = v.fails.take(minute, args);
         let cool = v.cool;
-        args.push(cool.unwrap_or(0).to_string());
-        args.push(self.in_flight.load(Ordering::Relaxed).to_string());
-        args.push(KEY_TTL_MS.to_string());
+        use std::fmt::Write as _;
+        let _ = write!(
+            args,
+            " {} {} {KEY_TTL_MS}",
+            cool.unwrap_or(0),
+            self.in_flight.load(Ordering::Relaxed)
+        );
         DeploymentSent { usage, fails, cool }
     }
 

@@ -65,15 +65,22 @@ impl<const N: usize> Group<N> {
         }
     }
 
-    /// What to send for `window`: the script's arguments (window, seen tag, own counts,
-    /// delta), and the delta taken out of `pending` until the sync settles.
-    pub fn take(&mut self, window: u64, args: &mut Vec<String>) -> Sent<N> {
+    /// What to send for `window`: the script's arguments (window, seen tag or `-`, own
+    /// counts, delta), each after a space, and the delta taken out of `pending` until the sync
+    /// settles.
+    pub fn take(&mut self, window: u64, args: &mut String) -> Sent<N> {
+        use std::fmt::Write as _;
         self.move_to(window);
         let delta = std::mem::replace(&mut self.pending, [0.0; N]);
-        args.push(window.to_string());
-        args.push(self.seen.clone());
+        let seen = if self.seen.is_empty() {
+            "-"
+        } else {
+            &self.seen
+        };
+        let _ = write!(args, " {window} {seen}");
         for v in self.own.iter().chain(&delta) {
-            args.push(number(*v));
+            args.push(' ');
+            number(*v, args);
         }
         Sent { window, delta }
     }
@@ -109,12 +116,13 @@ impl<const N: usize> Group<N> {
 
 /// A count as the script reads it: whole numbers without a fraction (HINCRBY takes only
 /// those), dollars with every digit.
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 9.0e15 {
-        format!("{}", v as i64)
+fn number(v: f64, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        write!(out, "{}", v as i64)
     } else {
-        format!("{v:?}")
-    }
+        write!(out, "{v:?}")
+    };
 }
 
 #[cfg(test)]
@@ -125,19 +133,19 @@ mod tests {
     fn a_failed_sync_puts_its_counts_back_and_an_ended_window_drops_them() {
         let mut g = Group::<2>::default();
         g.add(7, [1.0, 30.0]);
-        let mut args = Vec::new();
+        let mut args = String::new();
         let sent = g.take(7, &mut args);
-        assert_eq!(args, ["7", "", "0", "0", "1", "30"]);
+        assert_eq!(args, " 7 - 0 0 1 30");
         g.add(7, [1.0, 5.0]);
         g.restore(sent);
-        let mut args = Vec::new();
+        let mut args = String::new();
         g.take(7, &mut args);
-        assert_eq!(&args[4..], ["2", "35"]);
+        assert_eq!(args, " 7 - 0 0 2 35");
         // Counted in minute 7, sent in minute 8: minute 7 is over.
         g.add(7, [1.0, 1.0]);
-        let mut args = Vec::new();
+        let mut args = String::new();
         g.take(8, &mut args);
-        assert_eq!(&args[4..], ["0", "0"]);
+        assert_eq!(args, " 8 - 0 0 0 0");
     }
 
     #[test]
@@ -149,9 +157,11 @@ mod tests {
         assert_eq!(g.others_in(6), [0.0]);
         g.forget_others();
         assert_eq!(g.others_in(5), [0.0]);
-        let mut args = Vec::new();
+        let mut args = String::new();
         g.take(5, &mut args);
-        assert_eq!(args, ["5", "5:0", "1", "0"]);
-        assert_eq!(number(0.25), "0.25");
+        assert_eq!(args, " 5 5:0 1 0");
+        let mut s = String::new();
+        number(0.25, &mut s);
+        assert_eq!(s, "0.25");
     }
 }

@@ -3,7 +3,9 @@
 --
 -- KEYS: one hash per deployment (the first ARGV[4]), then one per caller.
 -- ARGV: now (unix ms), replica id, ms after which a silent replica's in-flight count is
--- dropped, number of deployment keys, number of failure kinds; then each entry's arguments.
+-- dropped, number of deployment keys, number of failure kinds; then one string per key with
+-- that entry's arguments, separated by spaces. The reply is one such string per key: few
+-- values to frame both ways, whatever the number of counts.
 --
 -- A counter group (usage `u`, failures `f`, spend `s`) counts in a window (a minute, a budget
 -- period) and a generation (a cooldown starts failures' counting afresh); its tag is
@@ -17,11 +19,11 @@ local rid = ARGV[2]
 local stale = tonumber(ARGV[3])
 local ndep = tonumber(ARGV[4])
 local nkinds = tonumber(ARGV[5])
-local pos = 6
+local toks, pos = {}, 1
 local out = {}
 
 local function arg()
-  local v = ARGV[pos]
+  local v = toks[pos]
   pos = pos + 1
   return v
 end
@@ -40,6 +42,7 @@ end
 local function merge(key, epoch, p, n, float)
   local win = tonumber(arg())
   local seen = arg()
+  if seen == '-' then seen = '' end
   local own = nums(n)
   local delta = nums(n)
   local seen_win, seen_epoch = string.match(seen, '^(%d+):%d+:(.*)$')
@@ -95,11 +98,11 @@ local function others(counts, mine, n)
   return o
 end
 
-local function push_group(epoch, win, gen, counts, mine, n, float)
-  table.insert(out, fmt(win, false) .. ':' .. fmt(gen, false) .. ':' .. epoch)
+local function push_group(reply, epoch, win, gen, counts, mine, n, float)
+  table.insert(reply, fmt(win, false) .. ':' .. fmt(gen, false) .. ':' .. epoch)
   local o = others(counts, mine, n)
-  for i = 1, n do table.insert(out, fmt(o[i], float)) end
-  for i = 1, n do table.insert(out, fmt(mine[i], float)) end
+  for i = 1, n do table.insert(reply, fmt(o[i], float)) end
+  for i = 1, n do table.insert(reply, fmt(mine[i], float)) end
 end
 
 -- This replica's attempts in flight, and the sum of the others' that were heard from lately.
@@ -135,6 +138,9 @@ end
 
 for k = 1, #KEYS do
   local key = KEYS[k]
+  toks, pos = {}, 1
+  for w in string.gmatch(ARGV[5 + k], '%S+') do toks[#toks + 1] = w end
+  local reply = {}
   -- Who made the key and when: a key made again (after Redis lost it) has another.
   local epoch = redis.call('HGET', key, 'e')
   if not epoch then
@@ -161,10 +167,10 @@ for k = 1, #KEYS do
       end
     end
     local sum = in_flight(key, mine)
-    push_group(epoch, uw, ug, uc, um, 2, false)
-    push_group(epoch, fw, fg, fc, fm, nkinds + 1, false)
-    table.insert(out, fmt(cu, false))
-    table.insert(out, fmt(sum, false))
+    push_group(reply, epoch, uw, ug, uc, um, 2, false)
+    push_group(reply, epoch, fw, fg, fc, fm, nkinds + 1, false)
+    table.insert(reply, fmt(cu, false))
+    table.insert(reply, fmt(sum, false))
     if cu - now + 60000 > ttl then ttl = cu - now + 60000 end
     keep(key, ttl)
   else
@@ -173,10 +179,11 @@ for k = 1, #KEYS do
     local mine = tonumber(arg())
     local ttl = tonumber(arg())
     local sum = in_flight(key, mine)
-    push_group(epoch, uw, ug, uc, um, 2, false)
-    push_group(epoch, sw, sg, sc, sm, 1, true)
-    table.insert(out, fmt(sum, false))
+    push_group(reply, epoch, uw, ug, uc, um, 2, false)
+    push_group(reply, epoch, sw, sg, sc, sm, 1, true)
+    table.insert(reply, fmt(sum, false))
     keep(key, ttl)
   end
+  out[k] = table.concat(reply, ' ')
 end
 return out

@@ -238,13 +238,17 @@ impl Inner {
         let mut batch_d = Vec::with_capacity(deployments.len());
         for (hash, d) in deployments {
             keys.push(format!("{KEY_PREFIX}:{{{ns}}}:deployment:{hash}"));
-            let sent = d.take(now, &mut args);
+            let mut entry = String::with_capacity(160);
+            let sent = d.take(now, &mut entry);
+            args.push(entry);
             batch_d.push((d, sent));
         }
         let mut batch_c = Vec::with_capacity(callers.len());
         for (hash, c) in callers {
             keys.push(format!("{KEY_PREFIX}:{{{ns}}}:caller:{hash}"));
-            let sent = c.take(now, &mut args);
+            let mut entry = String::with_capacity(120);
+            let sent = c.take(now, &mut entry);
+            args.push(entry);
             batch_c.push((c, sent));
         }
         Some(Batch {
@@ -256,30 +260,41 @@ impl Inner {
     }
 }
 
-/// A reply read value by value, in the script's order.
+/// One entry's reply, read token by token in the script's order.
 struct Reader<'a> {
-    values: std::slice::Iter<'a, Value>,
+    tokens: std::str::SplitAsciiWhitespace<'a>,
 }
 
-impl Reader<'_> {
-    fn text(&mut self) -> Result<String, Trouble> {
-        match self.values.next() {
-            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).map_err(|_| {
+impl<'a> Reader<'a> {
+    fn of(value: Option<&'a Value>) -> Result<Reader<'a>, Trouble> {
+        let text = match value {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).map_err(|_| {
                 Trouble::Reply("the sync script answered bytes that are not text".into())
-            }),
-            Some(Value::SimpleString(s)) => Ok(s.clone()),
-            Some(Value::Int(n)) => Ok(n.to_string()),
-            Some(_) => Err(Trouble::Reply(
-                "the sync script answered an unexpected value".into(),
-            )),
-            None => Err(Trouble::Reply("the sync script's answer is short".into())),
-        }
+            })?,
+            Some(Value::SimpleString(s)) => s.as_str(),
+            Some(_) => {
+                return Err(Trouble::Reply(
+                    "the sync script answered an unexpected value".into(),
+                ));
+            }
+            None => return Err(Trouble::Reply("the sync script's answer is short".into())),
+        };
+        Ok(Reader {
+            tokens: text.split_ascii_whitespace(),
+        })
+    }
+
+    fn text(&mut self) -> Result<String, Trouble> {
+        self.tokens
+            .next()
+            .map(str::to_string)
+            .ok_or_else(|| Trouble::Reply("the sync script's answer is short".into()))
     }
 
     fn number(&mut self) -> Result<f64, Trouble> {
-        let t = self.text()?;
-        t.parse::<f64>()
-            .ok()
+        self.tokens
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
             .filter(|v| v.is_finite())
             .ok_or_else(|| {
                 Trouble::Reply("the sync script answered a count that is not a number".into())
@@ -298,20 +313,29 @@ impl Reader<'_> {
         }
         Ok((tag, others, own))
     }
+
+    fn end(mut self) -> Result<(), Trouble> {
+        match self.tokens.next() {
+            None => Ok(()),
+            Some(_) => Err(Trouble::Reply(
+                "the sync script's answer is too long".into(),
+            )),
+        }
+    }
 }
 
 type Replies = (Vec<DeploymentReply>, Vec<CallerReply>);
 
 fn parse(values: &[Value], batch: &Batch) -> Result<Replies, Trouble> {
-    let mut r = Reader {
-        values: values.iter(),
-    };
+    let mut values = values.iter();
     let mut deployments = Vec::with_capacity(batch.deployments.len());
     for _ in &batch.deployments {
+        let mut r = Reader::of(values.next())?;
         let usage = r.counts::<2>()?;
         let fails = r.counts::<FAIL_FIELDS>()?;
         let cooling_until_ms = r.number()? as u64;
         let others_in_flight = r.number()?.clamp(0.0, f64::from(u32::MAX)) as u32;
+        r.end()?;
         deployments.push(DeploymentReply {
             usage,
             fails,
@@ -321,16 +345,18 @@ fn parse(values: &[Value], batch: &Batch) -> Result<Replies, Trouble> {
     }
     let mut callers = Vec::with_capacity(batch.callers.len());
     for _ in &batch.callers {
+        let mut r = Reader::of(values.next())?;
         let requests = r.counts::<2>()?;
         let spend = r.counts::<1>()?;
         let others_in_flight = r.number()?.clamp(0.0, f64::from(u32::MAX)) as u32;
+        r.end()?;
         callers.push(CallerReply {
             requests,
             spend,
             others_in_flight,
         });
     }
-    if r.values.next().is_some() {
+    if values.next().is_some() {
         return Err(Trouble::Reply(
             "the sync script's answer is too long".into(),
         ));

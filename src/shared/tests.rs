@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use super::SharedStore;
+use super::deployment::{DeploymentReply, FAIL_FIELDS, SharedDeployment};
 use crate::config::{Config, CooldownPolicy, CooldownRule, FailKind, RetryBudget, Source};
 use crate::routing::health::suite::*;
 use crate::routing::health::*;
@@ -85,4 +86,90 @@ async fn with_redis_away_every_sync_fails_fast_is_counted_and_shown() {
     assert_eq!(d.in_flight(), 1);
     assert_eq!(d.snapshot(now, false, TTL).requests, 1);
     assert_eq!(store.namespace().as_deref(), Some("suite"));
+}
+
+/// A deployment entry of a store with Redis away (only `settle` brings the others' counts).
+fn entry(store: &SharedStore) -> Arc<SharedDeployment> {
+    Arc::new(SharedDeployment::new(store.inner.clock, None))
+}
+
+fn reply(
+    requests: f64,
+    tokens: f64,
+    fails: [f64; FAIL_FIELDS],
+    cooling_until_ms: u64,
+    in_flight: u32,
+) -> DeploymentReply {
+    DeploymentReply {
+        usage: ("29000000:0:e".into(), [requests, tokens], [0.0, 0.0]),
+        fails: ("29000000:0:e".into(), fails, [0.0; FAIL_FIELDS]),
+        cooling_until_ms,
+        others_in_flight: in_flight,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_other_replicas_counted_is_read_with_this_replicas_own() {
+    let store = shared_store_without_redis();
+    let d = entry(&store);
+    let t0 = Instant::now();
+    let _lease = lease(&(d.clone() as Arc<dyn DeploymentHealth>), t0, 7);
+    let mut args = String::new();
+    let sent = d.take(t0, &mut args);
+    // Usage: window, seen, own requests and tokens, this replica's delta since the last sync.
+    assert!(args.starts_with(" 29000000 - 0 0 1 7 "), "{args}");
+    d.settle(t0, sent, reply(4.0, 40.0, [0.0; FAIL_FIELDS], 0, 2));
+    let s = d.snapshot(t0, false, TTL);
+    assert_eq!((s.requests, s.tokens, s.in_flight), (5, 47, 3));
+    // The others' counts are of their minute only.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let s = d.snapshot(Instant::now(), false, TTL);
+    assert_eq!((s.requests, s.tokens), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cooldown_from_the_store_ends_at_the_instant_it_names_and_failures_count_together() {
+    let store = shared_store_without_redis();
+    let d = entry(&store);
+    let t0 = Instant::now();
+    let clock = store.inner.clock;
+    // Another replica cooled the deployment until 3.5 s from now.
+    let until_ms = clock.unix_ms(t0) + 3_500;
+    let mut args = String::new();
+    let sent = d.take(t0, &mut args);
+    d.settle(t0, sent, reply(0.0, 0.0, [0.0; FAIL_FIELDS], until_ms, 0));
+    assert_eq!(d.cooling_until(t0), Some(t0 + Duration::from_millis(3_500)));
+    tokio::time::advance(Duration::from_millis(3_500)).await;
+    assert_eq!(d.cooling_until(Instant::now()), None);
+
+    // allowed_fails 2: two timeouts elsewhere this minute, one here, cools it here.
+    let now = Instant::now();
+    let mut fails = [0.0; FAIL_FIELDS];
+    fails[FailKind::Timeout.index()] = 2.0;
+    let mut args = String::new();
+    let sent = d.take(now, &mut args);
+    d.settle(now, sent, reply(0.0, 0.0, fails, until_ms, 0));
+    let settings = HealthSettings {
+        cooldowns: CooldownPolicy {
+            rule: CooldownRule::FailureCount,
+            ..policy(2)
+        },
+        cooldown_time: COOL,
+        budget: None,
+        latency_ttl: TTL,
+        alone: false,
+        max_parallel: None,
+        rpm: None,
+        tpm: None,
+        enforce_usage: false,
+    };
+    let end = d.report(now, fail(FailKind::Timeout), &settings);
+    assert_eq!(end, Some(now + COOL));
+    // The store is told: the end of the cooldown, as a Unix time, goes with the next sync.
+    let mut args = String::new();
+    d.take(now, &mut args);
+    assert!(
+        args.contains(&format!(" {} ", clock.unix_ms(now + COOL))),
+        "{args}"
+    );
 }
