@@ -90,8 +90,12 @@ fn main() {
         Some(other) => panic!("--security: plain, key, tls or mtls, not {other}"),
     };
     let _ = SECURITY.set(SecuritySetup::new(security));
-    let redis = args.iter().any(|a| a == "--redis").then(BenchRedis::start);
-    let _ = REDIS_URL.set(redis.as_ref().map(|r| r.url.clone()));
+    // A redis-server of this run's own, on a free port, stopped (by its PID) when dropped.
+    let redis = args
+        .iter()
+        .any(|a| a == "--redis")
+        .then(redis_server::RedisServer::start);
+    let _ = REDIS_URL.set(redis.as_ref().map(|r| r.url()));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,53 +135,6 @@ fn main() {
 
 /// The `redis_url` llm-router shares its state through, under `--redis`.
 static REDIS_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-
-/// A `redis-server` of this run's own, on a free loopback port with no persistence; stopped
-/// (by its PID, a child of this process) when dropped.
-struct BenchRedis {
-    child: Child,
-    url: String,
-}
-
-impl BenchRedis {
-    fn start() -> BenchRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("--redis needs redis-server (Debian's package)");
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        BenchRedis {
-            child,
-            url: format!("redis://127.0.0.1:{port}/0"),
-        }
-    }
-}
-
-impl Drop for BenchRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Rows whose calls failed or did not complete.
 static PROBLEMS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -251,6 +208,10 @@ fn machine() -> String {
 #[path = "../tests/it/common/upstream.rs"]
 mod upstream;
 use upstream::{Behaviour, Upstream};
+
+// Under `--redis`: the tests' redis-server, started the same way.
+#[path = "../tests/it/common/redis_server.rs"]
+mod redis_server;
 
 /// Time between a `bench-stream` answer's chunks.
 const CHUNK_INTERVAL: Duration = Duration::from_millis(1);

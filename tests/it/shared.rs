@@ -158,6 +158,7 @@ async fn an_rpm_limit_holds_across_two_replicas() {
         tokio::time::sleep(ms(25)).await;
     }
     let reached = up.counts("u").requests;
+    eprintln!("rpm 20 over two replicas: {reached} of 60 calls reached the deployment");
     assert_eq!(reached, answered);
     // Each replica alone would let 20 through, 40 in all; shared, the overshoot is what the
     // other replica admits within two sync intervals (here 20ms each, calls 25ms apart).
