@@ -103,13 +103,6 @@ impl SharedCaller {
         v.spend.restore(sent.spend);
         v.others_in_flight = 0;
     }
-
-    pub fn forget_others(&self) {
-        let mut v = self.lock();
-        v.requests.forget_others();
-        v.spend.forget_others();
-        v.others_in_flight = 0;
-    }
 }
 
 impl CallerState for SharedCaller {

@@ -126,14 +126,6 @@ impl SharedDeployment {
         v.fails.restore(sent.fails);
         v.others_in_flight = 0;
     }
-
-    /// Forgets what other replicas counted: this replica counts alone until the next sync.
-    pub fn forget_others(&self) {
-        let mut v = self.lock();
-        v.usage.forget_others();
-        v.fails.forget_others();
-        v.others_in_flight = 0;
-    }
 }
 
 impl View {

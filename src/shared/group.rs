@@ -107,11 +107,6 @@ impl<const N: usize> Group<N> {
         self.seen = tag;
         self.own = own;
     }
-
-    /// Forgets the others' counts (the store is away).
-    pub fn forget_others(&mut self) {
-        self.others = None;
-    }
 }
 
 /// A count as the script reads it: whole numbers without a fraction (HINCRBY takes only
@@ -155,11 +150,12 @@ mod tests {
         g.settle("5:0".into(), [3.0], [1.0]);
         assert_eq!(g.others_in(5), [3.0]);
         assert_eq!(g.others_in(6), [0.0]);
-        g.forget_others();
-        assert_eq!(g.others_in(5), [0.0]);
         let mut args = String::new();
-        g.take(5, &mut args);
+        let sent = g.take(5, &mut args);
         assert_eq!(args, " 5 5:0 1 0");
+        // A failed sync: the others' counts are unknown until the next one goes through.
+        g.restore(sent);
+        assert_eq!(g.others_in(5), [0.0]);
         let mut s = String::new();
         number(0.25, &mut s);
         assert_eq!(s, "0.25");
