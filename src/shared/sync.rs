@@ -196,11 +196,10 @@ async fn exchange(con: &mut ConnectionManager, batch: &Batch) -> Result<Vec<Valu
         call.arg(a);
     }
     call.invoke_async::<Vec<Value>>(con).await.map_err(|e| {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-        {
+        // The client's own response and connection timeouts are redis_timeout too.
+        if e.is_timeout() {
+            Trouble::Timeout
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
             Trouble::Connection(e.to_string())
         } else {
             Trouble::Reply(e.to_string())

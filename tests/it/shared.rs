@@ -570,3 +570,40 @@ async fn rediss_with_a_private_ca_and_a_password_from_the_environment() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_frozen_redis_costs_each_sync_its_timeout_and_no_call_anything() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    up.set("u", Behaviour::ok("fine"));
+    let yaml = config(
+        &redis,
+        &dep("g", "d", "u", &up, ", rpm: 100000"),
+        "  redis_timeout: 100ms\n",
+    );
+    let r = Replica::start(&yaml, &[]).await;
+    r.wait_shared(true).await;
+    // Connections stay open and nothing answers: every exchange runs into redis_timeout.
+    redis.pause();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let started = Instant::now();
+        r.call(complete("g"))
+            .await
+            .expect("no call fails for Redis");
+        assert!(started.elapsed() < ms(500), "a call waited on Redis");
+        tokio::time::sleep(ms(20)).await;
+    }
+    let health = r.admin_get("/healthz").await;
+    assert!(
+        health.contains("no answer within redis_timeout (100ms)"),
+        "{health}"
+    );
+    let metrics = r.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("llmrouter_shared_state_errors_total{kind=\"timeout\"}"),
+        "{metrics}"
+    );
+    redis.resume();
+    r.wait_shared(true).await;
+}
