@@ -149,12 +149,14 @@ impl HealthStore for SharedStore {
     /// the config routes to, so replicas of one config share and routers of two do not.
     fn retain(&self, live: &[DeploymentKey]) {
         let live_set: HashSet<&DeploymentKey> = live.iter().collect();
-        lock(&self.inner.deployments).retain(|k, _| live_set.contains(k));
+        let mut map = lock(&self.inner.deployments);
+        map.retain(|k, _| live_set.contains(k));
         if self.inner.settings.namespace.is_none() {
-            let mut hashes: Vec<String> = live.iter().map(deployment_hash).collect();
-            hashes.sort();
+            // The entries' hashes, made when each was first asked for: the live deployments'.
+            let mut hashes: Vec<&str> = map.values().map(|(h, _)| h.as_str()).collect();
+            hashes.sort_unstable();
             hashes.dedup();
-            let derived = short_hash(hashes.iter().map(String::as_str));
+            let derived = short_hash(hashes);
             *lock(&self.inner.namespace) = Some(derived[..12].to_string());
         }
     }

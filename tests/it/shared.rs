@@ -102,6 +102,17 @@ impl Drop for Replica {
     }
 }
 
+/// Two replicas of one config, each past its first sync with Redis.
+async fn two_replicas(yaml: &str, env: &[(&str, &str)]) -> (Replica, Replica) {
+    let (a, b) = (
+        Replica::start(yaml, env).await,
+        Replica::start(yaml, env).await,
+    );
+    a.wait_shared(true).await;
+    b.wait_shared(true).await;
+    (a, b)
+}
+
 /// Usage counts in wall-clock minutes: waits, if need be, until `needed` is left in this one.
 async fn room_in_minute(needed: Duration) {
     let into = std::time::SystemTime::now()
@@ -138,12 +149,7 @@ async fn an_rpm_limit_holds_across_two_replicas() {
         &dep("g", "d", "u", &up, ", rpm: 20"),
         "  routing_strategy: usage-based-routing\n",
     );
-    let (a, b) = (
-        Replica::start(&yaml, &[]).await,
-        Replica::start(&yaml, &[]).await,
-    );
-    a.wait_shared(true).await;
-    b.wait_shared(true).await;
+    let (a, b) = two_replicas(&yaml, &[]).await;
     room_in_minute(Duration::from_secs(10)).await;
     let mut answered = 0;
     for i in 0..60 {
@@ -180,12 +186,7 @@ async fn failures_count_together_and_a_cooldown_entered_by_one_replica_is_honour
             + &dep("backup", "backup", "backup", &up, "")),
         "  allowed_fails: 1\n  cooldown_time: 2s\n  fallbacks:\n    - primary: [backup]\n",
     );
-    let (a, b) = (
-        Replica::start(&yaml, &[]).await,
-        Replica::start(&yaml, &[]).await,
-    );
-    a.wait_shared(true).await;
-    b.wait_shared(true).await;
+    let (a, b) = two_replicas(&yaml, &[]).await;
     room_in_minute(Duration::from_secs(8)).await;
 
     // One failure through each: allowed_fails is 1, so together they are one too many.
@@ -306,12 +307,7 @@ async fn a_callers_rate_limit_and_budget_hold_across_two_replicas() {
         ("RPM_KEY", "rpm-key-0123456789abcdef"),
         ("BUDGET_KEY", "budget-key-0123456789abcdef"),
     ];
-    let (a, b) = (
-        Replica::start(&yaml, &env).await,
-        Replica::start(&yaml, &env).await,
-    );
-    a.wait_shared(true).await;
-    b.wait_shared(true).await;
+    let (a, b) = two_replicas(&yaml, &env).await;
     room_in_minute(Duration::from_secs(8)).await;
     let with_key = |key: &str| {
         let mut req = tonic::Request::new(complete("g"));
@@ -356,12 +352,7 @@ async fn redis_killed_mid_load_loses_no_call_and_the_replicas_share_again_when_i
         &dep("g", "d", "u", &up, ", rpm: 100000"),
         "  redis_timeout: 100ms\n  redis_namespace: outage\n",
     );
-    let (a, b) = (
-        Replica::start(&yaml, &[]).await,
-        Replica::start(&yaml, &[]).await,
-    );
-    a.wait_shared(true).await;
-    b.wait_shared(true).await;
+    let (a, b) = two_replicas(&yaml, &[]).await;
     room_in_minute(Duration::from_secs(12)).await;
 
     let load = |r: &Replica, for_: Duration| {
