@@ -134,7 +134,7 @@ fn check_part(field: &str, p: &ContentPart, role: i32) -> Result<(), ApiError> {
             None => Err(invalid(format!("{field}.image"), "must set url or data")),
             Some(Source::Url(url)) => {
                 let ok = url.len() <= MAX_URL
-                    && reqwest::Url::parse(url).is_ok_and(|u| {
+                    && url::Url::parse(url).is_ok_and(|u| {
                         matches!(u.scheme(), "http" | "https") && u.host().is_some()
                     });
                 if !ok {

@@ -19,6 +19,7 @@ mod raw;
 mod secret;
 pub mod shared;
 mod table;
+pub mod upstream;
 mod validate;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -318,6 +319,12 @@ pub struct RouterSettings {
     /// Honour a request's `mock_response` (default false, likewise).
     pub allow_mock_response: bool,
     pub connect_timeout: Duration,
+    /// Connections to providers per origin, and how long an idle one is kept
+    /// (`router_settings.pool_*`).
+    pub pool: upstream::PoolSettings,
+    /// TLS toward providers of deployments that set none of their own (`litellm_settings`'
+    /// `ssl_verify`, `ssl_certificate`, `ssl_certificate_key`).
+    pub tls: Arc<upstream::UpstreamTls>,
     /// The default strategy; `model_group_settings` may override it per group.
     pub routing_strategy: Strategy,
     /// latency-based-routing picks at random among deployments within this fraction of the
@@ -391,6 +398,8 @@ pub struct Deployment {
     /// What it can be asked beyond plain chat (`model_info.supports_*`, else its provider's
     /// and model's defaults).
     pub capabilities: Capabilities,
+    /// TLS toward its provider (`litellm_params.ssl_*`, else `litellm_settings`').
+    pub tls: Arc<upstream::UpstreamTls>,
 }
 
 /// A deployment's capabilities, by LiteLLM's `model_info` names.

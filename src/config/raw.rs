@@ -94,6 +94,20 @@ pub struct RawLitellmSettings {
     pub allowed_fails: Option<u32>,
     #[serde(default, deserialize_with = "dur")]
     pub cooldown_time: Option<Duration>,
+    /// LiteLLM's TLS settings toward every provider: `ssl_verify` (false, or a CA bundle),
+    /// `ssl_certificate` (a client certificate), and llm-router's own `ssl_certificate_key`.
+    pub ssl_verify: Option<RawSslVerify>,
+    pub ssl_certificate: Option<String>,
+    pub ssl_certificate_key: Option<String>,
+}
+
+/// `ssl_verify`: a switch, or the path of a PEM CA bundle. Text `true`/`false` (as an
+/// environment override gives it) is the switch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSslVerify {
+    Switch(bool),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +165,10 @@ pub struct RawLitellmParams {
     pub input_cost_per_token: Option<f64>,
     /// USD per completion token.
     pub output_cost_per_token: Option<f64>,
+    /// TLS toward this deployment's provider, over `litellm_settings`' (see there).
+    pub ssl_verify: Option<RawSslVerify>,
+    pub ssl_certificate: Option<String>,
+    pub ssl_certificate_key: Option<String>,
     /// Every other key: LiteLLM passes them to the provider (`extra_body`, `reasoning_effort`,
     /// `stop`, `thinking`, ...). Filled after parsing (see `config::parse_raw`, which keeps
     /// every other key's error path exact); sorted out by `validate`: sent where the wire
@@ -260,6 +278,12 @@ pub struct RawRouterSettings {
     /// Time allowed to open a TCP/TLS connection to a provider, apart from the request deadline.
     #[serde(default, deserialize_with = "dur")]
     pub connect_timeout: Option<Duration>,
+    /// llm-router's own: connections per origin (HTTP/1.1, and HTTP/2), and how long an idle
+    /// one is kept.
+    pub pool_max_connections: Option<u32>,
+    pub pool_max_http2_connections: Option<u32>,
+    #[serde(default, deserialize_with = "dur")]
+    pub pool_idle_timeout: Option<Duration>,
     /// LiteLLM's Redis keys: where state shared by every replica is kept.
     pub redis_url: Option<String>,
     pub redis_host: Option<String>,

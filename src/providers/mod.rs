@@ -209,10 +209,11 @@ impl Provider {
     /// broken (`router_settings.stream_max_malformed_events`).
     pub fn new(
         deployment: &Deployment,
-        http: &reqwest::Client,
+        client: &transport::pool::Client,
         max_malformed_events: u32,
     ) -> Arc<Provider> {
         let model = deployment.upstream_model.as_str();
+        let http = transport::Link::new(client, &deployment.tls, &deployment.id);
         let max = max_malformed_events;
         Arc::new(match &deployment.provider {
             ProviderConfig::Mock(spec) => Provider::Mock(MockProvider::new(spec.clone())),

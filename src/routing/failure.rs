@@ -18,6 +18,10 @@ pub enum Failure {
     MockTimeout,
     /// A committed stream was silent for longer than `stream_idle_timeout`.
     IdleTimeout { idle: Duration },
+    /// The attempt's deadline (the first-chunk one, when `first_chunk`) passed while it
+    /// waited, `waited` long, for a connection: the router's pool to the provider was at its
+    /// bound. The request was never sent; the deployment is not at fault.
+    Saturated { first_chunk: bool, waited: Duration },
     /// The provider answered with an error, or could not be reached.
     Provider(ProviderError),
 }
@@ -99,6 +103,11 @@ impl Failure {
                 AttemptOutcome::IdleTimeout,
                 FailKind::Timeout,
             ),
+            Failure::Saturated { .. } => (
+                Fault::Transient,
+                AttemptOutcome::PoolSaturated,
+                FailKind::Timeout,
+            ),
             Failure::Provider(e) => match e.kind {
                 ErrorKind::Connect => (
                     Fault::Transient,
@@ -153,12 +162,14 @@ impl Failure {
     }
 
     /// Whether the failure counts against the deployment (its cooldown count, retry budget and
-    /// latency): not when `mock_timeout` never reached it, nor when the caller's own limit cut
-    /// it short. Only the deployment's configured limits and the provider's errors count.
+    /// latency): not when `mock_timeout` never reached it, nor when the router's own pool held
+    /// it back, nor when the caller's own limit cut it short. Only the deployment's configured
+    /// limits and the provider's errors count.
     pub fn counts_against_deployment(&self) -> bool {
         !matches!(
             self,
             Failure::MockTimeout
+                | Failure::Saturated { .. }
                 | Failure::Timeout {
                     by_client: true,
                     ..
@@ -171,14 +182,20 @@ impl Failure {
     pub fn provider_wait_hint(&self) -> Option<Duration> {
         match self {
             Failure::Provider(e) => e.wait_hint,
-            Failure::Timeout { .. } | Failure::MockTimeout | Failure::IdleTimeout { .. } => None,
+            Failure::Timeout { .. }
+            | Failure::MockTimeout
+            | Failure::IdleTimeout { .. }
+            | Failure::Saturated { .. } => None,
         }
     }
 
     pub fn upstream_status(&self) -> u16 {
         match self {
             Failure::Provider(e) => e.status,
-            Failure::Timeout { .. } | Failure::MockTimeout | Failure::IdleTimeout { .. } => 0,
+            Failure::Timeout { .. }
+            | Failure::MockTimeout
+            | Failure::IdleTimeout { .. }
+            | Failure::Saturated { .. } => 0,
         }
     }
 
@@ -203,6 +220,18 @@ impl Failure {
             Failure::IdleTimeout { idle } => {
                 format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
             }
+            Failure::Saturated {
+                first_chunk,
+                waited,
+            } => format!(
+                "the {} deadline passed after {} ms waiting for a connection to the provider: the router's pool to it is full (router_settings.pool_max_http2_connections, or pool_max_connections for HTTP/1.1); the request was not sent, and the deployment is not charged",
+                if *first_chunk {
+                    "first-chunk"
+                } else {
+                    "attempt"
+                },
+                waited.as_millis()
+            ),
             Failure::Provider(e) => e.detail.clone(),
         }
     }
@@ -248,6 +277,14 @@ mod tests {
             AttemptOutcome::CallerTimeout
         );
         assert!(!Failure::MockTimeout.counts_against_deployment());
+        let saturated = Failure::Saturated {
+            first_chunk: true,
+            waited: Duration::from_millis(40),
+        };
+        assert!(!saturated.counts_against_deployment());
+        assert_eq!(saturated.outcome(), AttemptOutcome::PoolSaturated);
+        assert_eq!(saturated.fault(), Fault::Transient);
+        assert!(saturated.detail().contains("first-chunk deadline"));
         assert!(!timeout(false, true).counts_against_deployment());
         assert!(!timeout(true, true).counts_against_deployment());
         assert!(timeout(false, false).counts_against_deployment());

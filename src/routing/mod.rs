@@ -53,7 +53,9 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::config::StreamRecovery;
 use crate::proto::Attempt;
-use crate::providers::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError};
+use crate::providers::{
+    ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, transport::pool::Probe,
+};
 use chain::{Resume, Seed};
 pub use context::{CallContext, CallerName, Denied, Identity};
 pub use deadline::wall_clock;
@@ -147,9 +149,10 @@ impl Router {
         let chat = &req.chat;
         let mut answered = self
             .walk(&plan, None, |provider, d| async move {
-                match timeout_at(d.attempt, provider.complete(chat)).await {
+                let probe = Probe::default();
+                match timeout_at(d.attempt, probe.watch(provider.complete(chat))).await {
                     Ok(result) => result.map_err(Failure::Provider),
-                    Err(_) => Err(d.expired(false)),
+                    Err(_) => Err(expired(&probe, &d, false)),
                 }
             })
             .await?;
@@ -198,12 +201,25 @@ impl Router {
                     }
                 }
             };
-            match timeout_at(d.until_first_chunk(), first).await {
+            let probe = Probe::default();
+            match timeout_at(d.until_first_chunk(), probe.watch(first)).await {
                 Ok(result) => result.map_err(Failure::Provider),
-                Err(_) => Err(d.expired(true)),
+                Err(_) => Err(expired(&probe, &d, true)),
             }
         })
         .await
+    }
+}
+
+/// The failure of an attempt whose deadline passed: the router's own saturation when it was
+/// waiting for a connection to the provider, else a timeout of the deployment (or the caller's).
+fn expired(probe: &Probe, d: &deadline::AttemptDeadlines, streaming: bool) -> Failure {
+    match probe.saturated_for() {
+        Some(waited) => Failure::Saturated {
+            first_chunk: streaming && d.first_chunk_is_binding(),
+            waited,
+        },
+        None => d.expired(streaming),
     }
 }
 

@@ -2,7 +2,7 @@
 //! deployment, built once and shared by every call; and the current snapshot, which a reload
 //! swaps.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use super::callers::{CallerLease, CallerState, CallerStore, Limits, LocalCallers};
 use super::health::{
@@ -11,7 +11,7 @@ use super::health::{
 use super::pick::{Picker, Slot};
 use super::{CallError, CallRequest, Reach};
 use crate::config::{Config, ModelGroup};
-use crate::providers::Provider;
+use crate::providers::{Provider, transport::pool::Client};
 use crate::telemetry::Metrics;
 
 /// The routing table of one config snapshot, with a provider client and shared state per
@@ -20,7 +20,7 @@ use crate::telemetry::Metrics;
 #[derive(Debug)]
 pub struct Router {
     config: Arc<Config>,
-    http: reqwest::Client,
+    http: Client,
     /// Per model group, in the order of the group's deployments.
     slots: HashMap<String, Arc<[Slot]>>,
     /// By deployment id.
@@ -109,22 +109,15 @@ impl Router {
         caller_store: Arc<dyn CallerStore>,
         previous: Option<&Router>,
     ) -> Result<Router, String> {
+        let r = &config.router;
+        // One pooled client for every deployment: connections are shared per origin, and kept
+        // across a reload that leaves the pool's settings alone. It never follows a redirect
+        // (no provider redirects an API call, and a followed one would carry the vendor key
+        // headers to the new host). The connect timeout is separate from, and much shorter
+        // than, any request deadline.
         let http = match previous {
-            Some(p) if p.config.router.connect_timeout == config.router.connect_timeout => {
-                p.http.clone()
-            }
-            // One pooled client for every deployment: connections are shared per host. The
-            // connect timeout is separate from, and much shorter than, any request deadline.
-            _ => reqwest::Client::builder()
-                .connect_timeout(config.router.connect_timeout)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .tcp_nodelay(true)
-                // No provider redirects an API call, and a followed redirect would carry the
-                // vendor key headers (x-api-key, api-key, x-goog-api-key) to the new host.
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("llm-router/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+            Some(p) if p.http.built_with(&r.pool, r.connect_timeout) => p.http.clone(),
+            _ => Client::new(r.pool, r.connect_timeout, metrics.clone()),
         };
         let budget = config.router.retry_budget;
         let mut states = HashMap::new();

@@ -91,6 +91,8 @@ fn latency_histogram() -> Histogram {
 /// Every metric llm-router exports. One per server; tests get their own.
 pub struct Metrics {
     registry: Registry,
+    /// The connections to providers.
+    pub upstream: super::upstream::UpstreamMetrics,
     calls: Family<CallLabels, Counter>,
     call_duration: HistogramFamily<CallDurationLabels>,
     attempts: Family<AttemptLabels, Counter>,
@@ -275,7 +277,9 @@ impl Metrics {
             "Exchanges with the shared store that succeeded",
             shared_state_syncs.clone(),
         );
+        let upstream = super::upstream::UpstreamMetrics::register(&mut registry);
         Metrics {
+            upstream,
             shared_state_errors,
             shared_state_up,
             shared_state_syncs,
@@ -522,6 +526,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::CallerTimeout => "caller_timeout",
         AttemptOutcome::PromptTooLong => "prompt_too_long",
         AttemptOutcome::Unsupported => "unsupported",
+        AttemptOutcome::PoolSaturated => "pool_saturated",
     }
 }
 

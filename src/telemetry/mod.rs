@@ -6,5 +6,6 @@ pub mod admin;
 pub mod logging;
 pub mod metrics;
 pub mod traces;
+pub mod upstream;
 
 pub use metrics::Metrics;

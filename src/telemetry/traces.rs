@@ -92,7 +92,7 @@ pub fn set_parent_from(span: &tracing::Span, metadata: &tonic::metadata::Metadat
 
 /// Adds the current span's `traceparent` to an outbound request's headers (nothing when
 /// tracing is off).
-pub fn inject_current(headers: &mut reqwest::header::HeaderMap) {
+pub fn inject_current(headers: &mut http::header::HeaderMap) {
     let cx: Context = tracing::Span::current().context();
     use opentelemetry::trace::TraceContextExt as _;
     if cx.span().span_context().is_valid() {
@@ -118,13 +118,13 @@ impl Extractor for MetadataExtractor<'_> {
     }
 }
 
-struct HeaderInjector<'a>(&'a mut reqwest::header::HeaderMap);
+struct HeaderInjector<'a>(&'a mut http::header::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         if let (Ok(name), Ok(value)) = (
-            reqwest::header::HeaderName::from_bytes(key.as_bytes()),
-            reqwest::header::HeaderValue::from_str(&value),
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::header::HeaderValue::from_str(&value),
         ) {
             self.0.insert(name, value);
         }

@@ -113,6 +113,8 @@ pub(super) fn deployment(
         // Set once the group is complete.
         alone_in_group: false,
         capabilities: capabilities(provider, upstream_model, info),
+        // Its own `ssl_*` keys are read by `model_list`.
+        tls: router.tls.clone(),
     })
 }
 
@@ -364,7 +366,7 @@ fn http_provider(
         },
     };
     if !api_base.is_empty() {
-        match reqwest::Url::parse(&api_base) {
+        match url::Url::parse(&api_base) {
             // A password in the URL would be shown wherever the base is (check-config, logs,
             // attempt details), and sent to whatever host the URL names.
             Ok(url) if !url.username().is_empty() || url.password().is_some() => errs.add(
@@ -447,12 +449,12 @@ fn http_provider(
     let mut extra_headers = Vec::new();
     for (name, value) in params.extra_headers.iter().flatten() {
         let here = key(&format!("litellm_params.extra_headers.{name}"));
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             errs.add(&here, "is not a valid HTTP header name");
             continue;
         }
         if let Some(v) = resolve_secret(value, &here, lookup_env, errs) {
-            if reqwest::header::HeaderValue::from_str(v.expose()).is_err() {
+            if http::header::HeaderValue::from_str(v.expose()).is_err() {
                 errs.add(&here, "is not a valid HTTP header value");
             } else {
                 extra_headers.push((name.to_ascii_lowercase(), v));
@@ -481,24 +483,6 @@ fn env_string(
     errs: &mut Errors,
 ) -> Option<String> {
     resolve_secret(value, key, lookup_env, errs).map(|s| s.expose().to_string())
-}
-
-pub(super) fn resolve_secret(
-    value: &str,
-    key: &str,
-    lookup_env: &dyn Fn(&str) -> Option<String>,
-    errs: &mut Errors,
-) -> Option<Secret> {
-    match value.strip_prefix(ENV_SECRET_PREFIX) {
-        Some(var) => match lookup_env(var) {
-            Some(v) if !v.is_empty() => Some(Secret::new(v)),
-            _ => {
-                errs.add(key, format!("environment variable `{var}` is not set"));
-                None
-            }
-        },
-        None => Some(Secret::new(value.to_string())),
-    }
 }
 
 fn mock_spec(key: &str, raw: Option<&RawMock>, errs: &mut Errors) -> MockSpec {

@@ -28,6 +28,7 @@ mod chain;
 mod deployment;
 mod router;
 mod shared;
+mod upstream;
 
 use chain::{
     aliases, chosen, fallback_map, no_time_for_fallbacks, retry_policies, transitive_fallbacks,
@@ -111,6 +112,26 @@ impl Errors {
     }
 }
 
+/// A literal value, or `os.environ/NAME` read from the environment; an unset variable is an
+/// error naming `key`.
+fn resolve_secret(
+    value: &str,
+    key: &str,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<Secret> {
+    match value.strip_prefix(ENV_SECRET_PREFIX) {
+        Some(var) => match lookup_env(var) {
+            Some(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                errs.add(key, format!("environment variable `{var}` is not set"));
+                None
+            }
+        },
+        None => Some(Secret::new(value.to_string())),
+    }
+}
+
 /// The `litellm_params` keys llm-router reads.
 const LITELLM_PARAMS: &[&str] = &[
     "model",
@@ -132,6 +153,9 @@ const LITELLM_PARAMS: &[&str] = &[
     "extra_headers",
     "max_tokens",
     "mock",
+    "ssl_verify",
+    "ssl_certificate",
+    "ssl_certificate_key",
 ];
 
 /// The known `litellm_params` key an unknown one is a typo of (at most two edits away).
@@ -173,7 +197,7 @@ pub(super) fn validate(
     }
 
     let server = server_settings(&raw, &mut errs);
-    let router = router_settings(&raw, &mut errs);
+    let router = router_settings(&raw, lookup_env, &mut errs);
     let members = model_list(&raw, &router, lookup_env, &mut errs);
     let lists = FallbackLists::read(&raw, &members, &mut errs);
     let group_settings = group_settings(&raw, &router, &members, &mut errs);
@@ -260,7 +284,16 @@ fn model_list(
         let position = members
             .get(d.model_name.as_deref().unwrap_or(""))
             .map_or(0, Vec::len);
-        if let Some(dep) = deployment(i, d, position, router, lookup_env, errs, &mut skipped) {
+        if let Some(mut dep) = deployment(i, d, position, router, lookup_env, errs, &mut skipped) {
+            if let Some(p) = &d.litellm_params {
+                let keys = upstream::TlsKeys {
+                    prefix: format!("model_list[{i}].litellm_params"),
+                    verify: p.ssl_verify.as_ref(),
+                    certificate: p.ssl_certificate.as_deref(),
+                    certificate_key: p.ssl_certificate_key.as_deref(),
+                };
+                dep.tls = upstream::tls(keys, &router.tls, lookup_env, errs);
+            }
             if !ids.insert(dep.id.clone()) {
                 errs.add(
                     format!("model_list[{i}].model_info.id"),

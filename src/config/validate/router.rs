@@ -2,7 +2,11 @@
 
 use super::*;
 
-pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSettings {
+pub(super) fn router_settings(
+    raw: &RawConfig,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> RouterSettings {
     let rs = &raw.router_settings;
     let ls = &raw.litellm_settings;
     let timeout = errs
@@ -131,6 +135,18 @@ pub(super) fn router_settings(raw: &RawConfig, errs: &mut Errors) -> RouterSetti
         allow_mock_timeout: rs.allow_mock_timeout.unwrap_or(false),
         allow_mock_response: rs.allow_mock_response.unwrap_or(false),
         connect_timeout,
+        pool: super::upstream::pool_settings(raw, errs),
+        tls: super::upstream::tls(
+            super::upstream::TlsKeys {
+                prefix: "litellm_settings".into(),
+                verify: ls.ssl_verify.as_ref(),
+                certificate: ls.ssl_certificate.as_deref(),
+                certificate_key: ls.ssl_certificate_key.as_deref(),
+            },
+            &Default::default(),
+            lookup_env,
+            errs,
+        ),
         routing_strategy,
         lowest_latency_buffer,
         latency_ttl,

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use redis::IntoConnectionInfo;
 
-use super::{Errors, deployment::resolve_secret};
+use super::{Errors, resolve_secret};
 use crate::config::raw::{RawConfig, RawPort};
 use crate::config::shared::SharedState;
 

@@ -9,7 +9,7 @@ pub mod messages;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::HeaderMap;
+use http::header::HeaderMap;
 use serde_json::Value;
 
 use super::transport::{self, Endpoint, Target};
@@ -31,7 +31,7 @@ pub struct AnthropicProvider {
 
 impl AnthropicProvider {
     pub fn new(
-        http: reqwest::Client,
+        http: super::transport::Link,
         cfg: &HttpProvider,
         model: &str,
         max_malformed_events: u32,

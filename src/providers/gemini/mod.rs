@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
+use http::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -30,7 +30,7 @@ pub struct GeminiProvider {
 
 impl GeminiProvider {
     pub fn new(
-        http: reqwest::Client,
+        http: super::transport::Link,
         cfg: &HttpProvider,
         model: &str,
         max_malformed_events: u32,

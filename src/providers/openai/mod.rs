@@ -2,7 +2,7 @@
 //! (vLLM, Ollama, llama.cpp, Groq, Mistral, DeepSeek, Together, ...) and Azure OpenAI, which
 //! differs only in its URL and auth header. Unary JSON and SSE streaming ending in `[DONE]`.
 
-use reqwest::header::HeaderMap;
+use http::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,7 +28,7 @@ pub struct OpenAiProvider {
 
 impl OpenAiProvider {
     pub fn new(
-        http: reqwest::Client,
+        http: super::transport::Link,
         cfg: &HttpProvider,
         model: &str,
         max_malformed_events: u32,
@@ -328,7 +328,7 @@ mod tests {
 
     fn provider(default_max_tokens: Option<u32>) -> OpenAiProvider {
         OpenAiProvider::new(
-            reqwest::Client::new(),
+            crate::providers::transport::Link::for_tests(),
             &HttpProvider {
                 prefix: "openai",
                 family: Family::OpenAi(OpenAiSettings::default()),

@@ -7,7 +7,7 @@
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
 use crate::config::Secret;
 use crate::providers::{ErrorKind, ProviderError};
@@ -15,7 +15,7 @@ use crate::providers::{ErrorKind, ProviderError};
 /// A request as an auth step sees it, with everything a signature covers.
 pub struct Outgoing<'a> {
     pub method: &'static str,
-    pub url: &'a reqwest::Url,
+    pub url: &'a url::Url,
     /// The request's headers so far (the endpoint's own, trace context, content type); the
     /// step adds its own.
     pub headers: &'a mut HeaderMap,

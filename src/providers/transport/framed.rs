@@ -62,7 +62,7 @@ pub fn malformed_event(e: impl std::fmt::Display, data: &str) -> Step {
     Step::Malformed(format!("malformed stream event ({e}): {}", excerpt(data)))
 }
 
-type BodyBytes = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+type BodyBytes = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, super::pool::BodyError>> + Send>>;
 
 /// How long, and how much, a body is read past its end marker to reach its end.
 const RELEASE_TIME: Duration = Duration::from_secs(2);
@@ -90,7 +90,7 @@ struct StreamState<F, P> {
 /// `max_malformed` unreadable events yields one `Err` and ends. Unreadable events up to that
 /// limit are skipped, and counted on the next chunk ([`Chunk::skipped_events`]).
 pub fn framed_stream<F, P>(
-    response: reqwest::Response,
+    response: super::pool::Response,
     framing: F,
     parser: P,
     max_malformed: u32,

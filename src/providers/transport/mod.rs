@@ -1,4 +1,4 @@
-//! A provider's transport, apart from its wire format: one pooled client, request sending with
+//! A provider's transport, apart from its wire format: the pooled client ([`pool`]), request sending with
 //! the vendor's error classification, the auth step that proves each request ([`auth`]: static
 //! key headers, a signature over the final bytes, or a refreshed token), bounded body reads,
 //! redaction of secrets, and streamed responses cut into events by a framing ([`sse`]) and read
@@ -6,17 +6,19 @@
 
 pub mod auth;
 pub mod framed;
+pub mod pool;
 pub mod sse;
 
 pub use framed::{EventParser, Step, framed_stream, malformed_event};
 
 use std::{sync::Arc, time::Duration};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{ChunkStream, ErrorKind, ProviderError, excerpt};
-use crate::config::Secret;
+use crate::config::{Secret, upstream::UpstreamTls};
 use auth::Auth;
+use pool::{Outgoing, Response, SendError};
 use sse::SseDecoder;
 
 /// Error bodies are read up to this size; the rest is not worth waiting for.
@@ -31,18 +33,48 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
 pub type Classify = fn(u16, &HeaderMap, &str) -> ProviderError;
 
 /// A provider URL, parsed once: parsing it (with its IDNA pass) on every request showed in
-/// the CPU profile. The text is kept for error messages, and for reqwest to report on if the
-/// URL somehow does not parse (config validation has already checked the base).
+/// the CPU profile. `None` if it somehow does not parse (config validation has already checked
+/// the base): every request to it then fails as a bad request.
 #[derive(Debug)]
 pub struct Target {
-    text: String,
-    parsed: Option<reqwest::Url>,
+    parsed: Option<url::Url>,
 }
 
 impl Target {
     pub fn new(text: String) -> Self {
-        let parsed = reqwest::Url::parse(&text).ok();
-        Target { text, parsed }
+        Target {
+            parsed: url::Url::parse(&text).ok(),
+        }
+    }
+}
+
+/// How one deployment reaches its provider: the shared pool, the deployment's TLS profile,
+/// and its id (named in connect errors and the pool's metrics).
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub client: pool::Client,
+    pub tls: pool::TlsProfile,
+    pub deployment: Arc<str>,
+}
+
+impl Link {
+    pub fn new(client: &pool::Client, tls: &Arc<UpstreamTls>, deployment: &str) -> Link {
+        Link {
+            client: client.clone(),
+            tls: client.profile(tls),
+            deployment: deployment.into(),
+        }
+    }
+
+    /// A link of its own, with default settings, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests() -> Link {
+        let client = pool::Client::new(
+            Default::default(),
+            Duration::from_secs(5),
+            Arc::new(crate::telemetry::Metrics::new()),
+        );
+        Link::new(&client, &Default::default(), "test")
     }
 }
 
@@ -50,7 +82,7 @@ impl Target {
 /// deployment's extra headers), and the secrets to keep out of error text.
 #[derive(Debug)]
 pub struct Endpoint {
-    http: reqwest::Client,
+    http: Link,
     headers: HeaderMap,
     /// Shared with the deployment's streams, which redact their error events too.
     secrets: Arc<[Secret]>,
@@ -65,7 +97,7 @@ impl Endpoint {
     /// `auth` are the provider's own headers; `extra` the deployment's, which replace them.
     /// `key` is the bare API key, redacted wherever it appears.
     pub fn new(
-        http: reqwest::Client,
+        http: Link,
         auth: Vec<(&'static str, Secret)>,
         extra: &[(String, Secret)],
         key: Option<&Secret>,
@@ -120,7 +152,7 @@ impl Endpoint {
         url: &Target,
         body: &impl serde::Serialize,
         classify: Classify,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<Response, ProviderError> {
         let encode_error = |e: serde_json::Error| {
             ProviderError::new(
                 ErrorKind::BadRequest,
@@ -141,17 +173,20 @@ impl Endpoint {
         let mut headers = self.headers.clone();
         crate::telemetry::traces::inject_current(&mut headers);
         headers.insert(
-            reqwest::header::CONTENT_TYPE,
+            http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        let Some(parsed) = &url.parsed else {
+            return Err(ProviderError::new(
+                ErrorKind::BadRequest,
+                0,
+                "the provider URL does not parse",
+            ));
+        };
         let mut token = None;
         if !matches!(self.auth, Auth::Static) {
-            token = self.authorize(url, &mut headers, &bytes).await?;
+            token = self.authorize(parsed, &mut headers, &bytes).await?;
         }
-        let request = match &url.parsed {
-            Some(parsed) => self.http.post(parsed.clone()),
-            None => self.http.post(url.text.as_str()),
-        };
         let redact = |text: &str| {
             let text = self.redact(text);
             match &token {
@@ -159,12 +194,18 @@ impl Endpoint {
                 None => text,
             }
         };
-        let response = request
-            .headers(headers)
-            .body(bytes)
-            .send()
+        let response = self
+            .http
+            .client
+            .post(Outgoing {
+                url: parsed,
+                headers,
+                body: bytes.into(),
+                tls: &self.http.tls,
+                deployment: &self.http.deployment,
+            })
             .await
-            .map_err(|e| self.transport_error(&url.text, &e, &redact))?;
+            .map_err(|e| self.transport_error(e, &redact))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -182,17 +223,10 @@ impl Endpoint {
     /// if any, to keep out of the request's error text.
     async fn authorize(
         &self,
-        url: &Target,
+        parsed: &url::Url,
         headers: &mut HeaderMap,
         body: &[u8],
     ) -> Result<Option<Secret>, ProviderError> {
-        let Some(parsed) = &url.parsed else {
-            return Err(ProviderError::new(
-                ErrorKind::BadRequest,
-                0,
-                "the provider URL does not parse, so the request cannot be signed",
-            ));
-        };
         let mut outgoing = auth::Outgoing {
             method: "POST",
             url: parsed,
@@ -206,42 +240,33 @@ impl Endpoint {
     }
 
     /// Reads a whole success body, bounded.
-    pub async fn body(&self, response: reqwest::Response) -> Result<String, ProviderError> {
+    pub async fn body(&self, response: Response) -> Result<String, ProviderError> {
         read_limited(response, MAX_RESPONSE_BODY)
             .await
             .map_err(|e| ProviderError::new(ErrorKind::Upstream, 200, e))
     }
 
-    /// Maps reqwest's errors to what kind of failure it was, with the root cause's words.
-    fn transport_error(
-        &self,
-        url: &str,
-        e: &reqwest::Error,
-        redact: &dyn Fn(&str) -> String,
-    ) -> ProviderError {
-        use std::error::Error as _;
-        let mut cause = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            cause = s.to_string();
-            source = s.source();
-        }
-        let cause = redact(&cause);
-        let url = url.split('?').next().unwrap_or(url);
-        if e.is_connect() {
-            ProviderError::new(
+    /// A request that got no response, as the routing layer sees it. The text names the
+    /// deployment and what failed, never the URL: callers see it in their attempt log.
+    fn transport_error(&self, e: SendError, redact: &dyn Fn(&str) -> String) -> ProviderError {
+        let deployment = &self.http.deployment;
+        match e {
+            SendError::Connect(why) => ProviderError::new(
                 ErrorKind::Connect,
                 0,
-                format!("connect to {url} failed: {cause}"),
-            )
-        } else if e.is_timeout() {
-            ProviderError::new(ErrorKind::Connect, 0, format!("connect to {url} timed out"))
-        } else {
-            ProviderError::new(
+                format!(
+                    "cannot connect to the provider of deployment `{deployment}`: {}",
+                    redact(&why)
+                ),
+            ),
+            SendError::Request(why) => ProviderError::new(
                 ErrorKind::Upstream,
                 0,
-                format!("request to {url} failed: {cause}"),
-            )
+                format!(
+                    "the request to the provider of deployment `{deployment}` failed: {}",
+                    redact(&why)
+                ),
+            ),
         }
     }
 
@@ -258,7 +283,7 @@ impl Endpoint {
 
 /// An SSE response as a chunk stream read by `parser` (see [`framed_stream`]).
 pub fn sse_stream<P: EventParser>(
-    response: reqwest::Response,
+    response: Response,
     parser: P,
     max_malformed: u32,
     secrets: Arc<[Secret]>,
@@ -280,7 +305,7 @@ pub(crate) fn redact(secrets: &[Secret], text: &str) -> String {
     out
 }
 
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<String, String> {
+async fn read_limited(mut response: Response, limit: usize) -> Result<String, String> {
     let mut buf = Vec::new();
     loop {
         match response.chunk().await {
@@ -302,7 +327,7 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<S
 /// The first `limit` bytes of a body (all of it when shorter): enough of an error body to
 /// classify it. A long one (a context-window error quoting the prompt) must not lose its words
 /// to the limit, or a retryable or fallback-worthy error would read as a bare bad request.
-async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
+async fn read_prefix(mut response: Response, limit: usize) -> String {
     let mut buf = Vec::new();
     while buf.len() < limit {
         match response.chunk().await {

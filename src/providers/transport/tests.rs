@@ -145,7 +145,7 @@ impl Sign for TestSigner {
 
 fn endpoint(auth: Auth) -> Endpoint {
     Endpoint::new(
-        reqwest::Client::new(),
+        crate::providers::transport::Link::for_tests(),
         vec![("x-api-key", Secret::new("static-key-123".into()))],
         &[],
         Some(&Secret::new("static-key-123".into())),
@@ -321,7 +321,10 @@ async fn read_frames(
 ) -> Vec<Result<Chunk, ProviderError>> {
     let pieces = wire.chunks(split).map(<[u8]>::to_vec).collect();
     let (url, _) = serve(200, pieces).await;
-    let response = reqwest::get(url).await.unwrap();
+    let response = endpoint(Auth::Static)
+        .post(&Target::new(url), &serde_json::json!({}), classify)
+        .await
+        .unwrap();
     let secrets: Arc<[Secret]> = Arc::from(vec![Secret::new("sekrit".into())]);
     framed_stream(
         response,
@@ -394,7 +397,7 @@ fn retry_after_reads_seconds_and_ms_and_caps() {
 #[test]
 fn redaction_covers_keys_and_extra_header_values() {
     let e = Endpoint::new(
-        reqwest::Client::new(),
+        crate::providers::transport::Link::for_tests(),
         vec![("authorization", Secret::new("Bearer sk-1".into()))],
         &[("x-custom-auth".into(), Secret::new("tok-2".into()))],
         Some(&Secret::new("sk-1".into())),
