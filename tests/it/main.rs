@@ -16,6 +16,7 @@ mod config;
 mod deadlines;
 mod litellm;
 mod metrics;
+mod pool;
 mod providers;
 mod recovery;
 mod routing;

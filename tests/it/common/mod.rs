@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod h2_upstream;
 pub mod process;
 pub mod redis_server;
 pub mod upstream;

@@ -54,6 +54,8 @@ struct Watch {
     /// The last stream id of the peer's GOAWAY; `u32::MAX` until one arrives.
     goaway: AtomicU32,
     closed: AtomicBool,
+    /// Why the connection ended, when it ended in an error.
+    ended: std::sync::Mutex<Option<String>>,
     changed: Notify,
 }
 
@@ -96,9 +98,16 @@ impl Conn {
                 return Ok(());
             }
             if self.watch.closed.load(Ordering::Acquire) {
-                return Err(SendError::Connect(
-                    "the provider closed the HTTP/2 connection before its SETTINGS".into(),
-                ));
+                let why = self
+                    .watch
+                    .ended
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "the provider closed the connection".into());
+                return Err(SendError::Connect(format!(
+                    "{why}, before its HTTP/2 SETTINGS"
+                )));
             }
             changed.await;
         }
@@ -133,7 +142,17 @@ pub(super) async fn open(
     let driver_watch = watch.clone();
     let driver = async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %describe(&e), "upstream HTTP/2 connection ended");
+            // A TLS 1.3 server refuses a missing client certificate after the handshake, so
+            // that refusal arrives here, on the connection's first read.
+            // (h2 keeps only the text of an I/O error, so the alert is known by its words.)
+            let mut why = describe(&e);
+            if why.contains("alert") {
+                why = format!(
+                    "TLS: the provider refused the connection ({why}); if it asks for a client certificate, set ssl_certificate"
+                );
+            }
+            tracing::debug!(error = %why, "upstream HTTP/2 connection ended");
+            *driver_watch.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         }
         driver_watch.closed.store(true, Ordering::Release);
         driver_watch.changed.notify_waiters();
