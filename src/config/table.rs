@@ -53,6 +53,16 @@ fn http_summary(h: &HttpProvider) -> String {
     out
 }
 
+/// A deployment's TLS settings, when they differ from the config's default.
+fn tls_summary(dep: &Deployment, default: &super::upstream::UpstreamTls) -> String {
+    if *dep.tls == *default || matches!(dep.provider, ProviderConfig::Mock(_)) {
+        return String::new();
+    }
+    dep.tls
+        .describe()
+        .map_or(" TLS system roots".to_string(), |t| format!(" TLS {t}"))
+}
+
 /// One caller's policy on a line: what it may call, its limits and switches. Identities are
 /// listed (they are names, not secrets); keys are only counted.
 fn policy_summary(p: &auth::CallerPolicy) -> String {
@@ -200,6 +210,18 @@ impl Config {
                 |s| s.describe()
             )
         );
+        let p = &r.pool;
+        let _ = writeln!(
+            out,
+            "upstream: connect_timeout {}, per origin up to {} HTTP/2 connections (each within the provider's stream limit) or {} HTTP/1.1 connections, idle ones closed after {}; TLS {}",
+            d(r.connect_timeout),
+            p.max_http2_connections,
+            p.max_connections,
+            d(p.idle_timeout),
+            r.tls
+                .describe()
+                .unwrap_or_else(|| "against the system roots (or SSL_CERT_FILE)".to_string()),
+        );
         let s = &self.server;
         let _ = writeln!(
             out,
@@ -253,7 +275,7 @@ impl Config {
                 let base = dep.provider.api_base();
                 let _ = writeln!(
                     out,
-                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}{}{}",
+                    "  deployment {}: {}/{}{} timeout {} stream_timeout {} max_retries {} weight {}{}{}{}{}{}",
                     dep.id,
                     dep.provider.name(),
                     dep.upstream_model,
@@ -271,6 +293,7 @@ impl Config {
                         ProviderConfig::Http(h) => http_summary(h),
                         ProviderConfig::Mock(_) => String::new(),
                     },
+                    tls_summary(dep, &r.tls),
                     if dep.supports_assistant_prefill {
                         " supports_assistant_prefill"
                     } else {

@@ -785,3 +785,113 @@ fn bad_redis_settings_name_their_key_and_never_echo_the_url() {
         ["router_settings.redis_url"]
     );
 }
+
+#[test]
+fn upstream_tls_and_pool_settings_are_read_and_checked_with_their_keys() {
+    use llm_router::config::upstream::TlsVerify;
+    let dir = std::env::temp_dir().join(format!("llm-router-config-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca = write("ca.pem", &cert.pem());
+    let both = write(
+        "both.pem",
+        &format!("{}{}", cert.pem(), key.serialize_pem()),
+    );
+    let key_only = write("key.pem", &key.serialize_pem());
+    let wrong_key = write("other.pem", &other.serialize_pem());
+    let not_pem = write("junk.pem", "not a certificate\n");
+
+    let yaml = |litellm: &str, params: &str, router: &str| {
+        format!(
+            "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/x\n      api_base: https://h/v1\n{params}\n  - model_name: n\n    litellm_params: {{model: openai/y, api_base: https://h/v1}}\nlitellm_settings:\n  num_retries: 0\n{litellm}\nrouter_settings:\n  num_retries: 0\n{router}\n"
+        )
+    };
+    // Globally, then per deployment over it; the CA's certificates are read at load.
+    let c = load(&yaml(
+        &format!("  ssl_verify: {ca}\n  ssl_certificate: {both}"),
+        "      ssl_verify: false",
+        "  pool_max_connections: 50\n  pool_max_http2_connections: 4\n  pool_idle_timeout: 30s",
+    ))
+    .unwrap();
+    let m = &c.groups["m"].deployments[0].tls;
+    let n = &c.groups["n"].deployments[0].tls;
+    assert_eq!(m.verify, TlsVerify::Off);
+    assert!(m.identity.is_some(), "the global certificate stays");
+    assert!(matches!(&n.verify, TlsVerify::Bundle { certs, .. } if certs.len() == 1));
+    assert_eq!(c.router.pool.max_connections, 50);
+    assert_eq!(c.router.pool.max_http2_connections, 4);
+    assert_eq!(c.router.pool.idle_timeout, Duration::from_secs(30));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("model_list[0].litellm_params: ssl_verify is false"))
+    );
+    // The key in a file of its own; text switches as an environment override gives them.
+    let c = load(&yaml(
+        "  ssl_verify: \"False\"",
+        &format!("      ssl_certificate: {ca}\n      ssl_certificate_key: {key_only}"),
+        "",
+    ))
+    .unwrap();
+    assert_eq!(c.groups["n"].deployments[0].tls.verify, TlsVerify::Off);
+    assert!(c.groups["m"].deployments[0].tls.identity.is_some());
+    let c = load(&yaml("", "", "")).unwrap();
+    assert_eq!(c.groups["m"].deployments[0].tls.verify, TlsVerify::System);
+    assert_eq!(c.router.pool.max_http2_connections, 64);
+
+    let bad =
+        |litellm: &str, params: &str, router: &str| error_keys(&yaml(litellm, params, router));
+    assert_eq!(
+        bad("  ssl_verify: /no/such/ca.pem", "", ""),
+        ["litellm_settings.ssl_verify"]
+    );
+    assert_eq!(
+        bad("", &format!("      ssl_verify: {not_pem}"), ""),
+        ["model_list[0].litellm_params.ssl_verify"]
+    );
+    assert_eq!(
+        bad("", &format!("      ssl_certificate: {ca}"), ""),
+        ["model_list[0].litellm_params.ssl_certificate"],
+        "no key in the file and none given"
+    );
+    assert_eq!(
+        bad(
+            "",
+            &format!("      ssl_certificate: {ca}\n      ssl_certificate_key: {wrong_key}"),
+            ""
+        ),
+        ["model_list[0].litellm_params.ssl_certificate_key"],
+        "another certificate's key"
+    );
+    assert_eq!(
+        bad(&format!("  ssl_certificate_key: {key_only}"), "", ""),
+        ["litellm_settings.ssl_certificate_key"]
+    );
+    assert_eq!(
+        bad(
+            "",
+            "",
+            "  pool_max_connections: 0\n  pool_max_http2_connections: 5000\n  pool_idle_timeout: 0s"
+        ),
+        [
+            "router_settings.pool_idle_timeout",
+            "router_settings.pool_max_connections",
+            "router_settings.pool_max_http2_connections"
+        ]
+    );
+    // Provider keys stay out of the body: ssl_* are not passed to the provider.
+    let c = load(&yaml("", &format!("      ssl_verify: {ca}"), "")).unwrap();
+    assert!(c.ignored_keys.iter().all(|k| !k.key.contains("ssl")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
