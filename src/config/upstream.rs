@@ -12,11 +12,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub struct PoolSettings {
     /// HTTP/1.1 connections per origin (`pool_max_connections`): each carries one request at
     /// a time, so this bounds the calls in flight to a plaintext or HTTP/1.1-only provider.
-    /// Default 1000.
+    /// Default 4096, the server's default `max_concurrent_calls`.
     pub max_connections: u32,
     /// HTTP/2 connections per origin (`pool_max_http2_connections`), each carrying up to the
     /// streams the provider allows one connection (its SETTINGS_MAX_CONCURRENT_STREAMS).
-    /// Default 64.
+    /// Default 256: 25,600 streams to a provider allowing 100 per connection.
     pub max_http2_connections: u32,
     /// How long a connection with nothing in flight is kept for reuse (`pool_idle_timeout`).
     /// Default 90s.
@@ -26,8 +26,8 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
-            max_connections: 1000,
-            max_http2_connections: 64,
+            max_connections: 4096,
+            max_http2_connections: 256,
             idle_timeout: Duration::from_secs(90),
         }
     }

@@ -848,7 +848,8 @@ fn upstream_tls_and_pool_settings_are_read_and_checked_with_their_keys() {
     assert!(c.groups["m"].deployments[0].tls.identity.is_some());
     let c = load(&yaml("", "", "")).unwrap();
     assert_eq!(c.groups["m"].deployments[0].tls.verify, TlsVerify::System);
-    assert_eq!(c.router.pool.max_http2_connections, 64);
+    assert_eq!(c.router.pool.max_http2_connections, 256);
+    assert_eq!(c.router.pool.max_connections, 4096);
 
     let bad =
         |litellm: &str, params: &str, router: &str| error_keys(&yaml(litellm, params, router));
