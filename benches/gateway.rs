@@ -12,7 +12,10 @@
 //! on its port, or with mTLS and a caller identified by its certificate; default `plain`, no
 //! callers (the baseline forwarder stays plaintext either way). `--redis` starts a
 //! `redis-server` on a free port (stopped at the end) and has llm-router share its state
-//! through it (`router_settings.redis_url`). For profiling, `LLMROUTER_BENCH_WRAP` is
+//! through it (`router_settings.redis_url`). `--upstream tls-h2` puts the upstream behind TLS
+//! and HTTP/2 with at most 100 streams per connection, as providers are reached, and
+//! `--upstream tls-h1` behind TLS and HTTP/1.1 (`benches/gateway/front.rs`); every path goes
+//! through the same front. For profiling, `LLMROUTER_BENCH_WRAP` is
 //! a command that both measured processes are started under, such as
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-{name}` (with low `--rates`), where
 //! `{name}` becomes `llm-router` or `baseline`. The tiny run under `cargo test` fails if any
@@ -96,6 +99,12 @@ fn main() {
         .any(|a| a == "--redis")
         .then(redis_server::RedisServer::start);
     let _ = REDIS_URL.set(redis.as_ref().map(|r| r.url()));
+    let front_kind = match flag("--upstream").as_deref() {
+        None | Some("plain") => None,
+        Some("tls-h2") => Some(front::Kind::H2 { max_streams: 100 }),
+        Some("tls-h1") => Some(front::Kind::H1),
+        Some(other) => panic!("--upstream: plain, tls-h2 or tls-h1, not {other}"),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,11 +113,20 @@ fn main() {
     runtime.block_on(async {
         let upstream = Upstream::start().await;
         set_upstream(&upstream, scale.latency, scale.chunks);
+        let front = match front_kind {
+            Some(kind) => Some(front::Front::start(kind, &upstream.base()).await),
+            None => None,
+        };
+        let _ = FRONT.set(front);
         println!(
             "# llm-router gateway benchmark ({})\n",
             if full { "full" } else { "tiny" }
         );
         println!("{}\n", machine());
+        println!(
+            "Upstream: {}.\n",
+            tls_front().map_or("plaintext HTTP/1.1".to_string(), front::Front::describe)
+        );
         if wants("overhead") {
             overhead(&upstream, &scale).await;
         }
@@ -208,6 +226,32 @@ fn machine() -> String {
 #[path = "../tests/it/common/upstream.rs"]
 mod upstream;
 use upstream::{Behaviour, Upstream};
+
+// Under `--upstream tls-h2|tls-h1`: the upstream behind TLS.
+#[path = "gateway/front.rs"]
+mod front;
+
+/// The TLS front every path goes through, under `--upstream tls-h2|tls-h1`.
+static FRONT: std::sync::OnceLock<Option<front::Front>> = std::sync::OnceLock::new();
+
+fn tls_front() -> Option<&'static front::Front> {
+    FRONT.get().and_then(Option::as_ref)
+}
+
+/// Where calls to the upstream go: the TLS front when there is one.
+fn upstream_base(up: &Upstream) -> String {
+    tls_front().map_or_else(|| up.base(), front::Front::base)
+}
+
+/// A direct HTTP client, trusting the front's CA.
+fn direct_client() -> reqwest::Client {
+    let mut b = reqwest::Client::builder().pool_max_idle_per_host(20_000);
+    if let Some(f) = tls_front() {
+        let pem = std::fs::read(&f.ca_file).unwrap();
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
 
 // Under `--redis`: the tests' redis-server, started the same way.
 #[path = "../tests/it/common/redis_server.rs"]
@@ -578,7 +622,11 @@ async fn baseline(upstream: &Upstream) -> Server {
     )
     .env(ROLE_ENV, "forwarder")
     .env("FORWARD_LISTEN", addr.to_string())
-    .env("FORWARD_UPSTREAM", upstream.base())
+    .env("FORWARD_UPSTREAM", upstream_base(upstream))
+    .env(
+        "FORWARD_CA",
+        tls_front().map_or(String::new(), |f| f.ca_file.display().to_string()),
+    )
     .stdout(Stdio::null())
     .stderr(Stdio::inherit())
     .spawn()
@@ -607,10 +655,12 @@ model_list:
   - model_name: slow-stream
     litellm_params: {{ model: openai/slow-stream, api_base: "{base}", timeout: 60s, max_retries: 0 }}
 server:
-  # The scale part holds 10,000 streams: above the default bound of 4096 calls.
+  # The scale part holds 10,000 streams: above the default bound of 4096 calls, and of 4096
+  # HTTP/1.1 connections per provider.
   max_concurrent_calls: 20000
-{server_tls}{auth}router_settings:
+{tls}{server_tls}{auth}router_settings:
 {redis}  timeout: 60s
+  pool_max_connections: 20000
   stream_idle_timeout: 30s
   # The timer parts call the hanging deployment on purpose, thousands of times: with cooldowns
   # on it would be skipped after a few failures (the feature working), and the timers would
@@ -619,7 +669,11 @@ server:
   fallbacks:
     - hang: [fast]
 "#,
-        base = upstream.base(),
+        base = upstream_base(upstream),
+        tls = tls_front().map_or(String::new(), |f| format!(
+            "litellm_settings:\n  ssl_verify: {}\n",
+            f.ca_file.display()
+        )),
         redis = REDIS_URL
             .get()
             .cloned()
@@ -697,15 +751,12 @@ fn direct_body(model: &str, stream: bool, chunks: usize) -> String {
 // 1 and 2: overhead and cost.
 
 async fn overhead(upstream: &Upstream, scale: &Scale) {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        .build()
-        .unwrap();
+    let http = direct_client();
     let router = llm_router(&router_config(upstream)).await;
     let base = baseline(upstream).await;
     let router_clients = Arc::new(router.clients(4).await);
     let base_clients = Arc::new(base.clients(4).await);
-    let url = format!("{}/chat/completions", upstream.base());
+    let url = format!("{}/chat/completions", upstream_base(upstream));
 
     println!("## Overhead and cost: Complete\n");
     println!(
@@ -1111,9 +1162,9 @@ async fn streams_held(upstream: &Upstream, scale: &Scale) {
         "{n} concurrent StreamComplete calls against an upstream sending one token a second (three tokens each), through each path in turn.\n"
     );
     println!(
-        "| path | streams | committed | completed | opened in s | RSS idle KiB | RSS all open KiB | KiB per open stream |"
+        "| path | streams | committed | completed | opened in s | first chunk p50 ms | p99 ms | RSS idle KiB | RSS all open KiB | KiB per open stream |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for name in ["llm-router", "baseline forwarder"] {
         let server = match name {
             "llm-router" => llm_router(&router_config(upstream)).await,
@@ -1124,11 +1175,14 @@ async fn streams_held(upstream: &Upstream, scale: &Scale) {
             format_args!("streams held through {name}"),
             n - held.completed,
         );
+        let ms = |p| percentile(&held.first_chunk, p).as_secs_f64() * 1000.0;
         println!(
-            "| {name} | {n} | {} | {} | {:.1} | {} | {} | {:.1} |",
+            "| {name} | {n} | {} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {:.1} |",
             held.committed,
             held.completed,
             held.opened_in.as_secs_f64(),
+            ms(50.0),
+            ms(99.0),
             held.idle_rss,
             held.open_rss,
             held.open_rss.saturating_sub(held.idle_rss) as f64 / held.committed.max(1) as f64
@@ -1140,6 +1194,8 @@ async fn streams_held(upstream: &Upstream, scale: &Scale) {
 
 struct Held {
     committed: usize,
+    /// Each committed stream's time from its request to its first message, sorted.
+    first_chunk: Vec<Duration>,
     completed: usize,
     opened_in: Duration,
     idle_rss: u64,
@@ -1155,12 +1211,18 @@ async fn hold(server: &Server, n: usize) -> Held {
     let idle_rss = server.rss_kib("VmRSS:");
     let committed = Arc::new(AtomicUsize::new(0));
     let completed = Arc::new(AtomicUsize::new(0));
+    let first_chunk = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let mut tasks = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
-        let (clients, committed, completed) =
-            (clients.clone(), committed.clone(), completed.clone());
+        let (clients, committed, completed, first_chunk) = (
+            clients.clone(),
+            committed.clone(),
+            completed.clone(),
+            first_chunk.clone(),
+        );
         tasks.push(tokio::spawn(async move {
+            let asked = Instant::now();
             let mut c = clients[i % clients.len()].clone();
             // Three tokens, one a second: each stream stays open about three seconds.
             let req = StreamCompleteRequest {
@@ -1174,6 +1236,7 @@ async fn hold(server: &Server, n: usize) -> Held {
             };
             let mut s = resp.into_inner();
             if matches!(s.message().await, Ok(Some(_))) {
+                first_chunk.lock().unwrap().push(asked.elapsed());
                 committed.fetch_add(1, Ordering::SeqCst);
             }
             loop {
@@ -1203,8 +1266,11 @@ async fn hold(server: &Server, n: usize) -> Held {
     for t in tasks {
         let _ = t.await;
     }
+    let mut first_chunk = std::mem::take(&mut *first_chunk.lock().unwrap());
+    first_chunk.sort();
     Held {
         committed,
+        first_chunk,
         completed: completed.load(Ordering::SeqCst),
         opened_in,
         idle_rss,
@@ -1337,11 +1403,15 @@ mod forwarder {
             .build()
             .unwrap();
         runtime.block_on(async move {
+            let mut http = reqwest::Client::builder().tcp_nodelay(true);
+            if let Ok(ca) = std::env::var("FORWARD_CA")
+                && !ca.is_empty()
+            {
+                let pem = std::fs::read(ca).unwrap();
+                http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+            }
             let fwd = Forwarder {
-                http: reqwest::Client::builder()
-                    .tcp_nodelay(true)
-                    .build()
-                    .unwrap(),
+                http: http.build().unwrap(),
                 url,
             };
             tonic::transport::Server::builder()
