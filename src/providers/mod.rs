@@ -214,6 +214,11 @@ impl Provider {
     ) -> Arc<Provider> {
         let model = deployment.upstream_model.as_str();
         let http = transport::Link::new(client, &deployment.tls, &deployment.id);
+        // Its TLS settings (the system's roots, read once) are made ready now rather than on
+        // its first call.
+        if deployment.provider.api_base().starts_with("https:") {
+            http.tls.prepare();
+        }
         let max = max_malformed_events;
         Arc::new(match &deployment.provider {
             ProviderConfig::Mock(spec) => Provider::Mock(MockProvider::new(spec.clone())),

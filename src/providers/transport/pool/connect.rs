@@ -92,7 +92,7 @@ pub(super) async fn open(
     let name = rustls::pki_types::ServerName::try_from(key.host.clone()).map_err(|_| {
         SendError::Connect("the provider's host is not a valid TLS server name".into())
     })?;
-    let tls = tokio_rustls::TlsConnector::from(tls.config.clone())
+    let tls = tokio_rustls::TlsConnector::from(tls.config())
         .connect(name, tcp)
         .await
         .map_err(|e| SendError::Connect(tls_error(&e)))?;

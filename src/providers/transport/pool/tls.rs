@@ -13,11 +13,34 @@ use rustls::{
 use crate::config::upstream::{TlsVerify, UpstreamTls};
 
 /// A TLS setting as connections use it. Requests with equal settings get the same profile
-/// (the same `id`), and so share an origin's connections.
+/// (the same `id`), and so share an origin's connections. Its rustls config is built when
+/// first needed ([`TlsProfile::prepare`] builds it ahead): reading the system's roots costs a
+/// few milliseconds that a config reaching providers only over plaintext never pays.
 #[derive(Clone)]
 pub struct TlsProfile {
     pub(super) id: usize,
-    pub(super) config: Arc<ClientConfig>,
+    inner: Arc<Lazy>,
+}
+
+struct Lazy {
+    tls: Arc<UpstreamTls>,
+    config: OnceLock<Arc<ClientConfig>>,
+    system_roots: Arc<OnceLock<Arc<RootCertStore>>>,
+}
+
+impl TlsProfile {
+    /// The rustls config, built on first use.
+    pub(super) fn config(&self) -> Arc<ClientConfig> {
+        let l = &self.inner;
+        l.config
+            .get_or_init(|| Arc::new(build(&l.tls, &l.system_roots)))
+            .clone()
+    }
+
+    /// Builds the config now, off any request's path.
+    pub fn prepare(&self) {
+        let _ = self.config();
+    }
 }
 
 impl std::fmt::Debug for TlsProfile {
@@ -31,7 +54,7 @@ impl std::fmt::Debug for TlsProfile {
 #[derive(Default)]
 pub(super) struct Profiles {
     built: Mutex<Vec<(Arc<UpstreamTls>, TlsProfile)>>,
-    system_roots: OnceLock<Arc<RootCertStore>>,
+    system_roots: Arc<OnceLock<Arc<RootCertStore>>>,
 }
 
 impl Profiles {
@@ -42,68 +65,76 @@ impl Profiles {
         }
         let profile = TlsProfile {
             id: built.len(),
-            config: Arc::new(self.config(tls)),
+            inner: Arc::new(Lazy {
+                tls: tls.clone(),
+                config: OnceLock::new(),
+                system_roots: self.system_roots.clone(),
+            }),
         };
         built.push((tls.clone(), profile.clone()));
         profile
     }
+}
 
-    fn config(&self, tls: &UpstreamTls) -> ClientConfig {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions");
-        let builder = match &tls.verify {
-            TlsVerify::System => builder.with_root_certificates(self.system_roots()),
-            TlsVerify::Bundle { certs, .. } => {
-                let mut roots = RootCertStore::empty();
-                // Checked when the config loaded; one that is not a CA is left out.
-                roots.add_parsable_certificates(certs.iter().cloned());
-                builder.with_root_certificates(roots)
-            }
-            TlsVerify::Off => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerifier(provider))),
-        };
-        let mut config = match &tls.identity {
+fn build(tls: &UpstreamTls, system_roots: &OnceLock<Arc<RootCertStore>>) -> ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let builder = match &tls.verify {
+        TlsVerify::System => {
+            builder.with_root_certificates(system_roots.get_or_init(load_system_roots).clone())
+        }
+        TlsVerify::Bundle { certs, .. } => {
+            let mut roots = RootCertStore::empty();
+            // Checked when the config loaded; one that is not a CA is left out.
+            roots.add_parsable_certificates(certs.iter().cloned());
+            builder.with_root_certificates(roots)
+        }
+        TlsVerify::Off => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider))),
+    };
+    let mut config = match &tls.identity {
             Some(id) => builder
                 .with_client_auth_cert(id.chain.clone(), id.key.0.clone_key())
                 .unwrap_or_else(|e| {
                     // The config's validation built this same pair; it cannot fail here.
                     tracing::error!(error = %e, "the client certificate is not usable; connecting without it");
-                    self.config(&UpstreamTls {
-                        verify: tls.verify.clone(),
-                        identity: None,
-                    })
+                    build(
+                        &UpstreamTls {
+                            verify: tls.verify.clone(),
+                            identity: None,
+                        },
+                        system_roots,
+                    )
                 }),
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config
-    }
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
 
-    /// The system's roots (or `SSL_CERT_FILE`'s, or `SSL_CERT_DIR`'s), read once.
-    fn system_roots(&self) -> Arc<RootCertStore> {
-        self.system_roots
-            .get_or_init(|| {
-                let found = rustls_native_certs::load_native_certs();
-                for e in &found.errors {
-                    tracing::warn!(error = %e, "cannot read some of the system's root certificates");
-                }
-                let mut roots = RootCertStore::empty();
-                let (_, bad) = roots.add_parsable_certificates(found.certs);
-                if bad > 0 {
-                    tracing::debug!(bad, "system root certificates that do not parse were left out");
-                }
-                if roots.is_empty() {
-                    tracing::warn!(
-                        "no system root certificates were found: TLS connections to providers will fail unless ssl_verify names a CA bundle (or SSL_CERT_FILE is set)"
-                    );
-                }
-                Arc::new(roots)
-            })
-            .clone()
+/// The system's roots (or `SSL_CERT_FILE`'s, or `SSL_CERT_DIR`'s), read once per client.
+fn load_system_roots() -> Arc<RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "cannot read some of the system's root certificates");
     }
+    let mut roots = RootCertStore::empty();
+    let (_, bad) = roots.add_parsable_certificates(found.certs);
+    if bad > 0 {
+        tracing::debug!(
+            bad,
+            "system root certificates that do not parse were left out"
+        );
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no system root certificates were found: TLS connections to providers will fail unless ssl_verify names a CA bundle (or SSL_CERT_FILE is set)"
+        );
+    }
+    Arc::new(roots)
 }
 
 /// `ssl_verify: false`: any certificate is accepted. Signatures are still checked, so the
