@@ -38,10 +38,24 @@ async fn key_files(config: &Config) -> Vec<Option<Vec<u8>>> {
     out
 }
 
-/// Watches the file until the task is aborted. `last` is the text the running config came from.
+/// The key files' contents now, read before serving starts, for the same reason as
+/// [`snapshot`]: read once the watcher's task runs, a key rotated meanwhile would be taken for
+/// the running one and never applied.
+pub(crate) fn key_snapshot(config: &Config) -> Vec<Option<Vec<u8>>> {
+    config
+        .auth
+        .key_files
+        .iter()
+        .map(|path| std::fs::read(path).ok())
+        .collect()
+}
+
+/// Watches the file until the task is aborted. `last` is the text the running config came
+/// from, `last_keys` its key files' contents ([`key_snapshot`]).
 pub(crate) async fn watch(
     file: ConfigFile,
     mut last: Option<Vec<u8>>,
+    mut last_keys: Vec<Option<Vec<u8>>>,
     routers: Arc<SharedRouter>,
     metrics: Arc<Metrics>,
 ) {
@@ -54,7 +68,6 @@ pub(crate) async fn watch(
         .map(|c| RestartOnly::of(&c));
     let mut hangup = Hangup::new(file.on_sighup);
     let mut unreadable = false;
-    let mut last_keys = key_files(routers.current().config()).await;
     loop {
         let interval = routers.current().config().server.config_watch_interval;
         let forced = tokio::select! {

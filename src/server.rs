@@ -124,9 +124,11 @@ async fn serve(
     // Stops watching however `serve` returns.
     let _watcher = reload.map(|r| {
         let text = crate::reload::snapshot(&r);
+        let keys = crate::reload::key_snapshot(routers.current().config());
         AbortOnDrop(tokio::spawn(crate::reload::watch(
             r,
             text,
+            keys,
             routers.clone(),
             metrics.clone(),
         )))
