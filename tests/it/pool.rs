@@ -375,3 +375,40 @@ async fn a_provider_that_asks_for_a_client_certificate_gets_ssl_certificate() {
     let messages = run(&r, Duration::from_secs(3)).await.unwrap();
     assert_eq!(text(&messages), "w0 w1 w2 ");
 }
+
+#[tokio::test]
+async fn an_http1_providers_idle_connections_are_reused_then_closed_after_pool_idle_timeout() {
+    use crate::common::upstream::{Behaviour, Upstream};
+    let up = Upstream::start().await;
+    up.set("up", Behaviour::ok("hello"));
+    let r = TestRouter::start(&config(&up.base(), "", "  pool_idle_timeout: 1s")).await;
+    let call = || async {
+        r.client()
+            .complete(crate::common::complete("m"))
+            .await
+            .unwrap()
+    };
+    call().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call().await;
+    assert_eq!(up.connections(), 1, "reused while idle for less than the timeout");
+    // Three to five sweeps (every quarter of the timeout, at least 250 ms) after the timeout,
+    // the idle connection is closed, and the next call opens another.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, metrics) = r.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "llmrouter_upstream_connections", "protocol=\"h1\""),
+        0.0,
+        "{metrics}"
+    );
+    call().await;
+    assert_eq!(up.connections(), 2);
+    // HTTP/1.1 calls in flight at once each have a connection: ten at once, ten connections,
+    // then kept for what follows.
+    let slow = Behaviour::slow_first_chunk("hello", Duration::from_millis(200));
+    up.set("up", slow);
+    join_all((0..10).map(|_| call())).await;
+    assert_eq!(up.connections(), 2 + 9);
+    join_all((0..10).map(|_| call())).await;
+    assert_eq!(up.connections(), 11, "all ten kept for reuse");
+}

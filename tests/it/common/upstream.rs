@@ -17,11 +17,8 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        TcpListener, TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
     time::{Instant, sleep},
 };
 
@@ -204,6 +201,21 @@ impl Upstream {
         Upstream { addr, state }
     }
 
+    /// Serves one connection that did not come through its listener (a TLS front's decrypted
+    /// stream, or one end of an in-memory pipe), counted as the listener's are.
+    pub fn serve_io<S>(&self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let state = self.state.clone();
+        let addr = self.addr;
+        state.lock().unwrap().connections += 1;
+        tokio::spawn(async move {
+            let (rd, wr) = tokio::io::split(io);
+            serve_halves(rd, wr, addr, state, |_, _| {}).await;
+        });
+    }
+
     /// The `api_base` to configure a deployment with.
     pub fn base(&self) -> String {
         format!("http://{}/v1", self.addr)
@@ -274,7 +286,28 @@ struct Request {
 
 async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let addr = stream.local_addr().unwrap();
+    let (rd, wr) = stream.into_split();
+    serve_halves(rd, wr, addr, state, |rd, wr| {
+        if let Ok(stream) = rd.reunite(wr) {
+            let _ = stream.set_zero_linger();
+        }
+    })
+    .await;
+}
+
+/// Serves one connection of any kind, by its halves: `reset` ends it with an RST where the
+/// transport has one.
+async fn serve_halves<R, W>(
+    mut rd: R,
+    mut wr: W,
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    reset: impl FnOnce(R, W),
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     loop {
         let Some((req, authorization, body)) = read_request(&mut rd, &mut buf).await else {
@@ -310,7 +343,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
             }
         };
         let up = Upstream {
-            addr: wr.local_addr().unwrap(),
+            addr,
             state: state.clone(),
         };
         let outcome = respond(&req, behaviour, &mut rd, &mut wr).await;
@@ -323,9 +356,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<Mutex<State>>) {
             }
             Outcome::Closed => return,
             Outcome::Reset => {
-                if let Ok(stream) = rd.reunite(wr) {
-                    let _ = stream.set_zero_linger();
-                }
+                reset(rd, wr);
                 return;
             }
         }
@@ -342,7 +373,7 @@ enum Outcome {
 }
 
 async fn read_request(
-    rd: &mut OwnedReadHalf,
+    rd: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
 ) -> Option<(Request, Option<String>, serde_json::Value)> {
     let header_end = loop {
@@ -410,7 +441,7 @@ async fn read_request(
 }
 
 /// Waits `d`, unless the client closes the connection first.
-async fn wait_or_abandoned(rd: &mut OwnedReadHalf, d: Duration) -> bool {
+async fn wait_or_abandoned(rd: &mut (impl AsyncRead + Unpin), d: Duration) -> bool {
     if d.is_zero() {
         // No timer at all: a zero sleep still waits for the timer wheel's next tick.
         return false;
@@ -422,7 +453,7 @@ async fn wait_or_abandoned(rd: &mut OwnedReadHalf, d: Duration) -> bool {
     }
 }
 
-async fn forever_or_abandoned(rd: &mut OwnedReadHalf) -> Outcome {
+async fn forever_or_abandoned(rd: &mut (impl AsyncRead + Unpin)) -> Outcome {
     let mut tmp = [0u8; 64];
     loop {
         match rd.read(&mut tmp).await {
@@ -446,8 +477,8 @@ fn content_event(model: &str, text: &str) -> String {
 async fn respond(
     req: &Request,
     b: Behaviour,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut (impl AsyncRead + Unpin),
+    wr: &mut (impl AsyncWrite + Unpin),
 ) -> Outcome {
     const STREAM_HEAD: &[u8] =
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
