@@ -114,7 +114,7 @@ fn main() {
         let upstream = Upstream::start().await;
         set_upstream(&upstream, scale.latency, scale.chunks);
         let front = match front_kind {
-            Some(kind) => Some(front::Front::start(kind, &upstream.base()).await),
+            Some(kind) => Some(front::Front::start(kind, &upstream).await),
             None => None,
         };
         let _ = FRONT.set(front);

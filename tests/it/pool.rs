@@ -391,13 +391,21 @@ async fn an_http1_providers_idle_connections_are_reused_then_closed_after_pool_i
     call().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     call().await;
-    assert_eq!(up.connections(), 1, "reused while idle for less than the timeout");
+    assert_eq!(
+        up.connections(),
+        1,
+        "reused while idle for less than the timeout"
+    );
     // Three to five sweeps (every quarter of the timeout, at least 250 ms) after the timeout,
     // the idle connection is closed, and the next call opens another.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, metrics) = r.admin_get("/metrics").await;
     assert_eq!(
-        metric(&metrics, "llmrouter_upstream_connections", "protocol=\"h1\""),
+        metric(
+            &metrics,
+            "llmrouter_upstream_connections",
+            "protocol=\"h1\""
+        ),
         0.0,
         "{metrics}"
     );
