@@ -254,6 +254,78 @@ async fn streams_above_a_goaways_last_id_are_sent_again_unseen_by_callers() {
 }
 
 #[tokio::test]
+async fn a_dying_connection_fails_only_its_own_streams_and_those_are_retried() {
+    let up = H2Upstream::start(
+        "dies",
+        Plan {
+            max_streams: 10,
+            chunks: 3,
+            chunk_delay: Duration::from_millis(50),
+            // The first connection holds its streams unanswered, then closes without GOAWAY:
+            // they reached the provider, so they are not resent unseen but retried.
+            die_after: Some(Duration::from_millis(400)),
+            ..Plan::default()
+        },
+    )
+    .await;
+    let cfg = format!(
+        r#"
+model_list:
+  - model_name: m
+    litellm_params:
+      model: openai/up
+      api_base: {base}
+      api_key: sk-test
+{tls}
+    model_info: {{id: up}}
+router_settings:
+  num_retries: 1
+  disable_cooldowns: true
+  # Room for every lost stream's retry: the default budget rightly throttles a third of the
+  # calls failing at once.
+  retry_budget: {{max_tokens: 100}}
+"#,
+        base = up.base(),
+        tls = ssl_verify(&up)
+    );
+    let r = TestRouter::start(&cfg).await;
+    let results = join_all((0..30).map(|_| run(&r, Duration::from_secs(5)))).await;
+    let mut retried = 0;
+    for (i, res) in results.iter().enumerate() {
+        let messages = res.as_ref().unwrap_or_else(|s| panic!("stream {i}: {s:?}"));
+        assert_eq!(text(messages), "w0 w1 w2 ", "stream {i}");
+        let log = outcomes(&messages[0].attempts);
+        match log.as_slice() {
+            [(_, AttemptOutcome::Ok)] => {}
+            [(_, first), (_, AttemptOutcome::Ok)] => {
+                // A connection broken after the request was sent is the provider's error (the proto
+                // says so), not a failure to connect.
+                assert_eq!(*first, AttemptOutcome::UpstreamError, "stream {i}: {log:?}");
+                retried += 1;
+            }
+            other => panic!("stream {i}: {other:?}"),
+        }
+    }
+    let stats = up.stats();
+    // Only the streams the dead connection carried were lost, and each was retried once.
+    assert!(stats.died_with >= 1 && stats.died_with <= 10, "{stats:?}");
+    assert_eq!(retried, stats.died_with, "{stats:?}");
+    assert_eq!(stats.completed, 30, "{stats:?}");
+    assert_eq!(stats.over_limit, 0, "{stats:?}");
+    let (_, metrics) = r.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "llmrouter_retries_total", ""),
+        f64::from(stats.died_with),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "llmrouter_upstream_resends_total", ""),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn refused_streams_are_sent_again_unseen_by_callers() {
     let up = H2Upstream::start(
         "refused",

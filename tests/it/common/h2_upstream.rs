@@ -43,6 +43,9 @@ pub struct Plan {
     /// with the last stream id of the half of them that arrived first; the others are never
     /// answered, and the connection closes when the first half is done.
     pub goaway_after: Option<u32>,
+    /// On the first connection only: answer none of its streams, and close it (no GOAWAY,
+    /// as a dying server or a cut network would) this long after its first stream arrived.
+    pub die_after: Option<Duration>,
 }
 
 impl Default for Plan {
@@ -53,6 +56,7 @@ impl Default for Plan {
             chunk_delay: Duration::from_millis(20),
             refuse_first: 0,
             goaway_after: None,
+            die_after: None,
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct Stats {
     pub over_limit: u32,
     pub refused: u32,
     pub goaways: u32,
+    /// Streams in flight on a connection that `die_after` closed.
+    pub died_with: u32,
 }
 
 struct Shared {
@@ -241,11 +247,26 @@ async fn serve<T: AsyncRead + AsyncWrite + Send + 'static>(io: T, s: Arc<Shared>
         grew: Notify::new(),
     });
     let done = Arc::new(Notify::new());
+    // Set when the first stream arrives on a connection that `die_after` will close.
+    let mut dies_at: Option<tokio::time::Instant> = None;
     loop {
         let mut head = [0u8; 9];
+        let die = async {
+            match dies_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
             r = rd.read_exact(&mut head) => r,
             _ = done.notified() => break,
+            _ = die => {
+                let n = conn.lock().unwrap().open;
+                s.stats.lock().unwrap().died_with += n;
+                // Dropped without a word: the writer's task ends with the connection.
+                writer.abort();
+                return;
+            }
         };
         if read.is_err() {
             break;
@@ -296,6 +317,11 @@ async fn serve<T: AsyncRead + AsyncWrite + Send + 'static>(io: T, s: Arc<Shared>
                 c.open += 1;
                 st.max_concurrent = st.max_concurrent.max(c.open);
                 drop(st);
+                if first && let Some(after) = plan.die_after {
+                    // Held unanswered until the connection dies.
+                    dies_at.get_or_insert_with(|| tokio::time::Instant::now() + after);
+                    continue;
+                }
                 if first
                     && c.goaway_last.is_none()
                     && plan.goaway_after.is_some_and(|n| c.received >= n)
