@@ -49,6 +49,7 @@ SCENARIOS = {
             "trustedHeader": {"name": "x-forwarded-client-cert", "trustedPeers": ["127.0.0.6/32"]},
             "keySecrets": ["team-keys"],
         },
+        "providerTls": {"secrets": ["vllm-ca"]},
         "config": {
             "callers": [
                 {"name": "ranker", "identities": ["spiffe://cluster.local/ns/search/sa/ranker"], "models": ["chat"], "rpm_limit": 600},
@@ -196,6 +197,9 @@ def test_tls_secret_key_secrets_and_auth_values(chart_path):
     assert volumes["keys-team-keys"]["secret"] == {"secretName": "team-keys"}
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["keys-team-keys"] == "/etc/llm-router/keys/team-keys"
+    # A provider's CA bundle (ssl_verify) or client certificate, from a Secret.
+    assert volumes["provider-tls-vllm-ca"]["secret"] == {"secretName": "vllm-ca"}
+    assert mounts["provider-tls-vllm-ca"] == "/etc/llm-router/provider-tls/vllm-ca"
     # The kubelet's gRPC probes are plaintext: with TLS on, the admin port answers them.
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin", "scheme": "HTTP"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin", "scheme": "HTTP"}
