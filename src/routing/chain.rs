@@ -31,6 +31,32 @@ pub struct Seed {
     pub failure: Failure,
     /// Whether the call had already switched to a special fallback list (once per call).
     pub switched: bool,
+    /// What the call's earlier breaks left (the stream's own deployment included).
+    pub broken: Broken,
+}
+
+/// The deployments that broke one of a call's committed streams, kept across its recoveries:
+/// a deployment that broke is tried again only as the chain's last option, and then at most
+/// its group's retries in total for the call (not afresh at each recovery).
+#[derive(Debug, Clone, Default)]
+pub struct Broken {
+    /// (group name, deployment index in the group).
+    pub deployments: Vec<(String, usize)>,
+    /// Attempts the call has made on broken deployments.
+    pub retries: u32,
+}
+
+impl Broken {
+    /// Adds deployment `idx` of `group`, once.
+    pub fn add(&mut self, group: &str, idx: usize) {
+        if !self
+            .deployments
+            .iter()
+            .any(|(g, i)| g == group && *i == idx)
+        {
+            self.deployments.push((group.to_string(), idx));
+        }
+    }
 }
 
 /// What a committed stream keeps so that it can recover if it breaks: the rest of its chain.
@@ -43,6 +69,8 @@ pub struct Resume {
     /// The answering deployment, in the first group.
     pub deployment: usize,
     pub switched: bool,
+    /// The deployments that broke the call's earlier streams.
+    pub broken: Broken,
 }
 
 /// What the walk does next, as the current group's picker and the retry policy decided.
@@ -91,6 +119,8 @@ struct Chain {
     carried: Option<Picker>,
     /// For a recovery: the broken deployment, marked failed when the first group is entered.
     seed: Option<Seed>,
+    /// For a recovery: the deployments that broke the call's streams so far.
+    broken: Broken,
 }
 
 /// The call's state within one group.
@@ -151,8 +181,34 @@ impl Chain {
             switched: seed.as_ref().is_some_and(|s| s.switched),
             last_failure: None,
             carried: None,
+            broken: seed.as_ref().map(|s| s.broken.clone()).unwrap_or_default(),
             seed,
         }
+    }
+
+    /// Whether the current group may pick a deployment that broke one of the call's streams:
+    /// only as the chain's last option, within its group's retries for the whole call.
+    fn broken_ok(&self, plan: &Plan) -> bool {
+        let Some(group) = &self.current else {
+            return false;
+        };
+        if !self.ahead.is_empty() {
+            return false;
+        }
+        let group = &group.pick.group;
+        let retries = self
+            .broken
+            .deployments
+            .iter()
+            .filter(|(g, _)| *g == group.name)
+            .filter_map(|&(_, i)| group.deployments.get(i))
+            .map(|d| {
+                plan.num_retries
+                    .map_or(d.max_retries, |n| n.min(d.max_retries))
+            })
+            .max()
+            .unwrap_or(0);
+        self.broken.retries < retries
     }
 
     /// What the answer's stream needs to recover: the chain from the answering group on.
@@ -171,6 +227,7 @@ impl Chain {
             chain,
             deployment: won.idx,
             switched: self.switched,
+            broken: self.broken.clone(),
         }
     }
 
@@ -217,6 +274,14 @@ impl Chain {
                 .pick
                 .ended(seed.deployment, Some(seed.failure.fault()));
             entered.failure = Some(seed.failure);
+        }
+        for (_, idx) in self
+            .broken
+            .deployments
+            .iter()
+            .filter(|(g, _)| *g == group.name)
+        {
+            entered.pick.broke(*idx);
         }
         Some(self.current.insert(entered))
     }
@@ -360,7 +425,8 @@ impl Router {
 
         'groups: while chain.enter_next(self, plan, &mut call.log).is_some() {
             loop {
-                let facts = call.facts(false);
+                let mut facts = call.facts(false);
+                facts.broken_ok = chain.broken_ok(plan);
                 let (idx, wait) = match chain.next_step(&facts, plan, backoff, &mut call.log) {
                     Next::Attempt { idx, wait } => (idx, wait),
                     Next::Leave => continue 'groups,
@@ -388,6 +454,9 @@ impl Router {
                 if group.pick.has_failures() {
                     let d = &group.pick.group.deployments[idx];
                     self.metrics().retry(&group.pick.group.name, &d.id);
+                }
+                if group.pick.is_broken(idx) {
+                    chain.broken.retries += 1;
                 }
                 let at = RoundAt {
                     pick: &mut group.pick,

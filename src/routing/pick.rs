@@ -37,6 +37,10 @@ pub struct Facts {
     /// What the request needs: deployments without it are never picked.
     pub needs: Needs,
     pub latency_buffer: f64,
+    /// Whether a deployment that broke one of the call's committed streams may be picked
+    /// (when no other deployment of the group can be): only where it is the last option left
+    /// in the chain and the call has retries on broken deployments left.
+    pub broken_ok: bool,
 }
 
 /// What this call has done with one deployment of the group.
@@ -64,6 +68,9 @@ pub struct Picker {
     last: Option<usize>,
     /// Whether any attempt of the call ran on this group.
     attempted: bool,
+    /// By deployment: it broke a stream of this call after committing (see
+    /// [`Picker::broke`]).
+    broken: Vec<bool>,
 }
 
 /// The picker's choice.
@@ -101,7 +108,25 @@ impl Picker {
             tried: vec![Tried::No; n],
             last: None,
             attempted: false,
+            broken: vec![false; n],
         }
+    }
+
+    /// Marks deployment `idx` as having broken a committed stream of this call: it is picked
+    /// again only when nothing else in the group can be, and only if `Facts::broken_ok`.
+    pub fn broke(&mut self, idx: usize) {
+        let Some(b) = self.broken.get_mut(idx) else {
+            return;
+        };
+        *b = true;
+        if self.tried[idx] != Tried::Excluded {
+            self.tried[idx] = Tried::Failed;
+        }
+    }
+
+    /// Whether deployment `idx` broke a committed stream of this call.
+    pub fn is_broken(&self, idx: usize) -> bool {
+        self.broken.get(idx).copied().unwrap_or(false)
     }
 
     /// Whether an attempt in this group has already failed: the next one is a retry.
@@ -148,11 +173,13 @@ impl Picker {
         let now = Instant::now();
         let mut fresh = Vec::new();
         let mut again = Vec::new();
+        let mut broken = Vec::new();
         let mut skipped = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             let failed = match self.tried[i] {
                 Tried::Excluded | Tried::Running { .. } => continue,
                 Tried::Failed if facts.fresh_only => continue,
+                Tried::Failed if self.broken[i] && !facts.broken_ok => continue,
                 Tried::Failed => true,
                 Tried::No => false,
             };
@@ -185,15 +212,19 @@ impl Picker {
                 first_attempt: facts.first_attempt && !self.attempted,
             };
             match slot.health.check(now, ask) {
+                Check::Available(load) if self.broken[i] => broken.push((i, load)),
                 Check::Available(load) if failed => again.push((i, load)),
                 Check::Available(load) => fresh.push((i, load)),
                 Check::Unavailable(why) => skipped.push((i, why)),
             }
         }
-        let (mut pool, retry_of_failed) = if fresh.is_empty() {
+        let (mut pool, retry_of_failed) = if !fresh.is_empty() {
+            (fresh, false)
+        } else if !again.is_empty() {
             (again, true)
         } else {
-            (fresh, false)
+            // The last resort: deployments that broke one of this call's streams.
+            (broken, true)
         };
         if retry_of_failed && pool.len() > 1 {
             // Among failed deployments, move away from the one that failed last.
@@ -326,6 +357,7 @@ router_settings:
             pre_call_checks: false,
             needs: Needs::default(),
             latency_buffer: 0.5,
+            broken_ok: false,
         }
     }
 
@@ -376,6 +408,35 @@ router_settings:
         // Nor do two picks of failed deployments in a row choose the same one.
         let (next, _) = go(&p.pick(&facts()));
         assert_ne!(next, idx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deployment_that_broke_a_stream_is_the_last_resort_and_only_when_allowed() {
+        let r = router(GROUPS);
+        let mut p = picker(&r, "busy");
+        p.broke(0);
+        assert!(p.is_broken(0) && !p.is_broken(1));
+        p.started(1);
+        p.ended(1, Some(Fault::Transient));
+        // A failed deployment is retried before the broken one, even when broken ones may go.
+        let mut allowed = facts();
+        allowed.broken_ok = true;
+        for _ in 0..10 {
+            let (idx, again) = go(&p.pick(&allowed));
+            assert_ne!(idx, 0);
+            assert!(idx != 2 || !again, "the untried one first");
+        }
+        p.started(2);
+        p.ended(2, Some(Fault::Transient));
+        let (idx, again) = go(&p.pick(&allowed));
+        assert!(again && idx != 0, "failed ones before the broken one");
+        // With the others gone, the broken one only when allowed.
+        for idx in [1, 2] {
+            p.started(idx);
+            p.ended(idx, Some(Fault::Deployment));
+        }
+        assert!(matches!(p.pick(&facts()), Pick::Nothing { .. }));
+        assert_eq!(go(&p.pick(&allowed)), (0, true));
     }
 
     #[tokio::test(start_paused = true)]

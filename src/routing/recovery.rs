@@ -20,9 +20,9 @@ use crate::config::StreamRecovery;
 use crate::proto::{ChatMessage, Role};
 use crate::providers::{ChatRequest, Chunk};
 
-/// Recoveries one stream may make. Each recovery walk starts its group's retries afresh, so a
-/// deployment that commits and breaks again and again could otherwise be recovered from until
-/// the deadline, growing the attempt log with every round.
+/// Recoveries one stream may make. A deployment that broke is tried again only as the chain's
+/// last option, within its group's retries for the whole call (see `chain::Broken`); the bound
+/// also caps a chain whose other deployments break in turn.
 pub const MAX_RECOVERIES: u32 = 3;
 
 /// A recovery under way: resolves to the recovery (to arm again) and its outcome.
@@ -183,10 +183,15 @@ impl Recovery {
             .resume
             .plan
             .for_recovery(self.resume.chain.clone(), &chat, continuation);
+        let mut broken = self.resume.broken.clone();
+        if let Some(group) = self.resume.chain.first() {
+            broken.add(&group.name, self.resume.deployment);
+        }
         let seed = Seed {
             deployment: self.resume.deployment,
             failure: broke,
             switched: self.resume.switched,
+            broken,
         };
         let router = self.router.clone();
         let mut answered = router.walk_to_commit(&plan, Some(seed), &chat).await?;

@@ -113,6 +113,8 @@ where
             pre_call_checks: r.pre_call_checks,
             needs: self.plan.needs,
             latency_buffer: r.lowest_latency_buffer,
+            // Hedges never go to a broken deployment; the walk sets it for its own picks.
+            broken_ok: false,
         }
     }
 

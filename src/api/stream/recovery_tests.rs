@@ -15,7 +15,8 @@ use crate::routing::testkit::{call, ms, router};
 
 /// Mid-stream recovery under the paused clock. `stall` sends "a " then falls silent;
 /// `whole` gives the whole answer, continuing from any prefix of it; `silent` stalls too;
-/// `nocontinue` cannot take a prefill.
+/// `nocontinue` cannot take a prefill; `pair`'s two deployments and `twice` stall like `stall`, and
+/// may be retried twice.
 const RECOVER: &str = r#"
 model_list:
   - model_name: stall
@@ -33,11 +34,21 @@ model_list:
   - model_name: relapses
     litellm_params: { model: mock/relapses, max_retries: 10, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
     model_info: { id: relapses-0 }
+  - model_name: pair
+    litellm_params: { model: mock/pair, max_retries: 2, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: pair-0 }
+  - model_name: pair
+    litellm_params: { model: mock/pair, max_retries: 2, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: pair-1 }
+  - model_name: twice
+    litellm_params: { model: mock/twice, max_retries: 2, mock: { failure: stall_after_first_chunk, time_to_first_chunk: 10ms, text: "a b c d" } }
+    model_info: { id: twice-0 }
 router_settings:
   stream_idle_timeout: 500ms
   stream_recovery: continue
   fallbacks:
     - stall: [whole]
+    - pair: [whole]
     - silent: [nocontinue]
 server:
   deadline_margin: 20ms
@@ -259,4 +270,90 @@ async fn a_continuation_extends_the_callers_own_prefill() {
     let (items, end, _) = drain_recovering(req).await;
     assert_eq!(end, Some(stream::StreamEnd::Finished));
     assert_eq!(text(&items), " b c d");
+}
+
+/// The deployments of each attempt, in order.
+fn deployments(attempts: &[crate::proto::Attempt]) -> Vec<&str> {
+    attempts.iter().map(|a| a.deployment.as_str()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deployment_that_broke_is_not_retried_while_another_or_the_fallback_can_answer() {
+    for mode in [
+        crate::config::StreamRecovery::Continue,
+        crate::config::StreamRecovery::Restart,
+    ] {
+        let mut req = call("pair");
+        req.stream_recovery = Some(mode);
+        let (items, end, _) = drain_recovering(req).await;
+        assert_eq!(end, Some(stream::StreamEnd::Finished), "{mode:?}");
+        let last = items.last().unwrap().as_ref().unwrap();
+        assert_eq!(last.deployment, "whole-0", "{mode:?}");
+        let resumed: Vec<_> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .filter(|m| m.resumed)
+            .collect();
+        // The first break goes to the group's other deployment, the second to the fallback:
+        // neither broken deployment is tried again although the group may retry twice.
+        let log = &resumed.last().unwrap().attempts;
+        assert_eq!(log.len(), 3, "{mode:?}: {log:?}");
+        let d = deployments(log);
+        assert_ne!(d[0], d[1], "{mode:?}: {d:?}");
+        assert!(d[..2].iter().all(|d| d.starts_with("pair-")), "{d:?}");
+        assert_eq!(d[2], "whole-0");
+        assert_eq!(
+            log_of(log).iter().map(|(_, o, _)| *o).collect::<Vec<_>>(),
+            [
+                AttemptOutcome::IdleTimeout,
+                AttemptOutcome::IdleTimeout,
+                AttemptOutcome::Ok
+            ]
+        );
+        let restarts = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .filter(|m| m.restart)
+            .count();
+        let want = if mode == crate::config::StreamRecovery::Restart {
+            2
+        } else {
+            0
+        };
+        assert_eq!(restarts, want, "{mode:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn as_the_last_option_a_broken_deployment_gets_its_groups_retries_once_per_call() {
+    // `twice` may be retried twice and has no fallback: the retries are the call's, not each
+    // recovery's, so the third break ends the stream before the recovery bound would.
+    let mut req = call("twice");
+    req.stream_recovery = Some(crate::config::StreamRecovery::Restart);
+    let start = Instant::now();
+    let (items, end, _) = drain_recovering(req).await;
+    assert_eq!(end, Some(stream::StreamEnd::Failed(Code::DeadlineExceeded)));
+    let status = items.last().unwrap().as_ref().unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("recovery by restart was tried and failed"),
+        "{}",
+        status.message()
+    );
+    let log = crate::api::status::attempt_log(status).unwrap();
+    assert_eq!(
+        deployments(&log.attempts),
+        ["twice-0"; 3],
+        "{:?}",
+        log.attempts
+    );
+    assert!(
+        log.attempts
+            .iter()
+            .all(|a| a.outcome == AttemptOutcome::IdleTimeout as i32)
+    );
+    // Three commits and silences; the two retries wait their backoff, which is at most the
+    // default's cap each.
+    assert!(start.elapsed() >= ms(3 * 510), "{:?}", start.elapsed());
 }
