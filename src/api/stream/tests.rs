@@ -9,7 +9,6 @@ use tonic::Code;
 use super::*;
 use crate::api::stream;
 use crate::proto::AttemptOutcome;
-use crate::routing::CallError;
 use crate::routing::testkit::{CHAIN, call, ms, router};
 
 /// What the API keeps of an open call, for a test: no call slot, a fresh gauge.
