@@ -128,6 +128,7 @@ pub fn call_from_complete(
         Ok(proto::StreamRecovery::None) => Some(StreamRecovery::None),
         Ok(proto::StreamRecovery::Continue) => Some(StreamRecovery::Continue),
         Ok(proto::StreamRecovery::Restart) => Some(StreamRecovery::Restart),
+        Ok(proto::StreamRecovery::ContinueOrRestart) => Some(StreamRecovery::ContinueOrRestart),
         Err(_) => {
             return Err(invalid(
                 "stream_recovery",

@@ -241,6 +241,9 @@ pub enum StreamRecovery {
     /// For callers that ask for it: a restart marker, then another deployment's whole answer;
     /// for the others, as `Continue`.
     Restart,
+    /// For callers that ask for it: `Continue` where the deployment the walk reaches takes a
+    /// prefill (and accepts it), else `Restart` on it; for the others, as `Continue`.
+    ContinueOrRestart,
 }
 
 impl StreamRecovery {
@@ -249,6 +252,7 @@ impl StreamRecovery {
             "none" => StreamRecovery::None,
             "continue" => StreamRecovery::Continue,
             "restart" => StreamRecovery::Restart,
+            "continue_or_restart" => StreamRecovery::ContinueOrRestart,
             _ => return None,
         })
     }
@@ -258,6 +262,7 @@ impl StreamRecovery {
             StreamRecovery::None => "none",
             StreamRecovery::Continue => "continue",
             StreamRecovery::Restart => "restart",
+            StreamRecovery::ContinueOrRestart => "continue_or_restart",
         }
     }
 }

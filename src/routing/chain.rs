@@ -20,7 +20,7 @@ use super::{
     reach::Reach,
     round::{AttemptValue, Call, RoundAt, Won},
 };
-use crate::config::ModelGroup;
+use crate::config::{Deployment, ModelGroup};
 use crate::providers::Provider;
 use crate::telemetry::traces::TARGET;
 
@@ -396,7 +396,7 @@ impl Router {
     ) -> Result<Answered<T>, CallFailure>
     where
         T: AttemptValue,
-        F: FnMut(Arc<Provider>, AttemptDeadlines) -> Fut,
+        F: FnMut(&Deployment, Arc<Provider>, AttemptDeadlines) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
         let settings = &self.config().router;

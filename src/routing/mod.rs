@@ -54,7 +54,8 @@ use tokio::time::{Instant, timeout_at};
 use crate::config::StreamRecovery;
 use crate::proto::Attempt;
 use crate::providers::{
-    ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, transport::pool::Probe,
+    ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, Provider, ProviderError,
+    transport::pool::Probe,
 };
 use chain::{Resume, Seed};
 pub use context::{CallContext, CallerName, Denied, Identity};
@@ -131,6 +132,30 @@ pub struct Answered<T> {
 pub struct Committed {
     pub first: Chunk,
     pub rest: ChunkStream,
+    /// A recovery's answer that starts over (the caller is sent a restart marker), not one
+    /// that continues the text already delivered.
+    pub restart: bool,
+    /// A recovery by continue-or-restart whose deployment rejected the prefill: what it said.
+    /// The same attempt then restarted.
+    pub prefill_rejected: Option<String>,
+}
+
+/// What a stream's attempts send.
+#[derive(Clone, Copy)]
+pub(crate) enum Sends<'a> {
+    /// The request as the caller sent it: a call's first walk.
+    Request(&'a ChatRequest),
+    /// A recovery's continuation (the conversation plus the text delivered, as an assistant
+    /// prefill); the plan picks only deployments that take one.
+    Continue(&'a ChatRequest),
+    /// A recovery's restart: the request again, the caller told to start over.
+    Restart(&'a ChatRequest),
+    /// The continuation to a deployment that takes a prefill, and the request again (a restart)
+    /// to one that does not or that rejects the prefill.
+    Either {
+        continued: &'a ChatRequest,
+        whole: &'a ChatRequest,
+    },
 }
 
 impl round::AttemptValue for Committed {
@@ -148,7 +173,7 @@ impl Router {
         }
         let chat = &req.chat;
         let mut answered = self
-            .walk(&plan, None, |provider, d| async move {
+            .walk(&plan, None, |_, provider, d| async move {
                 let probe = Probe::default();
                 match timeout_at(d.attempt, probe.watch(provider.complete(chat))).await {
                     Ok(result) => result.map_err(Failure::Provider),
@@ -168,7 +193,8 @@ impl Router {
         if let Some(text) = &req.mock_response {
             return Ok(mock_answer(&plan, text, mock_committed(text)));
         }
-        self.walk_to_commit(&plan, None, &req.chat).await
+        self.walk_to_commit(&plan, None, Sends::Request(&req.chat))
+            .await
     }
 
     /// The chain walk of a stream, to its first chunk; `seed` starts a recovery.
@@ -176,38 +202,78 @@ impl Router {
         &self,
         plan: &Plan,
         seed: Option<Seed>,
-        chat: &ChatRequest,
+        sends: Sends<'_>,
     ) -> Result<Answered<Committed>, CallFailure> {
-        self.walk(plan, seed, |provider, d| async move {
-            let first = async {
-                let mut rest = provider.stream(chat).await?;
-                let mut skipped = 0;
-                loop {
-                    match rest.next().await {
-                        Some(Ok(mut chunk)) if chunk.commits() => {
-                            chunk.skipped_events += skipped;
-                            return Ok(Committed { first: chunk, rest });
-                        }
-                        // Usage-only or empty chunks before any content commit nothing.
-                        Some(Ok(chunk)) => skipped += chunk.skipped_events,
-                        Some(Err(e)) => return Err(e),
-                        None => {
-                            return Err(ProviderError::new(
-                                ErrorKind::Upstream,
-                                200,
-                                "stream ended before any content",
-                            ));
-                        }
-                    }
+        self.walk(plan, seed, |deployment, provider, d| {
+            // What this deployment is sent, whether that is a restart, and what it is sent
+            // instead, in the same attempt, if it rejects a continuation.
+            let (chat, restart, instead) = match sends {
+                Sends::Request(chat) | Sends::Continue(chat) => (chat, false, None),
+                Sends::Restart(chat) => (chat, true, None),
+                Sends::Either { continued, whole } if deployment.supports_assistant_prefill => {
+                    (continued, false, Some(whole))
                 }
+                Sends::Either { whole, .. } => (whole, true, None),
             };
-            let probe = Probe::default();
-            match timeout_at(d.until_first_chunk(), probe.watch(first)).await {
-                Ok(result) => result.map_err(Failure::Provider),
-                Err(_) => Err(expired(&probe, &d, true)),
+            async move {
+                let first = async {
+                    match commit(&provider, chat).await {
+                        Ok((first, rest)) => Ok(Committed {
+                            first,
+                            rest,
+                            restart,
+                            prefill_rejected: None,
+                        }),
+                        // A deployment that does not take the prefill after all: the request
+                        // again, as a restart, on the same deployment.
+                        Err(e) if e.kind == ErrorKind::BadRequest && instead.is_some() => {
+                            let whole = instead.unwrap_or(chat);
+                            let (first, rest) = commit(&provider, whole).await?;
+                            Ok(Committed {
+                                first,
+                                rest,
+                                restart: true,
+                                prefill_rejected: Some(e.detail),
+                            })
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                let probe = Probe::default();
+                match timeout_at(d.until_first_chunk(), probe.watch(first)).await {
+                    Ok(result) => result.map_err(Failure::Provider),
+                    Err(_) => Err(expired(&probe, &d, true)),
+                }
             }
         })
         .await
+    }
+}
+
+/// Opens a stream on `provider` and reads it to its first chunk with content: the commit point.
+async fn commit(
+    provider: &Provider,
+    chat: &ChatRequest,
+) -> Result<(Chunk, ChunkStream), ProviderError> {
+    let mut rest = provider.stream(chat).await?;
+    let mut skipped = 0;
+    loop {
+        match rest.next().await {
+            Some(Ok(mut chunk)) if chunk.commits() => {
+                chunk.skipped_events += skipped;
+                return Ok((chunk, rest));
+            }
+            // Usage-only or empty chunks before any content commit nothing.
+            Some(Ok(chunk)) => skipped += chunk.skipped_events,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(ProviderError::new(
+                    ErrorKind::Upstream,
+                    200,
+                    "stream ended before any content",
+                ));
+            }
+        }
     }
 }
 

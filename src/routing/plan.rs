@@ -213,5 +213,7 @@ pub fn mock_committed(text: &str) -> Committed {
     Committed {
         first,
         rest: Box::pin(rest),
+        restart: false,
+        prefill_rejected: None,
     }
 }

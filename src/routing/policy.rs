@@ -148,12 +148,14 @@ pub fn decide(failed: Option<Fault>, at: &Position) -> Decision {
 }
 
 /// How a committed stream that broke recovers: the caller's choice when it made one, else the
-/// answering group's setting, where `restart` means continue for a caller that did not ask for
-/// restarts (only such a caller may be sent a restart marker).
+/// answering group's setting, where `restart` and `continue_or_restart` mean continue for a
+/// caller that did not ask for restarts (only a caller that asked may be sent a restart marker).
 pub fn recovery_mode(requested: Option<StreamRecovery>, group: StreamRecovery) -> StreamRecovery {
     match (requested, group) {
         (Some(mode), _) => mode,
-        (None, StreamRecovery::Restart) => StreamRecovery::Continue,
+        (None, StreamRecovery::Restart | StreamRecovery::ContinueOrRestart) => {
+            StreamRecovery::Continue
+        }
         (None, mode) => mode,
     }
 }
@@ -422,13 +424,15 @@ mod tests {
     #[test]
     fn the_callers_recovery_choice_wins_and_restart_needs_its_consent() {
         use StreamRecovery as M;
-        for group in [M::None, M::Continue, M::Restart] {
-            for asked in [M::None, M::Continue, M::Restart] {
+        let all = [M::None, M::Continue, M::Restart, M::ContinueOrRestart];
+        for group in all {
+            for asked in all {
                 assert_eq!(recovery_mode(Some(asked), group), asked);
             }
         }
         assert_eq!(recovery_mode(None, M::None), M::None);
         assert_eq!(recovery_mode(None, M::Continue), M::Continue);
         assert_eq!(recovery_mode(None, M::Restart), M::Continue);
+        assert_eq!(recovery_mode(None, M::ContinueOrRestart), M::Continue);
     }
 }

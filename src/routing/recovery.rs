@@ -1,9 +1,11 @@
 //! Recovery of a committed stream that broke: another walk, through the rest of the stream's
 //! chain and within the call's total deadline, starting with the broken deployment counted as
 //! its group's first failure, so that the retry policy, cooldowns and retry budgets apply to
-//! recovery attempts as to any other. Two forms (see `StreamRecovery`): `continue` sends the
+//! recovery attempts as to any other. Three forms (see `StreamRecovery`): `continue` sends the
 //! conversation plus the text already delivered, as an assistant prefill, to a deployment that
-//! takes one; `restart` sends the original request, and the caller is told to start again.
+//! takes one; `restart` sends the original request, and the caller is told to start again;
+//! `continue_or_restart` continues on a deployment that takes the prefill and restarts on one
+//! that does not.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -11,7 +13,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::{
-    Answered, CallFailure, CallRequest, Committed, Router,
+    Answered, CallFailure, CallRequest, Committed, Router, Sends,
     chain::{Resume, Seed},
     failure::Failure,
     policy,
@@ -38,10 +40,10 @@ pub struct Recovery {
     /// The rest of the call's chain and its plan.
     resume: Resume,
     deadline: Instant,
-    /// `Continue` or `Restart`, never `None`.
+    /// `Continue`, `Restart` or `ContinueOrRestart`, never `None`.
     pub mode: StreamRecovery,
-    /// The answer's text so far (`Continue` only: what the prefill repeats), while it is within
-    /// `max_delivered`.
+    /// The answer's text so far (not for `Restart`: what the prefill repeats), while it is
+    /// within `max_delivered`.
     delivered: String,
     /// `router_settings.stream_recovery_max_bytes`: past it the text is let go, and the
     /// stream no longer recovers by continuing.
@@ -96,7 +98,7 @@ impl Recovery {
     /// Notes what a chunk delivered to the caller.
     pub fn delivered(&mut self, chunk: &Chunk) {
         self.delivered_structure |= chunk.has_structure();
-        if self.mode != StreamRecovery::Continue || self.outgrown {
+        if self.mode == StreamRecovery::Restart || self.outgrown {
             return;
         }
         if self.delivered.len() + chunk.delta.len() > self.max_delivered {
@@ -109,17 +111,23 @@ impl Recovery {
         self.delivered.push_str(&chunk.delta);
     }
 
+    /// Whether the next recovery may continue the delivered text: a prefill is text within
+    /// `max_delivered`, so not after tool-call or thinking pieces or more text than that.
+    fn can_continue(&self) -> bool {
+        self.mode != StreamRecovery::Restart && !self.delivered_structure && !self.outgrown
+    }
+
     /// Why another recovery may not start, if it may not.
     pub fn refused(&self) -> Option<String> {
         if self.mode == StreamRecovery::Continue && self.delivered_structure {
             return Some(
-                "the stream had delivered tool-call or thinking pieces, which a continuation cannot carry on (ask for STREAM_RECOVERY_RESTART)"
+                "the stream had delivered tool-call or thinking pieces, which a continuation cannot carry on (a client that asks for STREAM_RECOVERY_CONTINUE_OR_RESTART or STREAM_RECOVERY_RESTART is restarted instead)"
                     .to_string(),
             );
         }
         if self.mode == StreamRecovery::Continue && self.outgrown {
             return Some(format!(
-                "the stream had delivered more than router_settings.stream_recovery_max_bytes ({} bytes) of text, more than a continuation sends back (ask for STREAM_RECOVERY_RESTART)",
+                "the stream had delivered more than router_settings.stream_recovery_max_bytes ({} bytes) of text, more than a continuation sends back (a client that asks for STREAM_RECOVERY_CONTINUE_OR_RESTART or STREAM_RECOVERY_RESTART is restarted instead)",
                 self.max_delivered
             ));
         }
@@ -159,30 +167,23 @@ impl Recovery {
     }
 
     async fn walk(&mut self, broke: Failure) -> Result<Answered<Committed>, CallFailure> {
-        let continuation = self.mode == StreamRecovery::Continue;
-        let mut chat = self.chat.clone();
-        if continuation {
-            let prefill = self.delivered.trim_end();
-            self.trimmed = self.delivered[prefill.len()..].to_string();
-            match chat.messages.last_mut() {
-                // The caller's own prefill, which the answer went on from: the answer extends it.
-                Some(last) if last.role == Role::Assistant as i32 => {
-                    last.content.push_str(prefill);
-                    let kept = last.content.trim_end().len();
-                    last.content.truncate(kept);
-                }
-                _ if prefill.is_empty() => {}
-                _ => chat.messages.push(ChatMessage {
-                    role: Role::Assistant as i32,
-                    content: prefill.to_string(),
-                    ..Default::default()
-                }),
-            }
-        }
+        let continued = self.can_continue().then(|| self.continued_chat());
+        // Only `continue` keeps to deployments that take a prefill (and counts a rejected one
+        // as the deployment's fault); the others may reach any deployment and restart there.
+        let only_prefill = self.mode == StreamRecovery::Continue;
+        let sends = match (&continued, self.mode) {
+            (Some(c), StreamRecovery::Continue) => Sends::Continue(c),
+            (Some(c), StreamRecovery::ContinueOrRestart) => Sends::Either {
+                continued: c,
+                whole: &self.chat,
+            },
+            _ => Sends::Restart(&self.chat),
+        };
+        let sized = continued.as_ref().unwrap_or(&self.chat);
         let plan = self
             .resume
             .plan
-            .for_recovery(self.resume.chain.clone(), &chat, continuation);
+            .for_recovery(self.resume.chain.clone(), sized, only_prefill);
         let mut broken = self.resume.broken.clone();
         if let Some(group) = self.resume.chain.first() {
             broken.add(&group.name, self.resume.deployment);
@@ -194,18 +195,87 @@ impl Recovery {
             broken,
         };
         let router = self.router.clone();
-        let mut answered = router.walk_to_commit(&plan, Some(seed), &chat).await?;
+        let mut answered = router.walk_to_commit(&plan, Some(seed), sends).await?;
         if let Some(resume) = answered.resume.take() {
             self.resume = resume;
         }
-        if continuation {
+        let first = &mut answered.value.first;
+        if answered.value.restart {
+            // The answer starts over: what a later continuation repeats starts over with it.
+            self.delivered.clear();
+            self.outgrown = false;
+            self.delivered_structure = false;
+            self.delivered(first);
+        } else {
             // The continuation's first delta may bring back the whitespace the prefill left off.
-            let first = &mut answered.value.first.delta;
-            if !self.trimmed.is_empty() && first.starts_with(char::is_whitespace) {
-                *first = first.trim_start().to_string();
+            if !self.trimmed.is_empty() && first.delta.starts_with(char::is_whitespace) {
+                first.delta = first.delta.trim_start().to_string();
             }
-            self.delivered.push_str(first);
+            self.delivered(first);
         }
         Ok(answered)
+    }
+
+    /// The conversation plus the text delivered, as a final assistant message (a prefill);
+    /// notes the whitespace it leaves off the end.
+    fn continued_chat(&mut self) -> ChatRequest {
+        let mut chat = self.chat.clone();
+        let prefill = self.delivered.trim_end();
+        self.trimmed = self.delivered[prefill.len()..].to_string();
+        match chat.messages.last_mut() {
+            // The caller's own prefill, which the answer went on from: the answer extends it.
+            Some(last) if last.role == Role::Assistant as i32 => {
+                last.content.push_str(prefill);
+                let kept = last.content.trim_end().len();
+                last.content.truncate(kept);
+            }
+            _ if prefill.is_empty() => {}
+            _ => chat.messages.push(ChatMessage {
+                role: Role::Assistant as i32,
+                content: prefill.to_string(),
+                ..Default::default()
+            }),
+        }
+        chat
+    }
+
+    /// For a failed `continue` recovery: what a client that accepts restarts would have had,
+    /// when the rest of the chain has deployments that take no prefill (never tried by
+    /// `continue`), other than those that broke the stream.
+    pub fn restart_could_have(&self) -> Option<String> {
+        if self.mode != StreamRecovery::Continue {
+            return None;
+        }
+        let broken = &self.resume.broken;
+        let answering = self.resume.chain.first().map(|g| g.name.as_str());
+        let skipped: Vec<&str> = self
+            .resume
+            .chain
+            .iter()
+            .flat_map(|g| {
+                g.deployments.iter().enumerate().filter_map(move |(i, d)| {
+                    let broke = (Some(g.name.as_str()) == answering && i == self.resume.deployment)
+                        || broken
+                            .deployments
+                            .iter()
+                            .any(|(n, j)| *n == g.name && *j == i);
+                    (!d.supports_assistant_prefill && !broke).then_some(d.id.as_str())
+                })
+            })
+            .collect();
+        if skipped.is_empty() {
+            return None;
+        }
+        // A few names say enough; the status must stay small.
+        const NAMED: usize = 4;
+        let more = match skipped.len().saturating_sub(NAMED) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        Some(format!(
+            "{} deployment(s) left in the chain take no assistant prefill ({}{more}): a client that asks for STREAM_RECOVERY_CONTINUE_OR_RESTART would have been restarted there",
+            skipped.len(),
+            skipped[..skipped.len().min(NAMED)].join(", ")
+        ))
     }
 }

@@ -18,7 +18,7 @@ use super::{
     policy,
     race::Race,
 };
-use crate::config::ModelGroup;
+use crate::config::{Deployment, ModelGroup};
 use crate::proto::AttemptOutcome;
 use crate::providers::{Completion, Provider, estimate_tokens};
 use crate::telemetry::{metrics::outcome_name, traces::TARGET};
@@ -97,7 +97,7 @@ struct Launch {
 impl<T, F, Fut> Call<'_, F>
 where
     T: AttemptValue,
-    F: FnMut(Arc<Provider>, AttemptDeadlines) -> Fut,
+    F: FnMut(&Deployment, Arc<Provider>, AttemptDeadlines) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
     /// What a pick needs to know of the router's settings and the call.
@@ -316,7 +316,7 @@ where
             caller: plan.context.caller.clone(),
         };
         let until = deadlines.until_first_chunk();
-        let fut = (self.attempt)(slot.provider.clone(), deadlines);
+        let fut = (self.attempt)(deployment, slot.provider.clone(), deadlines);
         let Launch { mock, no, .. } = how;
         let run = async move {
             let result = if mock {

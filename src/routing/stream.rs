@@ -176,7 +176,7 @@ impl Inner {
         recovery: Option<Box<Recovery>>,
     ) -> Inner {
         let Answered {
-            value: Committed { first, rest },
+            value: Committed { first, rest, .. },
             attempts,
             deadline,
             attempt_started,
@@ -335,9 +335,15 @@ impl Inner {
     }
 
     /// Takes over a recovery's answer: its stream, its deployment's lease and its attempts.
-    fn resume(&mut self, answered: Answered<Committed>, mode: StreamRecovery) -> StreamItem {
+    fn resume(&mut self, answered: Answered<Committed>) -> StreamItem {
         let Answered {
-            value: Committed { first, rest },
+            value:
+                Committed {
+                    first,
+                    rest,
+                    restart,
+                    prefill_rejected,
+                },
             group,
             deployment,
             attempts,
@@ -346,6 +352,14 @@ impl Inner {
             ..
         } = answered;
         self.attempts.extend(attempts);
+        if let (Some(said), Some(last)) = (prefill_rejected, self.attempts.last_mut()) {
+            let note = format!("rejected the continuation's prefill ({said}); restarted");
+            last.detail = if last.detail.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", last.detail)
+            };
+        }
         let piece = self.answer_from(first, rest, attempt_started, tracker);
         let now = Instant::now();
         self.last_chunk = now;
@@ -355,7 +369,7 @@ impl Inner {
         StreamItem::Resumed {
             group,
             deployment,
-            restart: mode == StreamRecovery::Restart,
+            restart,
             piece,
             attempts: self.attempts.clone(),
         }
@@ -378,14 +392,18 @@ impl Inner {
         match result {
             Ok(answered) => {
                 self.recovery = Some(recovery);
-                Poll::Ready(Ok(self.resume(answered, mode)))
+                Poll::Ready(Ok(self.resume(answered)))
             }
             Err(failure) => {
                 self.attempts.extend(failure.attempts);
+                let why = failure.error.message();
                 let error = CallError::RecoveryFailed {
                     broke: Box::new(broke),
                     mode,
-                    why: failure.error.message(),
+                    why: match recovery.restart_could_have() {
+                        Some(hint) => format!("{why}; {hint}"),
+                        None => why,
+                    },
                 };
                 Poll::Ready(Err(self.end_with(error)))
             }

@@ -671,6 +671,31 @@ fn the_text_a_continue_keeps_is_bounded_and_defaults_to_1_mib() {
 }
 
 #[test]
+fn stream_recovery_takes_four_modes_and_names_them_when_wrong() {
+    use llm_router::config::StreamRecovery as M;
+    for (value, mode) in [
+        ("none", M::None),
+        ("continue", M::Continue),
+        ("restart", M::Restart),
+        ("continue_or_restart", M::ContinueOrRestart),
+    ] {
+        let cfg = load(&format!("{MINIMAL}  stream_recovery: {value}\n")).unwrap();
+        assert_eq!(cfg.router.stream_recovery, mode);
+    }
+    match load(&format!("{MINIMAL}  stream_recovery: auto\n")) {
+        Err(ConfigError::Invalid(errors)) => {
+            assert_eq!(errors[0].key, "router_settings.stream_recovery");
+            assert!(
+                errors[0].to_string().contains("continue_or_restart"),
+                "{}",
+                errors[0]
+            );
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
 fn redis_settings_are_litellms_keys_and_never_show_a_password() {
     // redis_host / redis_port / redis_password, the port as text from the environment.
     let cfg = load_env(

@@ -19,6 +19,7 @@ mod metrics;
 mod pool;
 mod providers;
 mod recovery;
+mod recovery_chain;
 mod routing;
 mod shared;
 mod tools;

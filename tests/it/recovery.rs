@@ -69,7 +69,7 @@ async fn setup(recovery: &str) -> (Upstream, TestRouter) {
 }
 
 /// Every message of a stream, or the status that ended it with the messages before it.
-async fn run(
+pub(crate) async fn run(
     r: &TestRouter,
     req: StreamCompleteRequest,
 ) -> (Vec<StreamCompleteResponse>, Option<tonic::Status>) {
@@ -84,12 +84,12 @@ async fn run(
     }
 }
 
-fn text(messages: &[StreamCompleteResponse]) -> String {
+pub(crate) fn text(messages: &[StreamCompleteResponse]) -> String {
     messages.iter().map(|m| m.delta.as_str()).collect()
 }
 
 /// The messages' text as a client that honours restart markers assembles it.
-fn assembled(messages: &[StreamCompleteResponse]) -> String {
+pub(crate) fn assembled(messages: &[StreamCompleteResponse]) -> String {
     let mut out = String::new();
     for m in messages {
         if m.restart {
@@ -105,7 +105,9 @@ fn log(m: &StreamCompleteResponse) -> Vec<(String, AttemptOutcome, bool)> {
     log_of(&m.attempts)
 }
 
-fn log_of(attempts: &[llm_router::proto::Attempt]) -> Vec<(String, AttemptOutcome, bool)> {
+pub(crate) fn log_of(
+    attempts: &[llm_router::proto::Attempt],
+) -> Vec<(String, AttemptOutcome, bool)> {
     attempts
         .iter()
         .map(|a| {
@@ -118,7 +120,7 @@ fn log_of(attempts: &[llm_router::proto::Attempt]) -> Vec<(String, AttemptOutcom
         .collect()
 }
 
-fn with(model: &str, recovery: StreamRecovery) -> StreamCompleteRequest {
+pub(crate) fn with(model: &str, recovery: StreamRecovery) -> StreamCompleteRequest {
     StreamCompleteRequest {
         stream_recovery: recovery as i32,
         ..stream_req(model)

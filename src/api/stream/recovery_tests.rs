@@ -200,6 +200,14 @@ async fn with_no_deployment_able_to_continue_the_break_is_answered_and_says_reco
         "{}",
         status.message()
     );
+    // What a client that accepts restarts would have had.
+    assert!(
+        status.message().contains(
+            "1 deployment(s) left in the chain take no assistant prefill (nocontinue-0): a client that asks for STREAM_RECOVERY_CONTINUE_OR_RESTART would have been restarted there"
+        ),
+        "{}",
+        status.message()
+    );
     let log = crate::api::status::attempt_log(status).unwrap();
     assert_eq!(log.attempts[0].deployment, "silent-0");
     assert_eq!(
@@ -356,4 +364,98 @@ async fn as_the_last_option_a_broken_deployment_gets_its_groups_retries_once_per
     // Three commits and silences; the two retries wait their backoff, which is at most the
     // default's cap each.
     assert!(start.elapsed() >= ms(3 * 510), "{:?}", start.elapsed());
+}
+
+fn messages(
+    items: &[Result<crate::proto::StreamCompleteResponse, tonic::Status>],
+) -> Vec<&crate::proto::StreamCompleteResponse> {
+    items.iter().filter_map(|i| i.as_ref().ok()).collect()
+}
+
+/// The text as a client that honours restart markers assembles it.
+fn assembled(items: &[Result<crate::proto::StreamCompleteResponse, tonic::Status>]) -> String {
+    let mut out = String::new();
+    for m in messages(items) {
+        if m.restart {
+            out.clear();
+        }
+        out.push_str(&m.delta);
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn continue_or_restart_continues_where_the_next_deployment_takes_a_prefill() {
+    let mut req = call("stall");
+    req.stream_recovery = Some(crate::config::StreamRecovery::ContinueOrRestart);
+    let (items, end, _) = drain_recovering(req).await;
+    assert_eq!(end, Some(stream::StreamEnd::Finished));
+    assert_eq!(text(&items), "a b c d", "seamless, as with continue");
+    let msgs = messages(&items);
+    assert!(msgs.iter().all(|m| !m.restart), "no marker");
+    let resumed = msgs.iter().find(|m| m.resumed).unwrap();
+    assert_eq!(
+        log_of(&resumed.attempts),
+        [
+            ("stall-0", AttemptOutcome::IdleTimeout, false),
+            ("whole-0", AttemptOutcome::Ok, true)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn continue_or_restart_restarts_where_the_next_deployment_takes_no_prefill() {
+    // `silent`'s fallback takes no prefill: `continue` fails there (see above), this restarts.
+    let mut req = call("silent");
+    req.stream_recovery = Some(crate::config::StreamRecovery::ContinueOrRestart);
+    let (items, end, _) = drain_recovering(req).await;
+    assert_eq!(end, Some(stream::StreamEnd::Finished));
+    let msgs = messages(&items);
+    assert_eq!(msgs.iter().filter(|m| m.restart).count(), 1);
+    let marker = msgs.iter().find(|m| m.restart).unwrap();
+    assert!(marker.resumed);
+    assert_eq!(marker.deployment, "nocontinue-0");
+    assert_eq!(assembled(&items), "a b c d", "the whole answer again");
+    assert_eq!(
+        log_of(&marker.attempts),
+        [
+            ("silent-0", AttemptOutcome::IdleTimeout, false),
+            ("nocontinue-0", AttemptOutcome::Ok, true)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn continue_or_restart_restarts_a_stream_that_delivered_more_than_a_prefill_carries() {
+    // More text than stream_recovery_max_bytes: `continue` refuses, this restarts on the
+    // fallback (which takes prefills, but is sent the request again).
+    let mut req = call("stall");
+    req.stream_recovery = Some(crate::config::StreamRecovery::ContinueOrRestart);
+    let (items, end, r) = {
+        use futures_util::StreamExt as _;
+        let r = Arc::new(router(RECOVER));
+        let mut a = r.stream(&req).await.unwrap();
+        let mut recovery = Recovery::arm(r.clone(), req, &mut a).unwrap();
+        // As if 1 MiB of text had gone by.
+        for _ in 0..1024 {
+            recovery.delivered(&crate::providers::Chunk {
+                delta: "x".repeat(1024),
+                ..Default::default()
+            });
+        }
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let e = ended.clone();
+        let on_end: stream::OnEnd = Box::new(move |end| *e.lock().unwrap() = Some(end.how));
+        let items: Vec<_> = stream::forward(a, Some(recovery), open(ms(500), on_end))
+            .collect()
+            .await;
+        let end = *ended.lock().unwrap();
+        (items, end, r)
+    };
+    drop(r);
+    assert_eq!(end, Some(stream::StreamEnd::Finished));
+    let msgs = messages(&items);
+    let marker = msgs.iter().find(|m| m.restart).expect("a restart marker");
+    assert_eq!(marker.deployment, "whole-0");
+    assert_eq!(assembled(&items), "a b c d");
 }

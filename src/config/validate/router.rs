@@ -162,7 +162,7 @@ fn stream_recovery(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<
     if parsed.is_none() {
         errs.add(
             key,
-            format!("`{value}` is not a stream recovery; use none, continue or restart"),
+            format!("`{value}` is not a stream recovery; use none, continue, restart or continue_or_restart"),
         );
     }
     parsed

@@ -65,6 +65,9 @@ pub enum Behaviour {
     },
     /// One of these, at random, for each request.
     Random(Vec<Behaviour>),
+    /// A model that refuses an assistant prefill as a 400 (as Claude 4.6-class models do) and
+    /// otherwise behaves as the inner behaviour.
+    NoPrefill(Box<Behaviour>),
 }
 
 impl Behaviour {
@@ -314,6 +317,10 @@ async fn serve_halves<R, W>(
             return;
         };
         let (path, headers) = (req.path.clone(), req.headers.clone());
+        let prefilled = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "assistant");
         let behaviour = {
             let mut st = state.lock().unwrap();
             let c = st.counts.entry(req.model.clone()).or_default();
@@ -339,6 +346,11 @@ async fn serve_halves<R, W>(
                 Behaviour::Random(choices) if !choices.is_empty() => {
                     choices[fastrand::usize(..choices.len())].clone()
                 }
+                Behaviour::NoPrefill(_) if prefilled => Behaviour::status(
+                    400,
+                    r#"{"error":{"message":"This model does not support assistant message prefill.","type":"invalid_request_error"}}"#,
+                ),
+                Behaviour::NoPrefill(inner) => *inner,
                 other => other,
             }
         };
@@ -639,7 +651,7 @@ async fn respond(
             Outcome::Closed
         }
         // Resolved to one of its choices when the request arrived; an empty list answers 500.
-        Behaviour::Random(_) => {
+        Behaviour::Random(_) | Behaviour::NoPrefill(_) => {
             write_or_abandon!(b"HTTP/1.1 500 Error\r\ncontent-length: 0\r\n\r\n".as_slice());
             Outcome::Completed
         }
