@@ -267,6 +267,52 @@ impl StreamRecovery {
     }
 }
 
+/// The slow-stream guard: a committed stream that delivers fewer than `per_s` tokens a second
+/// over `window` breaks (`ATTEMPT_OUTCOME_TOO_SLOW`), so that recovery can move it on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStream {
+    /// `stream_min_tokens_per_s`: `None` (the default) or 0 when the guard is off.
+    pub per_s: Option<f64>,
+    /// `stream_min_tokens_window`: what the rate is measured over. Default 10s.
+    pub window: Duration,
+    /// `stream_min_tokens_grace`: how long after commit the stream is exempt, before its first
+    /// window starts. Default 5s.
+    pub grace: Duration,
+}
+
+impl SlowStream {
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+    /// Bounds of each key.
+    pub const MAX_PER_S: f64 = 100_000.0;
+    pub const MIN_WINDOW: Duration = Duration::from_secs(1);
+    pub const MAX_WINDOW: Duration = Duration::from_secs(600);
+    pub const MAX_GRACE: Duration = Duration::from_secs(600);
+
+    pub const OFF: SlowStream = SlowStream {
+        per_s: None,
+        window: Self::DEFAULT_WINDOW,
+        grace: Self::DEFAULT_GRACE,
+    };
+
+    /// The minimum rate, when the guard is on.
+    pub fn min(&self) -> Option<f64> {
+        self.per_s.filter(|r| *r > 0.0)
+    }
+
+    /// For check-config: "off", or the rule in its keys' words.
+    pub fn describe(&self) -> String {
+        match self.min() {
+            None => "off".into(),
+            Some(r) => format!(
+                "at least {r} tokens/s over {} from {} after commit",
+                duration::display(self.window),
+                duration::display(self.grace)
+            ),
+        }
+    }
+}
+
 /// Hedged attempts: a race against the tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hedge {
@@ -309,6 +355,8 @@ pub struct RouterSettings {
     /// The most delivered text a `continue` recovery keeps, in bytes, to send back as the
     /// continuation's prefill: past it a stream recovers only by restart. Default 1 MiB.
     pub stream_recovery_max_bytes: usize,
+    /// The slow-stream guard for groups that set none; off by default.
+    pub slow_stream: SlowStream,
     /// Fallback groups one call may try after the requested one (LiteLLM's `max_fallbacks`,
     /// default 5): a request's `fallbacks` may name no more, a configured chain is cut there.
     pub max_fallbacks: u32,
@@ -362,6 +410,9 @@ pub struct ModelGroup {
     /// How a committed stream of this group recovers when it breaks
     /// (`model_group_settings.<group>.stream_recovery`, else `router_settings.stream_recovery`).
     pub stream_recovery: StreamRecovery,
+    /// The slow-stream guard of this group's committed streams
+    /// (`model_group_settings.<group>.stream_min_tokens_*`, else `router_settings`'s).
+    pub slow_stream: SlowStream,
 }
 
 /// One provider endpoint of a model group.

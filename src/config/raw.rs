@@ -226,6 +226,12 @@ pub struct RawRouterSettings {
     /// The most text, in bytes, a `continue` recovery keeps of what a stream delivered, to
     /// send back as its prefill (llm-router's own).
     pub stream_recovery_max_bytes: Option<u64>,
+    /// The slow-stream guard (llm-router's own): see `SlowStream`.
+    pub stream_min_tokens_per_s: Option<f64>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_min_tokens_window: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_min_tokens_grace: Option<Duration>,
     /// Fallback groups one call may try (LiteLLM's key and default, 5).
     pub max_fallbacks: Option<u32>,
     pub num_retries: Option<u32>,
@@ -360,6 +366,12 @@ pub struct RawRetryBudget {
 pub struct RawGroupSettings {
     pub routing_strategy: Option<String>,
     pub stream_recovery: Option<String>,
+    /// The slow-stream guard (llm-router's own): see `SlowStream`.
+    pub stream_min_tokens_per_s: Option<f64>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_min_tokens_window: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    pub stream_min_tokens_grace: Option<Duration>,
     #[serde(default, deserialize_with = "dur")]
     pub hedge_after: Option<Duration>,
     pub max_hedges: Option<u32>,

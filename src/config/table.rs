@@ -164,13 +164,14 @@ impl Config {
         let _ = writeln!(out, "config OK: {} model group(s)", self.groups.len());
         let _ = writeln!(
             out,
-            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, stream_recovery_max_bytes {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}, allow_mock_response {}",
+            "router: timeout {}, stream_timeout {}, stream_idle_timeout {}, stream_max_malformed_events {}, stream_recovery {}, stream_recovery_max_bytes {}, slow-stream guard {}, num_retries {}, retry_after {}, backoff {}..{}, allow_mock_timeout {}, allow_mock_response {}",
             d(r.timeout),
             r.stream_timeout.map_or("none".into(), d),
             d(r.stream_idle_timeout),
             r.stream_max_malformed_events,
             r.stream_recovery.name(),
             r.stream_recovery_max_bytes,
+            r.slow_stream.describe(),
             r.num_retries,
             d(r.min_retry_wait),
             d(r.retry_backoff_initial),
@@ -261,7 +262,7 @@ impl Config {
         for g in self.groups.values() {
             let _ = writeln!(
                 out,
-                "\ngroup {} ({}{}, stream_recovery {})",
+                "\ngroup {} ({}{}, stream_recovery {}, slow-stream guard {})",
                 g.name,
                 g.strategy.name(),
                 g.hedge.map_or(String::new(), |h| format!(
@@ -270,6 +271,7 @@ impl Config {
                     h.max
                 )),
                 g.stream_recovery.name(),
+                g.slow_stream.describe(),
             );
             for dep in &g.deployments {
                 let base = dep.provider.api_base();

@@ -696,6 +696,50 @@ fn stream_recovery_takes_four_modes_and_names_them_when_wrong() {
 }
 
 #[test]
+fn the_slow_stream_guard_is_off_by_default_bounded_and_set_per_group_over_the_router() {
+    use llm_router::config::SlowStream;
+    let cfg = load(MINIMAL).unwrap();
+    assert_eq!(cfg.router.slow_stream, SlowStream::OFF);
+    assert_eq!(cfg.group("GPT-4o").unwrap().slow_stream.min(), None);
+    assert!(
+        cfg.routing_table().contains("slow-stream guard off"),
+        "{}",
+        cfg.routing_table()
+    );
+
+    // The router's keys are every group's; a group's own keys override one by one, and a rate
+    // of 0 turns the guard off for that group.
+    let cfg = load(&format!(
+        "{MINIMAL}  stream_min_tokens_per_s: 4\n  stream_min_tokens_window: 20s\n  model_group_settings:\n    GPT-4o: {{ stream_min_tokens_grace: 2s }}\n    gpt-3.5-turbo: {{ stream_min_tokens_per_s: 0 }}\n"
+    ))
+    .unwrap();
+    let big = cfg.group("GPT-4o").unwrap().slow_stream;
+    assert_eq!(big.min(), Some(4.0));
+    assert_eq!(big.window, Duration::from_secs(20));
+    assert_eq!(big.grace, Duration::from_secs(2));
+    assert_eq!(cfg.group("gpt-3.5-turbo").unwrap().slow_stream.min(), None);
+    let table = cfg.routing_table();
+    assert!(
+        table.contains("group GPT-4o (simple-shuffle, stream_recovery none, slow-stream guard at least 4 tokens/s over 20s from 2s after commit)"),
+        "{table}"
+    );
+
+    for (bad, key) in [
+        ("  stream_min_tokens_per_s: -1\n", "router_settings.stream_min_tokens_per_s"),
+        ("  stream_min_tokens_per_s: 1000001\n", "router_settings.stream_min_tokens_per_s"),
+        ("  stream_min_tokens_window: 500ms\n", "router_settings.stream_min_tokens_window"),
+        ("  stream_min_tokens_window: 11m\n", "router_settings.stream_min_tokens_window"),
+        ("  stream_min_tokens_grace: 11m\n", "router_settings.stream_min_tokens_grace"),
+        (
+            "  model_group_settings:\n    GPT-4o: { stream_min_tokens_window: 0s }\n",
+            "router_settings.model_group_settings.GPT-4o.stream_min_tokens_window",
+        ),
+    ] {
+        assert_eq!(error_keys(&format!("{MINIMAL}{bad}")), [key], "{bad}");
+    }
+}
+
+#[test]
 fn redis_settings_are_litellms_keys_and_never_show_a_password() {
     // redis_host / redis_port / redis_password, the port as text from the environment.
     let cfg = load_env(

@@ -17,7 +17,7 @@ use super::{
     AzureSettings, Capabilities, Config, ConfigError, CooldownPolicy, CooldownRule, Cost,
     Deployment, FailKind, Family, Hedge, HttpProvider, IgnoredKey, KeyError, MockFailure, MockSpec,
     ModelGroup, OpenAiSettings, ProviderConfig, RetryBudget, RetryPolicy, RouterSettings, Secret,
-    ServerSettings, Strategy, StreamRecovery, params,
+    ServerSettings, SlowStream, Strategy, StreamRecovery, params,
     providers::{self, Api, DEFAULT_AZURE_API_VERSION, ProviderSpec, WireFormat},
     raw::{RawConfig, RawDeployment, RawLitellmParams, RawMock, RawRetryPolicy},
     why_ignored,
@@ -219,6 +219,7 @@ pub(super) fn validate(
                 strategy: router.routing_strategy,
                 hedge: router.hedge,
                 stream_recovery: router.stream_recovery,
+                slow_stream: router.slow_stream,
             });
             let retry_policy = retry_policies
                 .get(&name)
@@ -405,6 +406,7 @@ fn model_group(
         strategy,
         hedge,
         stream_recovery,
+        slow_stream,
     } = settings;
     if strategy == Strategy::UsageBased && deps.iter().all(|d| d.rpm.is_none() && d.tpm.is_none()) {
         errs.warn(format!(
@@ -434,6 +436,7 @@ fn model_group(
         hedge,
         retry_policy,
         stream_recovery,
+        slow_stream,
     }
 }
 

@@ -55,6 +55,14 @@ pub(super) fn router_settings(
             DEFAULT_RECOVERY_MAX_BYTES
         }
     };
+    let slow_stream = slow_stream(
+        "router_settings",
+        rs.stream_min_tokens_per_s,
+        rs.stream_min_tokens_window,
+        rs.stream_min_tokens_grace,
+        SlowStream::OFF,
+        errs,
+    );
     let max_fallbacks = rs.max_fallbacks.unwrap_or(DEFAULT_MAX_FALLBACKS);
     if max_fallbacks > MAX_FALLBACKS_LIMIT {
         errs.add(
@@ -125,6 +133,7 @@ pub(super) fn router_settings(
         stream_max_malformed_events,
         stream_recovery_max_bytes,
         stream_recovery,
+        slow_stream,
         max_fallbacks,
         num_retries,
         min_retry_wait: rs.retry_after.unwrap_or(Duration::ZERO),
@@ -154,6 +163,58 @@ pub(super) fn router_settings(
         hedge,
         retry_budget: retry_budget(raw, errs),
     }
+}
+
+/// The slow-stream guard from `<prefix>.stream_min_tokens_per_s`, `_window` and `_grace`, each
+/// over `base`'s (a group's inherit the router's). A rate of 0 turns the guard off.
+fn slow_stream(
+    prefix: &str,
+    per_s: Option<f64>,
+    window: Option<Duration>,
+    grace: Option<Duration>,
+    base: SlowStream,
+    errs: &mut Errors,
+) -> SlowStream {
+    let d = crate::config::duration::display;
+    let mut out = base;
+    if let Some(r) = per_s {
+        if r.is_finite() && (0.0..=SlowStream::MAX_PER_S).contains(&r) {
+            out.per_s = Some(r);
+        } else {
+            errs.add(
+                format!("{prefix}.stream_min_tokens_per_s"),
+                format!(
+                    "must be a number of tokens a second from 0 (off) to {}",
+                    SlowStream::MAX_PER_S
+                ),
+            );
+        }
+    }
+    if let Some(w) = window {
+        if (SlowStream::MIN_WINDOW..=SlowStream::MAX_WINDOW).contains(&w) {
+            out.window = w;
+        } else {
+            errs.add(
+                format!("{prefix}.stream_min_tokens_window"),
+                format!(
+                    "must be from {} to {}",
+                    d(SlowStream::MIN_WINDOW),
+                    d(SlowStream::MAX_WINDOW)
+                ),
+            );
+        }
+    }
+    if let Some(g) = grace {
+        if g <= SlowStream::MAX_GRACE {
+            out.grace = g;
+        } else {
+            errs.add(
+                format!("{prefix}.stream_min_tokens_grace"),
+                format!("must be at most {}", d(SlowStream::MAX_GRACE)),
+            );
+        }
+    }
+    out
 }
 
 fn stream_recovery(key: &str, value: Option<&str>, errs: &mut Errors) -> Option<StreamRecovery> {
@@ -278,6 +339,7 @@ pub(super) struct GroupSettings {
     pub(super) strategy: Strategy,
     pub(super) hedge: Option<Hedge>,
     pub(super) stream_recovery: StreamRecovery,
+    pub(super) slow_stream: SlowStream,
 }
 
 /// `router_settings.model_group_settings`: each group's strategy, hedging and stream recovery,
@@ -317,12 +379,21 @@ pub(super) fn group_settings(
             errs,
         )
         .unwrap_or(router.stream_recovery);
+        let slow_stream = slow_stream(
+            &prefix,
+            settings.stream_min_tokens_per_s,
+            settings.stream_min_tokens_window,
+            settings.stream_min_tokens_grace,
+            router.slow_stream,
+            errs,
+        );
         out.insert(
             name.clone(),
             GroupSettings {
                 strategy,
                 hedge,
                 stream_recovery,
+                slow_stream,
             },
         );
     }
