@@ -8,7 +8,7 @@ use super::error::{ApiError, invalid};
 use crate::config::StreamRecovery;
 use crate::proto::{self, ChatMessage, CompleteRequest, Role, StreamCompleteRequest};
 use crate::providers::ChatRequest;
-use crate::routing::{CallContext, CallRequest};
+use crate::routing::{CallContext, CallRequest, policy::SlowStreamRequest};
 
 /// Retries above this would multiply load on a failing provider for no good reason.
 const MAX_NUM_RETRIES: u32 = 10;
@@ -164,6 +164,7 @@ pub fn call_from_complete(
         fallbacks: r.fallbacks,
         num_retries: r.num_retries,
         stream_recovery,
+        slow_stream: SlowStreamRequest::default(),
     })
 }
 
@@ -220,8 +221,11 @@ pub fn call_from_stream(
         presence_penalty,
         frequency_penalty,
         reasoning,
+        stream_min_tokens_per_s,
+        stream_min_tokens_window,
     } = r;
-    call_from_complete(
+    let slow_stream = slow_stream(stream_min_tokens_per_s, stream_min_tokens_window)?;
+    let mut call = call_from_complete(
         CompleteRequest {
             model,
             messages,
@@ -248,7 +252,42 @@ pub fn call_from_stream(
             reasoning,
         },
         client_timeout,
-    )
+    )?;
+    call.slow_stream = slow_stream;
+    Ok(call)
+}
+
+/// The request's slow-stream guard: `stream_min_tokens_per_s` and `stream_min_tokens_window`,
+/// within the bounds the config's keys have.
+fn slow_stream(
+    per_s: Option<f32>,
+    window: Option<prost_types::Duration>,
+) -> Result<SlowStreamRequest, ApiError> {
+    use crate::config::SlowStream;
+    if let Some(r) = per_s
+        && !(r.is_finite() && (0.0..=SlowStream::MAX_PER_S as f32).contains(&r))
+    {
+        return Err(invalid(
+            "stream_min_tokens_per_s",
+            format!(
+                "must be a number of tokens a second from 0 (off) to {}",
+                SlowStream::MAX_PER_S
+            ),
+        ));
+    }
+    let window = positive_duration("stream_min_tokens_window", window)?;
+    if let Some(w) = window
+        && !(SlowStream::MIN_WINDOW..=SlowStream::MAX_WINDOW).contains(&w)
+    {
+        return Err(invalid(
+            "stream_min_tokens_window",
+            "must be from 1s to 600s",
+        ));
+    }
+    Ok(SlowStreamRequest {
+        per_s: per_s.map(f64::from),
+        window,
+    })
 }
 
 #[cfg(test)]

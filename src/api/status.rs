@@ -99,6 +99,8 @@ impl GrpcError for CallError {
                 (Code::DeadlineExceeded, "STREAM_IDLE_TIMEOUT", None)
             }
             CallError::StreamInterrupted { .. } => (Code::Unavailable, "STREAM_INTERRUPTED", None),
+            // Alive, so not a deadline: another try (or a recovery) may well be faster.
+            CallError::StreamTooSlow(_) => (Code::Unavailable, "STREAM_TOO_SLOW", None),
             // The break decides: what the recovery ran into is in the message and the log.
             CallError::RecoveryFailed { broke, .. } => {
                 let g = broke.grpc();

@@ -208,4 +208,6 @@ impl Stream for Forward {
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
+mod slow_tests;
+#[cfg(test)]
 mod tests;

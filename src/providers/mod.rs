@@ -73,6 +73,18 @@ impl Chunk {
     pub fn has_structure(&self) -> bool {
         !self.tool_calls.is_empty() || !self.thinking.is_empty()
     }
+
+    /// The bytes of generated output it carries (text, tool-call arguments and names, thinking
+    /// text), from which a stream's delivery rate is estimated.
+    pub fn output_bytes(&self) -> usize {
+        self.delta.len()
+            + self
+                .tool_calls
+                .iter()
+                .map(|t| t.name.len() + t.arguments.len())
+                .sum::<usize>()
+            + self.thinking.iter().map(|t| t.text.len()).sum::<usize>()
+    }
 }
 
 /// A provider's stream. It ends (`None`) after the provider's own end-of-stream marker, or when

@@ -468,6 +468,10 @@ impl Router {
                 match call.round(at, idx).await {
                     Ok(won) => {
                         let resume = plan.resumable.then(|| chain.resume(plan, &won));
+                        let pace = plan
+                            .streaming
+                            .then(|| policy::pace(plan.slow_stream, &won.group.slow_stream))
+                            .flatten();
                         return Ok(Answered {
                             value: won.value,
                             group: won.group.name.clone(),
@@ -477,6 +481,7 @@ impl Router {
                             attempt_started: won.start,
                             tracker: Some(won.tracker),
                             resume,
+                            pace,
                         });
                     }
                     Err(failure) => {

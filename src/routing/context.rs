@@ -141,6 +141,18 @@ impl CallContext {
                     .into(),
             );
         }
+        if !k.stream_recovery && req.slow_stream.tightens() {
+            let field = if req.slow_stream.per_s.is_some_and(|r| r > 0.0) {
+                "stream_min_tokens_per_s"
+            } else {
+                "stream_min_tokens_window"
+            };
+            return deny(
+                field,
+                "is not granted (callers[].allow.stream_recovery): only 0 (off) may be sent; the group's guard applies"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }

@@ -35,6 +35,9 @@ pub enum CallError {
     ContentPolicyViolation(Failure),
     /// A committed stream was silent longer than `stream_idle_timeout`.
     StreamIdleTimeout { idle: Duration },
+    /// A committed stream delivered tokens more slowly than the slow-stream guard allows
+    /// (a [`Failure::TooSlow`]).
+    StreamTooSlow(Failure),
     /// A committed stream broke: the provider cut it, or sent garbage.
     StreamInterrupted { detail: String },
     /// A committed stream broke (`broke`), and recovering it in `mode` through the rest of the
@@ -124,6 +127,7 @@ impl CallError {
             CallError::StreamIdleTimeout { idle } => {
                 format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
             }
+            CallError::StreamTooSlow(f) => f.detail(),
             CallError::StreamInterrupted { detail } => {
                 format!("the provider's stream broke: {detail}")
             }

@@ -18,6 +18,15 @@ pub enum Failure {
     MockTimeout,
     /// A committed stream was silent for longer than `stream_idle_timeout`.
     IdleTimeout { idle: Duration },
+    /// A committed stream delivered `rate` tokens a second over `window`, below the slow-stream
+    /// guard's `min`; `by_client` when that minimum (or window) was the request's, not the
+    /// config's.
+    TooSlow {
+        rate: f64,
+        min: f64,
+        window: Duration,
+        by_client: bool,
+    },
     /// The attempt's deadline (the first-chunk one, when `first_chunk`) passed while it
     /// waited, `waited` long, for a connection: the router's pool to the provider was at its
     /// bound. The request was never sent; the deployment is not at fault.
@@ -103,6 +112,9 @@ impl Failure {
                 AttemptOutcome::IdleTimeout,
                 FailKind::Timeout,
             ),
+            Failure::TooSlow { .. } => {
+                (Fault::Transient, AttemptOutcome::TooSlow, FailKind::Timeout)
+            }
             Failure::Saturated { .. } => (
                 Fault::Transient,
                 AttemptOutcome::PoolSaturated,
@@ -174,6 +186,10 @@ impl Failure {
                     by_client: true,
                     ..
                 }
+                | Failure::TooSlow {
+                    by_client: true,
+                    ..
+                }
         )
     }
 
@@ -185,6 +201,7 @@ impl Failure {
             Failure::Timeout { .. }
             | Failure::MockTimeout
             | Failure::IdleTimeout { .. }
+            | Failure::TooSlow { .. }
             | Failure::Saturated { .. } => None,
         }
     }
@@ -195,6 +212,7 @@ impl Failure {
             Failure::Timeout { .. }
             | Failure::MockTimeout
             | Failure::IdleTimeout { .. }
+            | Failure::TooSlow { .. }
             | Failure::Saturated { .. } => 0,
         }
     }
@@ -220,6 +238,20 @@ impl Failure {
             Failure::IdleTimeout { idle } => {
                 format!("the stream was silent for longer than stream_idle_timeout ({idle:?})")
             }
+            Failure::TooSlow {
+                rate,
+                min,
+                window,
+                by_client,
+            } => format!(
+                "the stream delivered about {rate:.1} tokens/s over the last {}, below the {} stream_min_tokens_per_s ({min})",
+                crate::config::duration::display(*window),
+                if *by_client {
+                    "request's"
+                } else {
+                    "configured"
+                }
+            ),
             Failure::Saturated {
                 first_chunk,
                 waited,
@@ -289,5 +321,19 @@ mod tests {
         assert!(!timeout(true, true).counts_against_deployment());
         assert!(timeout(false, false).counts_against_deployment());
         assert!(timeout(true, false).counts_against_deployment());
+        let slow = |by_client| Failure::TooSlow {
+            rate: 0.5,
+            min: 5.0,
+            window: Duration::from_secs(2),
+            by_client,
+        };
+        assert_eq!(slow(false).fault(), Fault::Transient);
+        assert_eq!(slow(false).outcome(), AttemptOutcome::TooSlow);
+        assert!(slow(false).counts_against_deployment());
+        assert!(!slow(true).counts_against_deployment());
+        assert_eq!(
+            slow(true).detail(),
+            "the stream delivered about 0.5 tokens/s over the last 2s, below the request's stream_min_tokens_per_s (5)"
+        );
     }
 }

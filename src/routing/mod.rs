@@ -35,6 +35,7 @@ pub mod error;
 pub mod failure;
 pub mod health;
 mod log;
+mod pace;
 mod pick;
 mod plan;
 pub mod policy;
@@ -89,6 +90,8 @@ pub struct CallRequest {
     /// How a committed stream recovers, when the caller said; else the group's setting.
     /// `Restart` says the caller handles restart markers.
     pub stream_recovery: Option<StreamRecovery>,
+    /// The request's own slow-stream guard, over the answering group's.
+    pub slow_stream: policy::SlowStreamRequest,
 }
 
 /// A failed call: the error and every attempt made before it.
@@ -125,6 +128,8 @@ pub struct Answered<T> {
     pub tracker: Option<Tracker>,
     /// What a committed stream needs to recover if it breaks; `None` when it will not try.
     pub resume: Option<Resume>,
+    /// The slow-stream guard a committed stream runs under, when it has one.
+    pub pace: Option<policy::Pace>,
 }
 
 /// A committed stream as the walk hands it over: its first chunk and the rest. Watch it with

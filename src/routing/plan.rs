@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     Answered, CallError, CallRequest, Committed, Router, context::CallContext, deadline,
-    log::to_proto_duration, reach::Reach,
+    log::to_proto_duration, policy::SlowStreamRequest, reach::Reach,
 };
 use crate::config::{ModelGroup, StreamRecovery};
 use crate::proto::{Attempt, AttemptOutcome, FinishReason};
@@ -42,6 +42,8 @@ pub struct Plan {
     /// What the request needs of a deployment (tools, images, JSON, reasoning): deployments
     /// without it are skipped, never sent.
     pub needs: Needs,
+    /// The request's own slow-stream guard (streaming only), over the answering group's.
+    pub slow_stream: SlowStreamRequest,
 }
 
 impl Router {
@@ -87,6 +89,7 @@ impl Router {
             recovery: false,
             continuation: false,
             needs: req.chat.needs(),
+            slow_stream: req.slow_stream,
         })
     }
 }
@@ -117,6 +120,7 @@ impl Plan {
             recovery: true,
             continuation,
             needs: chat.needs(),
+            slow_stream: self.slow_stream,
         }
     }
 }
@@ -155,6 +159,7 @@ pub fn mock_answer<T>(plan: &Plan, text: &str, value: T) -> Answered<T> {
         attempt_started: now,
         tracker: None,
         resume: None,
+        pace: None,
     }
 }
 

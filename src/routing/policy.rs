@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::deadline::Backoff;
 use super::error::CallError;
 use super::failure::{Failure, Fault};
-use crate::config::StreamRecovery;
+use crate::config::{SlowStream, StreamRecovery};
 
 /// What the group's picker would run next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +158,49 @@ pub fn recovery_mode(requested: Option<StreamRecovery>, group: StreamRecovery) -
         }
         (None, mode) => mode,
     }
+}
+
+/// A request's own slow-stream guard (`stream_min_tokens_per_s`, `stream_min_tokens_window`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SlowStreamRequest {
+    /// Tokens a second; 0 turns the guard off for the call.
+    pub per_s: Option<f64>,
+    pub window: Option<Duration>,
+}
+
+impl SlowStreamRequest {
+    /// Whether the request makes the guard stricter than the config could have: anything but
+    /// turning it off. Such a request needs the caller's `stream_recovery` grant.
+    pub fn tightens(&self) -> bool {
+        self.per_s.is_some_and(|r| r > 0.0) || self.window.is_some()
+    }
+}
+
+/// The slow-stream guard a committed stream runs under.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Tokens a second, more than 0.
+    pub min: f64,
+    pub window: Duration,
+    /// From commit, before the first window starts.
+    pub grace: Duration,
+    /// The request set the rate or the window: a stream it cuts is not the deployment's fault.
+    pub by_client: bool,
+}
+
+/// The guard of a stream the answering group (`group`'s settings) committed: the request's rate
+/// and window where it set them, else the group's; none when the rate is off (0 or unset).
+pub fn pace(requested: SlowStreamRequest, group: &SlowStream) -> Option<Pace> {
+    let min = match requested.per_s {
+        Some(r) => r,
+        None => group.min()?,
+    };
+    (min > 0.0).then(|| Pace {
+        min,
+        window: requested.window.unwrap_or(group.window),
+        grace: group.grace,
+        by_client: requested.tightens(),
+    })
 }
 
 #[cfg(test)]
@@ -434,5 +477,39 @@ mod tests {
         assert_eq!(recovery_mode(None, M::Continue), M::Continue);
         assert_eq!(recovery_mode(None, M::Restart), M::Continue);
         assert_eq!(recovery_mode(None, M::ContinueOrRestart), M::Continue);
+    }
+
+    #[test]
+    fn the_requests_guard_wins_field_by_field_and_zero_turns_it_off() {
+        let s = Duration::from_secs;
+        let group = SlowStream {
+            per_s: Some(3.0),
+            window: s(20),
+            grace: s(2),
+        };
+        let asked = |per_s, window| SlowStreamRequest { per_s, window };
+        assert_eq!(
+            pace(asked(None, None), &group),
+            Some(Pace {
+                min: 3.0,
+                window: s(20),
+                grace: s(2),
+                by_client: false
+            })
+        );
+        let mine = pace(asked(Some(8.0), None), &group).unwrap();
+        assert_eq!((mine.min, mine.window, mine.by_client), (8.0, s(20), true));
+        let window = pace(asked(None, Some(s(5))), &group).unwrap();
+        assert_eq!(
+            (window.min, window.window, window.by_client),
+            (3.0, s(5), true)
+        );
+        assert_eq!(pace(asked(Some(0.0), None), &group), None);
+        assert_eq!(pace(asked(None, None), &SlowStream::OFF), None);
+        let only_mine = pace(asked(Some(1.0), None), &SlowStream::OFF).unwrap();
+        assert_eq!(only_mine.grace, SlowStream::DEFAULT_GRACE);
+        assert!(!asked(Some(0.0), None).tightens());
+        assert!(asked(Some(0.5), None).tightens());
+        assert!(asked(None, Some(s(3))).tightens());
     }
 }

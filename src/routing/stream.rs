@@ -27,6 +27,7 @@ use super::{
     failure::Failure,
     health::{AttemptEnd, Tracker},
     log::to_proto_duration,
+    pace::{self, Meter},
     recovery::{Recovering, Recovery},
 };
 use crate::config::StreamRecovery;
@@ -98,6 +99,12 @@ struct Inner {
     skipped_events: u32,
     /// Chunks with text the answering attempt delivered, for its log entry if it breaks.
     chunks: u32,
+    /// Bytes of output the answering attempt delivered since it committed (`committed`), for
+    /// its rate in the log and the metrics.
+    delivered_bytes: u64,
+    committed: Instant,
+    /// The slow-stream guard's meter, when the stream has a guard. Boxed: most have none.
+    pace: Option<Box<Meter>>,
     /// One timer for both the idle limit and the deadline, set lazily: a chunk does not move
     /// it; when it fires early (chunks came meanwhile), it is set again to the new limit. A
     /// timer per chunk would cost two timer-wheel updates under the driver's lock every chunk.
@@ -147,6 +154,9 @@ impl CommittedStream {
     }
 }
 
+/// Streams committed for less than this are not counted in the rate metric.
+const MIN_RATED: Duration = Duration::from_secs(1);
+
 /// How long after the call's deadline the watchdog ends a stream nobody has read.
 const WATCHDOG_GRACE: Duration = Duration::from_millis(100);
 
@@ -181,6 +191,7 @@ impl Inner {
             deadline,
             attempt_started,
             tracker,
+            pace,
             ..
         } = answered;
         let now = Instant::now();
@@ -189,6 +200,9 @@ impl Inner {
             rest: Box::pin(futures_util::stream::empty()),
             expired: None,
             chunks: 0,
+            delivered_bytes: 0,
+            committed: now,
+            pace: None,
             first: None,
             attempts,
             attempt_started,
@@ -204,20 +218,26 @@ impl Inner {
             recovery,
             recovering: None,
         };
-        inner.first = Some(inner.answer_from(first, rest, attempt_started, tracker));
+        inner.first = Some(inner.answer_from(first, rest, attempt_started, tracker, pace, now));
+        if let Some(m) = &inner.pace {
+            let at = inner.timer.deadline().min(m.next_check(now));
+            inner.timer.as_mut().reset(at);
+        }
         inner
     }
 
     /// Makes an attempt the answering one: its stream, its deployment's lease, its start, and
-    /// what its first chunk said. Returns that chunk's text. The one place a stream changes
-    /// hands, at commit and after a recovery (the caller sets the clock: `last_chunk` and the
-    /// timer, from one reading).
+    /// what its first chunk said, and its slow-stream guard, `now` its commit. Returns that
+    /// chunk's text. The one place a stream changes hands, at commit and after a recovery (the
+    /// caller sets the clock: `last_chunk` and the timer, from the same reading as `now`).
     fn answer_from(
         &mut self,
         first: Chunk,
         rest: ChunkStream,
         attempt_started: Instant,
         tracker: Option<Tracker>,
+        pace: Option<super::policy::Pace>,
+        now: Instant,
     ) -> Piece {
         self.rest = rest;
         self.tracker = tracker;
@@ -226,6 +246,14 @@ impl Inner {
         self.usage = first.usage;
         self.skipped_events = first.skipped_events;
         self.chunks = u32::from(first.has_content());
+        let bytes = first.output_bytes();
+        self.delivered_bytes = bytes as u64;
+        self.committed = now;
+        self.pace = pace.map(|rule| {
+            let mut m = Box::new(Meter::new(rule, now));
+            m.add(bytes, now);
+            m
+        });
         Piece {
             text: first.delta,
             tool_calls: first.tool_calls,
@@ -255,15 +283,31 @@ impl Inner {
         self.expired = self.broke(CallError::DeadlineExceeded, None);
     }
 
-    /// Releases the answering attempt: adds the output tokens it reported to its deployment's
-    /// usage, and notes the unreadable events it skipped in its log entry and metrics. Returns
-    /// whether the log changed.
-    fn release(&mut self) -> bool {
+    /// The rate the answering attempt is delivering, in tokens a second: over the guard's
+    /// window when it has one and a window has passed, else since its commit.
+    fn delivering(&mut self, now: Instant) -> f64 {
+        if let Some(rate) = self.pace.as_mut().and_then(|m| m.windowed_rate(now)) {
+            return rate;
+        }
+        pace::tokens_per_second(self.delivered_bytes, now - self.committed)
+    }
+
+    /// Releases the answering attempt, which ended `outcome`: adds the output tokens it
+    /// reported to its deployment's usage, records its rate, and notes the unreadable events it
+    /// skipped in its log entry and metrics. Returns whether the log changed.
+    fn release(&mut self, outcome: AttemptOutcome) -> bool {
         let skipped = std::mem::take(&mut self.skipped_events);
         // Dropping the tracker ends the deployment's in-flight count.
         let tracker = self.tracker.take();
         if let Some(t) = &tracker {
             super::usage::released(t, self.usage.as_ref());
+            let now = Instant::now();
+            // A shorter stream's rate says more about its burst than its flow.
+            if now - self.committed >= MIN_RATED {
+                let rate = self.delivering(now);
+                let d = t.deployment();
+                t.health.metrics.stream_rate(&d.group, &d.id, outcome, rate);
+            }
         }
         let (Some(t), Some(last), true) = (&tracker, self.attempts.last_mut(), skipped > 0) else {
             return false;
@@ -289,10 +333,14 @@ impl Inner {
             .as_ref()
             .map_or(AttemptOutcome::Timeout, Failure::outcome);
         let chunks = self.chunks;
+        let rate = self.delivering(Instant::now());
         if let Some(last) = self.attempts.last_mut() {
             last.outcome = outcome as i32;
             last.elapsed = Some(to_proto_duration(self.attempt_started.elapsed()));
-            last.detail = format!("after {chunks} chunks: {}", error.message());
+            last.detail = format!(
+                "after {chunks} chunks (about {rate:.1} tokens/s): {}",
+                error.message()
+            );
         }
         if let (Some(f), Some(t)) = (&failure, &self.tracker)
             && f.counts_against_deployment()
@@ -302,7 +350,7 @@ impl Inner {
                 wait_hint: f.provider_wait_hint(),
             });
         }
-        self.release();
+        self.release(outcome);
         let recoverable = failure
             .as_ref()
             .is_some_and(|f| f.fault().another_deployment_may_answer());
@@ -349,6 +397,7 @@ impl Inner {
             attempts,
             attempt_started,
             tracker,
+            pace,
             ..
         } = answered;
         self.attempts.extend(attempts);
@@ -360,12 +409,14 @@ impl Inner {
                 format!("{}; {note}", last.detail)
             };
         }
-        let piece = self.answer_from(first, rest, attempt_started, tracker);
         let now = Instant::now();
+        let piece = self.answer_from(first, rest, attempt_started, tracker, pace, now);
         self.last_chunk = now;
-        self.timer
-            .as_mut()
-            .reset(self.deadline.min(now + self.idle));
+        let mut at = self.deadline.min(now + self.idle);
+        if let Some(m) = &self.pace {
+            at = at.min(m.next_check(now));
+        }
+        self.timer.as_mut().reset(at);
         StreamItem::Resumed {
             group,
             deployment,
@@ -415,7 +466,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Dropped before its end: the consumer went away.
         if !self.done {
-            self.release();
+            self.release(AttemptOutcome::Cancelled);
         }
     }
 }
@@ -455,8 +506,27 @@ impl Inner {
                     }
                     continue;
                 }
-                // Chunks came since the timer was set: wait for the limit they moved.
-                st.timer.as_mut().reset(idle_at.min(st.deadline));
+                let mut at = idle_at.min(st.deadline);
+                if let Some(m) = &mut st.pace {
+                    if let Some(rate) = m.too_slow(now) {
+                        let rule = m.rule;
+                        let failure = Failure::TooSlow {
+                            rate,
+                            min: rule.min,
+                            window: rule.window,
+                            by_client: rule.by_client,
+                        };
+                        let error = CallError::StreamTooSlow(failure.clone());
+                        if let Some(f) = st.broke(error, Some(failure)) {
+                            return Poll::Ready(Some(Err(f)));
+                        }
+                        continue;
+                    }
+                    at = at.min(m.next_check(now));
+                }
+                // Chunks came since the timer was set, or the guard looks again: wait for the
+                // next limit.
+                st.timer.as_mut().reset(at);
                 continue;
             }
             match st.rest.poll_next_unpin(cx) {
@@ -466,6 +536,11 @@ impl Inner {
                     // keep a stream open to its deadline while the caller receives nothing.
                     if chunk.commits() {
                         st.last_chunk = Instant::now();
+                    }
+                    let bytes = chunk.output_bytes();
+                    st.delivered_bytes += bytes as u64;
+                    if let Some(m) = &mut st.pace {
+                        m.add(bytes, st.last_chunk);
                     }
                     st.finish = chunk.finish_reason.or(st.finish);
                     st.usage = chunk.usage.or(st.usage);
@@ -496,7 +571,7 @@ impl Inner {
                     if let (Some(t), Some(u)) = (&st.tracker, &mut st.usage) {
                         super::usage::answered(t, u);
                     }
-                    let changed = st.release();
+                    let changed = st.release(AttemptOutcome::Ok);
                     return Poll::Ready(Some(Ok(StreamItem::Finished {
                         finish_reason: st.finish,
                         usage: st.usage,

@@ -88,6 +88,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
 }
 
+/// Output rate buckets from a quarter of a token a second to about 1000, doubling.
+fn rate_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.25, 2.0, 13))
+}
+
 /// Every metric llm-router exports. One per server; tests get their own.
 pub struct Metrics {
     registry: Registry,
@@ -99,6 +104,7 @@ pub struct Metrics {
     retries: Family<DeploymentLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     time_to_first_chunk: HistogramFamily<DeploymentLabels>,
+    stream_rate: HistogramFamily<AttemptLabels>,
     tokens: Family<TokenLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     in_flight: Family<RpcLabels, Gauge>,
@@ -186,6 +192,13 @@ impl Metrics {
             "time_to_first_chunk_seconds",
             "Streamed attempts' time from start to first content chunk",
             time_to_first_chunk.clone(),
+        );
+        let stream_rate: HistogramFamily<AttemptLabels> =
+            Family::new_with_constructor(rate_histogram);
+        registry.register(
+            "stream_tokens_per_second",
+            "Committed streams' output rate when their attempt ended (estimated at 4 bytes a token, over the slow-stream guard's window where there is one, else since commit), by how the attempt ended; streams committed for less than a second are not counted",
+            stream_rate.clone(),
         );
         let tokens = Family::default();
         registry.register(
@@ -299,6 +312,7 @@ impl Metrics {
             retries,
             fallbacks,
             time_to_first_chunk,
+            stream_rate,
             tokens,
             cost,
             in_flight,
@@ -398,6 +412,17 @@ impl Metrics {
         self.time_to_first_chunk
             .get_or_create(&deployment_labels(group, deployment))
             .observe(secs);
+    }
+
+    /// A committed stream's output rate, in tokens a second, when its attempt ended `outcome`.
+    pub fn stream_rate(&self, group: &str, deployment: &str, outcome: AttemptOutcome, rate: f64) {
+        self.stream_rate
+            .get_or_create(&AttemptLabels {
+                model_group: group.to_string(),
+                deployment: deployment.to_string(),
+                outcome: outcome_name(outcome),
+            })
+            .observe(rate);
     }
 
     /// Counts an answer's tokens, and its cost (by caller) when it has one.
@@ -514,6 +539,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::Timeout => "timeout",
         AttemptOutcome::FirstChunkTimeout => "first_chunk_timeout",
         AttemptOutcome::IdleTimeout => "idle_timeout",
+        AttemptOutcome::TooSlow => "too_slow",
         AttemptOutcome::MockTimeout => "mock_timeout",
         AttemptOutcome::RateLimited => "rate_limited",
         AttemptOutcome::UpstreamError => "upstream_error",

@@ -725,11 +725,26 @@ fn the_slow_stream_guard_is_off_by_default_bounded_and_set_per_group_over_the_ro
     );
 
     for (bad, key) in [
-        ("  stream_min_tokens_per_s: -1\n", "router_settings.stream_min_tokens_per_s"),
-        ("  stream_min_tokens_per_s: 1000001\n", "router_settings.stream_min_tokens_per_s"),
-        ("  stream_min_tokens_window: 500ms\n", "router_settings.stream_min_tokens_window"),
-        ("  stream_min_tokens_window: 11m\n", "router_settings.stream_min_tokens_window"),
-        ("  stream_min_tokens_grace: 11m\n", "router_settings.stream_min_tokens_grace"),
+        (
+            "  stream_min_tokens_per_s: -1\n",
+            "router_settings.stream_min_tokens_per_s",
+        ),
+        (
+            "  stream_min_tokens_per_s: 1000001\n",
+            "router_settings.stream_min_tokens_per_s",
+        ),
+        (
+            "  stream_min_tokens_window: 500ms\n",
+            "router_settings.stream_min_tokens_window",
+        ),
+        (
+            "  stream_min_tokens_window: 11m\n",
+            "router_settings.stream_min_tokens_window",
+        ),
+        (
+            "  stream_min_tokens_grace: 11m\n",
+            "router_settings.stream_min_tokens_grace",
+        ),
         (
             "  model_group_settings:\n    GPT-4o: { stream_min_tokens_window: 0s }\n",
             "router_settings.model_group_settings.GPT-4o.stream_min_tokens_window",

@@ -160,7 +160,9 @@ async fn a_stream_cut_after_three_chunks_continues_on_the_fallback() {
         ]
     );
     assert!(
-        resumed.attempts[0].detail.starts_with("after 3 chunks: "),
+        resumed.attempts[0]
+            .detail
+            .starts_with("after 3 chunks (about "),
         "{}",
         resumed.attempts[0].detail
     );

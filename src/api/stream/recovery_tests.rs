@@ -128,7 +128,9 @@ async fn a_silent_stream_continues_on_the_fallback_where_it_stopped() {
         ]
     );
     assert!(
-        resumed.attempts[0].detail.starts_with("after 1 chunks: "),
+        resumed.attempts[0]
+            .detail
+            .starts_with("after 1 chunks (about 1.0 tokens/s): the stream was silent"),
         "{}",
         resumed.attempts[0].detail
     );
