@@ -46,11 +46,6 @@ impl Meter {
         }
     }
 
-    /// Starts over for a new answering attempt (a recovery's), whose grace starts `now`.
-    pub fn restart(&mut self, now: Instant) {
-        *self = Meter::new(self.rule, now);
-    }
-
     /// The bucket `now` falls in, counted from `start`.
     fn index(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.start);
@@ -207,16 +202,6 @@ mod tests {
         assert_eq!(m.too_slow(t0 + secs(10.0)), None);
         // An hour later: every bucket passed, none left with old bytes.
         assert_eq!(m.too_slow(t0 + secs(3600.0)), Some(0.0));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_restart_gives_the_new_attempt_its_own_grace() {
-        let t0 = Instant::now();
-        let mut m = Meter::new(guard(5.0, 2, 3), t0);
-        assert_eq!(m.too_slow(t0 + secs(5.0)), Some(0.0));
-        m.restart(t0 + secs(5.0));
-        assert_eq!(m.too_slow(t0 + secs(9.9)), None);
-        assert_eq!(m.too_slow(t0 + secs(10.0)), Some(0.0));
     }
 
     #[test]

@@ -350,7 +350,11 @@ where
             Ok(_) => AttemptOutcome::Ok,
             Err(f) => f.outcome(),
         };
-        metrics.attempt(&r.group.name, &deployment.id, outcome);
+        // A committed stream's attempt is counted when its stream ends, by what ended it
+        // (`stream::CommittedStream`): a stream that commits and then breaks is not an `ok`.
+        if !(self.plan.streaming && result.is_ok()) {
+            metrics.attempt(&r.group.name, &deployment.id, outcome);
+        }
         let span = &r.span;
         span.record("llmrouter.attempt.outcome", outcome_name(outcome));
         match result {

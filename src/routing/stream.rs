@@ -293,19 +293,21 @@ impl Inner {
     }
 
     /// Releases the answering attempt, which ended `outcome`: adds the output tokens it
-    /// reported to its deployment's usage, records its rate, and notes the unreadable events it
-    /// skipped in its log entry and metrics. Returns whether the log changed.
+    /// reported to its deployment's usage, counts it and its rate in the metrics, and notes the
+    /// unreadable events it skipped in its log entry and metrics. Returns whether the log
+    /// changed.
     fn release(&mut self, outcome: AttemptOutcome) -> bool {
         let skipped = std::mem::take(&mut self.skipped_events);
         // Dropping the tracker ends the deployment's in-flight count.
         let tracker = self.tracker.take();
         if let Some(t) = &tracker {
             super::usage::released(t, self.usage.as_ref());
+            let d = t.deployment();
+            t.health.metrics.attempt(&d.group, &d.id, outcome);
             let now = Instant::now();
             // A shorter stream's rate says more about its burst than its flow.
             if now - self.committed >= MIN_RATED {
                 let rate = self.delivering(now);
-                let d = t.deployment();
                 t.health.metrics.stream_rate(&d.group, &d.id, outcome, rate);
             }
         }
@@ -464,9 +466,9 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Dropped before its end: the consumer went away.
+        // Dropped before its end: the consumer went away, and the attempt had answered.
         if !self.done {
-            self.release(AttemptOutcome::Cancelled);
+            self.release(AttemptOutcome::Ok);
         }
     }
 }

@@ -241,6 +241,70 @@ async fn request_switches_are_granted_per_caller() {
 type CompleteEdit = fn(&mut llm_router::proto::CompleteRequest);
 
 #[tokio::test]
+async fn a_stricter_slow_stream_guard_needs_the_stream_recovery_grant_and_off_does_not() {
+    let up = Upstream::start().await;
+    up.set("chat", Behaviour::ok("hello"));
+    let r = start(
+        &up.base(),
+        "auth: { required: true }",
+        "    allow: { stream_recovery: false }",
+        "",
+    )
+    .await;
+    let mut c = r.client();
+    let cases: Vec<(StreamCompleteRequest, &str)> = vec![
+        (
+            StreamCompleteRequest {
+                stream_min_tokens_per_s: Some(5.0),
+                ..crate::common::stream_req("chat")
+            },
+            "stream_min_tokens_per_s",
+        ),
+        (
+            StreamCompleteRequest {
+                stream_min_tokens_window: Some(crate::common::dur(Duration::from_secs(5))),
+                ..crate::common::stream_req("chat")
+            },
+            "stream_min_tokens_window",
+        ),
+    ];
+    for (req, field) in cases {
+        let e = c
+            .stream_complete(with_key(req, SEARCH_KEY))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{field}: {e:?}");
+        assert_eq!(metadata(&e, "field").as_deref(), Some(field));
+    }
+    assert_eq!(up.counts("chat").requests, 0);
+    // Turning the guard off is anyone's to ask; `batch` has every grant.
+    for (req, key) in [
+        (
+            StreamCompleteRequest {
+                stream_min_tokens_per_s: Some(0.0),
+                ..crate::common::stream_req("chat")
+            },
+            SEARCH_KEY,
+        ),
+        (
+            StreamCompleteRequest {
+                stream_min_tokens_per_s: Some(5.0),
+                ..crate::common::stream_req("chat")
+            },
+            BATCH_KEY,
+        ),
+    ] {
+        let mut s = c
+            .stream_complete(with_key(req, key))
+            .await
+            .unwrap()
+            .into_inner();
+        while s.message().await.unwrap().is_some() {}
+    }
+    assert_eq!(up.counts("chat").requests, 2);
+}
+
+#[tokio::test]
 async fn a_caller_over_its_rpm_is_refused_with_the_wait_until_its_minute_ends() {
     let up = Upstream::start().await;
     up.set("chat", Behaviour::ok("hello"));

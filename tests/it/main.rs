@@ -22,4 +22,5 @@ mod recovery;
 mod recovery_chain;
 mod routing;
 mod shared;
+mod slow_stream;
 mod tools;
