@@ -254,13 +254,22 @@ def test_python_client_assembles_a_restarted_stream(client):
     assert "".join(c.delta for c in chunks) == "Once " + STORY
 
 
+# Fields only a stream has: the slow-stream guard judges a committed stream's flow.
+STREAM_ONLY = {"stream_min_tokens_per_s", "stream_min_tokens_window"}
+
+
 def test_both_request_messages_carry_the_same_fields(stubs):
-    """CompleteRequest and StreamCompleteRequest stay field for field identical: names, numbers
-    and types, as generated clients see them."""
+    """CompleteRequest and StreamCompleteRequest stay field for field identical (names, numbers
+    and types, as generated clients see them), but for the fields only a stream has, which come
+    after every shared one."""
     pb2, _ = stubs
 
     def fields(message):
         return [(f.name, f.number, f.type, f.is_repeated, getattr(f.message_type, "name", None))
                 for f in message.DESCRIPTOR.fields]
 
-    assert fields(pb2.CompleteRequest) == fields(pb2.StreamCompleteRequest)
+    shared = [f for f in fields(pb2.StreamCompleteRequest) if f[0] not in STREAM_ONLY]
+    assert fields(pb2.CompleteRequest) == shared
+    only = [f for f in fields(pb2.StreamCompleteRequest) if f[0] in STREAM_ONLY]
+    assert {f[0] for f in only} == STREAM_ONLY
+    assert min(f[1] for f in only) > max(f[1] for f in shared)
