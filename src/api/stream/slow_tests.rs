@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::Code;
 
+use super::recovery_tests::text;
 use super::tests::open;
 use super::*;
 use crate::api::stream;
@@ -55,14 +56,6 @@ async fn drain(req: crate::routing::CallRequest) -> (Items, Arc<crate::routing::
         .collect()
         .await;
     (items, r)
-}
-
-fn text(items: &Items) -> String {
-    items
-        .iter()
-        .filter_map(|i| i.as_ref().ok())
-        .map(|m| m.delta.as_str())
-        .collect()
 }
 
 fn cooling(r: &crate::routing::Router, id: &str) -> bool {
