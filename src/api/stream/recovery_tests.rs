@@ -90,7 +90,9 @@ fn log_of(attempts: &[crate::proto::Attempt]) -> Vec<(&str, AttemptOutcome, bool
         .collect()
 }
 
-pub(super) fn text(items: &[Result<crate::proto::StreamCompleteResponse, tonic::Status>]) -> String {
+pub(super) fn text(
+    items: &[Result<crate::proto::StreamCompleteResponse, tonic::Status>],
+) -> String {
     items
         .iter()
         .filter_map(|i| i.as_ref().ok())
