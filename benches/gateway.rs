@@ -15,7 +15,9 @@
 //! through it (`router_settings.redis_url`). `--upstream tls-h2` puts the upstream behind TLS
 //! and HTTP/2 with at most 100 streams per connection, as providers are reached, and
 //! `--upstream tls-h1` behind TLS and HTTP/1.1 (`benches/gateway/front.rs`); every path goes
-//! through the same front. For profiling, `LLMROUTER_BENCH_WRAP` is
+//! through the same front. `--slow-stream-guard` turns the slow-stream guard on for every
+//! group (`stream_min_tokens_per_s: 1`, which no stream here falls below), to measure what a
+//! guarded stream pays per chunk. For profiling, `LLMROUTER_BENCH_WRAP` is
 //! a command that both measured processes are started under, such as
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-{name}` (with low `--rates`), where
 //! `{name}` becomes `llm-router` or `baseline`. The tiny run under `cargo test` fails if any
@@ -99,6 +101,7 @@ fn main() {
         .any(|a| a == "--redis")
         .then(redis_server::RedisServer::start);
     let _ = REDIS_URL.set(redis.as_ref().map(|r| r.url()));
+    let _ = GUARD.set(args.iter().any(|a| a == "--slow-stream-guard"));
     let front_kind = match flag("--upstream").as_deref() {
         None | Some("plain") => None,
         Some("tls-h2") => Some(front::Kind::H2 { max_streams: 100 }),
@@ -153,6 +156,8 @@ fn main() {
 
 /// The `redis_url` llm-router shares its state through, under `--redis`.
 static REDIS_URL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// `--slow-stream-guard`: every stream carries the guard's meter.
+static GUARD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// Rows whose calls failed or did not complete.
 static PROBLEMS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -659,7 +664,7 @@ server:
   # HTTP/1.1 connections per provider.
   max_concurrent_calls: 20000
 {tls}{server_tls}{auth}router_settings:
-{redis}  timeout: 60s
+{redis}{guard}  timeout: 60s
   pool_max_connections: 20000
   stream_idle_timeout: 30s
   # The timer parts call the hanging deployment on purpose, thousands of times: with cooldowns
@@ -679,6 +684,13 @@ server:
             .cloned()
             .flatten()
             .map_or(String::new(), |url| format!("  redis_url: {url}\n")),
+        // Judged only after 5 s of grace and a 10 s window, so no stream here is ever cut: the
+        // meter's cost is what is measured.
+        guard = if GUARD.get().copied().unwrap_or(false) {
+            "  stream_min_tokens_per_s: 1\n"
+        } else {
+            ""
+        },
     )
 }
 
