@@ -210,7 +210,7 @@ pub fn tools(tools: Vec<proto::Tool>) -> Result<Vec<Tool>, ApiError> {
                 ));
             }
             let parameters = match &t.parameters {
-                Some(s) => struct_json(s),
+                Some(s) => object_schema(&format!("tools[{i}].parameters"), struct_json(s))?,
                 None => serde_json::json!({"type": "object", "properties": {}}),
             };
             Ok(Tool {
@@ -221,6 +221,58 @@ pub fn tools(tools: Vec<proto::Tool>) -> Result<Vec<Tool>, ApiError> {
             })
         })
         .collect()
+}
+
+/// A tool's parameters as every family accepts them: an object schema at the root. OpenAI
+/// and Anthropic refuse any other root (`{"type": "string"}`, a bare `anyOf`), so such a tool
+/// is refused here, before any attempt. A root that leaves out `type` (`{}`, or `properties`
+/// alone: what a grpcurl user writes) is completed to `"type": "object"`, and one without
+/// `properties` gets an empty map: Anthropic answers 400 without the type, and OpenAI's strict
+/// mode without the map.
+fn object_schema(field: &str, schema: Value) -> Result<Value, ApiError> {
+    let Value::Object(mut root) = schema else {
+        return Err(invalid(field, "must be a JSON Schema object"));
+    };
+    match root.get("type") {
+        Some(Value::String(t)) if t == "object" => {}
+        Some(other) => {
+            return Err(invalid(
+                field,
+                format!(
+                    "must be an object schema: its root \"type\" is {other}, and providers accept only \"object\" there"
+                ),
+            ));
+        }
+        None => {
+            if let Some(key) = ["anyOf", "oneOf", "allOf", "not", "$ref", "enum", "const"]
+                .into_iter()
+                .find(|k| root.contains_key(*k))
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must be an object schema: give \"type\": \"object\" at its root (a root \"{key}\" without it is refused by OpenAI and Anthropic)"
+                    ),
+                ));
+            }
+            root.insert("type".into(), Value::String("object".into()));
+        }
+    }
+    match root.get("properties") {
+        None => {
+            root.insert("properties".into(), Value::Object(Map::new()));
+        }
+        Some(Value::Object(_)) => {}
+        Some(_) => return Err(invalid(field, "\"properties\" must be an object")),
+    }
+    if let Some(required) = root.get("required")
+        && !required
+            .as_array()
+            .is_some_and(|r| r.iter().all(Value::is_string))
+    {
+        return Err(invalid(field, "\"required\" must be a list of names"));
+    }
+    Ok(Value::Object(root))
 }
 
 pub fn tool_choice(
@@ -358,6 +410,30 @@ fn value_json(v: &prost_types::Value) -> Value {
 mod tests {
     use super::*;
     use prost_types::{ListValue, Struct};
+    use serde_json::json;
+
+    /// JSON as a protobuf Struct, as a client's stub builds it.
+    fn json_struct(v: Value) -> Struct {
+        fn value(v: Value) -> prost_types::Value {
+            let kind = match v {
+                Value::Null => Kind::NullValue(0),
+                Value::Bool(b) => Kind::BoolValue(b),
+                Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+                Value::String(s) => Kind::StringValue(s),
+                Value::Array(a) => Kind::ListValue(ListValue {
+                    values: a.into_iter().map(value).collect(),
+                }),
+                Value::Object(_) => Kind::StructValue(json_struct(v)),
+            };
+            prost_types::Value { kind: Some(kind) }
+        }
+        let Value::Object(map) = v else {
+            panic!("not an object: {v}")
+        };
+        Struct {
+            fields: map.into_iter().map(|(k, v)| (k, value(v))).collect(),
+        }
+    }
 
     fn num(n: f64) -> prost_types::Value {
         prost_types::Value {
@@ -472,6 +548,39 @@ mod tests {
         assert_eq!(field(tools(vec![tool("a"), tool("a")])), "tools[1].name");
         let ok = tools(vec![tool("a")]).unwrap();
         assert_eq!(ok[0].parameters["type"], "object");
+        let with = |schema: Value| proto::Tool {
+            parameters: Some(json_struct(schema)),
+            ..tool("a")
+        };
+        for refused in [
+            json!({"type": "string"}),
+            json!({"type": ["object", "null"]}),
+            json!({"anyOf": [{"type": "object"}]}),
+            json!({"$ref": "#/$defs/A", "$defs": {"A": {"type": "object"}}}),
+            json!({"type": "object", "properties": ["a"]}),
+            json!({"type": "object", "required": "a"}),
+        ] {
+            assert_eq!(
+                field(tools(vec![tool("b"), with(refused.clone())])),
+                "tools[1].parameters",
+                "{refused}"
+            );
+        }
+        // A root without a type is completed to an object schema; the rest is kept as given.
+        let completed = |schema: Value| tools(vec![with(schema)]).unwrap()[0].parameters.clone();
+        assert_eq!(
+            completed(json!({})),
+            json!({"type": "object", "properties": {}})
+        );
+        let props = json!({"city": {"type": "string"}});
+        assert_eq!(
+            completed(json!({"properties": props, "required": ["city"]})),
+            json!({"type": "object", "properties": props, "required": ["city"]})
+        );
+        assert_eq!(
+            completed(json!({"type": "object"})),
+            json!({"type": "object", "properties": {}})
+        );
         let function = |name: &str| {
             Some(proto::ToolChoice {
                 choice: Some(Choice::Function(name.into())),

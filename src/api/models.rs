@@ -1,5 +1,6 @@
 //! ListModels: the routing table as one caller may see it, with each deployment's live state
-//! (cooldown, attempts in flight, retry budget). Upstream topology stays inside.
+//! (cooldown, attempts in flight, retry budget), and the aliases of its groups. Upstream
+//! topology stays inside.
 
 use tokio::time::Instant;
 
@@ -10,7 +11,8 @@ use crate::routing::{self, CallContext, Reach, Router};
 pub fn list(router: &Router, context: &CallContext) -> ListModelsResponse {
     let config = router.config();
     let now = Instant::now();
-    let groups = Reach::new(config, context)
+    let reach = Reach::new(config, context);
+    let groups = reach
         .visible()
         .map(|g| proto::ModelGroup {
             name: g.name.clone(),
@@ -53,5 +55,12 @@ pub fn list(router: &Router, context: &CallContext) -> ListModelsResponse {
             max_hedges: g.hedge.map_or(0, |h| h.max),
         })
         .collect();
-    ListModelsResponse { groups }
+    let aliases = reach
+        .visible_aliases()
+        .map(|(name, group)| proto::ModelAlias {
+            name: name.to_string(),
+            group: group.name.clone(),
+        })
+        .collect();
+    ListModelsResponse { groups, aliases }
 }

@@ -22,7 +22,12 @@ mod table;
 pub mod upstream;
 mod validate;
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use ignored::why_ignored;
 pub use ignored::{IGNORED_LITELLM_KEYS, IgnoredKey};
@@ -48,6 +53,8 @@ pub struct Config {
     pub divergences: Vec<String>,
     /// Other names for groups (`model_group_alias`), resolved by [`Config::group`].
     pub aliases: BTreeMap<String, String>,
+    /// Aliases given with LiteLLM's `hidden: true`: usable, but not listed by ListModels.
+    pub hidden_aliases: BTreeSet<String>,
     /// Settings that are valid but probably not what was meant, each naming its key.
     pub warnings: Vec<String>,
     /// OTLP endpoint for traces from the config (`telemetry.otlp_endpoint`).

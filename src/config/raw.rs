@@ -347,10 +347,8 @@ pub enum RawAlias {
     Group(String),
     Entry {
         model: String,
-        /// LiteLLM's: leave the alias out of model lists. ListModels lists groups only, so
-        /// every alias is hidden here; read so that the shape is accepted.
+        /// LiteLLM's: leave the alias out of model lists (ListModels' `aliases`).
         #[serde(default)]
-        #[allow(dead_code)]
         hidden: bool,
     },
 }

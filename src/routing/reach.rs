@@ -33,6 +33,17 @@ impl<'a> Reach<'a> {
             .filter(|g| self.context.allows(g))
     }
 
+    /// The aliases (`model_group_alias`) of the groups the call may use, by alias: each with
+    /// the group it resolves to. An alias of a group the call may not use is not shown, as the
+    /// group is not, nor one configured `hidden`.
+    pub fn visible_aliases(&self) -> impl Iterator<Item = (&'a str, &'a Arc<ModelGroup>)> + '_ {
+        self.config
+            .aliases
+            .keys()
+            .filter(|alias| !self.config.hidden_aliases.contains(*alias))
+            .filter_map(|alias| Some((alias.as_str(), self.group(alias)?)))
+    }
+
     /// A group by name or alias, if it exists and the call may use it.
     pub fn group(&self, name: &str) -> Option<&'a Arc<ModelGroup>> {
         self.config.group(name).filter(|g| self.context.allows(g))

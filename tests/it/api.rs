@@ -25,6 +25,9 @@ router_settings:
   allow_mock_response: true
   fallbacks:
     - keyed: [fast]
+  model_group_alias:
+    quick: fast
+    backstage: { model: slow, hidden: true }
 "#;
 
 /// A request with one thing wrong, the code it must get, and the field its error must name.
@@ -196,6 +199,16 @@ async fn list_models_shows_the_routing_table_and_never_a_key() {
     );
     assert_eq!(resp.groups[0].deployments[0].id, "fast-1");
     assert!(!format!("{resp:?}").contains("sk-do-not-show-me"));
+    // Aliases with the group each resolves to; LiteLLM's `hidden` ones are usable, not listed.
+    assert_eq!(
+        resp.aliases,
+        [llm_router::proto::ModelAlias {
+            name: "quick".into(),
+            group: "fast".into(),
+        }]
+    );
+    let hidden = r.client().complete(complete("backstage")).await.unwrap();
+    assert_eq!(hidden.into_inner().model, "slow");
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ model_list:
     litellm_params: {{ model: openai/secret, api_base: "{base}", api_key: sk-upstream, max_retries: 0 }}
 router_settings:
   allow_mock_response: true
+  model_group_alias: {{ talk: chat, vault: secret }}
 {auth}
 callers:
   - name: search
@@ -170,6 +171,21 @@ async fn without_auth_required_a_call_without_a_key_is_served_and_a_wrong_key_st
         .map(|g| g.name.clone())
         .collect();
     assert_eq!(names, ["chat"]);
+    // Aliases go with their groups: `vault` names a group `search` may not use.
+    let alias = |r: &llm_router::proto::ListModelsResponse| {
+        r.aliases
+            .iter()
+            .map(|a| (a.name.clone(), a.group.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        alias(all.get_ref()),
+        [
+            ("talk".into(), "chat".into()),
+            ("vault".into(), "secret".into())
+        ]
+    );
+    assert_eq!(alias(mine.get_ref()), [("talk".into(), "chat".into())]);
 }
 
 #[tokio::test]

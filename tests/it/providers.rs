@@ -51,6 +51,12 @@ model_list:
   - model_name: lenient
     litellm_params: {{ model: openai/lenient, api_base: "{base}", api_key: os.environ/OPENAI_KEY }}
     model_info: {{ id: lenient }}
+  - model_name: reasoner
+    litellm_params: {{ model: openai/o3, api_base: "{base}", api_key: os.environ/OPENAI_KEY, max_retries: 0 }}
+    model_info: {{ id: o3-1, supports_reasoning: true }}
+  - model_name: azure-reasoner
+    litellm_params: {{ model: azure/o_series/my-reasoner, api_base: "{root}", api_key: azure-key, max_retries: 0 }}
+    model_info: {{ id: azure-o-1 }}
 router_settings:
   num_retries: 0
   # Each test walks one deployment through several failures in a row: an auth failure would
@@ -1219,4 +1225,52 @@ async fn a_key_the_excerpt_cut_goes_through_is_redacted_whole_unary_and_streamed
         let everything = format!("{} {:?}", status.message(), attempt_log(&status));
         assert!(!holds_part_of(&everything, key), "pad {pad}: {everything}");
     }
+}
+
+#[tokio::test]
+async fn openai_reasoning_models_are_sent_max_completion_tokens_and_no_refused_sampling() {
+    let (up, r) = setup().await;
+    for (group, model, path) in [
+        ("reasoner", "o3", "/v1/chat/completions"),
+        (
+            "azure-reasoner",
+            "my-reasoner",
+            "/openai/deployments/my-reasoner/chat/completions?api-version=2024-10-21",
+        ),
+    ] {
+        up.set(model, Behaviour::fixture(200, "openai/completion.json"));
+        let req = CompleteRequest {
+            max_tokens: Some(300),
+            temperature: Some(0.5),
+            top_p: Some(0.9),
+            ..complete(group)
+        };
+        r.client().complete(req.clone()).await.unwrap();
+        r.client().complete(req).await.unwrap();
+        let seen = up.counts(model);
+        assert_eq!(seen.requests, 2, "{group}");
+        assert_eq!(seen.last_path.as_deref(), Some(path), "{group}");
+        let body = seen.last_body.unwrap();
+        assert_eq!(body["model"], model, "{group}");
+        assert_eq!(body["max_completion_tokens"], 300, "{body}");
+        for refused in ["max_tokens", "temperature", "top_p"] {
+            assert!(body.get(refused).is_none(), "{group}: {body}");
+        }
+    }
+    // Any other model behind a custom api_base keeps max_tokens and its sampling.
+    up.set(
+        "gpt-4o-mini",
+        Behaviour::fixture(200, "openai/completion.json"),
+    );
+    let req = CompleteRequest {
+        max_tokens: Some(300),
+        temperature: Some(0.5),
+        ..complete("gpt")
+    };
+    r.client().complete(req).await.unwrap();
+    let body = up.counts("gpt-4o-mini").last_body.unwrap();
+    assert_eq!(
+        (&body["max_tokens"], &body["temperature"]),
+        (&serde_json::json!(300), &serde_json::json!(0.5))
+    );
 }

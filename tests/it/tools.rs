@@ -424,7 +424,51 @@ async fn bad_tool_requests_name_their_field() {
         field(r.client().complete(req).await.unwrap_err()),
         "messages[0].parts[0].image.url"
     );
+    // A schema whose root is not an object schema: OpenAI and Anthropic would answer 400.
+    let mut req = rich("gpt");
+    req.tools[0].parameters = Some(object(vec![("type", string("string"))]));
+    let status = r.client().complete(req).await.unwrap_err();
+    assert!(status.message().contains("\"object\""), "{status:?}");
+    assert_eq!(field(status), "tools[0].parameters");
     assert_eq!(up.counts("gpt-tools").requests, 0);
+}
+
+#[tokio::test]
+async fn a_tool_without_a_schema_type_reaches_anthropic_as_an_object_schema() {
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    // What a grpcurl user writes for a tool that takes nothing, and one with properties only.
+    let mut req = rich("claude");
+    req.response_format = None;
+    req.tool_choice = None;
+    req.tools = vec![
+        Tool {
+            name: "now".into(),
+            parameters: Some(object(vec![])),
+            ..Default::default()
+        },
+        Tool {
+            parameters: weather_tool().parameters.map(|mut p| {
+                p.fields.remove("type");
+                p
+            }),
+            ..weather_tool()
+        },
+    ];
+    up.set(
+        "claude-tools",
+        Behaviour::fixture(200, "anthropic/message_tool_use.json"),
+    );
+    r.client().complete(req).await.unwrap();
+    let body = up.counts("claude-tools").last_body.unwrap();
+    assert_eq!(
+        body["tools"][0]["input_schema"],
+        serde_json::json!({"type": "object", "properties": {}})
+    );
+    assert_eq!(
+        body["tools"][1]["input_schema"],
+        serde_json::json!({"type": "object", "properties": {"location": {"type": "string"}}})
+    );
 }
 
 #[tokio::test]

@@ -208,13 +208,20 @@ pub(super) fn aliases(
     raw: &RawConfig,
     groups: &BTreeMap<String, Vec<Deployment>>,
     errs: &mut Errors,
-) -> BTreeMap<String, String> {
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
     use crate::config::raw::RawAlias;
     let mut out = BTreeMap::new();
+    let mut hidden = BTreeSet::new();
     for (alias, target) in raw.router_settings.model_group_alias.iter().flatten() {
         let key = format!("router_settings.model_group_alias.{alias}");
         let group = match target {
-            RawAlias::Group(g) | RawAlias::Entry { model: g, .. } => g,
+            RawAlias::Group(g) => g,
+            RawAlias::Entry { model, hidden: h } => {
+                if *h {
+                    hidden.insert(alias.clone());
+                }
+                model
+            }
         };
         if groups.contains_key(alias) {
             errs.add(&key, format!("`{alias}` is a model group's own name"));
@@ -224,5 +231,5 @@ pub(super) fn aliases(
             out.insert(alias.clone(), group.clone());
         }
     }
-    out
+    (out, hidden)
 }

@@ -202,7 +202,7 @@ pub(super) fn validate(
     let lists = FallbackLists::read(&raw, &members, &mut errs);
     let group_settings = group_settings(&raw, &router, &members, &mut errs);
     let (every_group_retry_policy, retry_policies) = retry_policies(&raw, &members, &mut errs);
-    let aliases = aliases(&raw, &members, &mut errs);
+    let (aliases, hidden_aliases) = aliases(&raw, &members, &mut errs);
     let auth = auth::auth(&raw, &members, &aliases, lookup_env, &mut errs);
     let (otlp_endpoint, log_level) = telemetry(&raw, &mut errs);
     let shared_state = shared::shared_state(&raw, lookup_env, &mut errs);
@@ -259,6 +259,7 @@ pub(super) fn validate(
         ignored_keys: errs.2,
         divergences,
         aliases,
+        hidden_aliases,
         warnings: errs.1,
         otlp_endpoint,
         log_level,

@@ -7,8 +7,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 mod body;
+mod rules;
 
 use body::{ChatBody, StreamOptions};
+use rules::Rules;
 
 use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
@@ -22,6 +24,8 @@ pub struct OpenAiProvider {
     /// Sent as `model`; for Azure, the deployment name, which is also in the URL.
     model: String,
     default_max_tokens: Option<u32>,
+    /// What the API enforces for this model (`max_completion_tokens`, sampling).
+    rules: Rules,
     /// Unreadable stream events skipped before a stream counts as broken.
     max_malformed_events: u32,
 }
@@ -33,6 +37,8 @@ impl OpenAiProvider {
         model: &str,
         max_malformed_events: u32,
     ) -> Self {
+        let (rules, model) = Rules::new(cfg, model);
+        let model = model.as_str();
         let mut auth = Vec::new();
         let url = match &cfg.family {
             Family::Azure(azure) => {
@@ -68,10 +74,14 @@ impl OpenAiProvider {
             url: Target::new(url),
             model: model.to_string(),
             default_max_tokens: cfg.default_max_tokens,
+            rules,
         }
     }
 
     fn body<'a>(&'a self, req: &'a ChatRequest, stream: bool) -> ChatBody<'a> {
+        let max_tokens = req.max_tokens.or(self.default_max_tokens);
+        let sampling = self.rules.sampling(req, &self.model);
+        let completion_tokens = self.rules.completion_tokens;
         ChatBody {
             model: &self.model,
             messages: req.messages.iter().map(body::message).collect(),
@@ -80,9 +90,10 @@ impl OpenAiProvider {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-            max_tokens: req.max_tokens.or(self.default_max_tokens),
-            temperature: req.temperature,
-            top_p: req.top_p,
+            max_tokens: max_tokens.filter(|_| !completion_tokens),
+            max_completion_tokens: max_tokens.filter(|_| completion_tokens),
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
             stop: &req.stop,
             user: &req.user,
             tools: body::tools(req),
@@ -90,8 +101,8 @@ impl OpenAiProvider {
             parallel_tool_calls: req.parallel_tool_calls,
             response_format: body::response_format(&req.response_format),
             seed: req.seed,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
+            presence_penalty: sampling.presence_penalty,
+            frequency_penalty: sampling.frequency_penalty,
             reasoning_effort: req.reasoning.map(|r| r.effort().name()),
         }
     }
@@ -325,21 +336,49 @@ mod tests {
     use super::*;
     use crate::proto::Role;
     use crate::providers::chat::fixture;
+    use serde_json::json;
 
     fn provider(default_max_tokens: Option<u32>) -> OpenAiProvider {
+        at(
+            "openai",
+            Family::OpenAi(OpenAiSettings::default()),
+            "http://127.0.0.1:9/v1",
+            "gpt-4o",
+            default_max_tokens,
+        )
+    }
+
+    /// A deployment of `model` under `prefix` at `api_base` (nothing is sent).
+    fn at(
+        prefix: &'static str,
+        family: Family,
+        api_base: &str,
+        model: &str,
+        default_max_tokens: Option<u32>,
+    ) -> OpenAiProvider {
         OpenAiProvider::new(
             crate::providers::transport::Link::for_tests(),
             &HttpProvider {
-                prefix: "openai",
-                family: Family::OpenAi(OpenAiSettings::default()),
-                api_base: "http://127.0.0.1:9/v1".into(),
+                prefix,
+                family,
+                api_base: api_base.into(),
                 api_key: None,
                 extra_headers: Vec::new(),
                 default_max_tokens,
                 body_defaults: None,
             },
-            "gpt-4o",
+            model,
             3,
+        )
+    }
+
+    fn openai(model: &str) -> OpenAiProvider {
+        at(
+            "openai",
+            Family::OpenAi(OpenAiSettings::default()),
+            "https://api.openai.com/v1",
+            model,
+            None,
         )
     }
 
@@ -463,12 +502,157 @@ mod tests {
 
     #[test]
     fn every_feature_maps_to_the_documented_request_body() {
-        let body = serde_json::to_value(
-            provider(None).body(&crate::providers::chat::full_request(), false),
-        )
-        .unwrap();
+        // gpt-4o is no reasoning model: it takes sampling parameters, and no reasoning_effort.
+        let req = ChatRequest {
+            reasoning: None,
+            ..crate::providers::chat::full_request()
+        };
+        let body = serde_json::to_value(openai("gpt-4o").body(&req, false)).unwrap();
         let expected: Value = serde_json::from_str(&fixture("openai/request_full.json")).unwrap();
         assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens_and_no_sampling_parameters() {
+        let req = crate::providers::chat::full_request();
+        let expected: Value =
+            serde_json::from_str(&fixture("openai/request_reasoning.json")).unwrap();
+        let o3 = openai("o3");
+        assert_eq!(
+            serde_json::to_value(o3.body(&req, false)).unwrap(),
+            expected
+        );
+        // Asked again, the same body (the warning is once per deployment, the rule always).
+        assert_eq!(
+            serde_json::to_value(o3.body(&req, false)).unwrap(),
+            expected
+        );
+        // The defaults themselves are accepted, and kept.
+        let defaults = ChatRequest {
+            temperature: Some(1.0),
+            top_p: Some(1.0),
+            presence_penalty: Some(0.0),
+            ..crate::providers::chat::full_request()
+        };
+        let body = serde_json::to_value(openai("gpt-5-mini").body(&defaults, false)).unwrap();
+        assert_eq!(
+            (
+                &body["temperature"],
+                &body["top_p"],
+                &body["presence_penalty"]
+            ),
+            (&json!(1.0), &json!(1.0), &json!(0.0))
+        );
+        assert!(body.get("frequency_penalty").is_none(), "{body}");
+
+        // Behind a proxy or a compatible server: by the model's name only.
+        let proxied = at(
+            "openai",
+            Family::OpenAi(OpenAiSettings::default()),
+            "https://llm-proxy.internal/v1",
+            "o4-mini",
+            Some(64),
+        );
+        let bare = ChatRequest {
+            messages: vec![message(Role::User, "Hi", None)],
+            temperature: Some(0.5),
+            ..Default::default()
+        };
+        let body = serde_json::to_value(proxied.body(&bare, false)).unwrap();
+        assert_eq!(body["max_completion_tokens"], 64, "{body}");
+        assert!(body.get("max_tokens").is_none() && body.get("temperature").is_none());
+        let groq = at(
+            "groq",
+            Family::OpenAi(OpenAiSettings::default()),
+            "https://api.groq.com/openai/v1",
+            "o3-lookalike",
+            Some(64),
+        );
+        let body = serde_json::to_value(groq.body(&bare, false)).unwrap();
+        assert_eq!(
+            (&body["max_tokens"], &body["temperature"]),
+            (&json!(64), &json!(0.5))
+        );
+    }
+
+    #[test]
+    fn leaving_sampling_parameters_out_is_logged_once_per_deployment() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let req = crate::providers::chat::full_request();
+        tracing::subscriber::with_default(subscriber, || {
+            let o3 = openai("o3");
+            for _ in 0..3 {
+                o3.body(&req, false);
+            }
+            // A request that sets nothing refused is not logged.
+            let plain = ChatRequest {
+                messages: req.messages.clone(),
+                ..Default::default()
+            };
+            openai("o1").body(&plain, false);
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("reasoning model refuses").count(), 1, "{text}");
+        assert!(
+            text.contains("temperature, presence_penalty, frequency_penalty"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn azure_reasoning_deployments_are_known_by_name_or_by_litellms_marker() {
+        let azure = |model: &str| {
+            at(
+                "azure",
+                Family::Azure(crate::config::AzureSettings {
+                    api_version: "2024-10-21".into(),
+                }),
+                "https://example.openai.azure.com",
+                model,
+                Some(100),
+            )
+        };
+        let bare = ChatRequest {
+            messages: vec![message(Role::User, "Hi", None)],
+            top_p: Some(0.5),
+            ..Default::default()
+        };
+        let marked = azure("o_series/my-reasoner");
+        assert_eq!(
+            marked.url.as_str(),
+            "https://example.openai.azure.com/openai/deployments/my-reasoner/chat/completions?api-version=2024-10-21"
+        );
+        let body = serde_json::to_value(marked.body(&bare, false)).unwrap();
+        assert_eq!(body["model"], "my-reasoner");
+        assert_eq!(body["max_completion_tokens"], 100);
+        assert!(body.get("top_p").is_none(), "{body}");
+        let body = serde_json::to_value(azure("gpt5_series/prod").body(&bare, false)).unwrap();
+        assert_eq!(body["max_completion_tokens"], 100);
+        let body = serde_json::to_value(azure("o3-mini").body(&bare, false)).unwrap();
+        assert_eq!(body["max_completion_tokens"], 100);
+        // Any other deployment keeps max_tokens, which every api-version reads.
+        let body = serde_json::to_value(azure("gpt-4o-prod").body(&bare, false)).unwrap();
+        assert_eq!(
+            (&body["max_tokens"], &body["top_p"]),
+            (&json!(100), &json!(0.5))
+        );
     }
 
     #[test]

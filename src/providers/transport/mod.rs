@@ -46,6 +46,12 @@ impl Target {
             parsed: url::Url::parse(&text).ok(),
         }
     }
+
+    /// The URL, for tests.
+    #[cfg(test)]
+    pub fn as_str(&self) -> &str {
+        self.parsed.as_ref().map_or("", url::Url::as_str)
+    }
 }
 
 /// How one deployment reaches its provider: the shared pool, the deployment's TLS profile,
