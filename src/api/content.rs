@@ -44,6 +44,13 @@ fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A provider's opaque signature as it gave it: base64 (standard or URL-safe), or empty.
+/// Gemini answers 400 to anything else; its length is bounded by the request's.
+fn is_signature(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+}
+
 /// Checks each message's parts, tool calls and tool result id.
 pub fn check_messages(messages: &[ChatMessage]) -> Result<(), ApiError> {
     let mut call_ids = BTreeSet::new();
@@ -70,6 +77,14 @@ pub fn check_messages(messages: &[ChatMessage]) -> Result<(), ApiError> {
                 format!("holds more than {MAX_THINKING} blocks"),
             ));
         }
+        for (k, t) in m.thinking.iter().enumerate() {
+            if !["", "anthropic", "gemini"].contains(&t.origin.as_str()) {
+                return Err(invalid(
+                    at(&format!("thinking[{k}].origin")),
+                    "must be empty, anthropic or gemini, as the answer gave it",
+                ));
+            }
+        }
         if !m.tool_calls.is_empty() && m.role != Role::Assistant as i32 {
             return Err(invalid(
                 at("tool_calls"),
@@ -93,6 +108,12 @@ pub fn check_messages(messages: &[ChatMessage]) -> Result<(), ApiError> {
                 Ok(Value::Object(_))
             ) {
                 return Err(invalid(here("arguments"), "must be a JSON object, as text"));
+            }
+            if !is_signature(&c.signature) {
+                return Err(invalid(
+                    here("signature"),
+                    "must be the signature as the answer gave it (base64)",
+                ));
             }
             call_ids.insert(c.id.as_str());
         }
@@ -514,6 +535,7 @@ mod tests {
                 id: id.into(),
                 name: "get_weather".into(),
                 arguments: args.into(),
+                signature: String::new(),
             }],
             ..Default::default()
         };
@@ -535,6 +557,32 @@ mod tests {
         assert_eq!(
             field(check_messages(&[call("c1", "{}"), result("")])),
             "messages[1].tool_call_id"
+        );
+        let mut signed = call("c1", "{}");
+        signed.tool_calls[0].signature = "CiIBjz1rX+/a_b-c==".into();
+        assert!(check_messages(&[signed.clone(), result("c1")]).is_ok());
+        signed.tool_calls[0].signature = "not base64!".into();
+        assert_eq!(
+            field(check_messages(&[signed, result("c1")])),
+            "messages[0].tool_calls[0].signature"
+        );
+        let thinking = |origin: &str| ChatMessage {
+            thinking: vec![proto::ThinkingBlock {
+                signature: "c2ln".into(),
+                origin: origin.into(),
+                ..Default::default()
+            }],
+            ..call("c1", "{}")
+        };
+        for ok in ["", "anthropic", "gemini"] {
+            assert!(
+                check_messages(&[thinking(ok), result("c1")]).is_ok(),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            field(check_messages(&[thinking("openai"), result("c1")])),
+            "messages[0].thinking[0].origin"
         );
     }
 

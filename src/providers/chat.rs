@@ -297,6 +297,7 @@ pub fn full_request() -> ChatRequest {
                     id: "call_1".into(),
                     name: "get_weather".into(),
                     arguments: r#"{"location":"Paris, France"}"#.into(),
+                    signature: String::new(),
                 }],
                 ..message(Role::Assistant, "")
             },

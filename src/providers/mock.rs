@@ -92,6 +92,7 @@ impl MockProvider {
             id: super::chat::new_call_id("call_mock_"),
             name: tool.name.clone(),
             arguments: example_arguments(&tool.parameters).to_string(),
+            signature: String::new(),
         })
     }
 
@@ -184,6 +185,7 @@ impl MockProvider {
                             id: call.id,
                             name: call.name,
                             arguments: String::new(),
+                            signature: String::new(),
                         }],
                         ..Chunk::default()
                     },

@@ -149,6 +149,9 @@ fn add_pieces(calls: &mut Vec<ToolCall>, pieces: Vec<llm_router::proto::ToolCall
             calls[i].name = d.name;
         }
         calls[i].arguments.push_str(&d.arguments);
+        if !d.signature.is_empty() {
+            calls[i].signature = d.signature;
+        }
     }
 }
 
@@ -409,6 +412,7 @@ async fn bad_tool_requests_name_their_field() {
             id: "c1".into(),
             name: "get_weather".into(),
             arguments: "not json".into(),
+            ..Default::default()
         }],
         ..Default::default()
     });
@@ -650,4 +654,101 @@ async fn anthropic_thinking_comes_back_and_goes_back_with_the_tool_call() {
     }
     assert_eq!(thinking, "The user wants the weather in Paris.");
     assert_eq!(text, "It is sunny in Paris.");
+}
+
+#[tokio::test]
+async fn gemini_thought_signatures_go_round_a_multi_turn_tool_conversation() {
+    const SIG_ONE: &str = "CiQBVKhc7mFixtureSignatureOne+/AAAA==";
+    const SIG_THREE: &str = "CiQBVKhc7mFixtureSignatureThree/CCCC==";
+    let up = Upstream::start().await;
+    let r = TestRouter::start_with_env(&config(&up.base()), KEYS).await;
+    let mut req = rich("gemini");
+    req.messages[0].parts.clear();
+    req.response_format = None;
+    req.tool_choice = None;
+
+    // Turn 1: two parallel calls, the first signed, and a thought summary.
+    up.set(
+        "gemini-tools",
+        Behaviour::fixture(200, "gemini/response_thought_signatures.json"),
+    );
+    let answer = r.client().complete(req.clone()).await.unwrap().into_inner();
+    let message = answer.message.unwrap();
+    assert_eq!(message.tool_calls.len(), 2);
+    assert_eq!(message.tool_calls[0].signature, SIG_ONE);
+    assert_eq!(message.thinking.len(), 1);
+    assert_eq!(message.thinking[0].origin, "gemini");
+
+    // Streamed, the same call carries the same signature.
+    up.set(
+        "gemini-tools",
+        Behaviour::sse_fixture("gemini/stream_thought_signatures.sse"),
+    );
+    let (calls, finish, _) = streamed_calls(&r, as_stream(req.clone())).await;
+    assert_eq!(finish, FinishReason::ToolCalls);
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| c.signature.as_str())
+            .collect::<Vec<_>>(),
+        [SIG_ONE, ""]
+    );
+
+    // Turn 2: the assistant message goes back as it came, with both results.
+    req.messages.push(message.clone());
+    for (call, result) in message
+        .tool_calls
+        .iter()
+        .zip([r#"{"c":18}"#, r#"{"c":14}"#])
+    {
+        req.messages.push(ChatMessage {
+            role: Role::Tool as i32,
+            content: result.into(),
+            tool_call_id: call.id.clone(),
+            ..Default::default()
+        });
+    }
+    up.set(
+        "gemini-tools",
+        Behaviour::fixture(200, "gemini/response_text_signature.json"),
+    );
+    let answer = r.client().complete(req.clone()).await.unwrap().into_inner();
+    let body = up.counts("gemini-tools").last_body.unwrap();
+    let model_turn = &body["contents"][1];
+    assert_eq!(model_turn["role"], "model");
+    assert_eq!(model_turn["parts"][0]["thought"], true);
+    assert_eq!(model_turn["parts"][1]["thoughtSignature"], SIG_ONE);
+    assert!(model_turn["parts"][2].get("thoughtSignature").is_none());
+    assert_eq!(body["contents"][2]["parts"].as_array().unwrap().len(), 2);
+    let message = answer.message.unwrap();
+    assert!(message.content.starts_with("It is 18°C"));
+    assert_eq!(message.thinking[0].signature, SIG_THREE);
+
+    // Turn 3: the answer's text signature goes back on its text part.
+    req.messages.push(message);
+    req.messages.push(ChatMessage {
+        role: Role::User as i32,
+        content: "Thanks".into(),
+        ..Default::default()
+    });
+    r.client().complete(req.clone()).await.unwrap();
+    let body = up.counts("gemini-tools").last_body.unwrap();
+    assert_eq!(
+        body["contents"][3]["parts"][0]["thoughtSignature"],
+        SIG_THREE
+    );
+    assert_eq!(up.counts("gemini-tools").requests, 4);
+
+    // The same conversation sent to Anthropic leaves Gemini's blocks out (it would refuse
+    // them); the calls themselves go as tool_use blocks.
+    up.set(
+        "claude-tools",
+        Behaviour::fixture(200, "anthropic/message.json"),
+    );
+    req.model = "claude".into();
+    r.client().complete(req).await.unwrap();
+    let body = up.counts("claude-tools").last_body.unwrap();
+    let text = body.to_string();
+    assert!(!text.contains("CiQBVKhc7mFixture"), "{text}");
+    assert_eq!(body["messages"][1]["content"][0]["type"], "tool_use");
 }

@@ -103,19 +103,25 @@ fn tool_choice(req: &ChatRequest) -> Option<Value> {
     Some(choice)
 }
 
+/// Whether a thinking block is Anthropic's own (`origin` empty, as before the field, or named).
+fn is_anthropics(t: &crate::proto::ThinkingBlock) -> bool {
+    t.origin.is_empty() || t.origin == "anthropic"
+}
+
 /// One message as a turn: assistant turns carry `tool_use` blocks, tool results become user
 /// turns with a `tool_result` block (Anthropic combines consecutive user turns).
 fn message(m: &ChatMessage) -> Value {
     match m.role() {
         Role::Assistant => {
-            if m.tool_calls.is_empty() && m.parts.is_empty() && m.thinking.is_empty() {
+            // Blocks another format's model made (Gemini's signatures) are left out: Anthropic
+            // would refuse a signature it did not make.
+            let mut thinking = m.thinking.iter().filter(|t| is_anthropics(t)).peekable();
+            if m.tool_calls.is_empty() && m.parts.is_empty() && thinking.peek().is_none() {
                 // A plain string: the form an assistant prefill takes.
                 return json!({"role": "assistant", "content": m.content});
             }
             // Thinking first, as the answer carried it, unchanged (Anthropic checks it).
-            let mut blocks: Vec<Value> = m
-                .thinking
-                .iter()
+            let mut blocks: Vec<Value> = thinking
                 .map(|t| {
                     if t.redacted.is_empty() {
                         json!({"type": "thinking", "thinking": t.text, "signature": t.signature})

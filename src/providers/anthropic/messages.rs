@@ -59,11 +59,13 @@ fn completion(msg: Message) -> Completion {
                 arguments: block
                     .input
                     .map_or_else(|| "{}".to_string(), |v| v.to_string()),
+                signature: String::new(),
             }),
             "thinking" => thinking.push(ThinkingBlock {
                 text: block.thinking.unwrap_or_default(),
                 signature: block.signature.unwrap_or_default(),
                 redacted: String::new(),
+                origin: String::new(),
             }),
             "redacted_thinking" => thinking.push(ThinkingBlock {
                 redacted: block.data.unwrap_or_default(),
@@ -154,6 +156,7 @@ impl EventParser for AnthropicEvents {
                             id: block.id.unwrap_or_default(),
                             name: block.name.unwrap_or_default(),
                             arguments: String::new(),
+                            signature: String::new(),
                         }],
                         ..Chunk::default()
                     }))

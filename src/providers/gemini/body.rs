@@ -124,7 +124,26 @@ fn parts(req: &ChatRequest, m: &ChatMessage) -> Vec<Value> {
         };
         return vec![json!({"functionResponse": {"name": name, "response": response}})];
     }
-    let mut out = Vec::with_capacity(m.parts.len() + m.tool_calls.len() + 1);
+    let mut out = Vec::with_capacity(m.parts.len() + m.tool_calls.len() + m.thinking.len() + 1);
+    // Gemini's own thinking blocks go back where they came from: a thought summary as a
+    // thought part (its signature on it), a signature without text on the answer's first text
+    // part (Gemini gives it on a text part; sending it back is optional there, so one with no
+    // text part to go on is left out). Other formats' blocks are not Gemini's to read.
+    let mut loose = Vec::new();
+    for t in m.thinking.iter().filter(|t| t.origin == super::ORIGIN) {
+        if t.text.is_empty() {
+            if !t.signature.is_empty() {
+                loose.push(t.signature.as_str());
+            }
+            continue;
+        }
+        let mut part = json!({ "text": t.text, "thought": true });
+        if !t.signature.is_empty() {
+            part["thoughtSignature"] = json!(t.signature);
+        }
+        out.push(part);
+    }
+    let thoughts = out.len();
     if !m.content.is_empty() || (m.parts.is_empty() && m.tool_calls.is_empty()) {
         out.push(json!({ "text": m.content }));
     }
@@ -147,8 +166,19 @@ fn parts(req: &ChatRequest, m: &ChatMessage) -> Vec<Value> {
         };
         out.push(part);
     }
-    out.extend(m.tool_calls.iter().map(
-        |c| json!({"functionCall": {"name": c.name, "args": arguments_object(&c.arguments)}}),
-    ));
+    if let Some(signature) = loose.first()
+        && let Some(text) = out[thoughts..].iter_mut().find(|p| p.get("text").is_some())
+    {
+        text["thoughtSignature"] = json!(signature);
+    }
+    out.extend(m.tool_calls.iter().map(|c| {
+        let mut part =
+            json!({"functionCall": {"name": c.name, "args": arguments_object(&c.arguments)}});
+        // Required back on the current turn's calls by Gemini's thinking models.
+        if !c.signature.is_empty() {
+            part["thoughtSignature"] = json!(c.signature);
+        }
+        part
+    }));
     out
 }

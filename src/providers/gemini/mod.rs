@@ -16,7 +16,10 @@ use super::chat::new_call_id;
 use super::transport::{self, Endpoint, EventParser, Step, Target, malformed, malformed_event};
 use super::{ChatRequest, Chunk, ChunkStream, Completion, ErrorKind, ProviderError, excerpt};
 use crate::config::HttpProvider;
-use crate::proto::{FinishReason, ToolCall, ToolCallDelta, Usage};
+use crate::proto::{FinishReason, ThinkingBlock, ThinkingDelta, ToolCall, ToolCallDelta, Usage};
+
+/// `ThinkingBlock.origin` of the blocks Gemini's answers carry (its thought signatures).
+pub const ORIGIN: &str = "gemini";
 
 #[derive(Debug)]
 pub struct GeminiProvider {
@@ -82,7 +85,7 @@ impl GeminiProvider {
 /// another host of Gemini models reuses.
 pub fn parse_response(body: &str) -> Result<Completion, ProviderError> {
     let r: Response = serde_json::from_str(body).map_err(|e| malformed("response", e, body))?;
-    let piece = r.into_piece()?;
+    let piece = r.into_piece(&mut Thoughts::default())?;
     if piece.finish_reason.is_none() && piece.text.is_empty() && piece.calls.is_empty() {
         return Err(ProviderError::new(
             ErrorKind::Upstream,
@@ -99,10 +102,10 @@ pub fn parse_response(body: &str) -> Result<Completion, ProviderError> {
                 id: c.id,
                 name: c.name,
                 arguments: c.arguments,
+                signature: c.signature,
             })
             .collect(),
-        // Gemini's thought summaries are not its to send back: nothing is carried.
-        thinking: Vec::new(),
+        thinking: blocks(piece.thinking),
         finish_reason: piece.finish_reason.unwrap_or(FinishReason::Unspecified),
         usage: piece.usage,
     })
@@ -137,10 +140,80 @@ fn parse_google_duration(s: &str) -> Option<Duration> {
     transport::seconds(s.strip_suffix('s')?.parse().ok()?)
 }
 
+/// A unary answer's thinking pieces as whole blocks, by index.
+fn blocks(pieces: Vec<ThinkingDelta>) -> Vec<ThinkingBlock> {
+    let mut out: Vec<ThinkingBlock> = Vec::new();
+    for p in pieces {
+        let i = p.index as usize;
+        if out.len() <= i {
+            out.resize_with(i + 1, || ThinkingBlock {
+                origin: ORIGIN.into(),
+                ..ThinkingBlock::default()
+            });
+        }
+        out[i].text.push_str(&p.text);
+        if !p.signature.is_empty() {
+            out[i].signature = p.signature;
+        }
+    }
+    out
+}
+
+/// How an answer's parts become thinking blocks: thought-summary parts (`thought: true`)
+/// in a row make one block, which a signature on one of them ends; a signature on any other
+/// part (an answer's text, most often its last part) is a block of its own, with no text.
+/// A function call's signature stays with the call. Kept across a stream's events, which
+/// carry a few parts each.
+#[derive(Default)]
+struct Thoughts {
+    /// Blocks begun so far.
+    blocks: u32,
+    /// The block thought summaries are going into, until a signature or other part ends it.
+    open: Option<u32>,
+}
+
+impl Thoughts {
+    fn thought(&mut self, text: String, signature: Option<String>) -> ThinkingDelta {
+        let index = match self.open {
+            Some(i) => i,
+            None => self.begin(),
+        };
+        self.open = if signature.is_some() {
+            None
+        } else {
+            Some(index)
+        };
+        ThinkingDelta {
+            index,
+            text,
+            signature: signature.unwrap_or_default(),
+            redacted: String::new(),
+            origin: ORIGIN.into(),
+        }
+    }
+
+    fn signature(&mut self, signature: String) -> ThinkingDelta {
+        let index = self.begin();
+        self.open = None;
+        ThinkingDelta {
+            index,
+            signature,
+            origin: ORIGIN.into(),
+            ..ThinkingDelta::default()
+        }
+    }
+
+    fn begin(&mut self) -> u32 {
+        self.blocks += 1;
+        self.blocks - 1
+    }
+}
+
 /// One response (or stream event), reduced to what llm-router passes on.
 struct Piece {
     text: String,
     calls: Vec<Call>,
+    thinking: Vec<ThinkingDelta>,
     finish_reason: Option<FinishReason>,
     usage: Option<Usage>,
 }
@@ -150,10 +223,12 @@ struct Call {
     id: String,
     name: String,
     arguments: String,
+    /// Its thought signature, when Gemini gave one.
+    signature: String,
 }
 
 impl Response {
-    fn into_piece(self) -> Result<Piece, ProviderError> {
+    fn into_piece(self, thoughts: &mut Thoughts) -> Result<Piece, ProviderError> {
         if let Some(reason) = self.prompt_feedback.and_then(|f| f.block_reason) {
             return Err(ProviderError::new(
                 ErrorKind::ContentPolicy,
@@ -177,14 +252,18 @@ impl Response {
             return Ok(Piece {
                 text: String::new(),
                 calls: Vec::new(),
+                thinking: Vec::new(),
                 finish_reason: None,
                 usage,
             });
         };
         let mut text = String::new();
         let mut calls = Vec::new();
+        let mut thinking = Vec::new();
         for part in c.content.map(|c| c.parts).unwrap_or_default() {
+            let signature = part.thought_signature.filter(|s| !s.is_empty());
             if let Some(call) = part.function_call {
+                thoughts.open = None;
                 calls.push(Call {
                     id: call
                         .id
@@ -194,12 +273,19 @@ impl Response {
                     arguments: call
                         .args
                         .map_or_else(|| "{}".to_string(), |a| a.to_string()),
+                    signature: signature.unwrap_or_default(),
                 });
-            } else if !part.thought
-                && let Some(t) = part.text
-            {
-                // Thought summaries are the model's working, not its answer.
-                text.push_str(&t);
+            } else if part.thought {
+                // Thought summaries are the model's working, not its answer: thinking.
+                thinking.push(thoughts.thought(part.text.unwrap_or_default(), signature));
+            } else {
+                if let Some(t) = part.text {
+                    thoughts.open = None;
+                    text.push_str(&t);
+                }
+                if let Some(signature) = signature {
+                    thinking.push(thoughts.signature(signature));
+                }
             }
         }
         // Gemini ends a turn that calls functions with STOP; the API says why it stopped.
@@ -210,6 +296,7 @@ impl Response {
         Ok(Piece {
             text,
             calls,
+            thinking,
             finish_reason,
             usage,
         })
@@ -231,6 +318,7 @@ fn finish_reason(reason: &str) -> FinishReason {
 #[derive(Default)]
 pub struct GeminiEvents {
     calls: u32,
+    thoughts: Thoughts,
 }
 
 impl EventParser for GeminiEvents {
@@ -256,7 +344,7 @@ impl EventParser for GeminiEvents {
             Ok(r) => r,
             Err(e) => return Ok(malformed_event(e, data)),
         };
-        let piece = r.into_piece()?;
+        let piece = r.into_piece(&mut self.thoughts)?;
         let tool_calls: Vec<ToolCallDelta> = piece
             .calls
             .into_iter()
@@ -267,6 +355,7 @@ impl EventParser for GeminiEvents {
                     id: c.id,
                     name: c.name,
                     arguments: c.arguments,
+                    signature: c.signature,
                 }
             })
             .collect();
@@ -278,6 +367,7 @@ impl EventParser for GeminiEvents {
         let chunk = Chunk {
             delta: piece.text,
             tool_calls,
+            thinking: piece.thinking,
             finish_reason,
             usage: piece.usage,
             ..Chunk::default()
@@ -327,6 +417,8 @@ struct Part {
     /// A thought summary (with `includeThoughts`), not answer text.
     #[serde(default)]
     thought: bool,
+    /// The signature of the model's reasoning up to this part, to be sent back with it.
+    thought_signature: Option<String>,
     function_call: Option<FunctionCall>,
 }
 
@@ -421,11 +513,179 @@ mod tests {
         assert_eq!(body, expected);
     }
 
+    const SIG_ONE: &str = "CiQBVKhc7mFixtureSignatureOne+/AAAA==";
+    const SIG_TWO: &str = "CiQBVKhc7mFixtureSignatureTwo-_BBBB==";
+    const SIG_THREE: &str = "CiQBVKhc7mFixtureSignatureThree/CCCC==";
+
+    #[test]
+    fn thought_signatures_come_back_on_calls_and_as_thinking_blocks() {
+        let c = parse_response(&fixture("gemini/response_thought_signatures.json")).unwrap();
+        let signatures: Vec<&str> = c.tool_calls.iter().map(|t| t.signature.as_str()).collect();
+        assert_eq!(
+            signatures,
+            [SIG_ONE, ""],
+            "only the first parallel call carries one"
+        );
+        // The thought summary is thinking, not answer text.
+        assert_eq!(c.text, "");
+        assert_eq!(c.thinking.len(), 1);
+        assert!(c.thinking[0].text.starts_with("The user wants"));
+        assert_eq!(
+            (
+                c.thinking[0].signature.as_str(),
+                c.thinking[0].origin.as_str()
+            ),
+            ("", ORIGIN)
+        );
+
+        let c = parse_response(&fixture("gemini/response_text_signature.json")).unwrap();
+        assert!(c.text.starts_with("It is 18°C"));
+        assert_eq!(
+            c.thinking,
+            [ThinkingBlock {
+                signature: SIG_THREE.into(),
+                origin: ORIGIN.into(),
+                ..ThinkingBlock::default()
+            }]
+        );
+
+        let mut p = GeminiEvents::default();
+        let mut chunks = Vec::new();
+        for data in
+            crate::providers::chat::sse_data(&fixture("gemini/stream_thought_signatures.sse"))
+        {
+            if let Step::Chunk(c) = p.event(&data).unwrap() {
+                chunks.push(c);
+            }
+        }
+        let calls = crate::providers::chat::assemble(&chunks);
+        assert_eq!(calls.len(), 2);
+        let pieces: Vec<&ToolCallDelta> = chunks.iter().flat_map(|c| &c.tool_calls).collect();
+        assert_eq!(
+            (pieces[0].signature.as_str(), pieces[1].signature.as_str()),
+            (SIG_ONE, "")
+        );
+        // The empty last text part's signature: a block of its own, with the finish reason.
+        let last = chunks.last().unwrap();
+        assert_eq!(last.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(
+            last.thinking,
+            [ThinkingDelta {
+                index: 0,
+                signature: SIG_TWO.into(),
+                origin: ORIGIN.into(),
+                ..ThinkingDelta::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn thought_summaries_in_a_row_make_one_block_which_a_signature_ends() {
+        let mut t = Thoughts::default();
+        let a = t.thought("a".into(), None);
+        let b = t.thought("b".into(), Some("c2ln".into()));
+        let c = t.thought("c".into(), None);
+        t.open = None; // an answer's text part came between
+        let d = t.thought("d".into(), None);
+        let e = t.signature("ZQ==".into());
+        let indices: Vec<u32> = [&a, &b, &c, &d, &e].iter().map(|p| p.index).collect();
+        assert_eq!(indices, [0, 0, 1, 2, 3]);
+        let blocks = blocks(vec![a, b, c, d, e]);
+        assert_eq!(
+            (blocks[0].text.as_str(), blocks[0].signature.as_str()),
+            ("ab", "c2ln")
+        );
+        assert_eq!(blocks.len(), 4);
+    }
+
+    #[test]
+    fn thought_signatures_go_back_where_they_came_from_and_nowhere_else() {
+        use crate::proto::{ChatMessage, Role};
+        let call = |name: &str, signature: &str| ToolCall {
+            id: format!("call_{name}"),
+            name: "get_weather".into(),
+            arguments: format!(r#"{{"location":"{name}"}}"#),
+            signature: signature.into(),
+        };
+        let block = |text: &str, signature: &str, origin: &str| ThinkingBlock {
+            text: text.into(),
+            signature: signature.into(),
+            origin: origin.into(),
+            ..ThinkingBlock::default()
+        };
+        let req = ChatRequest {
+            messages: vec![
+                ChatMessage {
+                    role: Role::User as i32,
+                    content: "Weather in Paris and London?".into(),
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: Role::Assistant as i32,
+                    tool_calls: vec![call("Paris", SIG_ONE), call("London", "")],
+                    thinking: vec![
+                        block("Both lookups are independent.", "", ORIGIN),
+                        // Anthropic's: not Gemini's to read.
+                        block("anthropic reasoning", "EqQB", ""),
+                    ],
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: Role::Tool as i32,
+                    content: r#"{"c":18}"#.into(),
+                    tool_call_id: "call_Paris".into(),
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: Role::Tool as i32,
+                    content: r#"{"c":14}"#.into(),
+                    tool_call_id: "call_London".into(),
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: Role::Assistant as i32,
+                    content: "18°C and 14°C.".into(),
+                    thinking: vec![block("", SIG_THREE, ORIGIN)],
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: Role::User as i32,
+                    content: "Thanks".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let body = body::body(&req, None);
+        assert_eq!(
+            body["contents"][1],
+            serde_json::json!({"role": "model", "parts": [
+                {"text": "Both lookups are independent.", "thought": true},
+                {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": SIG_ONE},
+                {"functionCall": {"name": "get_weather", "args": {"location": "London"}}},
+            ]})
+        );
+        assert_eq!(
+            body["contents"][3],
+            serde_json::json!({"role": "model", "parts": [
+                {"text": "18°C and 14°C.", "thoughtSignature": SIG_THREE},
+            ]})
+        );
+        assert!(!body.to_string().contains("EqQB"), "{body}");
+
+        // And Anthropic leaves Gemini's blocks out.
+        let anthropic =
+            crate::providers::anthropic::body::body("claude-sonnet-4-5", 1024, &req, false);
+        let text = anthropic.to_string();
+        assert!(text.contains("EqQB") && !text.contains(SIG_THREE), "{text}");
+        assert!(!text.contains("Both lookups"), "{text}");
+    }
+
     #[test]
     fn function_calls_get_ids_and_come_back_unary_and_streamed() {
         let r: Response =
             serde_json::from_str(&fixture("gemini/response_function_call.json")).unwrap();
-        let piece = r.into_piece().unwrap();
+        let piece = r.into_piece(&mut Thoughts::default()).unwrap();
         assert_eq!(piece.finish_reason, Some(FinishReason::ToolCalls));
         assert_eq!(piece.calls.len(), 1);
         assert!(piece.calls[0].id.starts_with("call_"));

@@ -80,33 +80,44 @@ impl Rules {
             presence_penalty: keep(asked.presence_penalty, 0.0),
             frequency_penalty: keep(asked.frequency_penalty, 0.0),
         };
-        if sent != asked && !self.warned.swap(true, Ordering::Relaxed) {
-            let left_out: Vec<&str> = [
-                ("temperature", asked.temperature, sent.temperature),
-                ("top_p", asked.top_p, sent.top_p),
-                (
-                    "presence_penalty",
-                    asked.presence_penalty,
-                    sent.presence_penalty,
-                ),
-                (
-                    "frequency_penalty",
-                    asked.frequency_penalty,
-                    sent.frequency_penalty,
-                ),
-            ]
-            .into_iter()
-            .filter(|(_, a, s)| a != s)
-            .map(|(name, _, _)| name)
-            .collect();
+        if let Some(left_out) = self.first_left_out(&asked, &sent) {
             tracing::warn!(
                 model,
-                left_out = %left_out.join(", "),
+                left_out = %left_out,
                 "a request set sampling parameters this reasoning model refuses; they are left \
                  out of its requests (logged once per deployment)"
             );
         }
         sent
+    }
+}
+
+impl Rules {
+    /// The names of what `sent` leaves out of `asked`, the first time anything is (the warning
+    /// is once per deployment); `None` after, or when nothing is.
+    fn first_left_out(&self, asked: &Sampling, sent: &Sampling) -> Option<String> {
+        if sent == asked || self.warned.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let names: Vec<&str> = [
+            ("temperature", asked.temperature, sent.temperature),
+            ("top_p", asked.top_p, sent.top_p),
+            (
+                "presence_penalty",
+                asked.presence_penalty,
+                sent.presence_penalty,
+            ),
+            (
+                "frequency_penalty",
+                asked.frequency_penalty,
+                sent.frequency_penalty,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, s)| a != s)
+        .map(|(name, _, _)| name)
+        .collect();
+        Some(names.join(", "))
     }
 }
 
@@ -176,6 +187,55 @@ mod tests {
         ] {
             assert!(!is_reasoning_model(m), "{m}");
         }
+    }
+
+    #[test]
+    fn what_is_left_out_is_named_once_per_deployment() {
+        let cfg = HttpProvider {
+            prefix: "openai",
+            family: Family::OpenAi(Default::default()),
+            api_base: "https://api.openai.com/v1".into(),
+            api_key: None,
+            extra_headers: Vec::new(),
+            default_max_tokens: None,
+            body_defaults: None,
+        };
+        let (rules, _) = Rules::new(&cfg, "o3");
+        let defaults = ChatRequest {
+            temperature: Some(1.0),
+            ..Default::default()
+        };
+        let sent = rules.sampling(&defaults, "o3");
+        assert_eq!(sent.temperature, Some(1.0));
+        assert!(
+            !rules.warned.load(Ordering::Relaxed),
+            "nothing was left out: no warning yet"
+        );
+        let refused = ChatRequest {
+            temperature: Some(0.5),
+            frequency_penalty: Some(0.5),
+            presence_penalty: Some(0.0),
+            ..Default::default()
+        };
+        let asked = Sampling {
+            temperature: Some(0.5),
+            presence_penalty: Some(0.0),
+            frequency_penalty: Some(0.5),
+            ..Default::default()
+        };
+        let sent = Sampling {
+            presence_penalty: Some(0.0),
+            ..Default::default()
+        };
+        assert_eq!(rules.sampling(&refused, "o3"), sent);
+        // The call above took the one warning; any later one is not logged.
+        assert_eq!(rules.first_left_out(&asked, &sent), None);
+        let (fresh, _) = Rules::new(&cfg, "o3");
+        assert_eq!(
+            fresh.first_left_out(&asked, &sent).as_deref(),
+            Some("temperature, frequency_penalty")
+        );
+        assert_eq!(fresh.first_left_out(&asked, &sent), None);
     }
 
     #[test]
