@@ -32,6 +32,7 @@ use std::{
 use ignored::why_ignored;
 pub use ignored::{IGNORED_LITELLM_KEYS, IgnoredKey};
 pub use load::{ConfigError, KeyError, Source};
+pub use providers::OpenAiRules;
 pub use secret::Secret;
 
 /// The embedded default config, served by `llm-router` with no flags.

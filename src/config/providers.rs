@@ -334,6 +334,83 @@ pub fn resolve_model(model: &str) -> Model<'_> {
     })
 }
 
+/// What OpenAI's API enforces on a deployment's request bodies, by its model: reasoning models
+/// (the o-series and the gpt-5 family, but its `-chat` models) refuse `max_tokens` ("Use
+/// 'max_completion_tokens' instead") and any sampling parameter but its default; OpenAI's own
+/// API documents `max_completion_tokens` for every chat model (`max_tokens` is deprecated).
+/// Other OpenAI-compatible servers keep `max_tokens`, which is what they read, and are sent
+/// what the request set whatever their model is called. Decided here once, for the body
+/// builder, the capability default and check-config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiRules {
+    /// The token limit goes as `max_completion_tokens`.
+    pub completion_tokens: bool,
+    /// Only the default sampling parameters are sent (temperature and top_p 1, penalties 0).
+    pub default_sampling: bool,
+    /// The model name requests are sent with (for Azure, the deployment name, also in the
+    /// URL): without LiteLLM's `o_series/` or `gpt5_series/` marker.
+    pub model: String,
+}
+
+/// LiteLLM's markers for an Azure deployment whose name does not say it is a reasoning model
+/// (`azure/o_series/my-deployment`, `azure/gpt5_series/my-deployment`).
+const AZURE_REASONING_MARKERS: [&str; 2] = ["o_series/", "gpt5_series/"];
+
+impl OpenAiRules {
+    /// The rules for `model` under `prefix` at `api_base` (`azure` for Azure OpenAI).
+    pub fn new(prefix: &str, api_base: &str, model: &str) -> OpenAiRules {
+        let (model, marked) = match prefix {
+            "azure" => AZURE_REASONING_MARKERS
+                .iter()
+                .find_map(|m| model.strip_prefix(m))
+                .map_or((model, false), |rest| (rest, true)),
+            _ => (model, false),
+        };
+        let reasoning = marked || (is_openai(prefix) && is_openai_reasoning_model(model));
+        let own_host = prefix == "openai" && is_openai_host(api_base);
+        OpenAiRules {
+            completion_tokens: reasoning || own_host,
+            default_sampling: reasoning,
+            model: model.to_string(),
+        }
+    }
+}
+
+/// OpenAI's own models: reached through `openai/` or `azure/`.
+fn is_openai(prefix: &str) -> bool {
+    matches!(prefix, "openai" | "azure")
+}
+
+/// OpenAI's reasoning models by name: o1, o3, o4-mini, codex-mini and the gpt-5 family (its
+/// `-chat` models are not reasoning models and take sampling parameters). A name after a
+/// path (`openai/o3` behind a proxy) is read by its last segment.
+pub fn is_openai_reasoning_model(model: &str) -> bool {
+    let name = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let o_series = ["o1", "o3", "o4"].iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    });
+    let gpt5 = name.strip_prefix("gpt-5").is_some_and(|rest| {
+        !rest.contains("-chat") && !rest.starts_with(|c: char| c.is_ascii_digit())
+    });
+    o_series || gpt5 || name.starts_with("codex-mini")
+}
+
+/// OpenAI's own API host (not a proxy or a compatible server given as `api_base`).
+fn is_openai_host(api_base: &str) -> bool {
+    api_base
+        .strip_prefix("https://")
+        .unwrap_or_default()
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .eq_ignore_ascii_case("api.openai.com")
+}
+
 /// What a deployment can do by default, as far as its provider and model name tell: the big
 /// three families' current models take tools, images and JSON schemas, and their reasoning
 /// models (by name) a reasoning setting; other OpenAI-compatible hosts take tools only (set
@@ -341,7 +418,7 @@ pub fn resolve_model(model: &str) -> Model<'_> {
 pub fn default_capabilities(prefix: &str, model: &str) -> super::Capabilities {
     let m = model.to_ascii_lowercase();
     let reasoning = match prefix {
-        "openai" | "azure" => ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p)),
+        "openai" | "azure" => OpenAiRules::new(prefix, "", model).default_sampling,
         "anthropic" => ["claude-3-7", "sonnet-4", "opus-4", "haiku-4"]
             .iter()
             .any(|p| m.contains(p)),

@@ -38,13 +38,30 @@ fn capabilities_summary(c: &Capabilities) -> String {
 
 /// What check-config shows of an HTTP provider's settings: whether a key is set and which
 /// headers are added, never their values.
-fn http_summary(h: &HttpProvider) -> String {
+fn http_summary(h: &HttpProvider, model: &str) -> String {
     let mut out = String::new();
     if h.api_key.is_some() {
         out.push_str(" key set");
     }
-    if let super::Family::Azure(azure) = &h.family {
-        out.push_str(&format!(" api_version {}", azure.api_version));
+    let prefix = match &h.family {
+        super::Family::Azure(azure) => {
+            out.push_str(&format!(" api_version {}", azure.api_version));
+            Some("azure")
+        }
+        super::Family::OpenAi(_) => Some(h.prefix),
+        _ => None,
+    };
+    // What the body builder changes on the way (README, "OpenAI's reasoning models").
+    if let Some(prefix) = prefix {
+        let rules = super::OpenAiRules::new(prefix, &h.api_base, model);
+        if rules.completion_tokens {
+            out.push_str(" sends max_completion_tokens");
+        }
+        if rules.default_sampling {
+            out.push_str(
+                " (reasoning model: sampling parameters other than the defaults left out)",
+            );
+        }
     }
     if !h.extra_headers.is_empty() {
         let names: Vec<&str> = h.extra_headers.iter().map(|(n, _)| n.as_str()).collect();
@@ -292,7 +309,7 @@ impl Config {
                     dep.weight,
                     limits_summary(dep),
                     match &dep.provider {
-                        ProviderConfig::Http(h) => http_summary(h),
+                        ProviderConfig::Http(h) => http_summary(h, &dep.upstream_model),
                         ProviderConfig::Mock(_) => String::new(),
                     },
                     tls_summary(dep, &r.tls),

@@ -1273,4 +1273,30 @@ async fn openai_reasoning_models_are_sent_max_completion_tokens_and_no_refused_s
         (&body["max_tokens"], &body["temperature"]),
         (&serde_json::json!(300), &serde_json::json!(0.5))
     );
+    // check-config says which deployments the rules change.
+    let env = |k: &str| {
+        KEYS.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let table = Config::load_with_env(Source::Yaml(&config(&up.base())), Vec::new(), env)
+        .unwrap()
+        .routing_table();
+    let line = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!("deployment {id}:")))
+            .unwrap()
+            .to_string()
+    };
+    for id in ["o3-1", "azure-o-1"] {
+        assert!(
+            line(id).contains("sends max_completion_tokens (reasoning model"),
+            "{table}"
+        );
+    }
+    assert!(
+        !line("openai-1").contains("max_completion_tokens"),
+        "{table}"
+    );
 }

@@ -1,18 +1,10 @@
-//! What OpenAI's API enforces on a request body beyond its shape, by model: reasoning models
-//! (the o-series and the gpt-5 family, but for its `gpt-5-chat` models) refuse `max_tokens`
-//! ("Use 'max_completion_tokens' instead") and every sampling parameter but its default, and
-//! OpenAI's own API documents `max_completion_tokens` for every chat model, `max_tokens` being
-//! deprecated. Other OpenAI-compatible servers keep `max_tokens`, which is what they read.
+//! The sampling parameters an OpenAI reasoning model refuses, left out of its bodies (which
+//! models: `config::OpenAiRules`), with the warning that says so once per deployment.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::{Family, HttpProvider};
+use crate::config::{Family, HttpProvider, OpenAiRules};
 use crate::providers::ChatRequest;
-
-/// LiteLLM's markers for an Azure deployment whose name does not say it is a reasoning model
-/// (`azure/o_series/my-deployment`, `azure/gpt5_series/my-deployment`): stripped from the
-/// deployment name, which is the URL's.
-const AZURE_MARKERS: [&str; 2] = ["o_series/", "gpt5_series/"];
 
 #[derive(Debug)]
 pub(super) struct Rules {
@@ -39,25 +31,18 @@ impl Rules {
     /// The rules for `model` (for Azure, the deployment name, which LiteLLM's markers may
     /// prefix) at `cfg`'s host, and the model name the request is sent with.
     pub fn new(cfg: &HttpProvider, model: &str) -> (Rules, String) {
-        let (model, marked) = match &cfg.family {
-            Family::Azure(_) => AZURE_MARKERS
-                .iter()
-                .find_map(|m| model.strip_prefix(m))
-                .map_or((model, false), |rest| (rest, true)),
-            _ => (model, false),
+        let prefix = match cfg.family {
+            Family::Azure(_) => "azure",
+            _ => cfg.prefix,
         };
-        // Only OpenAI's models are known by name: a server of the same wire format hosting a
-        // model of its own (vLLM, Groq, ...) is told nothing it did not ask for.
-        let openai = cfg.prefix == "openai" || matches!(cfg.family, Family::Azure(_));
-        let reasoning = marked || (openai && is_reasoning_model(model));
-        let own_host = cfg.prefix == "openai" && is_openai_host(&cfg.api_base);
+        let rules = OpenAiRules::new(prefix, &cfg.api_base, model);
         (
             Rules {
-                completion_tokens: reasoning || own_host,
-                default_sampling: reasoning,
+                completion_tokens: rules.completion_tokens,
+                default_sampling: rules.default_sampling,
                 warned: AtomicBool::new(false),
             },
-            model.to_string(),
+            rules.model,
         )
     }
 
@@ -121,39 +106,11 @@ impl Rules {
     }
 }
 
-/// OpenAI's reasoning models by name: o1, o3, o4-mini, codex-mini and the gpt-5 family (its
-/// `-chat` models are not reasoning models and take sampling parameters). A name after
-/// a path (`openai/o3` behind a proxy) is read by its last segment.
-pub(super) fn is_reasoning_model(model: &str) -> bool {
-    let name = model
-        .rsplit('/')
-        .next()
-        .unwrap_or(model)
-        .to_ascii_lowercase();
-    let o_series = ["o1", "o3", "o4"].iter().any(|p| {
-        name.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-    });
-    let gpt5 = name.strip_prefix("gpt-5").is_some_and(|rest| {
-        !rest.contains("-chat") && !rest.starts_with(|c: char| c.is_ascii_digit())
-    });
-    o_series || gpt5 || name.starts_with("codex-mini")
-}
-
-/// OpenAI's own API host (not a proxy or a compatible server given as `api_base`).
-fn is_openai_host(api_base: &str) -> bool {
-    let rest = api_base
-        .strip_prefix("https://")
-        .unwrap_or_default()
-        .split(['/', ':'])
-        .next()
-        .unwrap_or_default();
-    rest.eq_ignore_ascii_case("api.openai.com")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::providers::is_openai_reasoning_model;
 
     #[test]
     fn reasoning_models_are_known_by_name() {
@@ -172,7 +129,7 @@ mod tests {
             "openai/o3",
             "codex-mini-latest",
         ] {
-            assert!(is_reasoning_model(m), "{m}");
+            assert!(is_openai_reasoning_model(m), "{m}");
         }
         for m in [
             "gpt-4o",
@@ -185,7 +142,7 @@ mod tests {
             "llama-3.1-8b",
             "gpt-3.5-turbo",
         ] {
-            assert!(!is_reasoning_model(m), "{m}");
+            assert!(!is_openai_reasoning_model(m), "{m}");
         }
     }
 
@@ -240,10 +197,12 @@ mod tests {
 
     #[test]
     fn only_openai_itself_is_sent_max_completion_tokens_for_every_model() {
-        assert!(is_openai_host("https://api.openai.com/v1"));
-        assert!(is_openai_host("https://API.openai.com:443/v1"));
-        assert!(!is_openai_host("http://api.openai.com.evil/v1"));
-        assert!(!is_openai_host("https://proxy.internal/v1"));
-        assert!(!is_openai_host("http://127.0.0.1:9/v1"));
+        let tokens = |base: &str| OpenAiRules::new("openai", base, "gpt-4o").completion_tokens;
+        assert!(tokens("https://api.openai.com/v1"));
+        assert!(tokens("https://API.openai.com:443/v1"));
+        assert!(!tokens("http://api.openai.com.evil/v1"));
+        assert!(!tokens("https://api.openai.com.evil/v1"));
+        assert!(!tokens("https://proxy.internal/v1"));
+        assert!(!OpenAiRules::new("groq", "https://api.openai.com/v1", "o3").completion_tokens);
     }
 }
