@@ -381,6 +381,26 @@ fn telemetry_and_admin_settings_are_checked() {
 }
 
 #[test]
+fn a_litellm_wildcard_route_loads_with_a_warning_saying_what_it_does_here() {
+    let cfg = load(
+        r#"
+model_list:
+  - model_name: "openai/*"
+    litellm_params: { model: "openai/*", api_key: sk-test, timeout: 30s }
+"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(
+        cfg.warnings[0]
+            .starts_with("`model_list[0].model_name`: `openai/*` is a LiteLLM wildcard route")
+            && cfg.warnings[0].contains("sends the provider the model name `*`"),
+        "{}",
+        cfg.warnings[0]
+    );
+}
+
+#[test]
 fn suspicious_but_valid_settings_are_warnings_naming_the_key() {
     let cfg = load(
         &format!("{MINIMAL}  timeout: 10s\n")

@@ -58,6 +58,18 @@ pub(super) fn deployment(
         }
     };
 
+    // LiteLLM's wildcard routes (`model_name: openai/*`, `model: openai/*`) forward the
+    // requested model's name to the provider; until llm-router expands them, say plainly what
+    // such an entry does here, rather than refuse a file LiteLLM loads.
+    if group.contains('*') || upstream_model.contains('*') {
+        errs.warn(format!(
+            "`{}`: `{group}` is a LiteLLM wildcard route, which llm-router does not expand yet: \
+             the group answers only requests whose model is exactly `{group}`, and sends the \
+             provider the model name `{upstream_model}`",
+            key("model_name")
+        ));
+    }
+
     let (timeout, stream_timeout, max_retries) = attempt_limits(&key, params, router, errs);
     let weight = capacity(&key, params, errs);
 
