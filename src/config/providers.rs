@@ -357,6 +357,12 @@ pub struct OpenAiRules {
 const AZURE_REASONING_MARKERS: [&str; 2] = ["o_series/", "gpt5_series/"];
 
 impl OpenAiRules {
+    /// The rules for a deployment of `model` on `h`, when it speaks OpenAI's wire format.
+    pub fn of(h: &super::HttpProvider, model: &str) -> Option<OpenAiRules> {
+        (h.family.api().wire() == WireFormat::OpenAi)
+            .then(|| OpenAiRules::new(h.prefix, &h.api_base, model))
+    }
+
     /// The rules for `model` under `prefix` at `api_base` (`azure` for Azure OpenAI).
     pub fn new(prefix: &str, api_base: &str, model: &str) -> OpenAiRules {
         let (model, marked) = match prefix {

@@ -43,17 +43,11 @@ fn http_summary(h: &HttpProvider, model: &str) -> String {
     if h.api_key.is_some() {
         out.push_str(" key set");
     }
-    let prefix = match &h.family {
-        super::Family::Azure(azure) => {
-            out.push_str(&format!(" api_version {}", azure.api_version));
-            Some("azure")
-        }
-        super::Family::OpenAi(_) => Some(h.prefix),
-        _ => None,
-    };
+    if let super::Family::Azure(azure) = &h.family {
+        out.push_str(&format!(" api_version {}", azure.api_version));
+    }
     // What the body builder changes on the way (README, "OpenAI's reasoning models").
-    if let Some(prefix) = prefix {
-        let rules = super::OpenAiRules::new(prefix, &h.api_base, model);
+    if let Some(rules) = super::OpenAiRules::of(h, model) {
         if rules.completion_tokens {
             out.push_str(" sends max_completion_tokens");
         }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::{Family, HttpProvider, OpenAiRules};
+use crate::config::{HttpProvider, OpenAiRules};
 use crate::providers::ChatRequest;
 
 #[derive(Debug)]
@@ -31,11 +31,8 @@ impl Rules {
     /// The rules for `model` (for Azure, the deployment name, which LiteLLM's markers may
     /// prefix) at `cfg`'s host, and the model name the request is sent with.
     pub fn new(cfg: &HttpProvider, model: &str) -> (Rules, String) {
-        let prefix = match cfg.family {
-            Family::Azure(_) => "azure",
-            _ => cfg.prefix,
-        };
-        let rules = OpenAiRules::new(prefix, &cfg.api_base, model);
+        // Only OpenAI-format deployments are built here.
+        let rules = OpenAiRules::new(cfg.prefix, &cfg.api_base, model);
         (
             Rules {
                 completion_tokens: rules.completion_tokens,
@@ -110,6 +107,7 @@ impl Rules {
 mod tests {
     use super::*;
 
+    use crate::config::Family;
     use crate::config::providers::is_openai_reasoning_model;
 
     #[test]
